@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The whole test suite on a fresh machine: set-up (idempotent), then cargo test.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+./scripts/setup.sh
+cargo test --release --all-targets "$@"

@@ -1,0 +1,114 @@
+//! `come-repro bench`: speed and memory measurements printed next to their reference.
+
+use super::common::RuntimeArgs;
+use anyhow::{bail, Context, Result};
+use clap::Subcommand;
+use come_repro::model::load::load_model;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+use tch::{Kind, Tensor};
+
+#[derive(Subcommand)]
+pub enum BenchCmd {
+    /// Forward throughput (full logits) at batch x seqlen, optionally next to transformers.
+    Forward {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long, default_value_t = 4)]
+        batch: i64,
+        #[arg(long, default_value_t = 512)]
+        seqlen: i64,
+        #[arg(long, default_value_t = 3)]
+        iters: usize,
+        /// Also run benches/hf_forward.py (transformers) with the same settings.
+        #[arg(long)]
+        hf: bool,
+        #[command(flatten)]
+        rt: RuntimeArgs,
+    },
+    /// Peak resident memory of loading a checkpoint, against its f32 size.
+    Load {
+        #[arg(long)]
+        model: PathBuf,
+        #[command(flatten)]
+        rt: RuntimeArgs,
+    },
+}
+
+pub fn run(cmd: BenchCmd) -> Result<()> {
+    match cmd {
+        BenchCmd::Forward { model, batch, seqlen, iters, hf, rt } => forward(model, batch, seqlen, iters, hf, rt),
+        BenchCmd::Load { model, rt } => load(model, rt),
+    }
+}
+
+fn forward(dir: PathBuf, batch: i64, seqlen: i64, iters: usize, hf: bool, rt: RuntimeArgs) -> Result<()> {
+    let opts = rt.load_options()?;
+    let threads = tch::get_num_threads();
+    let model = load_model(&dir, opts)?;
+    let _g = tch::no_grad_guard();
+    tch::manual_seed(0);
+    let ids = Tensor::randint(model.config.vocab_size, [batch, seqlen], (Kind::Int64, opts.device));
+    // One warm-up pass: first calls allocate and pick kernels.
+    let _ = model.forward(&ids, None)?;
+    let mut times = vec![];
+    for _ in 0..iters.max(1) {
+        let t0 = Instant::now();
+        let logits = model.forward(&ids, None)?;
+        let _ = logits.sum(Kind::Float).double_value(&[]);
+        times.push(t0.elapsed().as_secs_f64());
+    }
+    times.sort_by(|a, b| a.total_cmp(b));
+    let med = times[times.len() / 2];
+    let ours = (batch * seqlen) as f64 / med;
+    println!("forward {batch}x{seqlen}, {} threads, {}:", threads, come_repro::runtime::dtype_name(opts.dtype));
+    println!("  come-repro    {ours:>10.0} tok/s   (median of {} runs, {med:.3}s each)", times.len());
+    if hf {
+        let py = PathBuf::from(".venv/bin/python");
+        let out = Command::new(&py)
+            .args(["benches/hf_forward.py", "--model"])
+            .arg(&dir)
+            .args(["--batch", &batch.to_string(), "--seqlen", &seqlen.to_string()])
+            .args(["--iters", &iters.to_string(), "--threads", &threads.to_string()])
+            .output()
+            .with_context(|| format!("running {} benches/hf_forward.py", py.display()))?;
+        if !out.status.success() {
+            bail!("benches/hf_forward.py failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("parsing hf_forward.py output")?;
+        let theirs = v["tok_per_s"].as_f64().unwrap_or(f64::NAN);
+        println!("  transformers  {theirs:>10.0} tok/s   (median, {}s each, torch {})", v["median_s"], v["torch"]);
+        println!("  ratio         {:>10.2}x", ours / theirs);
+    }
+    Ok(())
+}
+
+fn vm_kib(field: &str) -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    s.lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+}
+
+fn load(dir: PathBuf, rt: RuntimeArgs) -> Result<()> {
+    let opts = rt.load_options()?;
+    // Touch libtorch first so its own start-up memory is not charged to loading.
+    let _ = Tensor::zeros([1], (Kind::Float, tch::Device::Cpu));
+    let base = vm_kib("VmRSS:").unwrap_or(0);
+    let t0 = Instant::now();
+    let model = load_model(&dir, opts)?;
+    let dt = t0.elapsed().as_secs_f64();
+    let peak = vm_kib("VmHWM:").unwrap_or(0);
+    let f32_bytes = model.num_params() as f64 * 4.0;
+    let mib = |k: u64| k as f64 / 1024.0;
+    println!("load {} in {dt:.2}s", dir.display());
+    println!("  parameters          {}", model.num_params());
+    println!("  f32 size            {:>8.1} MiB", f32_bytes / (1 << 20) as f64);
+    println!("  RSS before load     {:>8.1} MiB (libtorch runtime)", mib(base));
+    println!("  peak RSS            {:>8.1} MiB", mib(peak));
+    println!("  peak / f32 size     {:>8.2}x   (goal <= 2.0x)", peak as f64 * 1024.0 / f32_bytes);
+    println!("  (peak - base) / f32 {:>8.2}x", (peak - base.min(peak)) as f64 * 1024.0 / f32_bytes);
+    Ok(())
+}

@@ -1,0 +1,52 @@
+//! Command-line entry: parse, dispatch, report errors. One file per subcommand.
+
+mod bench;
+mod common;
+mod demo;
+mod eval;
+mod generate;
+mod import;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "come-repro", version, about = "Reproduce and extend CoMe layer-concatenation pruning of LLaMA-family models")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Convert a GGUF or llama2.c checkpoint into a Hugging Face checkpoint directory.
+    #[command(subcommand)]
+    Import(import::ImportCmd),
+    /// Continue a prompt with a model (greedy unless --temperature is set).
+    Generate(generate::GenerateArgs),
+    /// Evaluate a model (WikiText-2 perplexity).
+    Eval(eval::EvalArgs),
+    /// Benchmarks that print come-repro next to its reference.
+    #[command(subcommand)]
+    Bench(bench::BenchCmd),
+    /// The embedded default job: import SmolLM2, generate, and measure perplexity on CPU.
+    Demo(demo::DemoArgs),
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Import(c) => import::run(c),
+        Command::Generate(a) => generate::run(a),
+        Command::Eval(a) => eval::run(a),
+        Command::Bench(c) => bench::run(c),
+        Command::Demo(a) => demo::run(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

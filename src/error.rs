@@ -1,0 +1,95 @@
+//! The library's error type. Every variant that concerns a file names it, so a user can
+//! tell which input is wrong without a backtrace.
+
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file exists but its bytes are not what the format says (truncated, corrupt).
+    #[error("{path}: malformed file: {msg}")]
+    Format { path: PathBuf, msg: String },
+    /// A config or spec is syntactically fine but says something we cannot accept.
+    #[error("{path}: invalid config: {msg}")]
+    Config { path: PathBuf, msg: String },
+    #[error("{path}: missing tensor `{name}`")]
+    MissingTensor { path: PathBuf, name: String },
+    #[error("{path}: tensor `{name}` has shape {got:?}, the config implies {want:?}")]
+    Shape {
+        path: PathBuf,
+        name: String,
+        got: Vec<i64>,
+        want: Vec<i64>,
+    },
+    #[error("{path}: unsupported: {msg}")]
+    Unsupported { path: PathBuf, msg: String },
+    /// A data file (jsonl, csv, text) has a bad record; `line` is 1-based.
+    #[error("{path}:{line}: {msg}")]
+    Data {
+        path: PathBuf,
+        line: usize,
+        msg: String,
+    },
+    #[error("tokenizer {path}: {msg}")]
+    Tokenizer { path: PathBuf, msg: String },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("torch: {0}")]
+    Torch(#[from] tch::TchError),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.as_ref().to_path_buf(),
+            source,
+        }
+    }
+    pub fn format(path: impl AsRef<Path>, msg: impl Into<String>) -> Self {
+        Error::Format {
+            path: path.as_ref().to_path_buf(),
+            msg: msg.into(),
+        }
+    }
+    pub fn config(path: impl AsRef<Path>, msg: impl Into<String>) -> Self {
+        Error::Config {
+            path: path.as_ref().to_path_buf(),
+            msg: msg.into(),
+        }
+    }
+    pub fn unsupported(path: impl AsRef<Path>, msg: impl Into<String>) -> Self {
+        Error::Unsupported {
+            path: path.as_ref().to_path_buf(),
+            msg: msg.into(),
+        }
+    }
+    pub fn data(path: impl AsRef<Path>, line: usize, msg: impl Into<String>) -> Self {
+        Error::Data {
+            path: path.as_ref().to_path_buf(),
+            line,
+            msg: msg.into(),
+        }
+    }
+    pub fn tokenizer(path: impl AsRef<Path>, msg: impl ToString) -> Self {
+        Error::Tokenizer {
+            path: path.as_ref().to_path_buf(),
+            msg: msg.to_string(),
+        }
+    }
+}
+
+/// Read a whole file, naming it in the error.
+pub fn read_file(path: impl AsRef<Path>) -> Result<Vec<u8>> {
+    std::fs::read(path.as_ref()).map_err(|e| Error::io(path, e))
+}
+
+pub fn read_to_string(path: impl AsRef<Path>) -> Result<String> {
+    std::fs::read_to_string(path.as_ref()).map_err(|e| Error::io(path, e))
+}

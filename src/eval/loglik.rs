@@ -1,0 +1,207 @@
+//! Log-likelihood scoring of (context, continuation) requests, as lm-evaluation-harness
+//! defines it, computed with as little work as possible:
+//! - all requests of one document go into one row as a prefix trie (the shared context is
+//!   computed once; each continuation attends to its own ancestors only, with positions
+//!   equal to its depth, which is exactly what separate sequences would compute);
+//! - rows are sorted by length and batched under a token budget, so padding stays small;
+//! - the LM head runs only at the positions whose next token is scored.
+
+use crate::error::{Error, Result};
+use crate::model::forward::NoTap;
+use crate::model::tokenizer::Tokenizer;
+use crate::model::Model;
+use std::collections::HashMap;
+use tch::{Kind, Tensor};
+
+/// One request after tokenisation: the model sees `context ++ continuation` and the
+/// continuation's tokens are scored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRequest {
+    pub context: Vec<u32>,
+    pub continuation: Vec<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Score {
+    /// Sum of the continuation tokens' log-probabilities (nats).
+    pub logprob: f64,
+    /// Every continuation token is the argmax of its distribution.
+    pub is_greedy: bool,
+}
+
+/// lm-eval's `_encode_pair`: trailing whitespace of the context moves to the front of the
+/// continuation; the continuation's tokens are those of the joint encoding after the
+/// context's own token count. An empty context becomes the prefix token (BOS, else EOS).
+pub fn encode_pair(
+    tok: &Tokenizer,
+    context: &str,
+    continuation: &str,
+    add_special: bool,
+) -> Result<TokenRequest> {
+    if context.is_empty() {
+        let prefix = tok
+            .bos_id
+            .or_else(|| tok.eos_ids.first().copied())
+            .ok_or_else(|| Error::Invalid("empty context and no BOS/EOS token to stand for it".into()))?;
+        return Ok(TokenRequest {
+            context: vec![prefix],
+            continuation: tok.encode(continuation, add_special)?,
+        });
+    }
+    let trimmed = context.trim_end();
+    let moved = &context[trimmed.len()..];
+    let cont = format!("{moved}{continuation}");
+    let whole = tok.encode(&format!("{trimmed}{cont}"), add_special)?;
+    let ctx = tok.encode(trimmed, add_special)?;
+    let continuation = whole.get(ctx.len()..).unwrap_or_default().to_vec();
+    Ok(TokenRequest { context: ctx, continuation })
+}
+
+/// Scoring limits.
+#[derive(Debug, Clone, Copy)]
+pub struct ScoreOptions {
+    /// Longest input the model may see; longer requests are left-truncated (lm-eval's
+    /// `max_length`).
+    pub max_length: usize,
+    /// Upper bound on padded tokens per forward batch (rows x longest row).
+    pub token_budget: usize,
+}
+
+/// A document's requests packed as a prefix trie.
+struct Packed {
+    tokens: Vec<i64>,
+    parent: Vec<i64>,
+    depth: Vec<i64>,
+    /// Per request: (node whose output predicts each target, target token).
+    scored: Vec<Vec<(usize, i64)>>,
+}
+
+fn pack(reqs: &[TokenRequest], max_length: usize) -> Result<Packed> {
+    let mut p = Packed { tokens: vec![], parent: vec![], depth: vec![], scored: vec![] };
+    let mut children: HashMap<(i64, i64), usize> = HashMap::new();
+    for r in reqs {
+        if r.continuation.is_empty() {
+            return Err(Error::Invalid("a request has an empty continuation".into()));
+        }
+        let mut whole: Vec<i64> = r.context.iter().chain(&r.continuation).map(|&t| t as i64).collect();
+        if whole.len() > max_length + 1 {
+            whole.drain(..whole.len() - (max_length + 1));
+        }
+        let input = &whole[..whole.len() - 1];
+        let n_cont = r.continuation.len().min(input.len());
+        let mut node = -1i64;
+        let mut path = Vec::with_capacity(input.len());
+        for (d, &t) in input.iter().enumerate() {
+            node = *children.entry((node, t)).or_insert_with(|| {
+                p.tokens.push(t);
+                p.parent.push(node);
+                p.depth.push(d as i64);
+                p.tokens.len() - 1
+            }) as i64;
+            path.push(node as usize);
+        }
+        let first = input.len() - n_cont;
+        let targets = &whole[whole.len() - n_cont..];
+        p.scored.push(path[first..].iter().copied().zip(targets.iter().copied()).collect());
+    }
+    Ok(p)
+}
+
+/// Score every document's requests; returns scores in the same shape as `docs`.
+/// `on_progress(done_docs)` is called after each batch.
+pub fn score_documents(
+    model: &Model,
+    docs: &[Vec<TokenRequest>],
+    opts: ScoreOptions,
+    mut on_progress: impl FnMut(usize),
+) -> Result<Vec<Vec<Score>>> {
+    let _g = tch::no_grad_guard();
+    let packed: Vec<Packed> = docs.iter().map(|d| pack(d, opts.max_length)).collect::<Result<_>>()?;
+    // Longest first: the slowest batches come early (a realistic ETA) and neighbours in
+    // length share a batch, which keeps padding small.
+    let mut order: Vec<usize> = (0..docs.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(packed[i].tokens.len()));
+    let mut out: Vec<Vec<Score>> = vec![vec![]; docs.len()];
+    let mut done = 0;
+    let mut start = 0;
+    while start < order.len() {
+        let longest = packed[order[start]].tokens.len().max(1);
+        let rows = (opts.token_budget / longest).max(1);
+        let batch: Vec<usize> = order[start..(start + rows).min(order.len())].to_vec();
+        let scores = score_batch(model, &batch.iter().map(|&i| &packed[i]).collect::<Vec<_>>())?;
+        for (i, s) in batch.iter().zip(scores) {
+            out[*i] = s;
+        }
+        start += batch.len();
+        done += batch.len();
+        on_progress(done);
+    }
+    Ok(out)
+}
+
+fn score_batch(model: &Model, rows: &[&Packed]) -> Result<Vec<Vec<Score>>> {
+    let b = rows.len();
+    let n = rows.iter().map(|r| r.tokens.len()).max().unwrap_or(1).max(1);
+    let mut ids = vec![0i64; b * n];
+    let mut pos = vec![0i64; b * n];
+    let mut mask = vec![false; b * n * n];
+    for (r, row) in rows.iter().enumerate() {
+        let m = &mut mask[r * n * n..(r + 1) * n * n];
+        for i in 0..n {
+            if i < row.tokens.len() {
+                ids[r * n + i] = row.tokens[i];
+                pos[r * n + i] = row.depth[i];
+                // A node sees its parent's view plus itself (parents precede children).
+                let par = row.parent[i];
+                if par >= 0 {
+                    let (before, after) = m.split_at_mut(i * n);
+                    let prow = &before[par as usize * n..par as usize * n + n];
+                    after[..n].copy_from_slice(prow);
+                }
+            }
+            m[i * n + i] = true; // padding nodes see only themselves (no NaN rows)
+        }
+    }
+    let dev = model.device;
+    let ids_t = Tensor::from_slice(&ids).view([b as i64, n as i64]).to_device(dev);
+    let pos_t = Tensor::from_slice(&pos).view([b as i64, n as i64]);
+    let mask_t = Tensor::from_slice(&mask).view([b as i64, 1, n as i64, n as i64]);
+    let ctx = model.context_explicit(&pos_t, mask_t, None);
+    let h = model.embed_tokens(&ids_t)?;
+    let h = model.run_layers(h, 0..model.n_layers(), &ctx, &mut NoTap, None);
+    // Gather only the scored positions, then norm + head + log-softmax on those.
+    let mut flat_idx = vec![];
+    let mut targets = vec![];
+    for (r, row) in rows.iter().enumerate() {
+        for req in &row.scored {
+            for &(node, t) in req {
+                flat_idx.push((r * n + node) as i64);
+                targets.push(t);
+            }
+        }
+    }
+    let hsel = h
+        .view([(b * n) as i64, -1])
+        .index_select(0, &Tensor::from_slice(&flat_idx).to_device(dev));
+    let logits = model.lm_head(&model.final_norm(&hsel)).to_kind(Kind::Float);
+    let logp = logits.log_softmax(-1, Kind::Float);
+    let tgt = Tensor::from_slice(&targets).to_device(dev).unsqueeze(-1);
+    let tok_lp = Vec::<f64>::try_from(logp.gather(-1, &tgt, false).squeeze_dim(-1).to_kind(Kind::Double).to_device(tch::Device::Cpu))?;
+    let argmax = Vec::<i64>::try_from(logp.argmax(-1, false).to_device(tch::Device::Cpu))?;
+    let mut k = 0;
+    let mut res = Vec::with_capacity(b);
+    for row in rows {
+        let mut scores = vec![];
+        for req in &row.scored {
+            let (mut lp, mut greedy) = (0f64, true);
+            for &(_, t) in req {
+                lp += tok_lp[k];
+                greedy &= argmax[k] == t;
+                k += 1;
+            }
+            scores.push(Score { logprob: lp, is_greedy: greedy });
+        }
+        res.push(scores);
+    }
+    Ok(res)
+}

@@ -1,0 +1,343 @@
+//! The forward pass. One function serves evaluation, generation (with a KV cache),
+//! calibration scoring and distillation targets: callers observe what they need through a
+//! [`Tap`] (hidden states at layer boundaries, the attention output before `o_proj`, the
+//! MLP activation before `down_proj`) instead of the model storing anything.
+
+use super::config::ModelConfig;
+use super::layer::Layer;
+use super::{rope, Model};
+use crate::error::{Error, Result};
+use tch::{Kind, Tensor};
+
+/// Observer of intermediate activations. `valid` is the `[B, T]` bool mask of real
+/// (non-padding) tokens when the batch is padded, so statistics can skip padding.
+pub trait Tap {
+    /// Hidden state entering layer `boundary` (`boundary == n_layers`: the last layer's
+    /// output, before the final norm). `[B, T, hidden]`.
+    fn hidden(&mut self, _boundary: usize, _h: &Tensor, _valid: Option<&Tensor>) {}
+    /// Attention output of layer `layer` before `o_proj`, `[B, T, heads * head_dim]`.
+    fn attn_pre_o(&mut self, _layer: usize, _x: &Tensor, _valid: Option<&Tensor>) {}
+    /// MLP activation `silu(gate(x)) * up(x)` before `down_proj`, `[B, T, intermediate]`.
+    fn mlp_pre_down(&mut self, _layer: usize, _x: &Tensor, _valid: Option<&Tensor>) {}
+}
+
+/// A tap that observes nothing.
+pub struct NoTap;
+impl Tap for NoTap {}
+
+/// A tap that keeps copies of everything (tests, debugging, small distillation batches).
+#[derive(Default)]
+pub struct Recorder {
+    pub hidden: Vec<(usize, Tensor)>,
+    pub attn: Vec<(usize, Tensor)>,
+    pub mlp: Vec<(usize, Tensor)>,
+}
+
+impl Tap for Recorder {
+    fn hidden(&mut self, b: usize, h: &Tensor, _: Option<&Tensor>) {
+        self.hidden.push((b, h.copy()));
+    }
+    fn attn_pre_o(&mut self, l: usize, x: &Tensor, _: Option<&Tensor>) {
+        self.attn.push((l, x.copy()));
+    }
+    fn mlp_pre_down(&mut self, l: usize, x: &Tensor, _: Option<&Tensor>) {
+        self.mlp.push((l, x.copy()));
+    }
+}
+
+#[derive(Debug)]
+pub enum AttnMask {
+    /// Plain causal attention over the whole sequence (no padding, no cache).
+    Causal,
+    /// Every query attends to every key (one new token after a cache).
+    Full,
+    /// Explicit `[B, 1, Tq, Tk]` bool mask, true = attend.
+    Explicit(Tensor),
+}
+
+/// Per-call state shared by every layer: rotary tables, mask and padding.
+pub struct Context {
+    pub cos: Tensor,
+    pub sin: Tensor,
+    pub mask: AttnMask,
+    pub valid: Option<Tensor>,
+}
+
+/// Keys and values of earlier tokens, per layer, for incremental decoding.
+#[derive(Default)]
+pub struct KvCache {
+    pub k: Vec<Option<Tensor>>,
+    pub v: Vec<Option<Tensor>>,
+}
+
+impl KvCache {
+    pub fn new(n_layers: usize) -> Self {
+        KvCache {
+            k: (0..n_layers).map(|_| None).collect(),
+            v: (0..n_layers).map(|_| None).collect(),
+        }
+    }
+    pub fn len(&self) -> i64 {
+        self.k.first().and_then(|k| k.as_ref()).map(|k| k.size()[2]).unwrap_or(0)
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// RMSNorm as transformers computes it: statistics in f32, result cast back, then scaled.
+pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Tensor {
+    let d = *x.size().last().unwrap_or(&1);
+    if x.kind() == Kind::Float && weight.kind() == Kind::Float {
+        return x.rms_norm([d], Some(weight), eps);
+    }
+    let x32 = x.to_kind(Kind::Float);
+    let var = x32.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float);
+    let normed = (x32 * (var + eps).rsqrt()).to_kind(x.kind());
+    weight * normed
+}
+
+impl Model {
+    /// Build the per-call context. `attention_mask` (`[B, past + T]`, 1 = token) covers the
+    /// cached tokens too, as in transformers; positions follow it (left padding works).
+    pub fn context(
+        &self,
+        ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        position_ids: Option<&Tensor>,
+        past: i64,
+    ) -> Result<Context> {
+        let size = ids.size();
+        if size.len() != 2 {
+            return Err(Error::Invalid(format!("input ids must be [batch, seq], got {size:?}")));
+        }
+        let (b, t) = (size[0], size[1]);
+        let dev = self.device;
+        let mask = match attention_mask {
+            Some(m) => {
+                if m.size() != [b, past + t] {
+                    return Err(Error::Invalid(format!(
+                        "attention mask has shape {:?}, expected [{b}, {}]",
+                        m.size(),
+                        past + t
+                    )));
+                }
+                let m = m.to_device(dev).to_kind(Kind::Bool);
+                // An all-ones mask is no mask; skip building one.
+                if m.all().int64_value(&[]) == 1 {
+                    None
+                } else {
+                    Some(m)
+                }
+            }
+            None => None,
+        };
+        let positions = match (position_ids, &mask) {
+            (Some(p), _) => p.to_device(dev).to_kind(Kind::Int64),
+            (None, Some(m)) => (m.to_kind(Kind::Int64).cumsum(1, Kind::Int64) - 1)
+                .clamp_min(0)
+                .narrow(1, past, t),
+            (None, None) => Tensor::arange_start(past, past + t, (Kind::Int64, dev))
+                .unsqueeze(0)
+                .expand([b, t], true),
+        };
+        let (cos, sin) = self.rope_cos_sin(&positions);
+        let total = past + t;
+        let window_bites = self.config.sliding_window.is_some_and(|w| total > w);
+        let attn = if mask.is_none() && !window_bites {
+            if past == 0 {
+                AttnMask::Causal
+            } else if t == 1 {
+                AttnMask::Full
+            } else {
+                AttnMask::Explicit(causal_mask(b, t, past, None, self.config.sliding_window, dev))
+            }
+        } else {
+            AttnMask::Explicit(causal_mask(b, t, past, mask.as_ref(), self.config.sliding_window, dev))
+        };
+        let valid = mask.map(|m| m.narrow(1, past, t));
+        Ok(Context {
+            cos: cos.to_kind(self.dtype),
+            sin: sin.to_kind(self.dtype),
+            mask: attn,
+            valid,
+        })
+    }
+
+    /// A context with caller-made positions `[B, N]` and bool mask `[B, 1, N, N]` (true =
+    /// attend), for packed layouts such as several continuations sharing one prefix.
+    pub fn context_explicit(&self, positions: &Tensor, mask: Tensor, valid: Option<Tensor>) -> Context {
+        let (cos, sin) = self.rope_cos_sin(&positions.to_device(self.device));
+        Context {
+            cos: cos.to_kind(self.dtype),
+            sin: sin.to_kind(self.dtype),
+            mask: AttnMask::Explicit(mask.to_device(self.device)),
+            valid: valid.map(|v| v.to_device(self.device)),
+        }
+    }
+
+    fn rope_cos_sin(&self, positions: &Tensor) -> (Tensor, Tensor) {
+        self.rope.cos_sin(positions)
+    }
+
+    pub fn embed_tokens(&self, ids: &Tensor) -> Result<Tensor> {
+        let max = ids.max().int64_value(&[]);
+        let min = ids.min().int64_value(&[]);
+        if min < 0 || max >= self.config.vocab_size {
+            return Err(Error::Invalid(format!(
+                "token id out of range [0, {}): saw {min}..={max}",
+                self.config.vocab_size
+            )));
+        }
+        Ok(Tensor::embedding(&self.embed, &ids.to_device(self.device), -1, false, false))
+    }
+
+    /// Run layers `range` on `h`; the tap sees boundaries `range.start ..= range.end`.
+    pub fn run_layers(
+        &self,
+        mut h: Tensor,
+        range: std::ops::Range<usize>,
+        ctx: &Context,
+        tap: &mut dyn Tap,
+        mut cache: Option<&mut KvCache>,
+    ) -> Tensor {
+        for i in range.clone() {
+            tap.hidden(i, &h, ctx.valid.as_ref());
+            let kv = cache.as_deref_mut().map(|c| (&mut c.k[i], &mut c.v[i]));
+            h = layer_forward(&self.config, &self.layers[i], i, &h, ctx, tap, kv);
+        }
+        tap.hidden(range.end, &h, ctx.valid.as_ref());
+        h
+    }
+
+    /// Hidden state after the last layer, before the final norm: `[B, T, hidden]`.
+    pub fn forward_hidden(
+        &self,
+        ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        tap: &mut dyn Tap,
+    ) -> Result<Tensor> {
+        let ctx = self.context(ids, attention_mask, None, 0)?;
+        let h = self.embed_tokens(ids)?;
+        Ok(self.run_layers(h, 0..self.layers.len(), &ctx, tap, None))
+    }
+
+    pub fn final_norm(&self, h: &Tensor) -> Tensor {
+        rms_norm(h, &self.norm, self.config.rms_norm_eps)
+    }
+
+    /// Logits from final-normed hidden states (any leading shape).
+    pub fn lm_head(&self, normed: &Tensor) -> Tensor {
+        normed.linear::<&Tensor>(self.head_weight(), None)
+    }
+
+    /// Full logits `[B, T, vocab]` in the model dtype.
+    pub fn forward(&self, ids: &Tensor, attention_mask: Option<&Tensor>) -> Result<Tensor> {
+        let h = self.forward_hidden(ids, attention_mask, &mut NoTap)?;
+        Ok(self.lm_head(&self.final_norm(&h)))
+    }
+
+    /// Forward new tokens after `cache` (which grows); returns final-normed hidden states.
+    pub fn forward_cached(
+        &self,
+        ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        let past = cache.len();
+        let ctx = self.context(ids, attention_mask, None, past)?;
+        let h = self.embed_tokens(ids)?;
+        let h = self.run_layers(h, 0..self.layers.len(), &ctx, &mut NoTap, Some(cache));
+        Ok(self.final_norm(&h))
+    }
+}
+
+/// Bool mask `[B or 1, 1, T, past + T]`: causal, restricted to valid keys and to the
+/// sliding window. The diagonal stays open so rows of padding never become all-masked
+/// (which would make softmax produce NaN); their outputs are ignored anyway.
+fn causal_mask(
+    b: i64,
+    t: i64,
+    past: i64,
+    valid: Option<&Tensor>,
+    window: Option<i64>,
+    dev: tch::Device,
+) -> Tensor {
+    let q = Tensor::arange_start(past, past + t, (Kind::Int64, dev)).view([t, 1]);
+    let k = Tensor::arange(past + t, (Kind::Int64, dev)).view([1, past + t]);
+    let mut allowed = k.le_tensor(&q);
+    if let Some(w) = window {
+        allowed = allowed.logical_and(&(&q - &k).lt(w));
+    }
+    let diag = k.eq_tensor(&q);
+    let mut m = allowed.view([1, 1, t, past + t]);
+    if let Some(v) = valid {
+        m = m.logical_and(&v.view([b, 1, 1, past + t]));
+    }
+    m.logical_or(&diag.view([1, 1, t, past + t]))
+}
+
+/// One decoder layer. Free of `Model` so pruning and distillation can run layers that are
+/// not (yet) part of a model.
+pub fn layer_forward(
+    c: &ModelConfig,
+    layer: &Layer,
+    idx: usize,
+    x: &Tensor,
+    ctx: &Context,
+    tap: &mut dyn Tap,
+    cache: Option<(&mut Option<Tensor>, &mut Option<Tensor>)>,
+) -> Tensor {
+    let size = x.size();
+    let (b, t) = (size[0], size[1]);
+    let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+    let eps = c.rms_norm_eps;
+
+    let xn = rms_norm(x, &layer.input_norm, eps);
+    let mut q = layer.q_proj.forward(&xn).view([b, t, nh, hd]);
+    let mut k = layer.k_proj.forward(&xn).view([b, t, nkv, hd]);
+    let v = layer.v_proj.forward(&xn).view([b, t, nkv, hd]).transpose(1, 2);
+    if let Some(w) = &layer.q_norm {
+        q = rms_norm(&q, w, eps);
+    }
+    if let Some(w) = &layer.k_norm {
+        k = rms_norm(&k, w, eps);
+    }
+    let q = rope::apply(&q.transpose(1, 2), &ctx.cos, &ctx.sin);
+    let mut k = rope::apply(&k.transpose(1, 2), &ctx.cos, &ctx.sin);
+    let mut v = v;
+    if let Some((ck, cv)) = cache {
+        if let (Some(pk), Some(pv)) = (ck.as_ref(), cv.as_ref()) {
+            k = Tensor::cat(&[pk, &k], 2);
+            v = Tensor::cat(&[pv, &v], 2);
+        }
+        *ck = Some(k.shallow_clone());
+        *cv = Some(v.shallow_clone());
+    }
+    let (mask, causal) = match &ctx.mask {
+        AttnMask::Causal => (None, true),
+        AttnMask::Full => (None, false),
+        AttnMask::Explicit(m) => (Some(m), false),
+    };
+    let attn = sdpa(&q, &k, &v, mask, causal, nh != nkv);
+    let attn = attn.transpose(1, 2).reshape([b, t, nh * hd]);
+    tap.attn_pre_o(idx, &attn, ctx.valid.as_ref());
+    let h = x + layer.o_proj.forward(&attn);
+
+    let hn = rms_norm(&h, &layer.post_norm, eps);
+    let act = layer.gate_proj.forward(&hn).silu() * layer.up_proj.forward(&hn);
+    tap.mlp_pre_down(idx, &act, ctx.valid.as_ref());
+    h + layer.down_proj.forward(&act)
+}
+
+/// Scaled dot-product attention; grouped-query heads share their key/value head
+/// (query head h reads kv head h / n_rep, the Hugging Face layout).
+fn sdpa(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, causal: bool, gqa: bool) -> Tensor {
+    if gqa {
+        let n_rep = q.size()[1] / k.size()[1];
+        let k = k.repeat_interleave_self_int(n_rep, 1, None);
+        let v = v.repeat_interleave_self_int(n_rep, 1, None);
+        return Tensor::scaled_dot_product_attention(q, &k, &v, mask, 0.0, causal, None, false);
+    }
+    Tensor::scaled_dot_product_attention(q, k, v, mask, 0.0, causal, None, false)
+}

@@ -1,0 +1,112 @@
+//! A decoder layer as plain data: named tensors that pruning can slice, merge, drop or
+//! build from scratch. Nothing here knows how the forward pass uses them.
+
+use tch::Tensor;
+
+/// `y = x W^T + b`, the layout of a PyTorch `nn.Linear`: weight is `[out, in]`.
+#[derive(Debug)]
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Linear { weight, bias }
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        x.linear(&self.weight, self.bias.as_ref())
+    }
+
+    pub fn shallow_clone(&self) -> Linear {
+        Linear {
+            weight: self.weight.shallow_clone(),
+            bias: self.bias.as_ref().map(Tensor::shallow_clone),
+        }
+    }
+
+    /// A deep copy (new storage), for merges that must not alias their sources.
+    pub fn deep_clone(&self) -> Linear {
+        Linear {
+            weight: self.weight.copy(),
+            bias: self.bias.as_ref().map(Tensor::copy),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Layer {
+    pub input_norm: Tensor,
+    pub q_proj: Linear,
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub o_proj: Linear,
+    /// Qwen3 per-head RMSNorm weights, `[head_dim]`.
+    pub q_norm: Option<Tensor>,
+    pub k_norm: Option<Tensor>,
+    pub post_norm: Tensor,
+    pub gate_proj: Linear,
+    pub up_proj: Linear,
+    pub down_proj: Linear,
+}
+
+impl Layer {
+    /// Every tensor with its Hugging Face name relative to `model.layers.{i}.`.
+    pub fn named_tensors(&self) -> Vec<(String, &Tensor)> {
+        let mut out: Vec<(String, &Tensor)> = vec![("input_layernorm.weight".into(), &self.input_norm)];
+        fn push_lin<'a>(out: &mut Vec<(String, &'a Tensor)>, name: &str, l: &'a Linear) {
+            out.push((format!("{name}.weight"), &l.weight));
+            if let Some(b) = &l.bias {
+                out.push((format!("{name}.bias"), b));
+            }
+        }
+        push_lin(&mut out, "self_attn.q_proj", &self.q_proj);
+        push_lin(&mut out, "self_attn.k_proj", &self.k_proj);
+        push_lin(&mut out, "self_attn.v_proj", &self.v_proj);
+        push_lin(&mut out, "self_attn.o_proj", &self.o_proj);
+        push_lin(&mut out, "mlp.gate_proj", &self.gate_proj);
+        push_lin(&mut out, "mlp.up_proj", &self.up_proj);
+        push_lin(&mut out, "mlp.down_proj", &self.down_proj);
+        if let Some(t) = &self.q_norm {
+            out.push(("self_attn.q_norm.weight".into(), t));
+        }
+        if let Some(t) = &self.k_norm {
+            out.push(("self_attn.k_norm.weight".into(), t));
+        }
+        out.push(("post_attention_layernorm.weight".into(), &self.post_norm));
+        out
+    }
+
+    pub fn shallow_clone(&self) -> Layer {
+        Layer {
+            input_norm: self.input_norm.shallow_clone(),
+            q_proj: self.q_proj.shallow_clone(),
+            k_proj: self.k_proj.shallow_clone(),
+            v_proj: self.v_proj.shallow_clone(),
+            o_proj: self.o_proj.shallow_clone(),
+            q_norm: self.q_norm.as_ref().map(Tensor::shallow_clone),
+            k_norm: self.k_norm.as_ref().map(Tensor::shallow_clone),
+            post_norm: self.post_norm.shallow_clone(),
+            gate_proj: self.gate_proj.shallow_clone(),
+            up_proj: self.up_proj.shallow_clone(),
+            down_proj: self.down_proj.shallow_clone(),
+        }
+    }
+
+    pub fn deep_clone(&self) -> Layer {
+        Layer {
+            input_norm: self.input_norm.copy(),
+            q_proj: self.q_proj.deep_clone(),
+            k_proj: self.k_proj.deep_clone(),
+            v_proj: self.v_proj.deep_clone(),
+            o_proj: self.o_proj.deep_clone(),
+            q_norm: self.q_norm.as_ref().map(Tensor::copy),
+            k_norm: self.k_norm.as_ref().map(Tensor::copy),
+            post_norm: self.post_norm.copy(),
+            gate_proj: self.gate_proj.deep_clone(),
+            up_proj: self.up_proj.deep_clone(),
+            down_proj: self.down_proj.deep_clone(),
+        }
+    }
+}

@@ -1,0 +1,56 @@
+//! Where shared data and models live. Users point the tool at their own copies with
+//! `COME_DATA` / `COME_MODELS`; the default is `../shared/...` beside the project root.
+
+use std::path::{Path, PathBuf};
+
+fn project_root() -> PathBuf {
+    // At run time the binary may be anywhere; prefer the working directory, which is the
+    // project root for every documented command.
+    std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."))
+}
+
+fn from_env_or(var: &str, default_rel: &str) -> PathBuf {
+    match std::env::var_os(var) {
+        Some(v) if !v.is_empty() => PathBuf::from(v),
+        _ => project_root().join(default_rel),
+    }
+}
+
+/// Root of the benchmark data (`COME_DATA`, default `../shared/data`).
+pub fn data_dir() -> PathBuf {
+    from_env_or("COME_DATA", "../shared/data")
+}
+
+/// Root of the shipped models (`COME_MODELS`, default `../shared/models`).
+pub fn models_dir() -> PathBuf {
+    from_env_or("COME_MODELS", "../shared/models")
+}
+
+/// Where imported/pruned checkpoints are cached (`COME_WORK`, default `work/`).
+pub fn work_dir() -> PathBuf {
+    from_env_or("COME_WORK", "work")
+}
+
+pub fn wikitext2_test() -> PathBuf {
+    data_dir().join("wikitext2/wikitext2_raw_test.txt")
+}
+
+pub fn smollm2_gguf() -> PathBuf {
+    models_dir().join("smollm2-135m-instruct-q4_1/SmolLM2-135M-Instruct.Q4_1.gguf")
+}
+
+pub fn stories260k_bin() -> PathBuf {
+    models_dir().join("stories260K/stories260K.bin")
+}
+
+pub fn stories260k_tok() -> PathBuf {
+    models_dir().join("stories260K/tok512.bin")
+}
+
+/// Display a path relative to the working directory when possible (shorter messages).
+pub fn show(p: &Path) -> String {
+    p.strip_prefix(project_root())
+        .unwrap_or(p)
+        .display()
+        .to_string()
+}
