@@ -4,10 +4,13 @@
 //! zero-shot tasks). Each stage takes and returns plain data.
 
 pub mod error;
+pub mod calib;
 pub mod eval;
 pub mod generate;
 pub mod model;
 pub mod paths;
+pub mod prune;
+pub mod rng;
 pub mod runtime;
 
 pub use error::{Error, Result};

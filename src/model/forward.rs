@@ -17,6 +17,9 @@ pub trait Tap {
     fn hidden(&mut self, _boundary: usize, _h: &Tensor, _valid: Option<&Tensor>) {}
     /// Attention output of layer `layer` before `o_proj`, `[B, T, heads * head_dim]`.
     fn attn_pre_o(&mut self, _layer: usize, _x: &Tensor, _valid: Option<&Tensor>) {}
+    /// Queries and keys of layer `layer` after q/k norms, before RoPE,
+    /// `[B, T, heads, head_dim]` and `[B, T, kv_heads, head_dim]`.
+    fn qk(&mut self, _layer: usize, _q: &Tensor, _k: &Tensor, _valid: Option<&Tensor>) {}
     /// MLP activation `silu(gate(x)) * up(x)` before `down_proj`, `[B, T, intermediate]`.
     fn mlp_pre_down(&mut self, _layer: usize, _x: &Tensor, _valid: Option<&Tensor>) {}
 }
@@ -78,7 +81,11 @@ impl KvCache {
         }
     }
     pub fn len(&self) -> i64 {
-        self.k.first().and_then(|k| k.as_ref()).map(|k| k.size()[2]).unwrap_or(0)
+        self.k
+            .first()
+            .and_then(|k| k.as_ref())
+            .map(|k| k.size()[2])
+            .unwrap_or(0)
     }
     pub fn is_empty(&self) -> bool {
         self.len() == 0
@@ -109,7 +116,9 @@ impl Model {
     ) -> Result<Context> {
         let size = ids.size();
         if size.len() != 2 {
-            return Err(Error::Invalid(format!("input ids must be [batch, seq], got {size:?}")));
+            return Err(Error::Invalid(format!(
+                "input ids must be [batch, seq], got {size:?}"
+            )));
         }
         let (b, t) = (size[0], size[1]);
         let dev = self.device;
@@ -150,10 +159,24 @@ impl Model {
             } else if t == 1 {
                 AttnMask::Full
             } else {
-                AttnMask::Explicit(causal_mask(b, t, past, None, self.config.sliding_window, dev))
+                AttnMask::Explicit(causal_mask(
+                    b,
+                    t,
+                    past,
+                    None,
+                    self.config.sliding_window,
+                    dev,
+                ))
             }
         } else {
-            AttnMask::Explicit(causal_mask(b, t, past, mask.as_ref(), self.config.sliding_window, dev))
+            AttnMask::Explicit(causal_mask(
+                b,
+                t,
+                past,
+                mask.as_ref(),
+                self.config.sliding_window,
+                dev,
+            ))
         };
         let valid = mask.map(|m| m.narrow(1, past, t));
         Ok(Context {
@@ -166,7 +189,12 @@ impl Model {
 
     /// A context with caller-made positions `[B, N]` and bool mask `[B, 1, N, N]` (true =
     /// attend), for packed layouts such as several continuations sharing one prefix.
-    pub fn context_explicit(&self, positions: &Tensor, mask: Tensor, valid: Option<Tensor>) -> Context {
+    pub fn context_explicit(
+        &self,
+        positions: &Tensor,
+        mask: Tensor,
+        valid: Option<Tensor>,
+    ) -> Context {
         let (cos, sin) = self.rope_cos_sin(&positions.to_device(self.device));
         Context {
             cos: cos.to_kind(self.dtype),
@@ -189,7 +217,13 @@ impl Model {
                 self.config.vocab_size
             )));
         }
-        Ok(Tensor::embedding(&self.embed, &ids.to_device(self.device), -1, false, false))
+        Ok(Tensor::embedding(
+            &self.embed,
+            &ids.to_device(self.device),
+            -1,
+            false,
+            false,
+        ))
     }
 
     /// Run layers `range` on `h`; the tap sees boundaries `range.start ..= range.end`.
@@ -288,11 +322,25 @@ pub fn layer_forward(
     tap: &mut dyn Tap,
     cache: Option<(&mut Option<Tensor>, &mut Option<Tensor>)>,
 ) -> Tensor {
+    let h = x + attention_block(c, layer, idx, x, ctx, tap, cache);
+    let out = mlp_block(c, layer, idx, &h, ctx, tap);
+    h + out
+}
+
+/// The attention branch of a layer (input norm through `o_proj`), without the residual.
+pub fn attention_block(
+    c: &ModelConfig,
+    layer: &Layer,
+    idx: usize,
+    x: &Tensor,
+    ctx: &Context,
+    tap: &mut dyn Tap,
+    cache: Option<(&mut Option<Tensor>, &mut Option<Tensor>)>,
+) -> Tensor {
     let size = x.size();
     let (b, t) = (size[0], size[1]);
     let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
     let eps = c.rms_norm_eps;
-
     let xn = rms_norm(x, &layer.input_norm, eps);
     let mut q = layer.q_proj.forward(&xn).view([b, t, nh, hd]);
     let mut k = layer.k_proj.forward(&xn).view([b, t, nkv, hd]);
@@ -303,6 +351,7 @@ pub fn layer_forward(
     if let Some(w) = &layer.k_norm {
         k = rms_norm(&k, w, eps);
     }
+    tap.qk(idx, &q, &k, ctx.valid.as_ref());
     let q = rope::apply(&q.transpose(1, 2), &ctx.cos, &ctx.sin);
     let mut k = rope::apply(&k.transpose(1, 2), &ctx.cos, &ctx.sin);
     let mut v = v;
@@ -322,17 +371,27 @@ pub fn layer_forward(
     let attn = sdpa(&q, &k, &v, mask, causal, nh != nkv);
     let attn = attn.transpose(1, 2).reshape([b, t, nh * hd]);
     tap.attn_pre_o(idx, &attn, ctx.valid.as_ref());
-    let h = x + layer.o_proj.forward(&attn);
+    layer.o_proj.forward(&attn)
+}
 
-    let hn = rms_norm(&h, &layer.post_norm, eps);
+/// The MLP branch of a layer (post-attention norm through `down_proj`), without the residual.
+pub fn mlp_block(c: &ModelConfig, layer: &Layer, idx: usize, h: &Tensor, ctx: &Context, tap: &mut dyn Tap) -> Tensor {
+    let hn = rms_norm(h, &layer.post_norm, c.rms_norm_eps);
     let act = layer.gate_proj.forward(&hn).silu() * layer.up_proj.forward(&hn);
     tap.mlp_pre_down(idx, &act, ctx.valid.as_ref());
-    h + layer.down_proj.forward(&act)
+    layer.down_proj.forward(&act)
 }
 
 /// Scaled dot-product attention; grouped-query heads share their key/value head
 /// (query head h reads kv head h / n_rep, the Hugging Face layout).
-fn sdpa(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, causal: bool, gqa: bool) -> Tensor {
+fn sdpa(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    causal: bool,
+    gqa: bool,
+) -> Tensor {
     if gqa {
         let n_rep = q.size()[1] / k.size()[1];
         let k = k.repeat_interleave_self_int(n_rep, 1, None);

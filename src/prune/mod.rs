@@ -1,0 +1,422 @@
+//! The pruning engine: calibration state, scores, plans and merges. `prune` takes a model
+//! and a [`PruneConfig`] and returns the pruned model (in place) with a full record.
+
+pub mod baselines;
+pub mod merge;
+pub mod score;
+pub mod state;
+
+use crate::calib::{CalibConfig, CalibSet};
+use crate::error::{Error, Result};
+use crate::model::{Layer, Model};
+use merge::{GqaMapping, NormMode, ShareOptions};
+use score::{angular_distance, block_influence, channel_scores, Sensitivity};
+use serde::{Deserialize, Serialize};
+use state::CalibState;
+use std::time::Instant;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    /// Progressive pair merging (CoMe's schedule) with the merge operation of `merge`.
+    Come,
+    /// CoMe-P: per pair, the channel split chosen by calibration NLL.
+    ComeP,
+    ShortGpt,
+    Sleb,
+    Reverse,
+    Magnitude,
+    MagnitudePlus,
+    Taylor,
+    TaylorPlus,
+    Laco,
+    Mka,
+}
+
+impl Method {
+    pub const ALL: &'static [&'static str] = &[
+        "come", "come-p", "shortgpt", "sleb", "reverse", "magnitude", "magnitude+", "taylor", "taylor+", "laco", "mka",
+    ];
+    pub fn parse(s: &str) -> Result<Method> {
+        Ok(match s {
+            "come" => Method::Come,
+            "come-p" | "comep" => Method::ComeP,
+            "shortgpt" => Method::ShortGpt,
+            "sleb" => Method::Sleb,
+            "reverse" => Method::Reverse,
+            "magnitude" => Method::Magnitude,
+            "magnitude+" | "magnitude-plus" => Method::MagnitudePlus,
+            "taylor" => Method::Taylor,
+            "taylor+" | "taylor-plus" => Method::TaylorPlus,
+            "laco" => Method::Laco,
+            "mka" => Method::Mka,
+            other => {
+                return Err(Error::Invalid(format!("unknown method `{other}` (known: {})", Method::ALL.join(", "))))
+            }
+        })
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Come => "come",
+            Method::ComeP => "come-p",
+            Method::ShortGpt => "shortgpt",
+            Method::Sleb => "sleb",
+            Method::Reverse => "reverse",
+            Method::Magnitude => "magnitude",
+            Method::MagnitudePlus => "magnitude+",
+            Method::Taylor => "taylor",
+            Method::TaylorPlus => "taylor+",
+            Method::Laco => "laco",
+            Method::Mka => "mka",
+        }
+    }
+}
+
+/// The operation applied to the pair the CoMe schedule picks (the paper's ablation axis).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum MergeOp {
+    #[default]
+    Concat,
+    /// Plain average of the pair's weights.
+    Linear,
+    /// BI-weighted average (the paper's weighted-sum ablation).
+    LinearBi,
+    /// Drop the pair's lower-BI layer.
+    Drop,
+}
+
+impl MergeOp {
+    pub fn parse(s: &str) -> Result<MergeOp> {
+        serde_json::from_value(serde_json::Value::String(s.into()))
+            .map_err(|_| Error::Invalid(format!("unknown merge `{s}` (expected concat, linear, linear-bi, drop)")))
+    }
+}
+
+/// How adjacent pairs are ranked for merging (smallest first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum PairScore {
+    /// Angular distance between the pair's input and output on the last token (reference).
+    #[default]
+    Sbi,
+    /// The same over all tokens.
+    SbiAll,
+    /// Calibration NLL with both layers removed (SLEB-style).
+    Nll,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PruneConfig {
+    pub method: Method,
+    pub merge: MergeOp,
+    /// Target depth; overrides `sparsity` when set.
+    pub target_layers: Option<usize>,
+    /// Fraction of parameters to remove, mapped to a layer count (recorded).
+    pub sparsity: Option<f64>,
+    pub sensitivity: Sensitivity,
+    pub pair_score: PairScore,
+    pub norm: NormMode,
+    pub gqa_mapping: GqaMapping,
+    pub share: ShareOptions,
+    /// A pair touching an already merged layer is not eligible (reference default).
+    pub no_repeat: bool,
+    /// CoMe-P: split grid granularity G (G + 1 candidate ratios).
+    pub comep_grid: usize,
+    /// LaCo: layers merged per step, interval after an accepted merge, similarity threshold.
+    pub laco_span: usize,
+    pub laco_interval: usize,
+    pub laco_threshold: f64,
+    /// Layers protected at each end by the "+" baselines.
+    pub protect_first: usize,
+    pub protect_last: usize,
+    pub calib: CalibConfig,
+    /// Calibration sequences per forward chunk.
+    pub chunk: usize,
+    /// Re-score from the merge position on (false: from layer 0 every round).
+    pub incremental: bool,
+    pub seed: u64,
+}
+
+impl Default for PruneConfig {
+    fn default() -> Self {
+        PruneConfig {
+            method: Method::Come,
+            merge: MergeOp::Concat,
+            target_layers: None,
+            sparsity: None,
+            sensitivity: Sensitivity::ActL1,
+            pair_score: PairScore::Sbi,
+            norm: NormMode::Mean,
+            gqa_mapping: GqaMapping::Hf,
+            share: ShareOptions::default(),
+            no_repeat: true,
+            comep_grid: 20,
+            laco_span: 2,
+            laco_interval: 2,
+            laco_threshold: 0.65,
+            protect_first: 4,
+            protect_last: 2,
+            calib: CalibConfig::default(),
+            chunk: 1,
+            incremental: true,
+            seed: 0,
+        }
+    }
+}
+
+/// How the target depth was derived.
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetMapping {
+    pub sparsity: Option<f64>,
+    pub total_params: i64,
+    pub params_per_layer: i64,
+    pub layers_before: usize,
+    pub layers_removed: usize,
+    pub target_layers: usize,
+    pub rule: &'static str,
+}
+
+pub fn target_layers(model: &Model, cfg: &PruneConfig) -> Result<TargetMapping> {
+    let c = model.current_config();
+    let n = model.n_layers();
+    let (total, per) = (c.total_params(), c.params_per_layer());
+    let (removed, rule) = match (cfg.target_layers, cfg.sparsity) {
+        (Some(t), _) => {
+            if t == 0 || t >= n {
+                return Err(Error::Invalid(format!(
+                    "target depth {t} must be between 1 and the current depth minus one ({})",
+                    n.saturating_sub(1)
+                )));
+            }
+            (n - t, "explicit target_layers")
+        }
+        (None, Some(s)) => {
+            if !(s > 0.0 && s < 1.0) {
+                return Err(Error::Invalid(format!("sparsity must be in (0, 1), got {s}")));
+            }
+            let r = (s * total as f64 / per as f64).round() as usize;
+            if r == 0 || r >= n {
+                return Err(Error::Invalid(format!(
+                    "sparsity {s} maps to removing {r} of {n} layers ({total} params, {per} per layer): nothing to do or nothing left"
+                )));
+            }
+            (r, "round(sparsity * total_params / params_per_layer)")
+        }
+        (None, None) => return Err(Error::Invalid("set target_layers or sparsity".into())),
+    };
+    Ok(TargetMapping {
+        sparsity: cfg.sparsity.filter(|_| cfg.target_layers.is_none()),
+        total_params: total,
+        params_per_layer: per,
+        layers_before: n,
+        layers_removed: removed,
+        target_layers: n - removed,
+        rule,
+    })
+}
+
+/// One step of a plan.
+#[derive(Debug, Clone, Serialize)]
+pub struct Step {
+    pub round: usize,
+    pub action: String,
+    /// Positions (in the model at that round) of the layers consumed.
+    pub positions: Vec<usize>,
+    /// Original layers now held by the resulting layer (empty for a drop).
+    pub originals: Vec<usize>,
+    pub score: Option<f64>,
+    pub bi: Vec<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub concat: Option<merge::ConcatRecord>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ratio: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nll: Option<f64>,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PruneReport {
+    pub config: PruneConfig,
+    pub target: TargetMapping,
+    pub calibration: CalibSet,
+    /// New layer i <- original layers.
+    pub correspondence: Vec<Vec<usize>>,
+    pub steps: Vec<Step>,
+    pub params_before: i64,
+    pub params_after: i64,
+    pub layer_passes: usize,
+    pub seconds: f64,
+}
+
+/// Everything a plan needs while it runs.
+pub struct Pruner<'a> {
+    pub model: &'a mut Model,
+    pub cfg: PruneConfig,
+    pub state: CalibState,
+    pub corr: Vec<Vec<usize>>,
+    pub steps: Vec<Step>,
+    pub on_step: Box<dyn FnMut(usize, &str) + 'a>,
+}
+
+impl Pruner<'_> {
+    /// Replace layers `at..at + k` by `new` (None: delete them) and update the state.
+    pub fn apply(&mut self, at: usize, k: usize, new: Option<Layer>) {
+        let originals: Vec<usize> = self.corr[at..at + k].concat();
+        match new {
+            Some(layer) => {
+                self.model.layers.splice(at..at + k, [layer]);
+                self.corr.splice(at..at + k, [originals]);
+                self.state.after_merge(self.model, at, k - 1, self.cfg.incremental);
+            }
+            None => {
+                self.model.layers.drain(at..at + k);
+                self.corr.drain(at..at + k);
+                self.state.after_merge(self.model, at, k, self.cfg.incremental);
+            }
+        }
+    }
+
+    pub fn record(&mut self, mut step: Step, t0: Instant) {
+        step.round = self.steps.len();
+        step.seconds = t0.elapsed().as_secs_f64();
+        (self.on_step)(self.steps.len() + 1, &step.action);
+        self.steps.push(step);
+    }
+}
+
+/// Prune `model` in place to the configured depth.
+pub fn prune(
+    model: &mut Model,
+    calib: CalibSet,
+    cfg: &PruneConfig,
+    on_step: impl FnMut(usize, &str),
+) -> Result<PruneReport> {
+    let t0 = Instant::now();
+    let target = target_layers(model, cfg)?;
+    let params_before = model.num_params();
+    let state = CalibState::new(model, &calib.sequences, cfg.chunk)?;
+    let corr = (0..model.n_layers()).map(|i| vec![i]).collect();
+    let mut p = Pruner { model, cfg: cfg.clone(), state, corr, steps: vec![], on_step: Box::new(on_step) };
+    match cfg.method {
+        Method::Come => progressive(&mut p, target.target_layers)?,
+        Method::ComeP => baselines::come_p(&mut p, target.target_layers)?,
+        Method::ShortGpt => baselines::shortgpt(&mut p, target.target_layers)?,
+        Method::Sleb => baselines::sleb(&mut p, target.target_layers)?,
+        Method::Reverse => baselines::reverse(&mut p, target.target_layers)?,
+        Method::Magnitude | Method::MagnitudePlus => baselines::magnitude(&mut p, target.target_layers)?,
+        Method::Taylor | Method::TaylorPlus => baselines::taylor(&mut p, target.target_layers)?,
+        Method::Laco => baselines::laco(&mut p, target.target_layers)?,
+        Method::Mka => baselines::mka(&mut p, target.target_layers)?,
+    }
+    let layer_passes = p.state.layer_passes;
+    let (corr, steps) = (p.corr, p.steps);
+    let params_after = p.model.num_params();
+    Ok(PruneReport {
+        config: cfg.clone(),
+        target,
+        calibration: calib,
+        correspondence: corr,
+        steps,
+        params_before,
+        params_after,
+        layer_passes,
+        seconds: t0.elapsed().as_secs_f64(),
+    })
+}
+
+/// Adjacent pairs that may merge this round.
+pub fn eligible_pairs(p: &Pruner) -> Vec<usize> {
+    (0..p.model.n_layers().saturating_sub(1))
+        .filter(|&l| !p.cfg.no_repeat || (p.corr[l].len() == 1 && p.corr[l + 1].len() == 1))
+        .collect()
+}
+
+pub fn pair_score(p: &Pruner, l: usize, how: PairScore) -> f64 {
+    match how {
+        PairScore::Sbi => angular_distance(&p.state, l, 2, false),
+        PairScore::SbiAll => angular_distance(&p.state, l, 2, true),
+        PairScore::Nll => p.state.nll_with(p.model, l, &[], l + 2),
+    }
+}
+
+/// Pick the eligible pair with the smallest score.
+pub fn best_pair(p: &Pruner, how: PairScore) -> Result<(usize, f64)> {
+    let pairs = eligible_pairs(p);
+    pairs
+        .iter()
+        .map(|&l| (l, pair_score(p, l, how)))
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .ok_or_else(|| {
+            Error::Invalid(format!(
+                "no eligible pair left at depth {} (every layer already merged once); set no_repeat = false to allow merging merged layers",
+                p.model.n_layers()
+            ))
+        })
+}
+
+/// The CoMe schedule: merge the most similar eligible pair, re-score, repeat.
+fn progressive(p: &mut Pruner, target: usize) -> Result<()> {
+    while p.model.n_layers() > target {
+        let t0 = Instant::now();
+        let (l, s) = best_pair(p, p.cfg.pair_score)?;
+        let bi_all = block_influence(&p.state);
+        let bi = vec![bi_all[l], bi_all[l + 1]];
+        let r = merge::shares(&bi, p.cfg.share);
+        let originals = [p.corr[l].clone(), p.corr[l + 1].clone()].concat();
+        let mut step = Step {
+            round: 0,
+            action: String::new(),
+            positions: vec![l, l + 1],
+            originals: originals.clone(),
+            score: Some(s),
+            bi: bi.clone(),
+            concat: None,
+            ratio: None,
+            nll: None,
+            seconds: 0.0,
+        };
+        match p.cfg.merge {
+            MergeOp::Concat => {
+                let (layer, rec) = concat_pair(p, l, &r)?;
+                step.action = format!("concat {l}+{}", l + 1);
+                step.concat = Some(rec);
+                p.apply(l, 2, Some(layer));
+            }
+            MergeOp::Linear | MergeOp::LinearBi => {
+                let w = if p.cfg.merge == MergeOp::Linear { vec![0.5, 0.5] } else { r.clone() };
+                let layer = merge::linear(&[&p.model.layers[l], &p.model.layers[l + 1]], &w)?;
+                step.action = format!("linear {l}+{} w={:.3}/{:.3}", l + 1, w[0], w[1]);
+                p.apply(l, 2, Some(layer));
+            }
+            MergeOp::Drop => {
+                let victim = if bi[0] <= bi[1] { l } else { l + 1 };
+                step.action = format!("drop {victim} of {l}+{}", l + 1);
+                step.originals = p.corr[victim].clone();
+                p.apply(victim, 1, None);
+            }
+        }
+        p.record(step, t0);
+    }
+    Ok(())
+}
+
+/// Concat-merge layers `l` and `l + 1` with shares `r` under the run's options.
+pub fn concat_pair(p: &Pruner, l: usize, r: &[f64]) -> Result<(Layer, merge::ConcatRecord)> {
+    let c = &p.model.config;
+    let seed = p.cfg.seed;
+    let s0 = channel_scores(c, &p.model.layers[l], &p.state.stats[l], p.cfg.sensitivity, seed ^ l as u64);
+    let s1 = channel_scores(c, &p.model.layers[l + 1], &p.state.stats[l + 1], p.cfg.sensitivity, seed ^ (l as u64 + 1) << 1);
+    merge::concat(
+        c,
+        &[&p.model.layers[l], &p.model.layers[l + 1]],
+        &[&s0, &s1],
+        r,
+        p.cfg.norm,
+        p.cfg.gqa_mapping,
+        c.num_key_value_heads as usize,
+        c.intermediate_size as usize,
+    )
+}

@@ -1,0 +1,127 @@
+//! Scores from the calibration state: channel sensitivity (per MLP neuron and per KV head),
+//! block influence per layer, and pair scores for adjacent layers.
+
+use super::state::{CalibState, LayerStats};
+use crate::error::{Error, Result};
+use crate::model::{Layer, ModelConfig};
+use serde::{Deserialize, Serialize};
+use tch::{Kind, Tensor};
+
+/// How a channel's importance is measured (the paper's is `act-l1`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Sensitivity {
+    /// mean |activation| x L1 norm of the output projection's column (paper/reference).
+    #[default]
+    ActL1,
+    /// mean |activation| only.
+    Activation,
+    /// L1 norm of the output projection's column only.
+    Weight,
+    /// RMS activation x L2 norm of the column.
+    L2,
+    /// Attention heads from the input side: mean |q|, |k| x L1 norms of q/k_proj rows (ours;
+    /// MLP neurons keep the default score).
+    InputQk,
+    /// Uniform random scores (seeded): the floor any score must beat.
+    Random,
+}
+
+impl Sensitivity {
+    pub fn parse(s: &str) -> Result<Self> {
+        serde_json::from_value(serde_json::Value::String(s.to_string())).map_err(|_| {
+            Error::Invalid(format!(
+                "unknown sensitivity `{s}` (expected act-l1, activation, weight, l2, input-qk, random)"
+            ))
+        })
+    }
+}
+
+/// Per-channel scores of one layer: `mlp` `[intermediate]`, `kv` `[kv_heads]` (f64, CPU).
+#[derive(Debug)]
+pub struct ChannelScores {
+    pub mlp: Vec<f64>,
+    pub kv: Vec<f64>,
+}
+
+fn col_norm(w: &Tensor, p: f64) -> Tensor {
+    // Column norms of a [out, in] weight: one per input channel.
+    w.to_kind(Kind::Double).norm_scalaropt_dim(p, [0i64], false)
+}
+
+fn row_norm(w: &Tensor, p: f64) -> Tensor {
+    w.to_kind(Kind::Double).norm_scalaropt_dim(p, [1i64], false)
+}
+
+fn to_vec(t: &Tensor) -> Vec<f64> {
+    Vec::<f64>::try_from(t.to_kind(Kind::Double).to_device(tch::Device::Cpu).flatten(0, -1)).unwrap_or_default()
+}
+
+pub fn channel_scores(
+    c: &ModelConfig,
+    layer: &Layer,
+    st: &LayerStats,
+    how: Sensitivity,
+    seed: u64,
+) -> ChannelScores {
+    let n = st.tokens.max(1) as f64;
+    let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+    let mlp_default = (&st.mlp_abs / n) * col_norm(&layer.down_proj.weight, 1.0);
+    let attn_default = (&st.attn_abs / n) * col_norm(&layer.o_proj.weight, 1.0);
+    let (mlp, attn) = match how {
+        Sensitivity::ActL1 => (mlp_default, attn_default),
+        Sensitivity::Activation => (&st.mlp_abs / n, &st.attn_abs / n),
+        Sensitivity::Weight => (col_norm(&layer.down_proj.weight, 1.0), col_norm(&layer.o_proj.weight, 1.0)),
+        Sensitivity::L2 => (
+            (&st.mlp_sq / n).sqrt() * col_norm(&layer.down_proj.weight, 2.0),
+            (&st.attn_sq / n).sqrt() * col_norm(&layer.o_proj.weight, 2.0),
+        ),
+        Sensitivity::InputQk => {
+            let q = (&st.q_abs / n) * row_norm(&layer.q_proj.weight, 1.0);
+            let k = (&st.k_abs / n) * row_norm(&layer.k_proj.weight, 1.0);
+            // Per KV head: its keys plus the queries of its group (HF layout).
+            let qh = q.view([nkv, -1]).sum_dim_intlist(1, false, Kind::Double);
+            let kh = k.view([nkv, -1]).sum_dim_intlist(1, false, Kind::Double);
+            let kv = (qh + kh) / ((nh / nkv + 1) * hd) as f64;
+            return ChannelScores { mlp: to_vec(&mlp_default), kv: to_vec(&kv) };
+        }
+        Sensitivity::Random => {
+            let mut r = crate::rng::SplitMix64::new(seed);
+            let mut u = |k: i64| (0..k).map(|_| (r.next_u64() >> 11) as f64 / (1u64 << 53) as f64).collect::<Vec<f64>>();
+            return ChannelScores { mlp: u(c.intermediate_size), kv: u(nkv) };
+        }
+    };
+    // Average over head_dim, then over the query heads of each KV group.
+    let per_q = attn.view([nh, hd]).mean_dim(1, false, Kind::Double);
+    let kv = per_q.view([nkv, nh / nkv]).mean_dim(1, false, Kind::Double);
+    ChannelScores { mlp: to_vec(&mlp), kv: to_vec(&kv) }
+}
+
+fn cosine_rows(a: &Tensor, b: &Tensor) -> Tensor {
+    let a = a.to_kind(Kind::Float);
+    let b = b.to_kind(Kind::Float);
+    let dot = (&a * &b).sum_dim_intlist(-1, false, Kind::Double);
+    let na = a.square().sum_dim_intlist(-1, false, Kind::Double).sqrt();
+    let nb = b.square().sum_dim_intlist(-1, false, Kind::Double).sqrt();
+    (dot / (na * nb).clamp_min(1e-12)).clamp(-1.0, 1.0)
+}
+
+/// Block influence of every layer: 1 - cos(h_in, h_out) averaged over all tokens.
+pub fn block_influence(st: &CalibState) -> Vec<f64> {
+    (0..st.n_layers())
+        .map(|l| 1.0 - cosine_rows(&st.boundaries[l], &st.boundaries[l + 1]).mean(Kind::Double).double_value(&[]))
+        .collect()
+}
+
+/// Angular distance arccos(cos(h_in of l, h_out of l + span - 1)) / pi, on the last token
+/// of each sequence (`all_tokens`: averaged over every token).
+pub fn angular_distance(st: &CalibState, l: usize, span: usize, all_tokens: bool) -> f64 {
+    let (a, b) = (&st.boundaries[l], &st.boundaries[l + span]);
+    let (a, b) = if all_tokens { (a.shallow_clone(), b.shallow_clone()) } else { (a.select(1, -1), b.select(1, -1)) };
+    (cosine_rows(&a, &b).arccos() / std::f64::consts::PI).mean(Kind::Double).double_value(&[])
+}
+
+/// Mean angular distance (arccos cos / pi) between two `[.., hidden]` tensors, all tokens.
+pub fn angular_distance_raw(a: &Tensor, b: &Tensor) -> f64 {
+    (cosine_rows(a, b).arccos() / std::f64::consts::PI).mean(Kind::Double).double_value(&[])
+}
