@@ -3,9 +3,10 @@
 //! Stages, as data flows: `model` (load, run, save, import) -> `eval` (perplexity,
 //! zero-shot tasks). Each stage takes and returns plain data.
 
-pub mod error;
 pub mod calib;
+pub mod error;
 pub mod eval;
+pub mod experiment;
 pub mod generate;
 pub mod model;
 pub mod paths;

@@ -38,18 +38,36 @@ pub enum BenchCmd {
 
 pub fn run(cmd: BenchCmd) -> Result<()> {
     match cmd {
-        BenchCmd::Forward { model, batch, seqlen, iters, hf, rt } => forward(model, batch, seqlen, iters, hf, rt),
+        BenchCmd::Forward {
+            model,
+            batch,
+            seqlen,
+            iters,
+            hf,
+            rt,
+        } => forward(model, batch, seqlen, iters, hf, rt),
         BenchCmd::Load { model, rt } => load(model, rt),
     }
 }
 
-fn forward(dir: PathBuf, batch: i64, seqlen: i64, iters: usize, hf: bool, rt: RuntimeArgs) -> Result<()> {
+fn forward(
+    dir: PathBuf,
+    batch: i64,
+    seqlen: i64,
+    iters: usize,
+    hf: bool,
+    rt: RuntimeArgs,
+) -> Result<()> {
     let opts = rt.load_options()?;
     let threads = tch::get_num_threads();
     let model = load_model(&dir, opts)?;
     let _g = tch::no_grad_guard();
     tch::manual_seed(0);
-    let ids = Tensor::randint(model.config.vocab_size, [batch, seqlen], (Kind::Int64, opts.device));
+    let ids = Tensor::randint(
+        model.config.vocab_size,
+        [batch, seqlen],
+        (Kind::Int64, opts.device),
+    );
     // One warm-up pass: first calls allocate and pick kernels.
     let _ = model.forward(&ids, None)?;
     let mut times = vec![];
@@ -62,23 +80,47 @@ fn forward(dir: PathBuf, batch: i64, seqlen: i64, iters: usize, hf: bool, rt: Ru
     times.sort_by(|a, b| a.total_cmp(b));
     let med = times[times.len() / 2];
     let ours = (batch * seqlen) as f64 / med;
-    println!("forward {batch}x{seqlen}, {} threads, {}:", threads, come_repro::runtime::dtype_name(opts.dtype));
-    println!("  come-repro    {ours:>10.0} tok/s   (median of {} runs, {med:.3}s each)", times.len());
+    println!(
+        "forward {batch}x{seqlen}, {} threads, {}:",
+        threads,
+        come_repro::runtime::dtype_name(opts.dtype)
+    );
+    println!(
+        "  come-repro    {ours:>10.0} tok/s   (median of {} runs, {med:.3}s each)",
+        times.len()
+    );
     if hf {
         let py = PathBuf::from(".venv/bin/python");
         let out = Command::new(&py)
             .args(["benches/hf_forward.py", "--model"])
             .arg(&dir)
-            .args(["--batch", &batch.to_string(), "--seqlen", &seqlen.to_string()])
-            .args(["--iters", &iters.to_string(), "--threads", &threads.to_string()])
+            .args([
+                "--batch",
+                &batch.to_string(),
+                "--seqlen",
+                &seqlen.to_string(),
+            ])
+            .args([
+                "--iters",
+                &iters.to_string(),
+                "--threads",
+                &threads.to_string(),
+            ])
             .output()
             .with_context(|| format!("running {} benches/hf_forward.py", py.display()))?;
         if !out.status.success() {
-            bail!("benches/hf_forward.py failed:\n{}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "benches/hf_forward.py failed:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("parsing hf_forward.py output")?;
+        let v: serde_json::Value =
+            serde_json::from_slice(&out.stdout).context("parsing hf_forward.py output")?;
         let theirs = v["tok_per_s"].as_f64().unwrap_or(f64::NAN);
-        println!("  transformers  {theirs:>10.0} tok/s   (median, {}s each, torch {})", v["median_s"], v["torch"]);
+        println!(
+            "  transformers  {theirs:>10.0} tok/s   (median, {}s each, torch {})",
+            v["median_s"], v["torch"]
+        );
         println!("  ratio         {:>10.2}x", ours / theirs);
     }
     Ok(())
@@ -105,10 +147,22 @@ fn load(dir: PathBuf, rt: RuntimeArgs) -> Result<()> {
     let mib = |k: u64| k as f64 / 1024.0;
     println!("load {} in {dt:.2}s", dir.display());
     println!("  parameters          {}", model.num_params());
-    println!("  f32 size            {:>8.1} MiB", f32_bytes / (1 << 20) as f64);
-    println!("  RSS before load     {:>8.1} MiB (libtorch runtime)", mib(base));
+    println!(
+        "  f32 size            {:>8.1} MiB",
+        f32_bytes / (1 << 20) as f64
+    );
+    println!(
+        "  RSS before load     {:>8.1} MiB (libtorch runtime)",
+        mib(base)
+    );
     println!("  peak RSS            {:>8.1} MiB", mib(peak));
-    println!("  peak / f32 size     {:>8.2}x   (goal <= 2.0x)", peak as f64 * 1024.0 / f32_bytes);
-    println!("  (peak - base) / f32 {:>8.2}x", (peak - base.min(peak)) as f64 * 1024.0 / f32_bytes);
+    println!(
+        "  peak / f32 size     {:>8.2}x   (goal <= 2.0x)",
+        peak as f64 * 1024.0 / f32_bytes
+    );
+    println!(
+        "  (peak - base) / f32 {:>8.2}x",
+        (peak - base.min(peak)) as f64 * 1024.0 / f32_bytes
+    );
     Ok(())
 }

@@ -34,8 +34,10 @@ impl RuntimeArgs {
 
 pub fn load(dir: &Path, rt: &RuntimeArgs) -> Result<(Model, Tokenizer)> {
     let opts = rt.load_options()?;
-    let model = load_model(dir, opts).with_context(|| format!("loading model from {}", dir.display()))?;
-    let tok = Tokenizer::from_dir(dir).with_context(|| format!("loading tokenizer from {}", dir.display()))?;
+    let model =
+        load_model(dir, opts).with_context(|| format!("loading model from {}", dir.display()))?;
+    let tok = Tokenizer::from_dir(dir)
+        .with_context(|| format!("loading tokenizer from {}", dir.display()))?;
     Ok((model, tok))
 }
 

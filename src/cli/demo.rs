@@ -24,29 +24,56 @@ pub struct DemoArgs {
 pub fn run(a: DemoArgs) -> Result<()> {
     let smol = default_import_dir("smollm2-135m-instruct");
     if !smol.exists() {
-        eprintln!("importing {} -> {}", paths::show(&paths::smollm2_gguf()), smol.display());
+        eprintln!(
+            "importing {} -> {}",
+            paths::show(&paths::smollm2_gguf()),
+            smol.display()
+        );
         import_into(&smol, false, || Ok(gguf::import(&paths::smollm2_gguf())?))?;
     }
     let stories = default_import_dir("stories260k");
     if !stories.exists() {
-        eprintln!("importing {} -> {}", paths::show(&paths::stories260k_bin()), stories.display());
+        eprintln!(
+            "importing {} -> {}",
+            paths::show(&paths::stories260k_bin()),
+            stories.display()
+        );
         import_into(&stories, false, || {
-            Ok(llama2c::import(&paths::stories260k_bin(), &paths::stories260k_tok())?)
+            Ok(llama2c::import(
+                &paths::stories260k_bin(),
+                &paths::stories260k_tok(),
+            )?)
         })?;
     }
 
     let (model, tok) = load(&stories, &a.rt)?;
     let bos = tok.bos_id.unwrap_or(1);
-    let opts = GenerateOptions { max_new_tokens: 48, temperature: 0.0, seed: 0, stop_ids: vec![bos] };
+    let opts = GenerateOptions {
+        max_new_tokens: 48,
+        temperature: 0.0,
+        seed: 0,
+        stop_ids: vec![bos],
+    };
     let new = generate(&model, &[bos], &opts)?;
-    println!("stories260K, greedy from BOS:\n  {}\n", tok.decode(&new, true)?.trim());
+    println!(
+        "stories260K, greedy from BOS:\n  {}\n",
+        tok.decode(&new, true)?.trim()
+    );
 
     let (model, tok) = load(&smol, &a.rt)?;
     let prompt = "The capital of France is";
     let ids = tok.encode(prompt, true)?;
-    let opts = GenerateOptions { max_new_tokens: 12, temperature: 0.0, seed: 0, stop_ids: tok.eos_ids.clone() };
+    let opts = GenerateOptions {
+        max_new_tokens: 12,
+        temperature: 0.0,
+        seed: 0,
+        stop_ids: tok.eos_ids.clone(),
+    };
     let new = generate(&model, &ids, &opts)?;
-    println!("SmolLM2-135M-Instruct, greedy:\n  {prompt}{}\n", tok.decode(&new, true)?);
+    println!(
+        "SmolLM2-135M-Instruct, greedy:\n  {prompt}{}\n",
+        tok.decode(&new, true)?
+    );
 
     let text_path = paths::wikitext2_test();
     let text = std::fs::read_to_string(&text_path)
@@ -54,7 +81,9 @@ pub fn run(a: DemoArgs) -> Result<()> {
     let tokens = tok.encode(&text, false)?;
     let t0 = Instant::now();
     let pb = bar(a.windows as u64, "ppl windows");
-    let res = perplexity(&model, &tokens, 2048, Some(a.windows), 1, |d, _| pb.set_position(d as u64))?;
+    let res = perplexity(&model, &tokens, 2048, Some(a.windows), 1, |d, _| {
+        pb.set_position(d as u64)
+    })?;
     pb.finish_and_clear();
     println!(
         "SmolLM2-135M-Instruct WikiText-2 perplexity (seqlen 2048, first {} of {} windows): {:.3}  [{:.1}s, {:.0} tok/s]",

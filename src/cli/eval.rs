@@ -37,14 +37,22 @@ pub fn run(a: EvalArgs) -> Result<()> {
         other => PathBuf::from(other),
     };
     let (model, tok) = load(&a.model, &a.rt)?;
-    let text = std::fs::read_to_string(&text_path).with_context(|| format!("reading {}", text_path.display()))?;
+    let text = std::fs::read_to_string(&text_path)
+        .with_context(|| format!("reading {}", text_path.display()))?;
     let t0 = Instant::now();
     let tokens = tok.encode(&text, false)?;
     let pb = bar(0, "windows");
-    let res = perplexity(&model, &tokens, a.seqlen, a.max_windows, a.batch_size, |done, total| {
-        pb.set_length(total as u64);
-        pb.set_position(done as u64);
-    })?;
+    let res = perplexity(
+        &model,
+        &tokens,
+        a.seqlen,
+        a.max_windows,
+        a.batch_size,
+        |done, total| {
+            pb.set_length(total as u64);
+            pb.set_position(done as u64);
+        },
+    )?;
     pb.finish_and_clear();
     let dt = t0.elapsed().as_secs_f64();
     println!(

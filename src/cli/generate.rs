@@ -45,6 +45,11 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     let dt = t0.elapsed().as_secs_f64();
     let text = tok.decode(&new, true)?;
     println!("{}{}", a.prompt, text);
-    eprintln!("[{} new tokens in {:.2}s, {:.1} tok/s]", new.len(), dt, new.len() as f64 / dt);
+    eprintln!(
+        "[{} new tokens in {:.2}s, {:.1} tok/s]",
+        new.len(),
+        dt,
+        new.len() as f64 / dt
+    );
     Ok(())
 }

@@ -46,7 +46,11 @@ pub fn run(cmd: ImportCmd) -> Result<()> {
             out
         }
     };
-    eprintln!("imported into {} in {:.1}s", out.display(), t0.elapsed().as_secs_f64());
+    eprintln!(
+        "imported into {} in {:.1}s",
+        out.display(),
+        t0.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
@@ -58,7 +62,10 @@ pub fn import_into(
     build: impl FnOnce() -> Result<come_repro::model::import::ImportedCheckpoint>,
 ) -> Result<()> {
     if out.exists() && !force {
-        bail!("{} already exists (use --force to replace it)", out.display());
+        bail!(
+            "{} already exists (use --force to replace it)",
+            out.display()
+        );
     }
     let ck = build()?;
     let tmp = out.with_extension("partial");
@@ -69,6 +76,7 @@ pub fn import_into(
     if out.exists() {
         std::fs::remove_dir_all(out).with_context(|| format!("removing {}", out.display()))?;
     }
-    std::fs::rename(&tmp, out).with_context(|| format!("renaming {} to {}", tmp.display(), out.display()))?;
+    std::fs::rename(&tmp, out)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), out.display()))?;
     Ok(())
 }

@@ -6,12 +6,17 @@ mod demo;
 mod eval;
 mod generate;
 mod import;
+mod prune;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "come-repro", version, about = "Reproduce and extend CoMe layer-concatenation pruning of LLaMA-family models")]
+#[command(
+    name = "come-repro",
+    version,
+    about = "Reproduce and extend CoMe layer-concatenation pruning of LLaMA-family models"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -26,6 +31,8 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Evaluate a model (WikiText-2 perplexity).
     Eval(eval::EvalArgs),
+    /// Prune a checkpoint (CoMe, CoMe-P or a baseline) and save it as an HF checkpoint.
+    Prune(prune::PruneArgs),
     /// Benchmarks that print come-repro next to its reference.
     #[command(subcommand)]
     Bench(bench::BenchCmd),
@@ -39,6 +46,7 @@ pub fn main() -> ExitCode {
         Command::Import(c) => import::run(c),
         Command::Generate(a) => generate::run(a),
         Command::Eval(a) => eval::run(a),
+        Command::Prune(a) => prune::run(a),
         Command::Bench(c) => bench::run(c),
         Command::Demo(a) => demo::run(a),
     };

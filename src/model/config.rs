@@ -107,8 +107,8 @@ impl ModelConfig {
             )
         })?;
         let req = |key: &str| -> Result<i64> {
-            let v = get_i64(&raw, key)
-                .ok_or_else(|| err(format!("missing integer key `{key}`")))?;
+            let v =
+                get_i64(&raw, key).ok_or_else(|| err(format!("missing integer key `{key}`")))?;
             if v <= 0 {
                 return Err(err(format!("`{key}` must be positive, got {v}")));
             }
@@ -146,7 +146,9 @@ impl ModelConfig {
                 .ok_or_else(|| err(format!("`head_dim` must be a positive integer, got {v}")))?,
         };
         if head_dim % 2 != 0 {
-            return Err(err(format!("head_dim must be even for RoPE, got {head_dim}")));
+            return Err(err(format!(
+                "head_dim must be even for RoPE, got {head_dim}"
+            )));
         }
         let vocab_size = req("vocab_size")?;
         let act = raw
@@ -159,7 +161,16 @@ impl ModelConfig {
                 format!("hidden_act `{act}` (only silu / SwiGLU is implemented)"),
             ));
         }
-        let rope_scaling = parse_rope_scaling(raw.get("rope_scaling"), path)?;
+        // transformers 5 writes `rope_parameters` {rope_type, rope_theta, ...}; older
+        // configs use top-level `rope_theta` and `rope_scaling`. Accept both.
+        let rope_params = raw.get("rope_parameters").filter(|v| v.is_object());
+        let rope_scaling = match raw.get("rope_scaling").filter(|v| !v.is_null()) {
+            Some(v) => parse_rope_scaling(Some(v), path)?,
+            None => parse_rope_scaling(rope_params, path)?,
+        };
+        let rope_theta = get_f64(&raw, "rope_theta")
+            .or_else(|| rope_params.and_then(|p| get_f64(p, "rope_theta")))
+            .unwrap_or(10000.0);
         let attention_bias = get_bool(&raw, "attention_bias").unwrap_or(false);
         let (qkv_bias, o_bias) = match family {
             Family::Qwen2 => (true, false),
@@ -197,7 +208,7 @@ impl ModelConfig {
             head_dim,
             vocab_size,
             rms_norm_eps: get_f64(&raw, "rms_norm_eps").unwrap_or(1e-6),
-            rope_theta: get_f64(&raw, "rope_theta").unwrap_or(10000.0),
+            rope_theta,
             rope_scaling,
             max_position_embeddings: get_i64(&raw, "max_position_embeddings").unwrap_or(2048),
             tie_word_embeddings: get_bool(&raw, "tie_word_embeddings").unwrap_or(default_tie),
@@ -221,7 +232,10 @@ impl ModelConfig {
         let mut v = self.raw.clone();
         if let Some(o) = v.as_object_mut() {
             o.insert("num_hidden_layers".into(), self.num_hidden_layers.into());
-            o.insert("tie_word_embeddings".into(), self.tie_word_embeddings.into());
+            o.insert(
+                "tie_word_embeddings".into(),
+                self.tie_word_embeddings.into(),
+            );
         }
         v
     }
@@ -267,11 +281,15 @@ fn parse_rope_scaling(v: Option<&Value>, path: &Path) -> Result<RopeScaling> {
         .unwrap_or("");
     let num = |key: &str| -> Result<f64> {
         v.get(key).and_then(Value::as_f64).ok_or_else(|| {
-            Error::config(path, format!("rope_scaling of type `{kind}` needs number `{key}`"))
+            Error::config(
+                path,
+                format!("rope_scaling of type `{kind}` needs number `{key}`"),
+            )
         })
     };
     match kind {
         "default" => Ok(RopeScaling::None),
+        "" if v.get("factor").is_none() => Ok(RopeScaling::None),
         "linear" => Ok(RopeScaling::Linear {
             factor: num("factor")?,
         }),

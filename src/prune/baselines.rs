@@ -29,8 +29,14 @@ pub fn drop_layers(model: &mut crate::model::Model, victims: &[usize]) -> Result
     let mut v = victims.to_vec();
     v.sort_unstable();
     v.dedup();
-    if v.len() != victims.len() || v.last().is_some_and(|&x| x >= model.n_layers()) || v.len() >= model.n_layers() {
-        return Err(Error::Invalid(format!("cannot drop layers {victims:?} from a {}-layer model", model.n_layers())));
+    if v.len() != victims.len()
+        || v.last().is_some_and(|&x| x >= model.n_layers())
+        || v.len() >= model.n_layers()
+    {
+        return Err(Error::Invalid(format!(
+            "cannot drop layers {victims:?} from a {}-layer model",
+            model.n_layers()
+        )));
     }
     for &i in v.iter().rev() {
         model.layers.remove(i);
@@ -46,7 +52,10 @@ fn drop_all(p: &mut Pruner, mut victims: Vec<(usize, f64)>, what: &str) {
         let originals = p.corr[*v].clone();
         let _ = p.model.layers.remove(*v);
         p.corr.remove(*v);
-        p.record(step(format!("{what}: drop {v}"), vec![*v], originals, Some(*s)), t0);
+        p.record(
+            step(format!("{what}: drop {v}"), vec![*v], originals, Some(*s)),
+            t0,
+        );
     }
     // One-shot plans do not re-score; keep the state consistent for any caller anyway.
     p.state.boundaries.truncate(1);
@@ -77,7 +86,8 @@ pub fn come_p(p: &mut Pruner, target: usize) -> Result<()> {
                 best = Some((nll, r, cand, rec));
             }
         }
-        let (nll, r, layer, rec) = best.ok_or_else(|| Error::Invalid("CoMe-P found no candidate".into()))?;
+        let (nll, r, layer, rec) =
+            best.ok_or_else(|| Error::Invalid("CoMe-P found no candidate".into()))?;
         let mut st = step(
             format!("come-p {l}+{} r={r:.2}", l + 1),
             vec![l, l + 1],
@@ -112,13 +122,20 @@ pub fn sleb(p: &mut Pruner, target: usize) -> Result<()> {
         let t0 = Instant::now();
         let n = p.model.n_layers();
         if n < 3 {
-            return Err(Error::Invalid("SLEB keeps the first and last layers: cannot go below 2".into()));
+            return Err(Error::Invalid(
+                "SLEB keeps the first and last layers: cannot go below 2".into(),
+            ));
         }
         let (l, nll) = (1..n - 1)
             .map(|l| (l, p.state.nll_with(p.model, l, &[], l + 1)))
             .min_by(|a, b| a.1.total_cmp(&b.1))
             .ok_or_else(|| Error::Invalid("SLEB found no candidate".into()))?;
-        let mut st = step(format!("sleb: drop {l}"), vec![l], p.corr[l].clone(), Some(nll));
+        let mut st = step(
+            format!("sleb: drop {l}"),
+            vec![l],
+            p.corr[l].clone(),
+            Some(nll),
+        );
         st.nll = Some(nll);
         p.apply(l, 1, None);
         p.record(st, t0);
@@ -138,11 +155,21 @@ pub fn reverse(p: &mut Pruner, target: usize) -> Result<()> {
 /// Layers allowed to go under the "+" variants (first/last protected).
 fn candidates(p: &Pruner, plus: bool) -> Vec<usize> {
     let n = p.model.n_layers();
-    let (a, b) = if plus { (p.cfg.protect_first, p.cfg.protect_last) } else { (0, 0) };
+    let (a, b) = if plus {
+        (p.cfg.protect_first, p.cfg.protect_last)
+    } else {
+        (0, 0)
+    };
     (a.min(n)..n.saturating_sub(b)).collect()
 }
 
-fn drop_lowest(p: &mut Pruner, target: usize, importance: &[f64], plus: bool, what: &str) -> Result<()> {
+fn drop_lowest(
+    p: &mut Pruner,
+    target: usize,
+    importance: &[f64],
+    plus: bool,
+    what: &str,
+) -> Result<()> {
     let mut cand = candidates(p, plus);
     let k = p.model.n_layers() - target;
     if cand.len() < k {
@@ -152,7 +179,11 @@ fn drop_lowest(p: &mut Pruner, target: usize, importance: &[f64], plus: bool, wh
         )));
     }
     cand.sort_by(|&a, &b| importance[a].total_cmp(&importance[b]));
-    let victims = cand.into_iter().take(k).map(|i| (i, importance[i])).collect();
+    let victims = cand
+        .into_iter()
+        .take(k)
+        .map(|i| (i, importance[i]))
+        .collect();
     drop_all(p, victims, what);
     Ok(())
 }
@@ -166,7 +197,10 @@ pub fn magnitude(p: &mut Pruner, target: usize) -> Result<()> {
         .map(|l| {
             let ts = l.named_tensors();
             let n: i64 = ts.iter().map(|(_, t)| t.numel() as i64).sum();
-            ts.iter().map(|(_, t)| t.abs().sum(Kind::Double).double_value(&[])).sum::<f64>() / n as f64
+            ts.iter()
+                .map(|(_, t)| t.abs().sum(Kind::Double).double_value(&[]))
+                .sum::<f64>()
+                / n as f64
         })
         .collect();
     let plus = p.cfg.method == Method::MagnitudePlus;
@@ -181,14 +215,24 @@ pub fn taylor(p: &mut Pruner, target: usize) -> Result<()> {
         .model
         .layers
         .iter()
-        .map(|l| l.named_tensors().into_iter().map(|(_, t)| t.set_requires_grad(true)).collect())
+        .map(|l| {
+            l.named_tensors()
+                .into_iter()
+                .map(|(_, t)| t.set_requires_grad(true))
+                .collect()
+        })
         .collect();
     let n = p.state.ids.size()[0];
     for i in 0..n {
         let ids = p.state.ids.narrow(0, i, 1);
-        let h = p.model.forward_hidden(&ids, None, &mut crate::model::forward::NoTap)?;
+        let h = p
+            .model
+            .forward_hidden(&ids, None, &mut crate::model::forward::NoTap)?;
         let t = h.size()[1];
-        let logits = p.model.lm_head(&p.model.final_norm(&h.narrow(1, 0, t - 1))).to_kind(Kind::Float);
+        let logits = p
+            .model
+            .lm_head(&p.model.final_norm(&h.narrow(1, 0, t - 1)))
+            .to_kind(Kind::Float);
         let loss = logits
             .view([t - 1, -1])
             .cross_entropy_for_logits(&ids.narrow(1, 1, t - 1).view([t - 1]));
@@ -242,7 +286,9 @@ pub fn laco(p: &mut Pruner, target: usize) -> Result<()> {
         while l >= 1 && p.model.n_layers() > target {
             let t0 = Instant::now();
             let lu = l as usize;
-            let c = span.min(p.model.n_layers() - target + 1).min(p.model.n_layers() - lu);
+            let c = span
+                .min(p.model.n_layers() - target + 1)
+                .min(p.model.n_layers() - lu);
             if c < 2 {
                 l -= 1;
                 continue;
@@ -252,7 +298,12 @@ pub fn laco(p: &mut Pruner, target: usize) -> Result<()> {
             let sim = final_similarity(p, lu, &cand, lu + c, &reference);
             if sim > threshold {
                 let originals = p.corr[lu..lu + c].concat();
-                let mut st = step(format!("laco {lu}..{} sim={sim:.3} T={threshold:.3}", lu + c - 1), (lu..lu + c).collect(), originals, Some(sim));
+                let mut st = step(
+                    format!("laco {lu}..{} sim={sim:.3} T={threshold:.3}", lu + c - 1),
+                    (lu..lu + c).collect(),
+                    originals,
+                    Some(sim),
+                );
                 st.nll = None;
                 p.apply(lu, c, Some(cand));
                 p.record(st, t0);
@@ -266,7 +317,9 @@ pub fn laco(p: &mut Pruner, target: usize) -> Result<()> {
         }
         threshold *= 0.9;
     }
-    Err(Error::Invalid(format!("LaCo could not reach {target} layers")))
+    Err(Error::Invalid(format!(
+        "LaCo could not reach {target} layers"
+    )))
 }
 
 /// MKA (approximation): merge the adjacent pair whose outputs are most similar, as
@@ -285,9 +338,14 @@ pub fn mka(p: &mut Pruner, target: usize) -> Result<()> {
                 (l, 1.0 - super::score::angular_distance_raw(a, b))
             })
             .max_by(|a, b| a.1.total_cmp(&b.1))
-            .ok_or_else(|| Error::Invalid("MKA: no eligible pair left; set no_repeat = false".into()))?;
+            .ok_or_else(|| {
+                Error::Invalid("MKA: no eligible pair left; set no_repeat = false".into())
+            })?;
         let alpha = sim.clamp(0.0, 1.0);
-        let layer = merge::linear(&[&p.model.layers[l], &p.model.layers[l + 1]], &[alpha, 1.0 - alpha])?;
+        let layer = merge::linear(
+            &[&p.model.layers[l], &p.model.layers[l + 1]],
+            &[alpha, 1.0 - alpha],
+        )?;
         let mut st = step(
             format!("mka {l}+{} alpha={alpha:.3}", l + 1),
             vec![l, l + 1],

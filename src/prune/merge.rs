@@ -46,7 +46,10 @@ pub struct ShareOptions {
 
 impl Default for ShareOptions {
     fn default() -> Self {
-        ShareOptions { power: 1.0, cap: None }
+        ShareOptions {
+            power: 1.0,
+            cap: None,
+        }
     }
 }
 
@@ -60,11 +63,21 @@ pub fn shares(bi: &[f64], opts: ShareOptions) -> Vec<f64> {
         vec![1.0 / bi.len() as f64; bi.len()]
     };
     if let Some(cap) = opts.cap {
-        let (imax, &rmax) = r.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap_or((0, &0.0));
+        let (imax, &rmax) = r
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .unwrap_or((0, &0.0));
         if rmax > cap && r.len() > 1 {
             let rest: f64 = 1.0 - rmax;
             for (k, x) in r.iter_mut().enumerate() {
-                *x = if k == imax { cap } else if rest > 0.0 { *x / rest * (1.0 - cap) } else { (1.0 - cap) / (bi.len() - 1) as f64 };
+                *x = if k == imax {
+                    cap
+                } else if rest > 0.0 {
+                    *x / rest * (1.0 - cap)
+                } else {
+                    (1.0 - cap) / (bi.len() - 1) as f64
+                };
             }
         }
     }
@@ -77,7 +90,12 @@ pub fn allocate(shares: &[f64], n: usize) -> Vec<usize> {
     if shares.is_empty() {
         return vec![];
     }
-    let imax = shares.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|x| x.0).unwrap_or(0);
+    let imax = shares
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map(|x| x.0)
+        .unwrap_or(0);
     let mut out: Vec<usize> = shares
         .iter()
         .map(|r| ((n as f64) * r.clamp(0.0, 1.0)).floor() as usize)
@@ -116,14 +134,20 @@ fn cols(t: &Tensor, idx: &[i64]) -> Tensor {
 
 /// Expand head indices to row indices of a `[heads * head_dim, ...]` projection.
 fn head_rows(heads: &[usize], hd: i64) -> Vec<i64> {
-    heads.iter().flat_map(|&h| (h as i64 * hd)..(h as i64 + 1) * hd).collect()
+    heads
+        .iter()
+        .flat_map(|&h| (h as i64 * hd)..(h as i64 + 1) * hd)
+        .collect()
 }
 
 /// Query heads that travel with kept KV heads.
 pub fn query_heads(kv: &[usize], n_heads: usize, n_kv: usize, mapping: GqaMapping) -> Vec<usize> {
     let n_rep = n_heads / n_kv;
     match mapping {
-        GqaMapping::Hf => kv.iter().flat_map(|&g| g * n_rep..(g + 1) * n_rep).collect(),
+        GqaMapping::Hf => kv
+            .iter()
+            .flat_map(|&g| g * n_rep..(g + 1) * n_rep)
+            .collect(),
         GqaMapping::Reference => (0..n_heads).filter(|h| kv.contains(&(h % n_kv))).collect(),
     }
 }
@@ -133,7 +157,12 @@ fn sum_opt(ts: &[Option<&Tensor>]) -> Option<Tensor> {
     if present.is_empty() {
         return None;
     }
-    Some(present.iter().skip(1).fold(present[0].copy(), |acc, t| acc + *t))
+    Some(
+        present
+            .iter()
+            .skip(1)
+            .fold(present[0].copy(), |acc, t| acc + *t),
+    )
 }
 
 fn scale_cols(w: &Tensor, g: &Tensor) -> Tensor {
@@ -154,12 +183,23 @@ pub fn concat(
     n_mlp_out: usize,
 ) -> Result<(Layer, ConcatRecord)> {
     if src.len() < 2 || scores.len() != src.len() || shares.len() != src.len() {
-        return Err(Error::Invalid("concat needs >= 2 layers with one score set and share each".into()));
+        return Err(Error::Invalid(
+            "concat needs >= 2 layers with one score set and share each".into(),
+        ));
     }
-    let (nh, nkv, hd) = (c.num_attention_heads as usize, c.num_key_value_heads as usize, c.head_dim);
+    let (nh, nkv, hd) = (
+        c.num_attention_heads as usize,
+        c.num_key_value_heads as usize,
+        c.head_dim,
+    );
     let kv_alloc = allocate(shares, n_kv_out);
     let mlp_alloc = allocate(shares, n_mlp_out);
-    let mut rec = ConcatRecord { shares: shares.to_vec(), mlp_kept: vec![], kv_heads_kept: vec![], q_heads_kept: vec![] };
+    let mut rec = ConcatRecord {
+        shares: shares.to_vec(),
+        mlp_kept: vec![],
+        kv_heads_kept: vec![],
+        q_heads_kept: vec![],
+    };
     let (mut q, mut k, mut v, mut o) = (vec![], vec![], vec![], vec![]);
     let (mut qb, mut kb, mut vb) = (vec![], vec![], vec![]);
     let (mut gate, mut up, mut down) = (vec![], vec![], vec![]);
@@ -217,7 +257,10 @@ pub fn concat(
     let norm_w = |get: &dyn Fn(&Layer) -> &Tensor| -> Tensor {
         match norm {
             NormMode::Mean => {
-                let sum = src.iter().skip(1).fold(get(src[0]).copy(), |acc, l| acc + get(l));
+                let sum = src
+                    .iter()
+                    .skip(1)
+                    .fold(get(src[0]).copy(), |acc, l| acc + get(l));
                 sum / src.len() as f64
             }
             NormMode::Fold => get(src[0]).ones_like(),
@@ -240,13 +283,27 @@ pub fn concat(
         q_proj: Linear::new(cat0(&q), bias(&qb)),
         k_proj: Linear::new(cat0(&k), bias(&kb)),
         v_proj: Linear::new(cat0(&v), bias(&vb)),
-        o_proj: Linear::new(cat1(&o), sum_opt(&src.iter().map(|l| l.o_proj.bias.as_ref()).collect::<Vec<_>>())),
+        o_proj: Linear::new(
+            cat1(&o),
+            sum_opt(
+                &src.iter()
+                    .map(|l| l.o_proj.bias.as_ref())
+                    .collect::<Vec<_>>(),
+            ),
+        ),
         q_norm: qk_norm(&|l| l.q_norm.as_ref()),
         k_norm: qk_norm(&|l| l.k_norm.as_ref()),
         post_norm: norm_w(&|l| &l.post_norm),
         gate_proj: Linear::new(cat0(&gate), bias(&gb)),
         up_proj: Linear::new(cat0(&up), bias(&ub)),
-        down_proj: Linear::new(cat1(&down), sum_opt(&src.iter().map(|l| l.down_proj.bias.as_ref()).collect::<Vec<_>>())),
+        down_proj: Linear::new(
+            cat1(&down),
+            sum_opt(
+                &src.iter()
+                    .map(|l| l.down_proj.bias.as_ref())
+                    .collect::<Vec<_>>(),
+            ),
+        ),
     };
     Ok((layer, rec))
 }
@@ -280,11 +337,17 @@ fn map_layers(src: &[&Layer], f: impl Fn(&[&Tensor]) -> Tensor) -> Layer {
 /// Weighted sum of every tensor: `sum_k w_k * W_k` (weights are used as given).
 pub fn linear(src: &[&Layer], weights: &[f64]) -> Result<Layer> {
     if src.is_empty() || src.len() != weights.len() {
-        return Err(Error::Invalid("linear merge needs one weight per layer".into()));
+        return Err(Error::Invalid(
+            "linear merge needs one weight per layer".into(),
+        ));
     }
     Ok(map_layers(src, |ts| {
         let acc = ts[0].to_kind(Kind::Float) * weights[0];
-        let acc = ts.iter().zip(weights).skip(1).fold(acc, |a, (t, w)| a + t.to_kind(Kind::Float) * *w);
+        let acc = ts
+            .iter()
+            .zip(weights)
+            .skip(1)
+            .fold(acc, |a, (t, w)| a + t.to_kind(Kind::Float) * *w);
         acc.to_kind(ts[0].kind())
     }))
 }
@@ -293,7 +356,10 @@ pub fn linear(src: &[&Layer], weights: &[f64]) -> Result<Layer> {
 pub fn laco(src: &[&Layer]) -> Layer {
     map_layers(src, |ts| {
         let base = ts[0].to_kind(Kind::Float);
-        let acc = ts.iter().skip(1).fold(base.copy(), |a, t| a + (t.to_kind(Kind::Float) - &base));
+        let acc = ts
+            .iter()
+            .skip(1)
+            .fold(base.copy(), |a, t| a + (t.to_kind(Kind::Float) - &base));
         acc.to_kind(ts[0].kind())
     })
 }

@@ -16,26 +16,46 @@ use state::CalibState;
 use std::time::Instant;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
 pub enum Method {
     /// Progressive pair merging (CoMe's schedule) with the merge operation of `merge`.
+    #[serde(rename = "come")]
     Come,
     /// CoMe-P: per pair, the channel split chosen by calibration NLL.
+    #[serde(rename = "come-p")]
     ComeP,
+    #[serde(rename = "shortgpt")]
     ShortGpt,
+    #[serde(rename = "sleb")]
     Sleb,
+    #[serde(rename = "reverse")]
     Reverse,
+    #[serde(rename = "magnitude")]
     Magnitude,
+    #[serde(rename = "magnitude+")]
     MagnitudePlus,
+    #[serde(rename = "taylor")]
     Taylor,
+    #[serde(rename = "taylor+")]
     TaylorPlus,
+    #[serde(rename = "laco")]
     Laco,
+    #[serde(rename = "mka")]
     Mka,
 }
 
 impl Method {
     pub const ALL: &'static [&'static str] = &[
-        "come", "come-p", "shortgpt", "sleb", "reverse", "magnitude", "magnitude+", "taylor", "taylor+", "laco", "mka",
+        "come",
+        "come-p",
+        "shortgpt",
+        "sleb",
+        "reverse",
+        "magnitude",
+        "magnitude+",
+        "taylor",
+        "taylor+",
+        "laco",
+        "mka",
     ];
     pub fn parse(s: &str) -> Result<Method> {
         Ok(match s {
@@ -51,7 +71,10 @@ impl Method {
             "laco" => Method::Laco,
             "mka" => Method::Mka,
             other => {
-                return Err(Error::Invalid(format!("unknown method `{other}` (known: {})", Method::ALL.join(", "))))
+                return Err(Error::Invalid(format!(
+                    "unknown method `{other}` (known: {})",
+                    Method::ALL.join(", ")
+                )))
             }
         })
     }
@@ -88,8 +111,11 @@ pub enum MergeOp {
 
 impl MergeOp {
     pub fn parse(s: &str) -> Result<MergeOp> {
-        serde_json::from_value(serde_json::Value::String(s.into()))
-            .map_err(|_| Error::Invalid(format!("unknown merge `{s}` (expected concat, linear, linear-bi, drop)")))
+        serde_json::from_value(serde_json::Value::String(s.into())).map_err(|_| {
+            Error::Invalid(format!(
+                "unknown merge `{s}` (expected concat, linear, linear-bi, drop)"
+            ))
+        })
     }
 }
 
@@ -194,7 +220,9 @@ pub fn target_layers(model: &Model, cfg: &PruneConfig) -> Result<TargetMapping> 
         }
         (None, Some(s)) => {
             if !(s > 0.0 && s < 1.0) {
-                return Err(Error::Invalid(format!("sparsity must be in (0, 1), got {s}")));
+                return Err(Error::Invalid(format!(
+                    "sparsity must be in (0, 1), got {s}"
+                )));
             }
             let r = (s * total as f64 / per as f64).round() as usize;
             if r == 0 || r >= n {
@@ -269,12 +297,14 @@ impl Pruner<'_> {
             Some(layer) => {
                 self.model.layers.splice(at..at + k, [layer]);
                 self.corr.splice(at..at + k, [originals]);
-                self.state.after_merge(self.model, at, k - 1, self.cfg.incremental);
+                self.state
+                    .after_merge(self.model, at, k - 1, self.cfg.incremental);
             }
             None => {
                 self.model.layers.drain(at..at + k);
                 self.corr.drain(at..at + k);
-                self.state.after_merge(self.model, at, k, self.cfg.incremental);
+                self.state
+                    .after_merge(self.model, at, k, self.cfg.incremental);
             }
         }
     }
@@ -299,14 +329,23 @@ pub fn prune(
     let params_before = model.num_params();
     let state = CalibState::new(model, &calib.sequences, cfg.chunk)?;
     let corr = (0..model.n_layers()).map(|i| vec![i]).collect();
-    let mut p = Pruner { model, cfg: cfg.clone(), state, corr, steps: vec![], on_step: Box::new(on_step) };
+    let mut p = Pruner {
+        model,
+        cfg: cfg.clone(),
+        state,
+        corr,
+        steps: vec![],
+        on_step: Box::new(on_step),
+    };
     match cfg.method {
         Method::Come => progressive(&mut p, target.target_layers)?,
         Method::ComeP => baselines::come_p(&mut p, target.target_layers)?,
         Method::ShortGpt => baselines::shortgpt(&mut p, target.target_layers)?,
         Method::Sleb => baselines::sleb(&mut p, target.target_layers)?,
         Method::Reverse => baselines::reverse(&mut p, target.target_layers)?,
-        Method::Magnitude | Method::MagnitudePlus => baselines::magnitude(&mut p, target.target_layers)?,
+        Method::Magnitude | Method::MagnitudePlus => {
+            baselines::magnitude(&mut p, target.target_layers)?
+        }
         Method::Taylor | Method::TaylorPlus => baselines::taylor(&mut p, target.target_layers)?,
         Method::Laco => baselines::laco(&mut p, target.target_layers)?,
         Method::Mka => baselines::mka(&mut p, target.target_layers)?,
@@ -386,7 +425,11 @@ fn progressive(p: &mut Pruner, target: usize) -> Result<()> {
                 p.apply(l, 2, Some(layer));
             }
             MergeOp::Linear | MergeOp::LinearBi => {
-                let w = if p.cfg.merge == MergeOp::Linear { vec![0.5, 0.5] } else { r.clone() };
+                let w = if p.cfg.merge == MergeOp::Linear {
+                    vec![0.5, 0.5]
+                } else {
+                    r.clone()
+                };
                 let layer = merge::linear(&[&p.model.layers[l], &p.model.layers[l + 1]], &w)?;
                 step.action = format!("linear {l}+{} w={:.3}/{:.3}", l + 1, w[0], w[1]);
                 p.apply(l, 2, Some(layer));
@@ -407,8 +450,20 @@ fn progressive(p: &mut Pruner, target: usize) -> Result<()> {
 pub fn concat_pair(p: &Pruner, l: usize, r: &[f64]) -> Result<(Layer, merge::ConcatRecord)> {
     let c = &p.model.config;
     let seed = p.cfg.seed;
-    let s0 = channel_scores(c, &p.model.layers[l], &p.state.stats[l], p.cfg.sensitivity, seed ^ l as u64);
-    let s1 = channel_scores(c, &p.model.layers[l + 1], &p.state.stats[l + 1], p.cfg.sensitivity, seed ^ (l as u64 + 1) << 1);
+    let s0 = channel_scores(
+        c,
+        &p.model.layers[l],
+        &p.state.stats[l],
+        p.cfg.sensitivity,
+        seed ^ l as u64,
+    );
+    let s1 = channel_scores(
+        c,
+        &p.model.layers[l + 1],
+        &p.state.stats[l + 1],
+        p.cfg.sensitivity,
+        seed ^ (l as u64 + 1) << 1,
+    );
     merge::concat(
         c,
         &[&p.model.layers[l], &p.model.layers[l + 1]],

@@ -54,7 +54,12 @@ fn row_norm(w: &Tensor, p: f64) -> Tensor {
 }
 
 fn to_vec(t: &Tensor) -> Vec<f64> {
-    Vec::<f64>::try_from(t.to_kind(Kind::Double).to_device(tch::Device::Cpu).flatten(0, -1)).unwrap_or_default()
+    Vec::<f64>::try_from(
+        t.to_kind(Kind::Double)
+            .to_device(tch::Device::Cpu)
+            .flatten(0, -1),
+    )
+    .unwrap_or_default()
 }
 
 pub fn channel_scores(
@@ -71,7 +76,10 @@ pub fn channel_scores(
     let (mlp, attn) = match how {
         Sensitivity::ActL1 => (mlp_default, attn_default),
         Sensitivity::Activation => (&st.mlp_abs / n, &st.attn_abs / n),
-        Sensitivity::Weight => (col_norm(&layer.down_proj.weight, 1.0), col_norm(&layer.o_proj.weight, 1.0)),
+        Sensitivity::Weight => (
+            col_norm(&layer.down_proj.weight, 1.0),
+            col_norm(&layer.o_proj.weight, 1.0),
+        ),
         Sensitivity::L2 => (
             (&st.mlp_sq / n).sqrt() * col_norm(&layer.down_proj.weight, 2.0),
             (&st.attn_sq / n).sqrt() * col_norm(&layer.o_proj.weight, 2.0),
@@ -83,18 +91,31 @@ pub fn channel_scores(
             let qh = q.view([nkv, -1]).sum_dim_intlist(1, false, Kind::Double);
             let kh = k.view([nkv, -1]).sum_dim_intlist(1, false, Kind::Double);
             let kv = (qh + kh) / ((nh / nkv + 1) * hd) as f64;
-            return ChannelScores { mlp: to_vec(&mlp_default), kv: to_vec(&kv) };
+            return ChannelScores {
+                mlp: to_vec(&mlp_default),
+                kv: to_vec(&kv),
+            };
         }
         Sensitivity::Random => {
             let mut r = crate::rng::SplitMix64::new(seed);
-            let mut u = |k: i64| (0..k).map(|_| (r.next_u64() >> 11) as f64 / (1u64 << 53) as f64).collect::<Vec<f64>>();
-            return ChannelScores { mlp: u(c.intermediate_size), kv: u(nkv) };
+            let mut u = |k: i64| {
+                (0..k)
+                    .map(|_| (r.next_u64() >> 11) as f64 / (1u64 << 53) as f64)
+                    .collect::<Vec<f64>>()
+            };
+            return ChannelScores {
+                mlp: u(c.intermediate_size),
+                kv: u(nkv),
+            };
         }
     };
     // Average over head_dim, then over the query heads of each KV group.
     let per_q = attn.view([nh, hd]).mean_dim(1, false, Kind::Double);
     let kv = per_q.view([nkv, nh / nkv]).mean_dim(1, false, Kind::Double);
-    ChannelScores { mlp: to_vec(&mlp), kv: to_vec(&kv) }
+    ChannelScores {
+        mlp: to_vec(&mlp),
+        kv: to_vec(&kv),
+    }
 }
 
 fn cosine_rows(a: &Tensor, b: &Tensor) -> Tensor {
@@ -109,7 +130,11 @@ fn cosine_rows(a: &Tensor, b: &Tensor) -> Tensor {
 /// Block influence of every layer: 1 - cos(h_in, h_out) averaged over all tokens.
 pub fn block_influence(st: &CalibState) -> Vec<f64> {
     (0..st.n_layers())
-        .map(|l| 1.0 - cosine_rows(&st.boundaries[l], &st.boundaries[l + 1]).mean(Kind::Double).double_value(&[]))
+        .map(|l| {
+            1.0 - cosine_rows(&st.boundaries[l], &st.boundaries[l + 1])
+                .mean(Kind::Double)
+                .double_value(&[])
+        })
         .collect()
 }
 
@@ -117,11 +142,19 @@ pub fn block_influence(st: &CalibState) -> Vec<f64> {
 /// of each sequence (`all_tokens`: averaged over every token).
 pub fn angular_distance(st: &CalibState, l: usize, span: usize, all_tokens: bool) -> f64 {
     let (a, b) = (&st.boundaries[l], &st.boundaries[l + span]);
-    let (a, b) = if all_tokens { (a.shallow_clone(), b.shallow_clone()) } else { (a.select(1, -1), b.select(1, -1)) };
-    (cosine_rows(&a, &b).arccos() / std::f64::consts::PI).mean(Kind::Double).double_value(&[])
+    let (a, b) = if all_tokens {
+        (a.shallow_clone(), b.shallow_clone())
+    } else {
+        (a.select(1, -1), b.select(1, -1))
+    };
+    (cosine_rows(&a, &b).arccos() / std::f64::consts::PI)
+        .mean(Kind::Double)
+        .double_value(&[])
 }
 
 /// Mean angular distance (arccos cos / pi) between two `[.., hidden]` tensors, all tokens.
 pub fn angular_distance_raw(a: &Tensor, b: &Tensor) -> f64 {
-    (cosine_rows(a, b).arccos() / std::f64::consts::PI).mean(Kind::Double).double_value(&[])
+    (cosine_rows(a, b).arccos() / std::f64::consts::PI)
+        .mean(Kind::Double)
+        .double_value(&[])
 }

@@ -92,7 +92,9 @@ impl CalibState {
         let n = sequences.len() as i64;
         let t = sequences.first().map_or(0, |s| s.len()) as i64;
         let flat: Vec<i64> = sequences.iter().flatten().map(|&x| x as i64).collect();
-        let ids = Tensor::from_slice(&flat).view([n, t]).to_device(model.device);
+        let ids = Tensor::from_slice(&flat)
+            .view([n, t])
+            .to_device(model.device);
         let chunk = chunk.max(1) as i64;
         let ctx = model.context(&ids.narrow(0, 0, chunk.min(n)), None, None, 0)?;
         let emb = model.embed_tokens(&ids)?;
@@ -119,7 +121,8 @@ impl CalibState {
         let nl = model.n_layers();
         self.boundaries.truncate(start + 1);
         self.stats.truncate(start);
-        self.stats.extend((start..nl).map(|_| LayerStats::zeros(model)));
+        self.stats
+            .extend((start..nl).map(|_| LayerStats::zeros(model)));
         let n = self.ids.size()[0];
         let mut outs: Vec<Vec<Tensor>> = (start..nl).map(|_| vec![]).collect();
         let mut c0 = 0;
@@ -127,9 +130,20 @@ impl CalibState {
             let cn = self.chunk.min(n - c0);
             let mut h = self.boundaries[start].narrow(0, c0, cn);
             let ctx = self.ctx_for(cn);
-            let mut tap = StatsTap { stats: &mut self.stats[start..], offset: start };
+            let mut tap = StatsTap {
+                stats: &mut self.stats[start..],
+                offset: start,
+            };
             for l in start..nl {
-                h = layer_forward(&model.config, &model.layers[l], l, &h, ctx.as_ref().unwrap_or(&self.ctx), &mut tap, None);
+                h = layer_forward(
+                    &model.config,
+                    &model.layers[l],
+                    l,
+                    &h,
+                    ctx.as_ref().unwrap_or(&self.ctx),
+                    &mut tap,
+                    None,
+                );
                 outs[l - start].push(h.shallow_clone());
             }
             c0 += cn;
@@ -194,7 +208,13 @@ impl CalibState {
 
     /// Mean next-token NLL of the calibration set when the layers from boundary `start` on
     /// are `replacement` followed by the model's layers `resume..`.
-    pub fn nll_with(&self, model: &Model, start: usize, replacement: &[&Layer], resume: usize) -> f64 {
+    pub fn nll_with(
+        &self,
+        model: &Model,
+        start: usize,
+        replacement: &[&Layer],
+        resume: usize,
+    ) -> f64 {
         let (mut total, mut count) = (0f64, 0i64);
         self.run_with(model, start, replacement, resume, |c0, h| {
             let (s, c) = lm_nll(model, h, &self.ids.narrow(0, c0, h.size()[0]));
@@ -223,8 +243,14 @@ pub fn lm_nll(model: &Model, h: &Tensor, ids: &Tensor) -> (f64, i64) {
     let mut s = 0;
     while s < t - 1 {
         let k = step.min(t - 1 - s);
-        let logp = model.lm_head(&hn.narrow(1, s, k)).to_kind(Kind::Float).log_softmax(-1, Kind::Float);
-        total -= logp.gather(-1, &tgt.narrow(1, s, k).unsqueeze(-1), false).sum(Kind::Double).double_value(&[]);
+        let logp = model
+            .lm_head(&hn.narrow(1, s, k))
+            .to_kind(Kind::Float)
+            .log_softmax(-1, Kind::Float);
+        total -= logp
+            .gather(-1, &tgt.narrow(1, s, k).unsqueeze(-1), false)
+            .sum(Kind::Double)
+            .double_value(&[]);
         s += k;
     }
     (total, h.size()[0] * (t - 1))

@@ -1,0 +1,141 @@
+//! One fully resolved experiment: which model, how it is pruned, how it is evaluated and on
+//! what runtime. Every field has an explicit default and is serialised, so the canonical
+//! JSON of an `Experiment` (sorted keys) is its identity: the run hash.
+
+use crate::calib::CalibConfig;
+use crate::error::{Error, Result};
+use crate::prune::PruneConfig;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalConfig {
+    /// Zero-shot tasks (lm-eval names): piqa, hellaswag, winogrande, arc_easy,
+    /// arc_challenge, boolq, openbookqa, mmlu.
+    pub tasks: Vec<String>,
+    /// First N documents per task (lm-eval `--limit`), or a seeded sample when `seed` is set.
+    pub limit: Option<usize>,
+    pub fraction: Option<f64>,
+    pub seed: Option<u64>,
+    pub mmlu_fewshot: usize,
+    /// WikiText-2 perplexity window length (None: no perplexity).
+    pub ppl_seqlen: Option<usize>,
+    pub ppl_windows: Option<usize>,
+    /// Padded tokens per scoring batch.
+    pub token_budget: usize,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        EvalConfig {
+            tasks: [
+                "piqa",
+                "hellaswag",
+                "winogrande",
+                "arc_easy",
+                "arc_challenge",
+                "boolq",
+                "openbookqa",
+            ]
+            .map(String::from)
+            .to_vec(),
+            limit: None,
+            fraction: None,
+            seed: None,
+            mmlu_fewshot: 0,
+            ppl_seqlen: Some(2048),
+            ppl_windows: None,
+            token_budget: 4096,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    pub device: String,
+    pub dtype: String,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            device: "cpu".into(),
+            dtype: "f32".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Experiment {
+    /// A key of the grid's `[models]` table, or a checkpoint directory.
+    pub model: String,
+    /// None: the dense model.
+    pub prune: Option<PruneConfig>,
+    pub eval: EvalConfig,
+    pub runtime: RuntimeConfig,
+}
+
+impl Default for Experiment {
+    fn default() -> Self {
+        Experiment {
+            model: "smollm2-135m".into(),
+            prune: None,
+            eval: EvalConfig::default(),
+            runtime: RuntimeConfig::default(),
+        }
+    }
+}
+
+/// JSON with object keys sorted recursively: the canonical form that is hashed.
+pub fn canonical_json(v: &serde_json::Value) -> String {
+    fn sort(v: &serde_json::Value) -> serde_json::Value {
+        match v {
+            serde_json::Value::Object(m) => {
+                let mut keys: Vec<&String> = m.keys().collect();
+                keys.sort();
+                let mut out = serde_json::Map::new();
+                for k in keys {
+                    out.insert(k.clone(), sort(&m[k]));
+                }
+                serde_json::Value::Object(out)
+            }
+            serde_json::Value::Array(a) => serde_json::Value::Array(a.iter().map(sort).collect()),
+            other => other.clone(),
+        }
+    }
+    sort(v).to_string()
+}
+
+pub fn hash_value(v: &serde_json::Value) -> String {
+    hex::encode(Sha256::digest(canonical_json(v).as_bytes()))
+}
+
+impl Experiment {
+    pub fn to_value(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// The run identity (sha256 of the canonical JSON, hex).
+    pub fn hash(&self) -> String {
+        hash_value(&self.to_value())
+    }
+
+    /// Identity of the pruned checkpoint: only what changes its weights.
+    pub fn prune_hash(&self) -> Option<String> {
+        let p = self.prune.as_ref()?;
+        let v = serde_json::json!({ "model": self.model, "prune": p, "dtype": self.runtime.dtype });
+        Some(hash_value(&v))
+    }
+
+    pub fn from_value(v: serde_json::Value) -> Result<Self> {
+        serde_json::from_value(v).map_err(|e| Error::Invalid(format!("invalid experiment: {e}")))
+    }
+}
+
+/// Default calibration used when an experiment does not override it.
+pub fn default_calib() -> CalibConfig {
+    CalibConfig::default()
+}
