@@ -16,12 +16,13 @@ impl SplitMix64 {
         z ^ (z >> 31)
     }
 
-    /// Uniform in `0..n` (n > 0), by rejection so there is no modulo bias.
+    /// Uniform in `0..n` (n > 0) without modulo bias: outputs below `2^64 mod n` are
+    /// drawn again, the accepted one is reduced `mod n`.
     pub fn below(&mut self, n: u64) -> u64 {
-        let zone = u64::MAX - (u64::MAX % n);
+        let reject_below = n.wrapping_neg() % n;
         loop {
             let x = self.next_u64();
-            if x < zone {
+            if x >= reject_below {
                 return x % n;
             }
         }

@@ -1,9 +1,14 @@
-//! `come-repro eval`: perplexity now; the zero-shot tasks join here.
+//! `come-repro eval`: zero-shot tasks scored exactly as lm-evaluation-harness does, and
+//! WikiText-2 (or any text's) perplexity; lm-eval-compatible JSON with `--output`.
 
 use super::common::{bar, load, RuntimeArgs};
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use come_repro::eval::perplexity::perplexity;
+use come_repro::eval::harness::{evaluate_task, EvalOptions, TaskResult};
+use come_repro::eval::loglik::ScoreOptions;
+use come_repro::eval::perplexity::{perplexity, PplResult};
+use come_repro::eval::results::{lm_eval_json, table, RunInfo};
+use come_repro::eval::tasks::{known_tasks, load_task, subset, TaskSource};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -11,53 +16,176 @@ use std::time::Instant;
 pub struct EvalArgs {
     #[arg(long)]
     pub model: PathBuf,
+    /// Comma-separated tasks: piqa, hellaswag, winogrande, arc_easy, arc_challenge, boolq,
+    /// openbookqa, mmlu; `all7` for the seven zero-shot benchmarks.
+    #[arg(long, value_delimiter = ',')]
+    pub tasks: Vec<String>,
+    /// First N documents per task (lm-eval --limit), or a seeded sample with --seed.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// A fraction of each task's documents (rounded up), instead of --limit.
+    #[arg(long, conflicts_with = "limit")]
+    pub fraction: Option<f64>,
+    /// Sample the subset with this seed instead of taking the first documents.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Scoring batch: `auto`, or padded tokens per forward.
+    #[arg(long, default_value = "auto")]
+    pub batch_size: String,
+    /// Root of the task data (default: $COME_DATA or ../shared/data).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Per-task data file or directory, e.g. `--task-path hellaswag=hs.parquet`.
+    #[arg(long, value_parser = parse_kv)]
+    pub task_path: Vec<(String, PathBuf)>,
+    /// MMLU few-shot examples from dev (0 or 5).
+    #[arg(long, default_value_t = 0)]
+    pub mmlu_fewshot: usize,
+    /// Encode without the tokenizer's special tokens (no BOS), as lm-eval did before its
+    /// PR #3347 (Oct 2025); by default they apply, as in lm-eval 0.4.13.
+    #[arg(long)]
+    pub no_special_tokens: bool,
     /// Perplexity dataset: `wikitext2` (the shared test split) or a path to a text file.
     #[arg(long)]
     pub ppl: Option<String>,
     #[arg(long, default_value_t = 2048)]
     pub seqlen: usize,
-    /// Score only the first N windows.
+    /// Score only the first N perplexity windows.
     #[arg(long)]
     pub max_windows: Option<usize>,
-    #[arg(long, default_value_t = 1)]
-    pub batch_size: usize,
-    /// Write the result as JSON here.
+    /// Write lm-eval-compatible results JSON here.
     #[arg(long)]
     pub output: Option<PathBuf>,
+    /// Also write per-document log-likelihoods (JSONL) here.
+    #[arg(long)]
+    pub samples: Option<PathBuf>,
     #[command(flatten)]
     pub rt: RuntimeArgs,
 }
 
+fn parse_kv(s: &str) -> Result<(String, PathBuf), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), PathBuf::from(v)))
+        .ok_or_else(|| format!("expected TASK=PATH, got `{s}`"))
+}
+
+pub const SEVEN: [&str; 7] = ["piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "boolq", "openbookqa"];
+
+pub fn expand_tasks(tasks: &[String]) -> Result<Vec<String>> {
+    let mut out: Vec<String> = vec![];
+    for t in tasks {
+        let t = t.trim();
+        if t == "all7" {
+            out.extend(SEVEN.iter().map(|s| s.to_string()));
+        } else if known_tasks().contains(&t) {
+            out.push(t.to_string());
+        } else if !t.is_empty() {
+            bail!("unknown task `{t}`; known tasks: {}, all7", known_tasks().join(", "));
+        }
+    }
+    out.dedup();
+    Ok(out)
+}
+
+pub fn token_budget(spec: &str, device: tch::Device) -> Result<usize> {
+    match spec {
+        "auto" => Ok(if device.is_cuda() { 32768 } else { 4096 }),
+        n => n.parse::<usize>().ok().filter(|n| *n > 0).ok_or_else(|| anyhow::anyhow!("--batch-size must be `auto` or a positive number, got `{n}`")),
+    }
+}
+
 pub fn run(a: EvalArgs) -> Result<()> {
-    let Some(ppl) = &a.ppl else {
-        bail!("nothing to evaluate: pass --ppl wikitext2");
+    let tasks = expand_tasks(&a.tasks)?;
+    if tasks.is_empty() && a.ppl.is_none() {
+        bail!("nothing to evaluate: pass --tasks and/or --ppl wikitext2");
+    }
+    // Read and check every task's data before loading the model: bad input fails fast.
+    let mut src = TaskSource::new(a.data_dir.clone().unwrap_or_else(come_repro::paths::data_dir));
+    src.mmlu_fewshot = a.mmlu_fewshot;
+    src.overrides.extend(a.task_path.iter().cloned());
+    let data: Vec<_> = tasks.iter().map(|t| load_task(t, &src)).collect::<Result<_, _>>()?;
+    let t_all = Instant::now();
+    let (model, tok) = load(&a.model, &a.rt)?;
+    let budget = token_budget(&a.batch_size, model.device)?;
+    let opts = EvalOptions {
+        score: ScoreOptions { max_length: model.config.max_position_embeddings.max(1) as usize, token_budget: budget },
+        add_special: !a.no_special_tokens,
     };
-    let text_path = match ppl.as_str() {
+    let mut results: Vec<TaskResult> = vec![];
+    for task in &data {
+        let idx = subset(task.docs.len(), a.limit, a.fraction, a.seed);
+        let pb = bar(idx.len() as u64, &task.name);
+        let r = evaluate_task(&model, &tok, task, &idx, opts, |done, _| pb.set_position(done as u64))?;
+        pb.finish_and_clear();
+        let summary: Vec<String> = r.metrics.iter().map(|(m, v)| format!("{m} {:.4}", v.value)).collect();
+        eprintln!(
+            "{:>14}: {} docs in {:.1}s ({:.0} tok/s): {}",
+            r.task,
+            r.n_docs,
+            r.seconds,
+            r.tokens_forwarded as f64 / r.seconds.max(1e-9),
+            summary.join(", ")
+        );
+        results.push(r);
+    }
+    let ppl = match &a.ppl {
+        Some(p) => Some(run_ppl(&model, &tok, p, a.seqlen, a.max_windows)?),
+        None => None,
+    };
+    println!("{}", table(&results, ppl.as_ref()));
+    let info = RunInfo {
+        model: a.model.display().to_string(),
+        model_args: format!("pretrained={},dtype={}", a.model.display(), a.rt.dtype),
+        device: a.rt.device.clone(),
+        limit: a.limit,
+        fraction: a.fraction,
+        seed: a.seed,
+        token_budget: budget,
+        threads: tch::get_num_threads() as usize,
+        seconds: t_all.elapsed().as_secs_f64(),
+    };
+    if let Some(out) = &a.output {
+        let v = lm_eval_json(&results, ppl.as_ref(), &info);
+        std::fs::write(out, serde_json::to_string_pretty(&v)? + "\n").with_context(|| format!("writing {}", out.display()))?;
+        eprintln!("wrote {}", out.display());
+    }
+    if let Some(path) = &a.samples {
+        let mut lines = String::new();
+        for r in &results {
+            for d in &r.docs {
+                lines += &serde_json::to_string(&serde_json::json!({"task": r.task, "doc": d}))?;
+                lines.push('\n');
+            }
+        }
+        std::fs::write(path, lines).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+pub fn run_ppl(
+    model: &come_repro::model::Model,
+    tok: &come_repro::model::tokenizer::Tokenizer,
+    which: &str,
+    seqlen: usize,
+    max_windows: Option<usize>,
+) -> Result<PplResult> {
+    let path = match which {
         "wikitext2" => come_repro::paths::wikitext2_test(),
         other => PathBuf::from(other),
     };
-    let (model, tok) = load(&a.model, &a.rt)?;
-    let text = std::fs::read_to_string(&text_path)
-        .with_context(|| format!("reading {}", text_path.display()))?;
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let t0 = Instant::now();
     let tokens = tok.encode(&text, false)?;
-    let pb = bar(0, "windows");
-    let res = perplexity(
-        &model,
-        &tokens,
-        a.seqlen,
-        a.max_windows,
-        a.batch_size,
-        |done, total| {
-            pb.set_length(total as u64);
-            pb.set_position(done as u64);
-        },
-    )?;
+    let pb = bar(0, "ppl windows");
+    let res = perplexity(model, &tokens, seqlen, max_windows, 1, |done, total| {
+        pb.set_length(total as u64);
+        pb.set_position(done as u64);
+    })?;
     pb.finish_and_clear();
     let dt = t0.elapsed().as_secs_f64();
-    println!(
-        "{}: ppl {:.4} over {} window(s) of {} tokens ({} predicted), {:.1}s, {:.0} tok/s",
-        text_path.display(),
+    eprintln!(
+        "{:>14}: ppl {:.4} over {} window(s) of {} ({} predicted) in {:.1}s ({:.0} tok/s)",
+        "wikitext2",
         res.ppl,
         res.windows,
         res.seqlen,
@@ -65,15 +193,5 @@ pub fn run(a: EvalArgs) -> Result<()> {
         dt,
         (res.windows * res.seqlen) as f64 / dt
     );
-    if let Some(out) = &a.output {
-        let v = serde_json::json!({
-            "model": a.model,
-            "dataset": text_path,
-            "result": res,
-            "seconds": dt,
-        });
-        std::fs::write(out, serde_json::to_string_pretty(&v)? + "\n")
-            .with_context(|| format!("writing {}", out.display()))?;
-    }
-    Ok(())
+    Ok(res)
 }

@@ -42,19 +42,25 @@ pub fn encode_pair(
         let prefix = tok
             .bos_id
             .or_else(|| tok.eos_ids.first().copied())
-            .ok_or_else(|| Error::Invalid("empty context and no BOS/EOS token to stand for it".into()))?;
+            .ok_or_else(|| {
+                Error::Invalid("empty context and no BOS/EOS token to stand for it".into())
+            })?;
         return Ok(TokenRequest {
             context: vec![prefix],
             continuation: tok.encode(continuation, add_special)?,
         });
     }
-    let trimmed = context.trim_end();
+    // Python's str.rstrip(): its whitespace set is wider than Rust's (e.g. U+001C..U+001F).
+    let trimmed = context.trim_end_matches(crate::eval::tasks::pytext::is_py_space);
     let moved = &context[trimmed.len()..];
     let cont = format!("{moved}{continuation}");
     let whole = tok.encode(&format!("{trimmed}{cont}"), add_special)?;
     let ctx = tok.encode(trimmed, add_special)?;
     let continuation = whole.get(ctx.len()..).unwrap_or_default().to_vec();
-    Ok(TokenRequest { context: ctx, continuation })
+    Ok(TokenRequest {
+        context: ctx,
+        continuation,
+    })
 }
 
 /// Scoring limits.
@@ -77,13 +83,23 @@ struct Packed {
 }
 
 fn pack(reqs: &[TokenRequest], max_length: usize) -> Result<Packed> {
-    let mut p = Packed { tokens: vec![], parent: vec![], depth: vec![], scored: vec![] };
+    let mut p = Packed {
+        tokens: vec![],
+        parent: vec![],
+        depth: vec![],
+        scored: vec![],
+    };
     let mut children: HashMap<(i64, i64), usize> = HashMap::new();
     for r in reqs {
         if r.continuation.is_empty() {
             return Err(Error::Invalid("a request has an empty continuation".into()));
         }
-        let mut whole: Vec<i64> = r.context.iter().chain(&r.continuation).map(|&t| t as i64).collect();
+        let mut whole: Vec<i64> = r
+            .context
+            .iter()
+            .chain(&r.continuation)
+            .map(|&t| t as i64)
+            .collect();
         if whole.len() > max_length + 1 {
             whole.drain(..whole.len() - (max_length + 1));
         }
@@ -102,9 +118,20 @@ fn pack(reqs: &[TokenRequest], max_length: usize) -> Result<Packed> {
         }
         let first = input.len() - n_cont;
         let targets = &whole[whole.len() - n_cont..];
-        p.scored.push(path[first..].iter().copied().zip(targets.iter().copied()).collect());
+        p.scored.push(
+            path[first..]
+                .iter()
+                .copied()
+                .zip(targets.iter().copied())
+                .collect(),
+        );
     }
     Ok(p)
+}
+
+/// Tokens one document occupies when packed (its trie size): what the model computes.
+pub fn packed_len(reqs: &[TokenRequest], max_length: usize) -> usize {
+    pack(reqs, max_length).map_or(0, |p| p.tokens.len())
 }
 
 /// Score every document's requests; returns scores in the same shape as `docs`.
@@ -116,7 +143,10 @@ pub fn score_documents(
     mut on_progress: impl FnMut(usize),
 ) -> Result<Vec<Vec<Score>>> {
     let _g = tch::no_grad_guard();
-    let packed: Vec<Packed> = docs.iter().map(|d| pack(d, opts.max_length)).collect::<Result<_>>()?;
+    let packed: Vec<Packed> = docs
+        .iter()
+        .map(|d| pack(d, opts.max_length))
+        .collect::<Result<_>>()?;
     // Longest first: the slowest batches come early (a realistic ETA) and neighbours in
     // length share a batch, which keeps padding small.
     let mut order: Vec<usize> = (0..docs.len()).collect();
@@ -128,7 +158,10 @@ pub fn score_documents(
         let longest = packed[order[start]].tokens.len().max(1);
         let rows = (opts.token_budget / longest).max(1);
         let batch: Vec<usize> = order[start..(start + rows).min(order.len())].to_vec();
-        let scores = score_batch(model, &batch.iter().map(|&i| &packed[i]).collect::<Vec<_>>())?;
+        let scores = score_batch(
+            model,
+            &batch.iter().map(|&i| &packed[i]).collect::<Vec<_>>(),
+        )?;
         for (i, s) in batch.iter().zip(scores) {
             out[*i] = s;
         }
@@ -141,7 +174,12 @@ pub fn score_documents(
 
 fn score_batch(model: &Model, rows: &[&Packed]) -> Result<Vec<Vec<Score>>> {
     let b = rows.len();
-    let n = rows.iter().map(|r| r.tokens.len()).max().unwrap_or(1).max(1);
+    let n = rows
+        .iter()
+        .map(|r| r.tokens.len())
+        .max()
+        .unwrap_or(1)
+        .max(1);
     let mut ids = vec![0i64; b * n];
     let mut pos = vec![0i64; b * n];
     let mut mask = vec![false; b * n * n];
@@ -163,7 +201,9 @@ fn score_batch(model: &Model, rows: &[&Packed]) -> Result<Vec<Vec<Score>>> {
         }
     }
     let dev = model.device;
-    let ids_t = Tensor::from_slice(&ids).view([b as i64, n as i64]).to_device(dev);
+    let ids_t = Tensor::from_slice(&ids)
+        .view([b as i64, n as i64])
+        .to_device(dev);
     let pos_t = Tensor::from_slice(&pos).view([b as i64, n as i64]);
     let mask_t = Tensor::from_slice(&mask).view([b as i64, 1, n as i64, n as i64]);
     let ctx = model.context_explicit(&pos_t, mask_t, None);
@@ -186,7 +226,12 @@ fn score_batch(model: &Model, rows: &[&Packed]) -> Result<Vec<Vec<Score>>> {
     let logits = model.lm_head(&model.final_norm(&hsel)).to_kind(Kind::Float);
     let logp = logits.log_softmax(-1, Kind::Float);
     let tgt = Tensor::from_slice(&targets).to_device(dev).unsqueeze(-1);
-    let tok_lp = Vec::<f64>::try_from(logp.gather(-1, &tgt, false).squeeze_dim(-1).to_kind(Kind::Double).to_device(tch::Device::Cpu))?;
+    let tok_lp = Vec::<f64>::try_from(
+        logp.gather(-1, &tgt, false)
+            .squeeze_dim(-1)
+            .to_kind(Kind::Double)
+            .to_device(tch::Device::Cpu),
+    )?;
     let argmax = Vec::<i64>::try_from(logp.argmax(-1, false).to_device(tch::Device::Cpu))?;
     let mut k = 0;
     let mut res = Vec::with_capacity(b);
@@ -199,7 +244,10 @@ fn score_batch(model: &Model, rows: &[&Packed]) -> Result<Vec<Vec<Score>>> {
                 greedy &= argmax[k] == t;
                 k += 1;
             }
-            scores.push(Score { logprob: lp, is_greedy: greedy });
+            scores.push(Score {
+                logprob: lp,
+                is_greedy: greedy,
+            });
         }
         res.push(scores);
     }

@@ -35,7 +35,10 @@ fn window_nll(model: &Model, ids: &Tensor) -> Result<(f64, i64)> {
         let logits = model.lm_head(&h.narrow(1, start, n)).to_kind(Kind::Float);
         let logp = logits.log_softmax(-1, Kind::Float);
         let tgt = targets.narrow(1, start, n).unsqueeze(-1);
-        let nll = -logp.gather(-1, &tgt, false).sum(Kind::Double).double_value(&[]);
+        let nll = -logp
+            .gather(-1, &tgt, false)
+            .sum(Kind::Double)
+            .double_value(&[]);
         total += nll;
         start += n;
     }

@@ -1,0 +1,7 @@
+//! Evaluators: perplexity and lm-eval-identical zero-shot scoring.
+
+pub mod harness;
+pub mod loglik;
+pub mod perplexity;
+pub mod results;
+pub mod tasks;

@@ -1,0 +1,123 @@
+//! Results in lm-evaluation-harness's JSON layout (same top-level keys and metric names,
+//! e.g. `"acc,none"`, `"acc_stderr,none"`), plus a readable table.
+
+use super::harness::TaskResult;
+use super::perplexity::PplResult;
+use serde_json::{json, Map, Value};
+
+/// Extra facts recorded beside lm-eval's keys.
+pub struct RunInfo {
+    pub model: String,
+    pub model_args: String,
+    pub device: String,
+    pub limit: Option<usize>,
+    pub fraction: Option<f64>,
+    pub seed: Option<u64>,
+    pub token_budget: usize,
+    pub threads: usize,
+    pub seconds: f64,
+}
+
+fn metric_entries(out: &mut Map<String, Value>, name: &str, v: &super::harness::MetricValue) {
+    out.insert(format!("{name},none"), json!(v.value));
+    let se = if v.stderr.is_finite() { json!(v.stderr) } else { json!("N/A") };
+    out.insert(format!("{name}_stderr,none"), se);
+}
+
+pub fn lm_eval_json(tasks: &[TaskResult], ppl: Option<&PplResult>, info: &RunInfo) -> Value {
+    let mut results = Map::new();
+    let mut groups = Map::new();
+    let mut group_subtasks = Map::new();
+    let mut configs = Map::new();
+    let mut versions = Map::new();
+    let mut n_shot = Map::new();
+    let mut higher = Map::new();
+    let mut n_samples = Map::new();
+    for t in tasks {
+        let mut r = Map::new();
+        r.insert("alias".into(), json!(t.task));
+        for (m, v) in &t.metrics {
+            metric_entries(&mut r, m, v);
+        }
+        results.insert(t.task.clone(), Value::Object(r.clone()));
+        if !t.groups.is_empty() {
+            groups.insert(t.task.clone(), Value::Object(r));
+            let mut subs = vec![];
+            for (g, v) in &t.groups {
+                let name = format!("{}_{g}", t.task);
+                let mut e = Map::new();
+                e.insert("alias".into(), json!(format!(" - {g}")));
+                metric_entries(&mut e, "acc", v);
+                results.insert(name.clone(), Value::Object(e));
+                subs.push(name);
+            }
+            group_subtasks.insert(t.task.clone(), json!(subs));
+        }
+        let metric_names: Vec<&String> = t.metrics.keys().collect();
+        configs.insert(
+            t.task.clone(),
+            json!({
+                "task": t.task,
+                "output_type": "multiple_choice",
+                "num_fewshot": t.num_fewshot,
+                "target_delimiter": " ",
+                "metric_list": metric_names.iter().map(|m| json!({"metric": m, "aggregation": "mean", "higher_is_better": true})).collect::<Vec<_>>(),
+                "dataset_files": t.files.iter().map(|(p, h)| json!({"path": p, "sha256": h})).collect::<Vec<_>>(),
+            }),
+        );
+        versions.insert(t.task.clone(), json!(1.0));
+        n_shot.insert(t.task.clone(), json!(t.num_fewshot));
+        higher.insert(t.task.clone(), json!(t.metrics.keys().map(|m| (m.clone(), json!(true))).collect::<Map<_, _>>()));
+        n_samples.insert(t.task.clone(), json!({"original": t.n_docs_total, "effective": t.n_docs}));
+    }
+    let forwarded: usize = tasks.iter().map(|t| t.tokens_forwarded).sum();
+    let task_seconds: f64 = tasks.iter().map(|t| t.seconds).sum();
+    let mut out = json!({
+        "results": results,
+        "groups": groups,
+        "group_subtasks": group_subtasks,
+        "configs": configs,
+        "versions": versions,
+        "n-shot": n_shot,
+        "higher_is_better": higher,
+        "n-samples": n_samples,
+        "config": {
+            "model": "come-repro",
+            "model_args": info.model_args,
+            "batch_size": format!("tokens:{}", info.token_budget),
+            "device": info.device,
+            "limit": info.limit,
+            "fraction": info.fraction,
+            "random_seed": info.seed,
+        },
+        "git_hash": crate::track_git_sha(),
+        "date": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0),
+        "total_evaluation_time_seconds": format!("{:.3}", info.seconds),
+        "come_repro": {
+            "version": env!("CARGO_PKG_VERSION"),
+            "model": info.model,
+            "threads": info.threads,
+            "tokens_forwarded": forwarded,
+            "task_seconds": task_seconds,
+            "tokens_per_second": forwarded as f64 / task_seconds.max(1e-9),
+        },
+    });
+    if let Some(p) = ppl {
+        out["perplexity"] = json!({ "wikitext2": p });
+    }
+    out
+}
+
+/// A Markdown table like lm-eval's summary.
+pub fn table(tasks: &[TaskResult], ppl: Option<&PplResult>) -> String {
+    let mut s = String::from("|Task|n|Metric|Value|Stderr|\n|---|---:|---|---:|---:|\n");
+    for t in tasks {
+        for (m, v) in &t.metrics {
+            s += &format!("|{}|{}|{}|{:.4}|{:.4}|\n", t.task, t.n_docs, m, v.value, v.stderr);
+        }
+    }
+    if let Some(p) = ppl {
+        s += &format!("|wikitext2 (seqlen {})|{}|ppl|{:.4}| |\n", p.seqlen, p.windows, p.ppl);
+    }
+    s
+}
