@@ -26,7 +26,13 @@ pub struct CalibConfig {
 
 impl Default for CalibConfig {
     fn default() -> Self {
-        CalibConfig { source: None, nrows: 256, seqlen: 2048, seed: 10, max_sequences: Some(8) }
+        CalibConfig {
+            source: None,
+            nrows: 256,
+            seqlen: 2048,
+            seed: 10,
+            max_sequences: Some(8),
+        }
     }
 }
 
@@ -56,7 +62,8 @@ pub fn sample(tok: &Tokenizer, cfg: &CalibConfig) -> Result<CalibSet> {
     let path = cfg.source_path();
     let bytes = crate::error::read_file(&path)?;
     let sha = hex::encode(Sha256::digest(&bytes));
-    let text = String::from_utf8(bytes).map_err(|e| Error::format(&path, format!("not UTF-8: {e}")))?;
+    let text =
+        String::from_utf8(bytes).map_err(|e| Error::format(&path, format!("not UTF-8: {e}")))?;
     let mut rows: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     let available = rows.len();
     if available == 0 {
@@ -65,7 +72,11 @@ pub fn sample(tok: &Tokenizer, cfg: &CalibConfig) -> Result<CalibSet> {
     SplitMix64::new(cfg.seed).shuffle(&mut rows);
     rows.truncate(cfg.nrows.max(1));
     // Rows carry their line break, as Hugging Face's WikiText rows do.
-    let joined = rows.iter().map(|r| format!("{r}\n")).collect::<Vec<_>>().join("\n\n");
+    let joined = rows
+        .iter()
+        .map(|r| format!("{r}\n"))
+        .collect::<Vec<_>>()
+        .join("\n\n");
     let ids = tok.encode(&joined, false)?;
     let n = ids.len() / cfg.seqlen.max(1);
     if n == 0 || cfg.seqlen == 0 {
@@ -78,7 +89,11 @@ pub fn sample(tok: &Tokenizer, cfg: &CalibConfig) -> Result<CalibSet> {
         )));
     }
     let keep = cfg.max_sequences.map_or(n, |m| m.min(n)).max(1);
-    let sequences: Vec<Vec<u32>> = ids.chunks_exact(cfg.seqlen).take(keep).map(<[u32]>::to_vec).collect();
+    let sequences: Vec<Vec<u32>> = ids
+        .chunks_exact(cfg.seqlen)
+        .take(keep)
+        .map(<[u32]>::to_vec)
+        .collect();
     Ok(CalibSet {
         n_sequences: sequences.len(),
         sequences,

@@ -41,6 +41,8 @@ pub enum Error {
     Invalid(String),
     #[error("torch: {0}")]
     Torch(#[from] tch::TchError),
+    #[error(transparent)]
+    Store(#[from] crate::track::StoreError),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -18,7 +18,9 @@ pub struct GenerateOptions {
 /// Continue `prompt` (token ids, non-empty); returns only the new ids.
 pub fn generate(model: &Model, prompt: &[u32], opts: &GenerateOptions) -> Result<Vec<u32>> {
     if prompt.is_empty() {
-        return Err(Error::Invalid("cannot generate from an empty prompt".into()));
+        return Err(Error::Invalid(
+            "cannot generate from an empty prompt".into(),
+        ));
     }
     let _guard = tch::no_grad_guard();
     if opts.temperature > 0.0 {

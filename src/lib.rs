@@ -8,10 +8,29 @@ pub mod error;
 pub mod eval;
 pub mod experiment;
 pub mod generate;
+pub mod grid;
 pub mod model;
 pub mod paths;
 pub mod prune;
+pub mod report;
 pub mod rng;
+pub mod runner;
 pub mod runtime;
+pub mod track;
 
 pub use error::{Error, Result};
+
+/// The git commit of the working tree (with `-dirty` when it has changes), if any.
+pub fn track_git_sha() -> Option<String> {
+    let out = std::process::Command::new("git").args(["rev-parse", "HEAD"]).output().ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let sha = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let dirty = std::process::Command::new("git")
+        .args(["status", "--porcelain", "--untracked-files=no"])
+        .output()
+        .map(|o| !o.stdout.is_empty())
+        .unwrap_or(false);
+    Some(if dirty { format!("{sha}-dirty") } else { sha })
+}

@@ -14,12 +14,21 @@ thread_local! {
 
 /// The definition: one sequence per request, left-truncated to max_length + 1 tokens.
 fn naive(m: &Model, r: &TokenRequest, max_length: usize) -> (f64, bool) {
-    let mut whole: Vec<i64> = r.context.iter().chain(&r.continuation).map(|&t| t as i64).collect();
+    let mut whole: Vec<i64> = r
+        .context
+        .iter()
+        .chain(&r.continuation)
+        .map(|&t| t as i64)
+        .collect();
     if whole.len() > max_length + 1 {
         whole.drain(..whole.len() - max_length - 1);
     }
     let input = Tensor::from_slice(&whole[..whole.len() - 1]).unsqueeze(0);
-    let logp = m.forward(&input, None).unwrap().log_softmax(-1, Kind::Float).squeeze_dim(0);
+    let logp = m
+        .forward(&input, None)
+        .unwrap()
+        .log_softmax(-1, Kind::Float)
+        .squeeze_dim(0);
     let n = r.continuation.len().min(whole.len() - 1);
     let t = whole.len() - 1;
     let (mut lp, mut greedy) = (0.0, true);
@@ -51,7 +60,10 @@ fn doc_strategy() -> impl Strategy<Value = Vec<TokenRequest>> {
                     if vary_ctx {
                         context.push((extra + i as u32) % 128);
                     }
-                    TokenRequest { context, continuation: c }
+                    TokenRequest {
+                        context,
+                        continuation: c,
+                    }
                 })
                 .collect()
         })
@@ -83,7 +95,13 @@ proptest! {
 
 #[test]
 fn empty_continuation_is_an_error() {
-    let docs = vec![vec![TokenRequest { context: vec![1, 2], continuation: vec![] }]];
-    let opts = ScoreOptions { max_length: 64, token_budget: 64 };
+    let docs = vec![vec![TokenRequest {
+        context: vec![1, 2],
+        continuation: vec![],
+    }]];
+    let opts = ScoreOptions {
+        max_length: 64,
+        token_budget: 64,
+    };
     MODEL.with(|m| assert!(score_documents(m, &docs, opts, |_| {}).is_err()));
 }

@@ -6,9 +6,11 @@ use come_repro::model::forward::{attention_block, mlp_block, NoTap};
 use come_repro::model::synthetic::{random_model, tiny_config};
 use come_repro::model::{Layer, Model, ModelConfig};
 use come_repro::prune::baselines::drop_layers;
-use come_repro::prune::merge::{allocate, concat, query_heads, shares, top_k_in_order, GqaMapping, NormMode, ShareOptions};
+use come_repro::prune::merge::{
+    allocate, concat, query_heads, shares, top_k_in_order, GqaMapping, NormMode, ShareOptions,
+};
 use come_repro::prune::score::ChannelScores;
-use come_repro::prune::{prune, target_layers, Method, MergeOp, PruneConfig};
+use come_repro::prune::{prune, target_layers, MergeOp, Method, PruneConfig};
 use proptest::prelude::*;
 use serde_json::json;
 use tch::{Kind, Tensor};
@@ -19,15 +21,26 @@ fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
 
 fn random_scores(c: &ModelConfig, seed: i64) -> ChannelScores {
     tch::manual_seed(seed);
-    let v = |n: i64| Vec::<f64>::try_from(Tensor::rand([n], (Kind::Double, tch::Device::Cpu))).unwrap();
-    ChannelScores { mlp: v(c.intermediate_size), kv: v(c.num_key_value_heads) }
+    let v =
+        |n: i64| Vec::<f64>::try_from(Tensor::rand([n], (Kind::Double, tch::Device::Cpu))).unwrap();
+    ChannelScores {
+        mlp: v(c.intermediate_size),
+        kv: v(c.num_key_value_heads),
+    }
 }
 
 fn x(model: &Model, t: i64, seed: i64) -> (Tensor, come_repro::model::forward::Context) {
     tch::manual_seed(seed);
-    let ids = Tensor::randint(model.config.vocab_size, [2, t], (Kind::Int64, tch::Device::Cpu));
+    let ids = Tensor::randint(
+        model.config.vocab_size,
+        [2, t],
+        (Kind::Int64, tch::Device::Cpu),
+    );
     let ctx = model.context(&ids, None, None, 0).unwrap();
-    let h = Tensor::randn([2, t, model.config.hidden_size], (Kind::Float, tch::Device::Cpu));
+    let h = Tensor::randn(
+        [2, t, model.config.hidden_size],
+        (Kind::Float, tch::Device::Cpu),
+    );
     (h, ctx)
 }
 
@@ -42,13 +55,31 @@ fn widened(c: &ModelConfig, mult: i64) -> ModelConfig {
 
 #[test]
 fn concat_keeps_shapes() {
-    for extra in [json!({}), json!({"model_type": "qwen2"}), json!({"model_type": "qwen3", "head_dim": 32})] {
+    for extra in [
+        json!({}),
+        json!({"model_type": "qwen2"}),
+        json!({"model_type": "qwen3", "head_dim": 32}),
+    ] {
         let m = random_model(tiny_config(extra).unwrap(), 1);
         let c = &m.config;
         let (s0, s1) = (random_scores(c, 2), random_scores(c, 3));
         for norm in [NormMode::Mean, NormMode::Fold] {
-            let (merged, rec) = concat(c, &[&m.layers[0], &m.layers[1]], &[&s0, &s1], &[0.3, 0.7], norm, GqaMapping::Hf, 2, 96).unwrap();
-            for ((n, a), (_, b)) in merged.named_tensors().iter().zip(m.layers[0].named_tensors()) {
+            let (merged, rec) = concat(
+                c,
+                &[&m.layers[0], &m.layers[1]],
+                &[&s0, &s1],
+                &[0.3, 0.7],
+                norm,
+                GqaMapping::Hf,
+                2,
+                96,
+            )
+            .unwrap();
+            for ((n, a), (_, b)) in merged
+                .named_tensors()
+                .iter()
+                .zip(m.layers[0].named_tensors())
+            {
                 assert_eq!(a.size(), b.size(), "{n}");
             }
             assert_eq!(rec.kv_heads_kept.iter().map(Vec::len).sum::<usize>(), 2);
@@ -61,24 +92,58 @@ fn concat_keeps_shapes() {
 /// exactly the sum of the two layers' blocks applied in parallel to the same input.
 #[test]
 fn double_width_concat_is_the_parallel_sum() {
-    for extra in [json!({}), json!({"model_type": "qwen2"}), json!({"attention_bias": true, "mlp_bias": true})] {
+    for extra in [
+        json!({}),
+        json!({"model_type": "qwen2"}),
+        json!({"attention_bias": true, "mlp_bias": true}),
+    ] {
         let m = random_model(tiny_config(extra).unwrap(), 4);
         let c = &m.config;
         let (a, b) = (&m.layers[1], &m.layers[2]);
         let (s0, s1) = (random_scores(c, 5), random_scores(c, 6));
         let n_kv = c.num_key_value_heads as usize * 2;
         let n_mlp = c.intermediate_size as usize * 2;
-        let (merged, _) = concat(c, &[a, b], &[&s0, &s1], &[0.5, 0.5], NormMode::Fold, GqaMapping::Hf, n_kv, n_mlp).unwrap();
+        let (merged, _) = concat(
+            c,
+            &[a, b],
+            &[&s0, &s1],
+            &[0.5, 0.5],
+            NormMode::Fold,
+            GqaMapping::Hf,
+            n_kv,
+            n_mlp,
+        )
+        .unwrap();
         let wide = widened(c, 2);
         let (h, ctx) = x(&m, 7, 8);
-        let want = attention_block(c, a, 0, &h, &ctx, &mut NoTap, None) + attention_block(c, b, 0, &h, &ctx, &mut NoTap, None);
+        let want = attention_block(c, a, 0, &h, &ctx, &mut NoTap, None)
+            + attention_block(c, b, 0, &h, &ctx, &mut NoTap, None);
         let got = attention_block(&wide, &merged, 0, &h, &ctx, &mut NoTap, None);
-        assert!(max_diff(&got, &want) < 1e-4, "attention {}", max_diff(&got, &want));
-        let want = mlp_block(c, a, 0, &h, &ctx, &mut NoTap) + mlp_block(c, b, 0, &h, &ctx, &mut NoTap);
+        assert!(
+            max_diff(&got, &want) < 1e-4,
+            "attention {}",
+            max_diff(&got, &want)
+        );
+        let want =
+            mlp_block(c, a, 0, &h, &ctx, &mut NoTap) + mlp_block(c, b, 0, &h, &ctx, &mut NoTap);
         let got = mlp_block(&wide, &merged, 0, &h, &ctx, &mut NoTap);
-        assert!(max_diff(&got, &want) < 1e-4, "mlp {}", max_diff(&got, &want));
+        assert!(
+            max_diff(&got, &want) < 1e-4,
+            "mlp {}",
+            max_diff(&got, &want)
+        );
         // With mean norms the same layer is not the parallel sum (the norms differ).
-        let (mean, _) = concat(c, &[a, b], &[&s0, &s1], &[0.5, 0.5], NormMode::Mean, GqaMapping::Hf, n_kv, n_mlp).unwrap();
+        let (mean, _) = concat(
+            c,
+            &[a, b],
+            &[&s0, &s1],
+            &[0.5, 0.5],
+            NormMode::Mean,
+            GqaMapping::Hf,
+            n_kv,
+            n_mlp,
+        )
+        .unwrap();
         let got = mlp_block(&wide, &mean, 0, &h, &ctx, &mut NoTap);
         assert!(max_diff(&got, &want) > 1e-3);
     }
@@ -101,15 +166,43 @@ fn only_heads(c: &ModelConfig, layer: &Layer, keep: &[usize]) -> Layer {
 /// attention equals the sum of the selected heads' contributions in their source layers.
 #[test]
 fn gqa_heads_stay_with_their_kv_heads() {
-    let m = random_model(tiny_config(json!({"num_attention_heads": 8, "num_key_value_heads": 4})).unwrap(), 9);
+    let m = random_model(
+        tiny_config(json!({"num_attention_heads": 8, "num_key_value_heads": 4})).unwrap(),
+        9,
+    );
     let c = &m.config;
     let (a, b) = (&m.layers[0], &m.layers[3]);
     let (s0, s1) = (random_scores(c, 10), random_scores(c, 11));
     let (h, ctx) = x(&m, 6, 12);
     let run = |mapping| {
-        let (merged, rec) = concat(c, &[a, b], &[&s0, &s1], &[0.5, 0.5], NormMode::Fold, mapping, 4, 96).unwrap();
-        let want = attention_block(c, &only_heads(c, a, &rec.q_heads_kept[0]), 0, &h, &ctx, &mut NoTap, None)
-            + attention_block(c, &only_heads(c, b, &rec.q_heads_kept[1]), 0, &h, &ctx, &mut NoTap, None);
+        let (merged, rec) = concat(
+            c,
+            &[a, b],
+            &[&s0, &s1],
+            &[0.5, 0.5],
+            NormMode::Fold,
+            mapping,
+            4,
+            96,
+        )
+        .unwrap();
+        let want = attention_block(
+            c,
+            &only_heads(c, a, &rec.q_heads_kept[0]),
+            0,
+            &h,
+            &ctx,
+            &mut NoTap,
+            None,
+        ) + attention_block(
+            c,
+            &only_heads(c, b, &rec.q_heads_kept[1]),
+            0,
+            &h,
+            &ctx,
+            &mut NoTap,
+            None,
+        );
         let got = attention_block(c, &merged, 0, &h, &ctx, &mut NoTap, None);
         (max_diff(&got, &want), rec)
     };
@@ -121,7 +214,10 @@ fn gqa_heads_stay_with_their_kv_heads() {
     }
     // The reference rule (h mod n_kv) pairs queries with other keys: not the head sum.
     let (d, _) = run(GqaMapping::Reference);
-    assert!(d > 1e-3, "reference mapping should differ in a GQA model: {d}");
+    assert!(
+        d > 1e-3,
+        "reference mapping should differ in a GQA model: {d}"
+    );
 }
 
 proptest! {
@@ -157,7 +253,15 @@ fn dropping_zero_layers_is_the_identity_and_one_layer_skips_it() {
     let ctx = m.context(&ids, None, None, 0).unwrap();
     let mut h = m.embed_tokens(&ids).unwrap();
     for l in [0, 1, 3] {
-        h = come_repro::model::forward::layer_forward(&m.config, &m.layers[l], l, &h, &ctx, &mut NoTap, None);
+        h = come_repro::model::forward::layer_forward(
+            &m.config,
+            &m.layers[l],
+            l,
+            &h,
+            &ctx,
+            &mut NoTap,
+            None,
+        );
     }
     let want = m.lm_head(&m.final_norm(&h));
     drop_layers(&mut m, &[2]).unwrap();
@@ -169,7 +273,17 @@ fn dropping_zero_layers_is_the_identity_and_one_layer_skips_it() {
 fn calib(seqs: usize, len: usize) -> CalibSet {
     tch::manual_seed(99);
     let sequences: Vec<Vec<u32>> = (0..seqs)
-        .map(|_| Vec::<i64>::try_from(Tensor::randint(128, [len as i64], (Kind::Int64, tch::Device::Cpu))).unwrap().into_iter().map(|x| x as u32).collect())
+        .map(|_| {
+            Vec::<i64>::try_from(Tensor::randint(
+                128,
+                [len as i64],
+                (Kind::Int64, tch::Device::Cpu),
+            ))
+            .unwrap()
+            .into_iter()
+            .map(|x| x as u32)
+            .collect()
+        })
         .collect();
     CalibSet {
         n_sequences: seqs,
@@ -201,22 +315,38 @@ fn every_method_reaches_the_target_with_a_consistent_correspondence() {
                 protect_last: 1,
                 ..Default::default()
             };
-            let rep = prune(&mut m, calib(2, 16), &cfg, |_, _| {}).unwrap_or_else(|e| panic!("{method}/{merge}: {e}"));
+            let rep = prune(&mut m, calib(2, 16), &cfg, |_, _| {})
+                .unwrap_or_else(|e| panic!("{method}/{merge}: {e}"));
             assert_eq!(m.n_layers(), 5, "{method}/{merge}");
             assert_eq!(rep.correspondence.len(), 5);
             let mut all: Vec<usize> = rep.correspondence.concat();
             let n_kept = all.len();
             all.sort();
             all.dedup();
-            assert_eq!(all.len(), n_kept, "{method}: an original layer appears twice");
+            assert_eq!(
+                all.len(),
+                n_kept,
+                "{method}: an original layer appears twice"
+            );
             assert!(all.windows(2).all(|w| w[0] < w[1]) && *all.last().unwrap() < 8);
             // Merges keep every original layer; drops lose some.
             let merges = matches!(*method, "come" | "come-p" | "laco" | "mka") && merge != "drop";
             if merges && *method != "come-p" {
-                assert_eq!(n_kept, 8, "{method}/{merge} should keep all originals: {:?}", rep.correspondence);
+                assert_eq!(
+                    n_kept, 8,
+                    "{method}/{merge} should keep all originals: {:?}",
+                    rep.correspondence
+                );
             }
             let ids = Tensor::randint(128, [1, 6], (Kind::Int64, tch::Device::Cpu));
-            assert!(m.forward(&ids, None).unwrap().isfinite().all().int64_value(&[]) == 1);
+            assert!(
+                m.forward(&ids, None)
+                    .unwrap()
+                    .isfinite()
+                    .all()
+                    .int64_value(&[])
+                    == 1
+            );
         }
     }
 }
@@ -226,7 +356,11 @@ fn incremental_rescoring_equals_full_recompute() {
     let base = tiny_config(json!({"num_hidden_layers": 8})).unwrap();
     let run = |incremental| {
         let mut m = random_model(base.clone(), 15);
-        let cfg = PruneConfig { target_layers: Some(5), incremental, ..Default::default() };
+        let cfg = PruneConfig {
+            target_layers: Some(5),
+            incremental,
+            ..Default::default()
+        };
         let rep = prune(&mut m, calib(2, 16), &cfg, |_, _| {}).unwrap();
         let ids = Tensor::randint(128, [1, 6], (Kind::Int64, tch::Device::Cpu));
         (rep, m.forward(&ids, None).unwrap())
@@ -237,28 +371,76 @@ fn incremental_rescoring_equals_full_recompute() {
     let (b, lb) = run(false);
     assert_eq!(a.correspondence, b.correspondence);
     assert!(max_diff(&la, &lb) < 1e-5);
-    assert!(a.layer_passes < b.layer_passes, "{} vs {}", a.layer_passes, b.layer_passes);
+    assert!(
+        a.layer_passes < b.layer_passes,
+        "{} vs {}",
+        a.layer_passes,
+        b.layer_passes
+    );
 }
 
 #[test]
 fn bad_targets_are_clear_errors() {
     let m = random_model(tiny_config(json!({})).unwrap(), 16);
     for (cfg, want) in [
-        (PruneConfig { sparsity: Some(1.5), ..Default::default() }, "sparsity must be in (0, 1)"),
-        (PruneConfig { sparsity: Some(0.0), ..Default::default() }, "sparsity must be in (0, 1)"),
-        (PruneConfig { target_layers: Some(4), ..Default::default() }, "target depth 4"),
-        (PruneConfig { target_layers: Some(0), ..Default::default() }, "target depth 0"),
+        (
+            PruneConfig {
+                sparsity: Some(1.5),
+                ..Default::default()
+            },
+            "sparsity must be in (0, 1)",
+        ),
+        (
+            PruneConfig {
+                sparsity: Some(0.0),
+                ..Default::default()
+            },
+            "sparsity must be in (0, 1)",
+        ),
+        (
+            PruneConfig {
+                target_layers: Some(4),
+                ..Default::default()
+            },
+            "target depth 4",
+        ),
+        (
+            PruneConfig {
+                target_layers: Some(0),
+                ..Default::default()
+            },
+            "target depth 0",
+        ),
         (PruneConfig::default(), "set target_layers or sparsity"),
     ] {
         let e = target_layers(&m, &cfg).unwrap_err().to_string();
         assert!(e.contains(want), "{e}");
     }
     // Sparsity maps through parameter counts: removing ~30% of this model's parameters.
-    let t = target_layers(&m, &PruneConfig { sparsity: Some(0.3), ..Default::default() }).unwrap();
+    let t = target_layers(
+        &m,
+        &PruneConfig {
+            sparsity: Some(0.3),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let c = &m.config;
-    assert_eq!(t.layers_removed, (0.3 * c.total_params() as f64 / c.params_per_layer() as f64).round() as usize);
+    assert_eq!(
+        t.layers_removed,
+        (0.3 * c.total_params() as f64 / c.params_per_layer() as f64).round() as usize
+    );
     // No-repeat CoMe cannot remove more than half the layers.
     let mut m = random_model(tiny_config(json!({"num_hidden_layers": 6})).unwrap(), 17);
-    let e = prune(&mut m, calib(1, 8), &PruneConfig { target_layers: Some(2), ..Default::default() }, |_, _| {}).unwrap_err();
+    let e = prune(
+        &mut m,
+        calib(1, 8),
+        &PruneConfig {
+            target_layers: Some(2),
+            ..Default::default()
+        },
+        |_, _| {},
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("no_repeat"), "{e}");
 }

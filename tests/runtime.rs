@@ -37,28 +37,55 @@ fn right_and_left_padding_match_unpadded_rows() {
     let _ = lmask.get(1).narrow(0, 0, 4).fill_(0);
     let out = m.forward(&left, Some(&lmask)).unwrap();
     assert!(max_diff(&out.get(1).narrow(0, 4, 6), &short1.get(0)) < 1e-5);
-    assert!(out.isnan().any().int64_value(&[]) == 0, "padding rows must not produce NaN");
+    assert!(
+        out.isnan().any().int64_value(&[]) == 0,
+        "padding rows must not produce NaN"
+    );
 }
 
 #[test]
 fn kv_cache_decoding_matches_full_forward() {
     let m = random_model(tiny_config(json!({})).unwrap(), 3);
     let x = ids(1, 12, 4);
-    let full = m.lm_head(&m.final_norm(&m.forward_hidden(&x, None, &mut come_repro::model::forward::NoTap).unwrap()));
+    let full = m.lm_head(
+        &m.final_norm(
+            &m.forward_hidden(&x, None, &mut come_repro::model::forward::NoTap)
+                .unwrap(),
+        ),
+    );
     let mut cache = KvCache::new(m.n_layers());
-    let mut parts = vec![m.lm_head(&m.forward_cached(&x.narrow(1, 0, 5), None, &mut cache).unwrap())];
-    parts.push(m.lm_head(&m.forward_cached(&x.narrow(1, 5, 4), None, &mut cache).unwrap()));
+    let mut parts = vec![m.lm_head(
+        &m.forward_cached(&x.narrow(1, 0, 5), None, &mut cache)
+            .unwrap(),
+    )];
+    parts.push(
+        m.lm_head(
+            &m.forward_cached(&x.narrow(1, 5, 4), None, &mut cache)
+                .unwrap(),
+        ),
+    );
     for t in 9..12 {
-        parts.push(m.lm_head(&m.forward_cached(&x.narrow(1, t, 1), None, &mut cache).unwrap()));
+        parts.push(
+            m.lm_head(
+                &m.forward_cached(&x.narrow(1, t, 1), None, &mut cache)
+                    .unwrap(),
+            ),
+        );
     }
     let inc = Tensor::cat(&parts, 1);
-    assert!(max_diff(&inc, &full) < 1e-5, "diff {}", max_diff(&inc, &full));
+    assert!(
+        max_diff(&inc, &full) < 1e-5,
+        "diff {}",
+        max_diff(&inc, &full)
+    );
 }
 
 #[test]
 fn sliding_window_limits_attention() {
     // One layer: with more, information hops the window once per layer.
-    let cfg = tiny_config(json!({"model_type": "mistral", "sliding_window": 4, "num_hidden_layers": 1})).unwrap();
+    let cfg =
+        tiny_config(json!({"model_type": "mistral", "sliding_window": 4, "num_hidden_layers": 1}))
+            .unwrap();
     let m = random_model(cfg, 5);
     let x = ids(1, 10, 6);
     let out = m.forward(&x, None).unwrap();
@@ -75,12 +102,23 @@ fn roundtrip(extra: serde_json::Value, dtype: Kind) {
     let m = random_model(tiny_config(extra.clone()).unwrap(), 7);
     let dir = tempfile::tempdir().unwrap();
     save_model(&m, dir.path(), None).unwrap();
-    let back = load_model(dir.path(), LoadOptions { dtype, ..Default::default() }).unwrap();
+    let back = load_model(
+        dir.path(),
+        LoadOptions {
+            dtype,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let x = ids(2, 9, 8);
     let a = m.forward(&x, None).unwrap();
     let b = back.forward(&x, None).unwrap().to_kind(Kind::Float);
     let tol = if dtype == Kind::Float { 0.0 } else { 0.5 };
-    assert!(max_diff(&a, &b) <= tol, "{extra:?} {dtype:?}: {}", max_diff(&a, &b));
+    assert!(
+        max_diff(&a, &b) <= tol,
+        "{extra:?} {dtype:?}: {}",
+        max_diff(&a, &b)
+    );
 }
 
 #[test]
@@ -89,9 +127,15 @@ fn save_load_roundtrip_is_exact_for_every_family() {
     roundtrip(json!({"tie_word_embeddings": true}), Kind::Float);
     roundtrip(json!({"model_type": "qwen2"}), Kind::Float);
     roundtrip(json!({"model_type": "qwen3", "head_dim": 32}), Kind::Float);
-    roundtrip(json!({"attention_bias": true, "mlp_bias": true}), Kind::Float);
-    roundtrip(json!({"rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-        "high_freq_factor": 4.0, "original_max_position_embeddings": 64}}), Kind::Float);
+    roundtrip(
+        json!({"attention_bias": true, "mlp_bias": true}),
+        Kind::Float,
+    );
+    roundtrip(
+        json!({"rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0, "original_max_position_embeddings": 64}}),
+        Kind::Float,
+    );
     roundtrip(json!({}), Kind::BFloat16);
     roundtrip(json!({}), Kind::Half);
 }
@@ -101,12 +145,22 @@ fn sharded_checkpoints_load() {
     let m = random_model(tiny_config(json!({})).unwrap(), 9);
     let dir = tempfile::tempdir().unwrap();
     write_weights(dir.path(), &m.named_tensors(), 40_000).unwrap();
-    std::fs::write(dir.path().join("config.json"), serde_json::to_string(&m.current_config().to_json()).unwrap()).unwrap();
+    std::fs::write(
+        dir.path().join("config.json"),
+        serde_json::to_string(&m.current_config().to_json()).unwrap(),
+    )
+    .unwrap();
     assert!(dir.path().join("model.safetensors.index.json").exists());
     assert!(!dir.path().join("model.safetensors").exists());
     let back = load_model(dir.path(), LoadOptions::default()).unwrap();
     let x = ids(1, 5, 1);
-    assert_eq!(max_diff(&m.forward(&x, None).unwrap(), &back.forward(&x, None).unwrap()), 0.0);
+    assert_eq!(
+        max_diff(
+            &m.forward(&x, None).unwrap(),
+            &back.forward(&x, None).unwrap()
+        ),
+        0.0
+    );
 }
 
 /// A saved tiny checkpoint to corrupt in the bad-input tests.
@@ -133,7 +187,10 @@ fn truncated_safetensors_is_a_clear_error() {
         std::fs::write(&st, &bytes[..cut]).unwrap();
         let e = err_of(dir.path());
         assert!(e.contains("model.safetensors"), "{cut}: {e}");
-        assert!(e.contains("truncated") || e.contains("too short") || e.contains("header"), "{cut}: {e}");
+        assert!(
+            e.contains("truncated") || e.contains("too short") || e.contains("header"),
+            "{cut}: {e}"
+        );
     }
 }
 
@@ -152,7 +209,10 @@ fn bit_flipped_header_is_a_clear_error() {
             Ok(_) => seen_ok += 1,
             Err(e) => {
                 let s = e.to_string();
-                assert!(s.contains(dir.path().to_str().unwrap()), "error must name the file: {s}");
+                assert!(
+                    s.contains(dir.path().to_str().unwrap()),
+                    "error must name the file: {s}"
+                );
             }
         }
     }
@@ -165,23 +225,36 @@ fn missing_tensor_and_shape_mismatch_and_extra_tensor() {
     let dir = tempfile::tempdir().unwrap();
     save_model(&m, dir.path(), None).unwrap();
     // Missing: drop one tensor.
-    let named: Vec<_> = m.named_tensors().into_iter().filter(|(n, _)| n != "model.layers.1.mlp.up_proj.weight").collect();
+    let named: Vec<_> = m
+        .named_tensors()
+        .into_iter()
+        .filter(|(n, _)| n != "model.layers.1.mlp.up_proj.weight")
+        .collect();
     write_weights(dir.path(), &named, u64::MAX).unwrap();
     let e = err_of(dir.path());
-    assert!(e.contains("missing tensor `model.layers.1.mlp.up_proj.weight`"), "{e}");
+    assert!(
+        e.contains("missing tensor `model.layers.1.mlp.up_proj.weight`"),
+        "{e}"
+    );
     // Shape: config says a different intermediate size.
     write_weights(dir.path(), &m.named_tensors(), u64::MAX).unwrap();
     let mut cfg = m.current_config().to_json();
     cfg["intermediate_size"] = json!(80);
     std::fs::write(dir.path().join("config.json"), cfg.to_string()).unwrap();
     let e = err_of(dir.path());
-    assert!(e.contains("gate_proj.weight") && e.contains("[96, 64]") && e.contains("[80, 64]"), "{e}");
+    assert!(
+        e.contains("gate_proj.weight") && e.contains("[96, 64]") && e.contains("[80, 64]"),
+        "{e}"
+    );
     // Extra: config claims fewer layers than the weights hold.
     let mut cfg = m.current_config().to_json();
     cfg["num_hidden_layers"] = json!(3);
     std::fs::write(dir.path().join("config.json"), cfg.to_string()).unwrap();
     let e = err_of(dir.path());
-    assert!(e.contains("config does not describe") && e.contains("model.layers.3"), "{e}");
+    assert!(
+        e.contains("config does not describe") && e.contains("model.layers.3"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -193,8 +266,14 @@ fn bad_configs_are_named_errors() {
     let cases: Vec<(serde_json::Value, &str)> = vec![
         (json!({"model_type": "gpt_neox"}), "model_type `gpt_neox`"),
         (json!({"hidden_act": "gelu"}), "hidden_act `gelu`"),
-        (json!({"rope_scaling": {"type": "yarn", "factor": 4.0}}), "rope_scaling type `yarn`"),
-        (json!({"num_key_value_heads": 3}), "multiple of num_key_value_heads"),
+        (
+            json!({"rope_scaling": {"type": "yarn", "factor": 4.0}}),
+            "rope_scaling type `yarn`",
+        ),
+        (
+            json!({"num_key_value_heads": 3}),
+            "multiple of num_key_value_heads",
+        ),
         (json!({"hidden_size": null}), "hidden_size"),
     ];
     for (patch, want) in cases {
@@ -204,11 +283,20 @@ fn bad_configs_are_named_errors() {
         }
         std::fs::write(dir.path().join("config.json"), cfg.to_string()).unwrap();
         let e = err_of(dir.path());
-        assert!(e.contains(want) && e.contains("config.json"), "want `{want}` in: {e}");
+        assert!(
+            e.contains(want) && e.contains("config.json"),
+            "want `{want}` in: {e}"
+        );
     }
     std::fs::write(dir.path().join("config.json"), "{ not json").unwrap();
     let e = err_of(dir.path());
-    assert!(e.contains("config.json") && e.contains("not valid JSON"), "{e}");
+    assert!(
+        e.contains("config.json") && e.contains("not valid JSON"),
+        "{e}"
+    );
     std::fs::remove_file(dir.path().join("config.json")).unwrap();
-    assert!(matches!(load_model(dir.path(), LoadOptions::default()), Err(Error::Io { .. })));
+    assert!(matches!(
+        load_model(dir.path(), LoadOptions::default()),
+        Err(Error::Io { .. })
+    ));
 }

@@ -1,12 +1,16 @@
 //! Command-line entry: parse, dispatch, report errors. One file per subcommand.
 
 mod bench;
+mod check;
 mod common;
 mod demo;
 mod eval;
 mod generate;
+mod grid;
 mod import;
 mod prune;
+mod runs;
+mod tables;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -33,6 +37,15 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Prune a checkpoint (CoMe, CoMe-P or a baseline) and save it as an HF checkpoint.
     Prune(prune::PruneArgs),
+    /// Run (or resume) a grid of experiments into the run store.
+    Grid(grid::GridArgs),
+    /// Inspect the run store: ls, show, diff, export.
+    #[command(subcommand)]
+    Runs(runs::RunsCmd),
+    /// Build the paper's tables and plots from the run store.
+    Tables(tables::TablesArgs),
+    /// CI regression check: run a grid and compare its metrics with a baseline.
+    Check(check::CheckArgs),
     /// Benchmarks that print come-repro next to its reference.
     #[command(subcommand)]
     Bench(bench::BenchCmd),
@@ -47,6 +60,10 @@ pub fn main() -> ExitCode {
         Command::Generate(a) => generate::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Prune(a) => prune::run(a),
+        Command::Grid(a) => grid::run(a),
+        Command::Runs(c) => runs::run(c),
+        Command::Tables(a) => tables::run(a),
+        Command::Check(a) => check::run(a),
         Command::Bench(c) => bench::run(c),
         Command::Demo(a) => demo::run(a),
     };

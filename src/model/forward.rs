@@ -344,7 +344,11 @@ pub fn attention_block(
     let xn = rms_norm(x, &layer.input_norm, eps);
     let mut q = layer.q_proj.forward(&xn).view([b, t, nh, hd]);
     let mut k = layer.k_proj.forward(&xn).view([b, t, nkv, hd]);
-    let v = layer.v_proj.forward(&xn).view([b, t, nkv, hd]).transpose(1, 2);
+    let v = layer
+        .v_proj
+        .forward(&xn)
+        .view([b, t, nkv, hd])
+        .transpose(1, 2);
     if let Some(w) = &layer.q_norm {
         q = rms_norm(&q, w, eps);
     }
@@ -375,7 +379,14 @@ pub fn attention_block(
 }
 
 /// The MLP branch of a layer (post-attention norm through `down_proj`), without the residual.
-pub fn mlp_block(c: &ModelConfig, layer: &Layer, idx: usize, h: &Tensor, ctx: &Context, tap: &mut dyn Tap) -> Tensor {
+pub fn mlp_block(
+    c: &ModelConfig,
+    layer: &Layer,
+    idx: usize,
+    h: &Tensor,
+    ctx: &Context,
+    tap: &mut dyn Tap,
+) -> Tensor {
     let hn = rms_norm(h, &layer.post_norm, c.rms_norm_eps);
     let act = layer.gate_proj.forward(&hn).silu() * layer.up_proj.forward(&hn);
     tap.mlp_pre_down(idx, &act, ctx.valid.as_ref());

@@ -54,7 +54,8 @@ pub struct Layer {
 impl Layer {
     /// Every tensor with its Hugging Face name relative to `model.layers.{i}.`.
     pub fn named_tensors(&self) -> Vec<(String, &Tensor)> {
-        let mut out: Vec<(String, &Tensor)> = vec![("input_layernorm.weight".into(), &self.input_norm)];
+        let mut out: Vec<(String, &Tensor)> =
+            vec![("input_layernorm.weight".into(), &self.input_norm)];
         fn push_lin<'a>(out: &mut Vec<(String, &'a Tensor)>, name: &str, l: &'a Linear) {
             out.push((format!("{name}.weight"), &l.weight));
             if let Some(b) = &l.bias {

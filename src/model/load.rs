@@ -81,7 +81,11 @@ impl WeightFiles {
 
     fn file_of(&self, name: &str) -> Result<&SafetensorsFile> {
         let pos = self.index.get(name).ok_or_else(|| Error::MissingTensor {
-            path: self.files.first().map(|f| f.path.clone()).unwrap_or(self.dir.clone()),
+            path: self
+                .files
+                .first()
+                .map(|f| f.path.clone())
+                .unwrap_or(self.dir.clone()),
             name: name.to_string(),
         })?;
         Ok(&self.files[*pos])

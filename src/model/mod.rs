@@ -92,6 +92,9 @@ impl Model {
     }
 
     pub fn num_params(&self) -> i64 {
-        self.named_tensors().iter().map(|(_, t)| t.numel() as i64).sum()
+        self.named_tensors()
+            .iter()
+            .map(|(_, t)| t.numel() as i64)
+            .sum()
     }
 }

@@ -15,7 +15,11 @@ impl Rope {
         let d = c.head_dim;
         // transformers computes 1 / base ** (i/d) with torch.pow on f32; do the same.
         let inv_pow = Tensor::from(c.rope_theta as f32)
-            .pow(&(Tensor::arange_start_step(0, d, 2, (Kind::Int64, Device::Cpu)).to_kind(Kind::Float) / (d as f64)))
+            .pow(
+                &(Tensor::arange_start_step(0, d, 2, (Kind::Int64, Device::Cpu))
+                    .to_kind(Kind::Float)
+                    / (d as f64)),
+            )
             .reciprocal();
         let inv_freq = match &c.rope_scaling {
             RopeScaling::None => inv_pow,
@@ -32,9 +36,13 @@ impl Rope {
                 // Long wavelengths are stretched by `factor`, short ones kept, the band
                 // between interpolated smoothly (LLaMA-3.1's recipe).
                 let scaled = inv_pow.where_self(&wavelen.le(low_wavelen), &(&inv_pow / *factor));
-                let smooth = (wavelen.reciprocal() * *old - *low_freq_factor) / (high_freq_factor - low_freq_factor);
-                let smoothed = (smooth.ones_like() - &smooth) * &scaled / *factor + &smooth * &scaled;
-                let medium = wavelen.ge(high_wavelen).logical_and(&wavelen.le(low_wavelen));
+                let smooth = (wavelen.reciprocal() * *old - *low_freq_factor)
+                    / (high_freq_factor - low_freq_factor);
+                let smoothed =
+                    (smooth.ones_like() - &smooth) * &scaled / *factor + &smooth * &scaled;
+                let medium = wavelen
+                    .ge(high_wavelen)
+                    .logical_and(&wavelen.le(low_wavelen));
                 smoothed.where_self(&medium, &scaled)
             }
         };

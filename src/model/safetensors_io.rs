@@ -66,7 +66,9 @@ impl SafetensorsFile {
         let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
         let bad = |msg: String| Error::format(path, msg);
         if file_len < 8 {
-            return Err(bad(format!("{file_len} bytes, too short for a safetensors header")));
+            return Err(bad(format!(
+                "{file_len} bytes, too short for a safetensors header"
+            )));
         }
         let mut len8 = [0u8; 8];
         file.read_exact(&mut len8).map_err(|e| Error::io(path, e))?;
@@ -77,7 +79,8 @@ impl SafetensorsFile {
             )));
         }
         let mut header = vec![0u8; n as usize];
-        file.read_exact(&mut header).map_err(|e| Error::io(path, e))?;
+        file.read_exact(&mut header)
+            .map_err(|e| Error::io(path, e))?;
         let json: serde_json::Value = serde_json::from_slice(&header)
             .map_err(|e| bad(format!("header is not valid JSON: {e}")))?;
         let obj = json
@@ -182,14 +185,14 @@ impl SafetensorsFile {
 /// Write tensors to `path` as one safetensors file, streaming one tensor at a time.
 pub fn write(path: &Path, tensors: &[(String, &Tensor)]) -> Result<()> {
     let mut header = serde_json::Map::new();
-    header.insert(
-        "__metadata__".into(),
-        serde_json::json!({ "format": "pt" }),
-    );
+    header.insert("__metadata__".into(), serde_json::json!({ "format": "pt" }));
     let mut offset = 0u64;
     for (name, t) in tensors {
         let (dtype, elem) = kind_dtype(t.kind()).ok_or_else(|| {
-            Error::unsupported(path, format!("cannot store tensor `{name}` of kind {:?}", t.kind()))
+            Error::unsupported(
+                path,
+                format!("cannot store tensor `{name}` of kind {:?}", t.kind()),
+            )
         })?;
         let n = t.numel() as u64 * elem as u64;
         header.insert(
@@ -207,7 +210,8 @@ pub fn write(path: &Path, tensors: &[(String, &Tensor)]) -> Result<()> {
     let f = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
     let mut w = BufWriter::with_capacity(1 << 22, f);
     let io = |e| Error::io(&tmp, e);
-    w.write_all(&(hbytes.len() as u64).to_le_bytes()).map_err(io)?;
+    w.write_all(&(hbytes.len() as u64).to_le_bytes())
+        .map_err(io)?;
     w.write_all(&hbytes).map_err(io)?;
     let mut buf = Vec::new();
     for (_, t) in tensors {

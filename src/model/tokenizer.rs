@@ -17,10 +17,14 @@ impl Tokenizer {
         if !path.exists() {
             return Err(Error::io(
                 &path,
-                std::io::Error::new(std::io::ErrorKind::NotFound, "no tokenizer.json in the checkpoint"),
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no tokenizer.json in the checkpoint",
+                ),
             ));
         }
-        let inner = tokenizers::Tokenizer::from_file(&path).map_err(|e| Error::tokenizer(&path, e))?;
+        let inner =
+            tokenizers::Tokenizer::from_file(&path).map_err(|e| Error::tokenizer(&path, e))?;
         // BOS/EOS: tokenizer_config.json first (what transformers uses), then config.json.
         let mut bos_id = None;
         let mut eos_ids = vec![];
@@ -40,12 +44,19 @@ impl Tokenizer {
         }
         let cfg = dir.join("config.json");
         if cfg.exists() {
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&crate::error::read_to_string(&cfg)?) {
+            if let Ok(v) =
+                serde_json::from_str::<serde_json::Value>(&crate::error::read_to_string(&cfg)?)
+            {
                 if bos_id.is_none() {
-                    bos_id = v.get("bos_token_id").and_then(|x| x.as_u64()).map(|x| x as u32);
+                    bos_id = v
+                        .get("bos_token_id")
+                        .and_then(|x| x.as_u64())
+                        .map(|x| x as u32);
                 }
                 match v.get("eos_token_id") {
-                    Some(serde_json::Value::Number(n)) => eos_ids.extend(n.as_u64().map(|x| x as u32)),
+                    Some(serde_json::Value::Number(n)) => {
+                        eos_ids.extend(n.as_u64().map(|x| x as u32))
+                    }
                     Some(serde_json::Value::Array(a)) => {
                         eos_ids.extend(a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32))
                     }
@@ -63,7 +74,11 @@ impl Tokenizer {
         })
     }
 
-    pub fn from_tokenizers(inner: tokenizers::Tokenizer, bos_id: Option<u32>, eos_ids: Vec<u32>) -> Self {
+    pub fn from_tokenizers(
+        inner: tokenizers::Tokenizer,
+        bos_id: Option<u32>,
+        eos_ids: Vec<u32>,
+    ) -> Self {
         Tokenizer {
             inner,
             path: PathBuf::from("<memory>"),

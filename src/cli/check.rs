@@ -1,0 +1,132 @@
+//! `come-repro check`: the CI regression check. Runs a grid into a fresh store and compares
+//! every metric with a committed baseline; any move beyond its tolerance fails with a
+//! readable diff. `--update` rewrites the baseline (an explicit, reviewable change).
+
+use super::grid::Bars;
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use come_repro::grid::GridSpec;
+use come_repro::runner::{run_grid, RunnerOptions};
+use come_repro::track::{RunFilter, Status, Store};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+#[derive(Args)]
+pub struct CheckArgs {
+    #[arg(long)]
+    pub grid: PathBuf,
+    #[arg(long)]
+    pub baseline: PathBuf,
+    /// Store to run into (default: a fresh temporary one, so nothing is reused).
+    #[arg(long)]
+    pub db: Option<PathBuf>,
+    #[arg(long, default_value = "results/cache")]
+    pub cache: PathBuf,
+    /// Write the current metrics as the new baseline instead of comparing.
+    #[arg(long)]
+    pub update: bool,
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+/// Tolerance for a metric name: absolute for accuracies (identical predictions are
+/// expected, so any flipped item shows), relative for perplexities.
+fn tolerance(tol: &Value, metric: &str) -> (f64, f64) {
+    let name = metric.rsplit('/').next().unwrap_or(metric);
+    let name = name.split('[').next().unwrap_or(name);
+    let t = tol.get(name).or_else(|| tol.get("default"));
+    let abs = t.and_then(|t| t.get("abs")).and_then(Value::as_f64).unwrap_or(1e-6);
+    let rel = t.and_then(|t| t.get("rel")).and_then(Value::as_f64).unwrap_or(0.0);
+    (abs, rel)
+}
+
+/// Metrics that are measurements of the machine, not of the model: never compared.
+fn is_timing(key: &str) -> bool {
+    key.ends_with("_seconds")
+}
+
+pub fn run(a: CheckArgs) -> Result<()> {
+    come_repro::runtime::set_threads(a.threads);
+    let spec = GridSpec::load(&a.grid)?;
+    let tmp = come_repro::paths::work_dir().join(format!("check-{}", std::process::id()));
+    let db = a.db.clone().unwrap_or_else(|| tmp.join("check.sqlite"));
+    let opts = RunnerOptions { db: db.clone(), cache_dir: a.cache.clone(), force: a.db.is_none(), only: vec![], filter: vec![], threads: a.threads };
+    let sum = run_grid(&spec, &opts, &mut Bars::new())?;
+    if !sum.failed.is_empty() {
+        bail!("{} run(s) failed: {:?}", sum.failed.len(), sum.failed);
+    }
+    let store = Store::open(&db)?;
+    let hashes: BTreeMap<String, String> = spec.expand()?.into_iter().map(|r| (r.hash, r.name)).collect();
+    let mut current: BTreeMap<String, BTreeMap<String, f64>> = BTreeMap::new();
+    for row in store.runs(&RunFilter { status: Some(Status::Finished), ..Default::default() })? {
+        let Some(name) = hashes.get(&row.hash) else { continue };
+        let m = current.entry(name.clone()).or_default();
+        for x in store.metrics(row.id)? {
+            if !is_timing(&x.key()) {
+                m.insert(x.key(), x.value);
+            }
+        }
+    }
+    if a.db.is_none() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    if a.update {
+        let old: Value = std::fs::read_to_string(&a.baseline).ok().and_then(|s| serde_json::from_str(&s).ok()).unwrap_or(json!({}));
+        let tol = old.get("tolerance").cloned().unwrap_or(json!({
+            "default": {"abs": 1e-6},
+            "ppl_wikitext2": {"rel": 1e-4},
+            "params": {"abs": 0.0},
+            "layers": {"abs": 0.0},
+        }));
+        let v = json!({
+            "grid": a.grid,
+            "note": "Written by `come-repro check --update`; compared by `come-repro check`. Accuracies are compared absolutely (a flipped item on 20 documents moves acc by 0.05), perplexities relatively.",
+            "tolerance": tol,
+            "runs": current,
+        });
+        std::fs::write(&a.baseline, serde_json::to_string_pretty(&v)? + "\n").with_context(|| format!("writing {}", a.baseline.display()))?;
+        println!("baseline {} updated: {} runs", a.baseline.display(), current.len());
+        return Ok(());
+    }
+    let base: Value = serde_json::from_str(&std::fs::read_to_string(&a.baseline).with_context(|| format!("reading {}", a.baseline.display()))?)
+        .with_context(|| format!("{} is not valid JSON", a.baseline.display()))?;
+    let tol = base.get("tolerance").cloned().unwrap_or(json!({}));
+    let want = base.get("runs").and_then(Value::as_object).ok_or_else(|| anyhow::anyhow!("{}: no `runs` object", a.baseline.display()))?;
+    let mut problems = vec![];
+    let mut compared = 0;
+    for (run, metrics) in want {
+        let Some(got) = current.get(run) else {
+            problems.push(format!("{run}: in the baseline but not produced by the grid"));
+            continue;
+        };
+        for (k, v) in metrics.as_object().into_iter().flatten() {
+            let Some(w) = v.as_f64() else { continue };
+            match got.get(k) {
+                None => problems.push(format!("{run}: {k}: missing (baseline {w})")),
+                Some(&g) => {
+                    compared += 1;
+                    let (abs, rel) = tolerance(&tol, k);
+                    let allowed = abs.max(rel * w.abs());
+                    if (g - w).abs() > allowed || g.is_nan() != w.is_nan() {
+                        problems.push(format!("{run}: {k}: {g:.6} vs baseline {w:.6} (diff {:+.6}, tolerance {allowed:.2e})", g - w));
+                    }
+                }
+            }
+        }
+    }
+    for run in current.keys() {
+        if !want.contains_key(run) {
+            problems.push(format!("{run}: produced by the grid but not in the baseline (run with --update to add it)"));
+        }
+    }
+    if problems.is_empty() {
+        println!("check passed: {compared} metrics of {} runs within tolerance of {}", want.len(), a.baseline.display());
+        Ok(())
+    } else {
+        for p in &problems {
+            eprintln!("  {p}");
+        }
+        bail!("check failed: {} difference(s) from {}", problems.len(), a.baseline.display())
+    }
+}

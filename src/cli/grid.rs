@@ -1,0 +1,167 @@
+//! `come-repro grid FILE`: run (or resume) a grid of experiments into the run store.
+
+use super::common::bar;
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use come_repro::grid::GridSpec;
+use come_repro::runner::{run_grid, select, Progress, RunnerOptions, CURRENT, STOP};
+use come_repro::track::{Status, Store};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+
+#[derive(Args)]
+pub struct GridArgs {
+    /// Grid spec (TOML).
+    pub file: PathBuf,
+    /// Run store (SQLite).
+    #[arg(long, default_value = "results/come.sqlite")]
+    pub db: PathBuf,
+    /// Cache of imported and pruned checkpoints.
+    #[arg(long, default_value = "results/cache")]
+    pub cache: PathBuf,
+    /// Print the runs and which are already done; run nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Rerun finished runs too.
+    #[arg(long)]
+    pub force: bool,
+    /// Only runs whose name contains this (repeatable).
+    #[arg(long)]
+    pub only: Vec<String>,
+    /// Only runs whose parameter KEY equals VALUE, e.g. `--filter prune.method=come`.
+    #[arg(long, value_parser = parse_filter)]
+    pub filter: Vec<(String, String)>,
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+fn parse_filter(s: &str) -> Result<(String, String), String> {
+    s.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| format!("expected KEY=VALUE, got `{s}`"))
+}
+
+pub fn options(a: &GridArgs) -> RunnerOptions {
+    RunnerOptions {
+        db: a.db.clone(),
+        cache_dir: a.cache.clone(),
+        force: a.force,
+        only: a.only.clone(),
+        filter: a.filter.clone(),
+        threads: a.threads,
+    }
+}
+
+/// Bars: the grid (runs), the current run's stage, the current stage's items.
+pub struct Bars {
+    grid: ProgressBar,
+    items: ProgressBar,
+    _mp: MultiProgress,
+}
+
+impl Bars {
+    pub fn new() -> Bars {
+        let mp = MultiProgress::new();
+        let grid = mp.add(bar(0, "runs"));
+        let items = mp.add(ProgressBar::new(0));
+        items.set_style(
+            ProgressStyle::with_template("{prefix:>24} {msg:>14} [{bar:30}] {pos}/{len} {per_sec} eta {eta}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        Bars { grid, items, _mp: mp }
+    }
+}
+
+impl Progress for Bars {
+    fn grid(&mut self, done: usize, total: usize, current: &str) {
+        self.grid.set_length(total as u64);
+        self.grid.set_position(done as u64);
+        self.grid.set_message(current.to_string());
+        if done == total {
+            self.grid.finish_and_clear();
+            self.items.finish_and_clear();
+        }
+    }
+    fn stage(&mut self, run: &str, stage: &str) {
+        self.items.set_prefix(format!("{run} {stage}"));
+        self.items.set_position(0);
+        self.items.set_length(0);
+    }
+    fn items(&mut self, what: &str, done: usize, total: usize) {
+        self.items.set_message(what.to_string());
+        if total > 0 {
+            self.items.set_length(total as u64);
+        }
+        self.items.set_position(done as u64);
+    }
+    fn note(&mut self, line: &str) {
+        self.grid.println(line);
+    }
+}
+
+/// First Ctrl-C: stop after the current stage and mark the run interrupted. Second: mark
+/// it interrupted now and exit.
+pub fn install_ctrlc(db: PathBuf) {
+    let _ = ctrlc::set_handler(move || {
+        if STOP.swap(true, Ordering::SeqCst) {
+            let id = CURRENT.load(Ordering::SeqCst);
+            if id >= 0 {
+                if let Ok(s) = Store::open(&db) {
+                    let _ = s.interrupt(id);
+                }
+            }
+            eprintln!("\ninterrupted");
+            std::process::exit(130);
+        }
+        eprintln!("\nstopping after the current stage (Ctrl-C again to stop now)");
+    });
+}
+
+pub fn run(a: GridArgs) -> Result<()> {
+    come_repro::runtime::set_threads(a.threads);
+    let spec = GridSpec::load(&a.file)?;
+    let opts = options(&a);
+    if a.dry_run {
+        let runs = select(spec.expand()?, &opts);
+        let store = if a.db.exists() { Some(Store::open(&a.db)?) } else { None };
+        println!("{} run(s) in {}:", runs.len(), a.file.display());
+        let mut done = 0;
+        for r in &runs {
+            let status = match &store {
+                Some(s) => s.run_by_hash(&r.hash)?.map(|row| row.status),
+                None => None,
+            };
+            let st = status.map_or("new".to_string(), |s| s.as_str().to_string());
+            if status == Some(Status::Finished) {
+                done += 1;
+            }
+            println!("  {:<11} {}  {}", st, &r.hash[..12], r.name);
+        }
+        println!("{done} finished, {} to run", runs.len() - done);
+        return Ok(());
+    }
+    install_ctrlc(a.db.clone());
+    let mut bars = Bars::new();
+    let t0 = std::time::Instant::now();
+    let sum = run_grid(&spec, &opts, &mut bars).with_context(|| format!("running {}", a.file.display()))?;
+    eprintln!(
+        "{}: {} run(s): {} ran, {} already finished, {} failed, {} busy elsewhere, in {:.1} min",
+        a.file.display(),
+        sum.total,
+        sum.ran,
+        sum.skipped,
+        sum.failed.len(),
+        sum.busy,
+        t0.elapsed().as_secs_f64() / 60.0
+    );
+    for (name, e) in &sum.failed {
+        eprintln!("  failed: {name}: {e}");
+    }
+    if sum.interrupted {
+        bail!("interrupted: rerun the same command to resume");
+    }
+    if !sum.failed.is_empty() {
+        bail!("{} run(s) failed", sum.failed.len());
+    }
+    Ok(())
+}

@@ -1,0 +1,115 @@
+//! `come-repro runs`: look into the run store.
+
+use anyhow::{bail, Result};
+use clap::Subcommand;
+use come_repro::track::{RunFilter, Status, Store};
+use std::path::PathBuf;
+
+#[derive(Subcommand)]
+pub enum RunsCmd {
+    /// List runs.
+    Ls {
+        #[arg(long, default_value = "results/come.sqlite")]
+        db: PathBuf,
+        /// pending, running, finished, failed or interrupted.
+        #[arg(long)]
+        status: Option<String>,
+        /// Runs whose name contains this.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// One run: config, environment, stages, metrics, artifacts.
+    Show {
+        id: i64,
+        #[arg(long, default_value = "results/come.sqlite")]
+        db: PathBuf,
+    },
+    /// Parameters and metrics that differ between two runs.
+    Diff {
+        a: i64,
+        b: i64,
+        #[arg(long, default_value = "results/come.sqlite")]
+        db: PathBuf,
+    },
+    /// One row per (run, metric) with the parameters as columns.
+    Export {
+        #[arg(long, default_value = "results/come.sqlite")]
+        db: PathBuf,
+        #[arg(long, conflicts_with = "parquet")]
+        csv: Option<PathBuf>,
+        #[arg(long)]
+        parquet: Option<PathBuf>,
+    },
+}
+
+pub fn run(cmd: RunsCmd) -> Result<()> {
+    match cmd {
+        RunsCmd::Ls { db, status, name } => {
+            let s = Store::open(&db)?;
+            let status = match status {
+                Some(x) => Some(Status::parse(&x).ok_or_else(|| anyhow::anyhow!("unknown status `{x}`"))?),
+                None => None,
+            };
+            let rows = s.runs(&RunFilter { status, name_contains: name, ..Default::default() })?;
+            println!("{:>5}  {:<11} {:<12} {:<20} name", "id", "status", "hash", "finished");
+            for r in rows {
+                println!(
+                    "{:>5}  {:<11} {:<12} {:<20} {}",
+                    r.id,
+                    r.status.as_str(),
+                    &r.hash[..12.min(r.hash.len())],
+                    r.finished.as_deref().unwrap_or("-").chars().take(19).collect::<String>(),
+                    r.name
+                );
+            }
+        }
+        RunsCmd::Show { id, db } => {
+            let s = Store::open(&db)?;
+            let r = s.run(id)?;
+            println!("run {} ({}) {}: {}", r.id, r.status.as_str(), r.hash, r.name);
+            if let Some(e) = &r.error {
+                println!("error: {e}");
+            }
+            println!("config:\n{}", serde_json::to_string_pretty(&r.config)?);
+            println!("stages:");
+            for st in s.stages(id)? {
+                println!("  {:<8} {:<9} {:>8.1}s {}", st.stage, st.status.as_str(), st.seconds.unwrap_or(0.0), st.output.unwrap_or_default());
+            }
+            println!("metrics:");
+            for m in s.metrics(id)? {
+                let se = m.stderr.map(|x| format!(" ± {x:.4}")).unwrap_or_default();
+                println!("  {:<32} {:.6}{se}", m.key(), m.value);
+            }
+            println!("artifacts:");
+            for a in s.artifacts(id)? {
+                println!("  {:<16} {} {}", a.kind, &a.sha256[..12.min(a.sha256.len())], a.path);
+            }
+            println!("environment:");
+            for (k, v) in s.environment(id)? {
+                println!("  {k} = {v}");
+            }
+        }
+        RunsCmd::Diff { a, b, db } => {
+            let s = Store::open(&db)?;
+            let d = s.diff(a, b)?;
+            println!("{:<40} {:>20} {:>20}", "", format!("run {a}"), format!("run {b}"));
+            let show = |v: &Option<serde_json::Value>| v.as_ref().map_or("-".to_string(), |x| x.to_string());
+            for (k, x, y) in &d.params {
+                println!("{k:<40} {:>20} {:>20}", show(x), show(y));
+            }
+            let f = |v: &Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.6}"));
+            for (k, x, y) in &d.metrics {
+                println!("{k:<40} {:>20} {:>20}", f(x), f(y));
+            }
+        }
+        RunsCmd::Export { db, csv, parquet } => {
+            let s = Store::open(&db)?;
+            match (csv, parquet) {
+                (Some(p), _) => s.export_csv(&p)?,
+                (None, Some(p)) => s.export_parquet(&p)?,
+                (None, None) => bail!("pass --csv FILE or --parquet FILE"),
+            }
+        }
+    }
+    Ok(())
+}

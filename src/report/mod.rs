@@ -1,0 +1,236 @@
+//! Paper-style tables and plots from the run store, beside the published numbers.
+//!
+//! From the finished runs (the latest per hash) [`write_report`] builds:
+//! - main tables, one per model, evaluation setting and sparsity: rows = the dense model
+//!   and every pruning method (plus published rows of the same model and sparsity),
+//!   columns = the seven tasks, Avg, its standard error, retention (% of the dense Avg)
+//!   and WikiText-2 / C4 perplexity when measured;
+//! - ablation tables, "vary one key, hold the rest": for every `prune.*` key (other than
+//!   method and sparsity) that the runs vary, one table per group of runs equal in every
+//!   other parameter (merge operation, sensitivity, norm mode, GQA mapping, ...);
+//! - tables of the published rows alone (so they show even for models we cannot run);
+//! - SVG plots of average accuracy and perplexity against sparsity, one line per method.
+//!
+//! Each table is written as Markdown, CSV and LaTeX; `index.md` collects the Markdown.
+//! Captions state the metric convention ([`Convention`]), the number of items per task
+//! and how the standard error of the average is computed.
+
+pub mod paper;
+pub mod plot;
+pub mod tables;
+
+use crate::error::{Error, Result};
+use crate::track::{Metric, RunFilter, Status, Store};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+pub use paper::PublishedRow;
+pub use tables::Table;
+
+/// Which accuracy a task reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Convention {
+    /// Plain accuracy everywhere.
+    Acc,
+    /// `acc_norm` where lm-eval defines it (PIQA, HellaSwag, ARC-e, ARC-c, OBQA), `acc`
+    /// elsewhere.
+    AccNorm,
+    /// `acc_norm` for HellaSwag, ARC-c and OBQA, `acc` elsewhere (the LLM-Pruner convention).
+    #[default]
+    Mixed,
+}
+
+impl Convention {
+    pub fn parse(s: &str) -> Result<Convention> {
+        match s {
+            "acc" => Ok(Convention::Acc),
+            "acc_norm" | "acc-norm" => Ok(Convention::AccNorm),
+            "mixed" => Ok(Convention::Mixed),
+            other => Err(Error::Invalid(format!(
+                "unknown metric convention `{other}` (expected acc, acc_norm, mixed)"
+            ))),
+        }
+    }
+
+    /// The store metric name this convention reads for `task`.
+    pub fn metric_for(self, task: &str) -> &'static str {
+        use crate::track::names::{ACC, ACC_NORM, HAS_ACC_NORM};
+        match self {
+            Convention::Acc => ACC,
+            Convention::AccNorm if HAS_ACC_NORM.contains(&task) => ACC_NORM,
+            Convention::AccNorm => ACC,
+            Convention::Mixed if ["hellaswag", "arc_challenge", "openbookqa"].contains(&task) => {
+                ACC_NORM
+            }
+            Convention::Mixed => ACC,
+        }
+    }
+
+    /// One sentence for captions.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Convention::Acc => "Metric: acc (plain accuracy) for every task",
+            Convention::AccNorm => {
+                "Metric: acc_norm where lm-eval defines it (PIQA, HellaSwag, ARC-e, ARC-c, OBQA), acc for BoolQ, WinoGrande and MMLU"
+            }
+            Convention::Mixed => {
+                "Metric: acc_norm for HellaSwag, ARC-c and OBQA, acc elsewhere (the LLM-Pruner convention)"
+            }
+        }
+    }
+}
+
+/// A finished run as the report sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunData {
+    pub id: i64,
+    pub hash: String,
+    pub name: String,
+    pub finished: String,
+    /// Flattened experiment (dotted path -> value).
+    pub params: BTreeMap<String, Value>,
+    pub metrics: Vec<Metric>,
+}
+
+impl RunData {
+    /// The metric `name` of `task` (step 0; the first if several contexts exist).
+    pub fn metric(&self, task: &str, name: &str) -> Option<&Metric> {
+        self.metrics
+            .iter()
+            .find(|m| m.task == task && m.name == name && m.step == 0)
+    }
+    pub fn param(&self, key: &str) -> Option<&Value> {
+        self.params.get(key)
+    }
+    pub fn is_dense(&self) -> bool {
+        !self.params.keys().any(|k| k.starts_with("prune."))
+    }
+    pub fn model(&self) -> String {
+        match self.params.get("model") {
+            Some(Value::String(s)) => s.clone(),
+            Some(other) => other.to_string(),
+            None => String::new(),
+        }
+    }
+}
+
+/// Finished runs, the latest (by finish time, then id) per hash.
+pub fn load_runs(store: &Store) -> Result<Vec<RunData>> {
+    let rows = store.runs(&RunFilter {
+        status: Some(Status::Finished),
+        ..Default::default()
+    })?;
+    let mut latest: HashMap<String, usize> = HashMap::new();
+    let mut out: Vec<RunData> = Vec::new();
+    for r in rows {
+        let data = RunData {
+            id: r.id,
+            hash: r.hash.clone(),
+            name: r.name.clone(),
+            finished: r.finished.clone().unwrap_or_default(),
+            params: store.params(r.id)?,
+            metrics: store.metrics(r.id)?,
+        };
+        match latest.get(&r.hash) {
+            Some(&i) => {
+                if let Some(prev) = out.get_mut(i) {
+                    if (data.finished.as_str(), data.id) > (prev.finished.as_str(), prev.id) {
+                        *prev = data;
+                    }
+                }
+            }
+            None => {
+                latest.insert(r.hash.clone(), out.len());
+                out.push(data);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// What to build and where.
+#[derive(Debug, Clone, Default)]
+pub struct ReportOptions {
+    pub out_dir: PathBuf,
+    pub convention: Convention,
+    /// Published rows (see [`paper::load_dir`], usually `paper/`).
+    pub published: Vec<PublishedRow>,
+    /// Our model name -> the model name used in the published rows, for names that do
+    /// not already agree up to case and punctuation.
+    pub model_aliases: BTreeMap<String, String>,
+    /// Only runs with these hashes (e.g. one grid's runs); None: every finished run.
+    pub only_hashes: Option<std::collections::BTreeSet<String>>,
+}
+
+/// What [`write_report`] wrote.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ReportSummary {
+    pub runs: usize,
+    pub tables: Vec<String>,
+    pub files: Vec<PathBuf>,
+}
+
+/// Every table, and every plot as (file name, SVG text), of `runs` (see [`load_runs`]).
+pub fn build(runs: &[RunData], opts: &ReportOptions) -> (Vec<Table>, Vec<(String, String)>) {
+    let mut tables =
+        tables::main_tables(runs, &opts.published, &opts.model_aliases, opts.convention);
+    tables.extend(tables::ablation_tables(runs, opts.convention));
+    tables.extend(tables::published_tables(&opts.published, opts.convention));
+    tables::unique_ids(&mut tables);
+    let plots = plot::plots(runs, &opts.published, &opts.model_aliases, opts.convention);
+    (tables, plots)
+}
+
+/// Build everything from the store and write it into `opts.out_dir`.
+pub fn write_report(store: &Store, opts: &ReportOptions) -> Result<ReportSummary> {
+    let mut runs = load_runs(store)?;
+    if let Some(keep) = &opts.only_hashes {
+        runs.retain(|r| keep.contains(&r.hash));
+    }
+    let (tables, plots) = build(&runs, opts);
+    let dir = &opts.out_dir;
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let mut summary = ReportSummary {
+        runs: runs.len(),
+        ..Default::default()
+    };
+    let mut index = String::from("# Results\n\n");
+    index.push_str(&format!(
+        "{} finished runs from `{}`. {}.\n\n",
+        runs.len(),
+        store.path().display(),
+        opts.convention.describe()
+    ));
+    for t in &tables {
+        let md = t.to_markdown();
+        write(dir, &format!("{}.md", t.id), &md, &mut summary.files)?;
+        write(
+            dir,
+            &format!("{}.tex", t.id),
+            &t.to_latex(),
+            &mut summary.files,
+        )?;
+        let csv = dir.join(format!("{}.csv", t.id));
+        t.write_csv(&csv)?;
+        summary.files.push(csv);
+        summary.tables.push(t.id.clone());
+        index.push_str(&md);
+        index.push('\n');
+    }
+    for (name, svg) in &plots {
+        write(dir, name, svg, &mut summary.files)?;
+        index.push_str(&format!("![{name}]({name})\n\n"));
+    }
+    write(dir, "index.md", &index, &mut summary.files)?;
+    Ok(summary)
+}
+
+fn write(dir: &Path, name: &str, text: &str, files: &mut Vec<PathBuf>) -> Result<()> {
+    let p = dir.join(name);
+    std::fs::write(&p, text).map_err(|e| Error::io(&p, e))?;
+    files.push(p);
+    Ok(())
+}

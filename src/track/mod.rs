@@ -1,0 +1,95 @@
+//! Run tracking: the SQLite store of runs, their parameters, metrics, artifacts,
+//! environment and stages ([`store`]), the static environment of a process ([`env`]), and
+//! the metric naming every writer and reader shares ([`names`]).
+
+pub mod env;
+pub mod store;
+
+pub use store::{
+    Artifact, Claim, Metric, RunDiff, RunFilter, RunRow, StageRecord, StageStatus, Status, Store,
+    StoreError,
+};
+
+/// Metric and task names as they are written to and read from the store.
+///
+/// The convention follows lm-evaluation-harness: a zero-shot task writes one row per
+/// metric with `task` set to the lm-eval task name and `name` set to the lm-eval metric
+/// name, its standard error in the `stderr` column:
+///
+/// | task | name | value | stderr |
+/// |---|---|---|---|
+/// | `piqa` | `acc` | 0.781 | 0.0096 |
+/// | `piqa` | `acc_norm` | 0.790 | 0.0095 |
+/// | `piqa` | `n` | 1838 | |
+///
+/// Accuracies are fractions in [0, 1] (tables print them as percentages). `n` is the
+/// number of documents scored (after `eval.limit` / `eval.fraction`); tables print it in
+/// their captions. Perplexities use `task` = the corpus and `name` = `ppl_<corpus>`
+/// (`wikitext2` / `ppl_wikitext2`, `c4` / `ppl_c4`) with `n` = the number of windows.
+/// Anything else a stage measures (seconds, parameter counts, layers) goes in with
+/// `task` = "" and a descriptive `name` (see the `RUN_*` constants).
+pub mod names {
+    /// Accuracy (lm-eval `acc`).
+    pub const ACC: &str = "acc";
+    /// Length-normalised accuracy (lm-eval `acc_norm`).
+    pub const ACC_NORM: &str = "acc_norm";
+    /// Number of scored documents (or perplexity windows) of a task.
+    pub const N: &str = "n";
+    /// WikiText-2 test perplexity: task [`WIKITEXT2`], metric [`PPL_WIKITEXT2`].
+    pub const WIKITEXT2: &str = "wikitext2";
+    pub const PPL_WIKITEXT2: &str = "ppl_wikitext2";
+    /// C4 validation perplexity: task [`C4`], metric [`PPL_C4`].
+    pub const C4: &str = "c4";
+    pub const PPL_C4: &str = "ppl_c4";
+    /// Whole-run measurements (task "").
+    pub const RUN_PARAMS: &str = "params";
+    pub const RUN_LAYERS: &str = "layers";
+    pub const RUN_PRUNE_SECONDS: &str = "prune_seconds";
+    pub const RUN_EVAL_SECONDS: &str = "eval_seconds";
+
+    /// The seven zero-shot benchmarks of the paper, in the column order of its tables
+    /// (the LLM-Pruner order).
+    pub const SEVEN_TASKS: [&str; 7] = [
+        "boolq",
+        "piqa",
+        "hellaswag",
+        "winogrande",
+        "arc_easy",
+        "arc_challenge",
+        "openbookqa",
+    ];
+    /// Every task an experiment may list in `eval.tasks`.
+    pub const ALL_TASKS: [&str; 8] = [
+        "piqa",
+        "hellaswag",
+        "winogrande",
+        "arc_easy",
+        "arc_challenge",
+        "boolq",
+        "openbookqa",
+        "mmlu",
+    ];
+    /// Tasks for which lm-eval defines `acc_norm` (the others only have `acc`).
+    pub const HAS_ACC_NORM: [&str; 5] = [
+        "piqa",
+        "hellaswag",
+        "arc_easy",
+        "arc_challenge",
+        "openbookqa",
+    ];
+
+    /// Column heading of a task in tables.
+    pub fn task_label(task: &str) -> &str {
+        match task {
+            "boolq" => "BoolQ",
+            "piqa" => "PIQA",
+            "hellaswag" => "HellaSwag",
+            "winogrande" => "WinoGrande",
+            "arc_easy" => "ARC-e",
+            "arc_challenge" => "ARC-c",
+            "openbookqa" => "OBQA",
+            "mmlu" => "MMLU",
+            other => other,
+        }
+    }
+}

@@ -1,0 +1,735 @@
+//! Grid files: expansion semantics (product, zip, exclude, sub-grids, dense), hashing, and
+//! the errors every kind of bad input gives.
+
+use come_repro::grid::{GridSpec, ModelSource, RunSpec};
+use proptest::prelude::*;
+use serde_json::{json, Value};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+/// A temp dir with a model directory `m/` and a file `tiny.gguf`.
+fn models_dir() -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::create_dir(d.path().join("m")).unwrap();
+    std::fs::write(d.path().join("m/config.json"), "{}").unwrap();
+    std::fs::write(d.path().join("tiny.gguf"), b"GGUF").unwrap();
+    d
+}
+
+fn header(d: &Path) -> String {
+    format!(
+        "[models]\nm = {{ path = \"{}\" }}\ng = {{ gguf = \"{}\" }}\n",
+        d.join("m").display(),
+        d.join("tiny.gguf").display()
+    )
+}
+
+fn load(d: &Path, body: &str) -> come_repro::Result<GridSpec> {
+    let path = d.join("grid.toml");
+    // Top-level keys must precede the first table header, so the body comes first.
+    std::fs::write(&path, format!("{body}\n{}", header(d))).unwrap();
+    GridSpec::load(&path)
+}
+
+fn expand(d: &Path, body: &str) -> Vec<RunSpec> {
+    load(d, body).unwrap().expand().unwrap()
+}
+
+fn get(run: &RunSpec, key: &str) -> Value {
+    run.params().get(key).cloned().unwrap_or(Value::Null)
+}
+
+/// The error text of a grid whose body is `body` (body line 0 is file line 1).
+fn error_of(d: &Path, body: &str) -> String {
+    match load(d, body).and_then(|g| g.expand()) {
+        Ok(_) => panic!("expected an error for:\n{body}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn product_is_cartesian_first_axis_outermost() {
+    let d = models_dir();
+    let runs = expand(
+        d.path(),
+        r#"
+[base]
+model = "m"
+[base.prune]
+sparsity = 0.3
+[axes]
+"prune.method" = ["come", "shortgpt"]
+"prune.merge" = ["concat", "linear", "drop"]
+"#,
+    );
+    assert_eq!(runs.len(), 6);
+    let got: Vec<(String, String)> = runs
+        .iter()
+        .map(|r| {
+            (
+                get(r, "prune.method").as_str().unwrap().into(),
+                get(r, "prune.merge").as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    let want: Vec<(String, String)> = ["come", "shortgpt"]
+        .iter()
+        .flat_map(|m| {
+            ["concat", "linear", "drop"]
+                .iter()
+                .map(move |g| (m.to_string(), g.to_string()))
+        })
+        .collect();
+    assert_eq!(got, want);
+    assert_eq!(runs[0].name, "m/come/concat");
+    assert!(runs.iter().all(|r| r.subgrid == "main"));
+    assert!(runs.iter().all(|r| r.hash == r.experiment.hash()));
+    // Every default is filled.
+    assert_eq!(get(&runs[0], "prune.calib.seed"), json!(10));
+    assert_eq!(get(&runs[0], "prune.sparsity"), json!(0.3));
+}
+
+#[test]
+fn names_follow_the_varied_keys() {
+    let d = models_dir();
+    let runs = expand(
+        d.path(),
+        r#"
+dense = true
+[base]
+model = "m"
+[axes]
+model = ["m", "g"]
+"prune.method" = ["come"]
+"prune.merge" = ["concat", "linear"]
+"prune.sparsity" = [0.1, 0.3]
+"#,
+    );
+    let names: Vec<&str> = runs.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "m/dense",
+            "g/dense",
+            "m/concat/s0.1",
+            "m/concat/s0.3",
+            "m/linear/s0.1",
+            "m/linear/s0.3",
+            "g/concat/s0.1",
+            "g/concat/s0.3",
+            "g/linear/s0.1",
+            "g/linear/s0.3"
+        ]
+    );
+    // One dense run per model, no pruning config.
+    assert_eq!(
+        runs.iter().filter(|r| r.experiment.prune.is_none()).count(),
+        2
+    );
+}
+
+#[test]
+fn zip_advances_together() {
+    let d = models_dir();
+    let runs = expand(
+        d.path(),
+        r#"
+[base]
+model = "m"
+prune = { sparsity = 0.2 }
+[axes]
+"eval.seed" = [1, 2]
+[[zip]]
+"prune.merge" = ["concat", "linear", "drop"]
+"prune.norm" = ["mean", "fold", "mean"]
+"#,
+    );
+    assert_eq!(runs.len(), 6);
+    let pairs: BTreeSet<(String, String)> = runs
+        .iter()
+        .map(|r| {
+            (
+                get(r, "prune.merge").as_str().unwrap().into(),
+                get(r, "prune.norm").as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    let want: BTreeSet<(String, String)> =
+        [("concat", "mean"), ("linear", "fold"), ("drop", "mean")]
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
+    assert_eq!(pairs, want);
+}
+
+#[test]
+fn subgrids_union_and_dedupe() {
+    let d = models_dir();
+    let runs = expand(
+        d.path(),
+        r#"
+[base]
+model = "m"
+[base.prune]
+sparsity = 0.3
+[axes]
+"eval.seed" = [0]
+
+[grids.methods]
+axes = { "prune.method" = ["come", "shortgpt", "sleb"] }
+
+[grids.merge]
+axes = { "prune.merge" = ["concat", "linear"] }
+base = { prune = { method = "come" } }
+"#,
+    );
+    // methods: 3 runs; merge: 2 runs, of which come/concat equals methods' come.
+    assert_eq!(runs.len(), 4);
+    let hashes: BTreeSet<&str> = runs.iter().map(|r| r.hash.as_str()).collect();
+    assert_eq!(hashes.len(), 4);
+    let shared = runs
+        .iter()
+        .find(|r| {
+            get(r, "prune.method") == json!("come") && get(r, "prune.merge") == json!("concat")
+        })
+        .unwrap();
+    assert_eq!(shared.subgrid, "methods,merge");
+    let linear = runs
+        .iter()
+        .find(|r| get(r, "prune.merge") == json!("linear"))
+        .unwrap();
+    assert_eq!(linear.subgrid, "merge");
+    assert_eq!(linear.name, "m/linear");
+    let spec = load(d.path(), "[base]\nmodel = \"m\"\n[grids.a]\n[grids.b]\n").unwrap();
+    assert_eq!(spec.subgrid_names(), ["a", "b"]);
+}
+
+#[test]
+fn subgrid_axis_replaces_shared_axis() {
+    let d = models_dir();
+    let runs = expand(
+        d.path(),
+        r#"
+[base]
+model = "m"
+prune = { sparsity = 0.3 }
+[axes]
+"prune.seed" = [1, 2, 3]
+[grids.one]
+axes = { "prune.seed" = [7] }
+"#,
+    );
+    assert_eq!(runs.len(), 1);
+    assert_eq!(get(&runs[0], "prune.seed"), json!(7));
+}
+
+const ORDER_A: &str = r#"
+[base]
+model = "m"
+[base.prune]
+sparsity = 0.25
+norm = "fold"
+calib = { nrows = 64, seed = 3 }
+[base.eval]
+tasks = ["piqa", "boolq"]
+limit = 50
+[axes]
+"prune.method" = ["come", "come-p"]
+"eval.seed" = [1, 2]
+"#;
+
+const ORDER_B: &str = r#"
+[axes]
+eval.seed = [1, 2]
+prune.method = ["come", "come-p"]
+[base.eval]
+limit = 50
+tasks = ["piqa", "boolq"]
+[base]
+model = "m"
+prune.calib.seed = 3
+prune.calib.nrows = 64
+prune.norm = "fold"
+prune.sparsity = 2.5e-1
+"#;
+
+#[test]
+fn hash_is_stable_under_key_order_and_spelling() {
+    let d = models_dir();
+    let a: BTreeSet<String> = expand(d.path(), ORDER_A)
+        .into_iter()
+        .map(|r| r.hash)
+        .collect();
+    let b: BTreeSet<String> = expand(d.path(), ORDER_B)
+        .into_iter()
+        .map(|r| r.hash)
+        .collect();
+    assert_eq!(a.len(), 4);
+    assert_eq!(a, b);
+}
+
+#[test]
+fn hash_changes_when_any_single_value_changes() {
+    let d = models_dir();
+    let base: BTreeSet<String> = expand(d.path(), ORDER_A)
+        .into_iter()
+        .map(|r| r.hash)
+        .collect();
+    let edits = [
+        ("sparsity = 0.25", "sparsity = 0.26"),
+        ("norm = \"fold\"", "norm = \"mean\""),
+        ("nrows = 64", "nrows = 65"),
+        ("seed = 3", "seed = 4"),
+        ("\"piqa\", \"boolq\"", "\"boolq\", \"piqa\""),
+        ("limit = 50", "limit = 51"),
+        ("\"come-p\"]", "\"sleb\"]"),
+        ("[1, 2]", "[1, 3]"),
+        ("model = \"m\"", "model = \"g\""),
+    ];
+    for (from, to) in edits {
+        assert!(ORDER_A.contains(from), "{from}");
+        let changed: BTreeSet<String> = expand(d.path(), &ORDER_A.replacen(from, to, 1))
+            .into_iter()
+            .map(|r| r.hash)
+            .collect();
+        assert_eq!(changed.len(), 4);
+        assert_ne!(
+            changed, base,
+            "editing {from} -> {to} must change some hash"
+        );
+        // Only the runs that carry the edited value change.
+        let kept = changed.intersection(&base).count();
+        let expect_kept = if from.starts_with("\"come-p\"") || from.starts_with("[1, 2]") {
+            2
+        } else {
+            0
+        };
+        assert_eq!(kept, expect_kept, "{from} -> {to}");
+    }
+}
+
+#[test]
+fn exclude_drops_matching_combinations() {
+    let d = models_dir();
+    let runs = expand(
+        d.path(),
+        r#"
+exclude = [
+  { "prune.method" = "shortgpt", "prune.merge" = "linear" },
+  { "prune.method" = "sleb", prune.sparsity = 0.1 },
+]
+[base]
+model = "m"
+[axes]
+"prune.method" = ["come", "shortgpt", "sleb"]
+"prune.merge" = ["concat", "linear"]
+"prune.sparsity" = [0.1, 0.2]
+"#,
+    );
+    assert_eq!(runs.len(), 12 - 2 - 2);
+    assert!(!runs
+        .iter()
+        .any(|r| get(r, "prune.method") == json!("shortgpt")
+            && get(r, "prune.merge") == json!("linear")));
+    assert!(
+        !runs
+            .iter()
+            .any(|r| get(r, "prune.method") == json!("sleb")
+                && get(r, "prune.sparsity") == json!(0.1))
+    );
+}
+
+#[test]
+fn model_sources_and_variables() {
+    let d = models_dir();
+    let spec = load(d.path(), "[base]\nmodel = \"m\"\n").unwrap();
+    assert_eq!(
+        spec.model_source("m").unwrap(),
+        ModelSource::Path(d.path().join("m"))
+    );
+    assert_eq!(
+        spec.model_source("g").unwrap(),
+        ModelSource::Gguf(d.path().join("tiny.gguf"))
+    );
+    // A directory given by path works without a [models] entry.
+    let dir = d.path().join("m").display().to_string();
+    assert_eq!(
+        spec.model_source(&dir).unwrap(),
+        ModelSource::Path(PathBuf::from(&dir))
+    );
+    assert!(spec
+        .model_source("nope")
+        .unwrap_err()
+        .to_string()
+        .contains("nope"));
+
+    // ${COME_MODELS} expands with the crate's default (or the caller's variable).
+    let text = "[models]\ns = { llama2c = \"${COME_MODELS}/stories260K/stories260K.bin\", tokenizer = \"${COME_MODELS}/stories260K/tok512.bin\" }\n[base]\nmodel = \"s\"\n";
+    let path = d.path().join("vars.toml");
+    std::fs::write(&path, text).unwrap();
+    let root = come_repro::paths::models_dir();
+    let want = ModelSource::Llama2c {
+        model: root.join("stories260K/stories260K.bin"),
+        tokenizer: root.join("stories260K/tok512.bin"),
+    };
+    match GridSpec::load(&path) {
+        Ok(spec) => assert_eq!(spec.model_source("s").unwrap(), want),
+        // Without the shared models the error names the expanded file.
+        Err(e) => assert!(
+            e.to_string()
+                .contains(&root.join("stories260K").display().to_string()),
+            "{e}"
+        ),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Bad input: every error names the file, the line and the key.
+
+fn assert_error(d: &Path, body: &str, line_in_body: usize, needles: &[&str]) {
+    let e = error_of(d, body);
+    assert!(e.contains("grid.toml"), "no file name in: {e}");
+    let line = format!("line {}:", 1 + line_in_body);
+    assert!(e.contains(&line), "expected `{line}` in: {e}");
+    for n in needles {
+        assert!(e.contains(n), "expected `{n}` in: {e}");
+    }
+}
+
+#[test]
+fn unknown_keys_are_located_with_a_suggestion() {
+    let d = models_dir();
+    // Line numbers count from the first line of the body (0 = the leading newline).
+    assert_error(
+        d.path(),
+        "\n[base]\nmodel = \"m\"\n[axes]\n\"prune.sparsty\" = [0.1]\n",
+        4,
+        &[
+            "`prune.sparsty`",
+            "unknown key",
+            "did you mean `prune.sparsity`",
+        ],
+    );
+    assert_error(
+        d.path(),
+        "\n[base]\nmodel = \"m\"\n[base.prune]\nsparsity = 0.3\nmetod = \"come\"\n",
+        5,
+        &["`prune.metod`", "did you mean `prune.method`"],
+    );
+    assert_error(
+        d.path(),
+        "\n[base]\nmodel = \"m\"\nevl = { limit = 3 }\n",
+        3,
+        &["`evl.limit`", "did you mean `eval`"],
+    );
+    assert_error(
+        d.path(),
+        "\n[base]\nmodel = \"m\"\n[axis]\n\"prune.sparsity\" = [0.1]\n",
+        3,
+        &["`axis`", "unknown top-level key"],
+    );
+    assert_error(
+        d.path(),
+        "\n[base]\nmodel = \"m\"\n[grids.a]\naxis = {}\n",
+        4,
+        &["`grids.a.axis`", "unknown sub-grid key"],
+    );
+    assert_error(d.path(), "\nexclude = [{ \"prune.mehtod\" = \"come\" }]\n[base]\nmodel = \"m\"\nprune = { sparsity = 0.1 }\n", 1, &["`prune.mehtod`"]);
+}
+
+#[test]
+fn wrong_types_are_located() {
+    let d = models_dir();
+    assert_error(
+        d.path(),
+        "\n[base]\nmodel = \"m\"\n[axes]\n\"prune.sparsity\" = [0.1,\n  \"a\"]\n",
+        5,
+        &["`prune.sparsity`", "invalid type"],
+    );
+    assert_error(
+        d.path(),
+        "\n[base]\nmodel = \"m\"\n[base.eval]\nlimit = \"ten\"\n",
+        4,
+        &["`eval.limit`", "invalid type"],
+    );
+    assert_error(
+        d.path(),
+        "\n[base]\nmodel = \"m\"\n[axes]\n\"prune.sparsity\" = 0.1\n",
+        4,
+        &["`prune.sparsity`", "must be an array"],
+    );
+    assert_error(
+        d.path(),
+        "\ndense = \"yes\"\n[base]\nmodel = \"m\"\n",
+        1,
+        &["`dense`", "true or false"],
+    );
+}
+
+#[test]
+fn unknown_method_merge_and_task_are_located() {
+    let d = models_dir();
+    assert_error(
+        d.path(),
+        "\n[base]\nmodel = \"m\"\n[axes]\n\"prune.method\" = [\"come\", \"comee\"]\n",
+        4,
+        &["`prune.method`", "unknown variant `comee`", "come-p"],
+    );
+    assert_error(
+        d.path(),
+        "\n[base]\nmodel = \"m\"\n[axes]\n\"prune.merge\" = [\"concat\", \"linaer\"]\n",
+        4,
+        &["`prune.merge`", "unknown variant `linaer`"],
+    );
+    assert_error(
+        d.path(),
+        "\n[base]\nmodel = \"m\"\n[base.eval]\ntasks = [\"piqa\", \"pqia\"]\n",
+        4,
+        &["`eval.tasks`", "unknown task `pqia`"],
+    );
+    assert_error(
+        d.path(),
+        "\n[base]\nmodel = \"m\"\n[axes]\n\"eval.tasks\" = [[\"boolq\"], [\"mmlu\", \"arc\"]]\n",
+        4,
+        &["`eval.tasks`", "unknown task `arc`"],
+    );
+}
+
+#[test]
+fn malformed_toml_gives_line_and_column() {
+    let d = models_dir();
+    assert_error(
+        d.path(),
+        "\n[base]\nmodel = \"m\"\n[axes\n",
+        3,
+        &["malformed TOML"],
+    );
+    let e = error_of(d.path(), "\n[base]\nmodel = \"m\"\nx = = 1\n");
+    assert!(e.contains("line 4:5"), "{e}");
+}
+
+#[test]
+fn unknown_models_and_missing_files_are_located() {
+    let d = models_dir();
+    assert_error(
+        d.path(),
+        "\n[base]\nmodel = \"nope\"\n",
+        2,
+        &[
+            "`model`",
+            "model `nope` is neither a key of [models] nor an existing directory",
+        ],
+    );
+    assert_error(
+        d.path(),
+        "\n[base]\nmodel = \"m\"\n[axes]\nmodel = [\"m\", \"other\"]\n",
+        4,
+        &["model `other`"],
+    );
+    let missing = "\n[models]\nx = { gguf = \"/nonexistent/x.gguf\" }\n[base]\nmodel = \"x\"\n";
+    // [models] appears twice when appended to the header: use a file of its own.
+    let path = d.path().join("grid.toml");
+    std::fs::write(&path, missing.replacen("\n[models]\n", "[models]\n", 1)).unwrap();
+    let e = GridSpec::load(&path).unwrap_err().to_string();
+    assert!(
+        e.contains("grid.toml")
+            && e.contains("line 2:1")
+            && e.contains("`models.x`")
+            && e.contains("/nonexistent/x.gguf does not exist"),
+        "{e}"
+    );
+    std::fs::write(
+        &path,
+        "[models]\nl = { llama2c = \"a.bin\" }\n[base]\nmodel = \"l\"\n",
+    )
+    .unwrap();
+    let e = GridSpec::load(&path).unwrap_err().to_string();
+    assert!(
+        e.contains("line 2:1") && e.contains("needs `tokenizer"),
+        "{e}"
+    );
+    std::fs::write(
+        &path,
+        "[models]\nv = { path = \"${COME_GRID_TEST_UNSET_VARIABLE}/m\" }\n",
+    )
+    .unwrap();
+    let e = GridSpec::load(&path).unwrap_err().to_string();
+    assert!(
+        e.contains("line 2:") && e.contains("COME_GRID_TEST_UNSET_VARIABLE"),
+        "{e}"
+    );
+}
+
+#[test]
+fn structural_mistakes_are_reported() {
+    let d = models_dir();
+    assert_error(d.path(), "\n[base]\nmodel = \"m\"\nprune = { sparsity = 0.1 }\n[[zip]]\n\"prune.merge\" = [\"concat\", \"linear\"]\n\"prune.norm\" = [\"mean\"]\n", 6, &["zipped axes need equal lengths"]);
+    assert_error(d.path(), "\nexclude = [{ \"prune.merge\" = \"linear\" }]\n[base]\nmodel = \"m\"\nprune = { sparsity = 0.1 }\n", 1, &["matches no combination"]);
+    assert_error(
+        d.path(),
+        "\n[base]\nmodel = \"m\"\n[axes]\n\"prune.sparsity\" = []\n",
+        4,
+        &["empty axis"],
+    );
+    // A pruned run without a target is caught before anything runs.
+    let e = error_of(
+        d.path(),
+        "\n[base]\nmodel = \"m\"\n[axes]\n\"prune.method\" = [\"come\"]\n",
+    );
+    assert!(
+        e.contains("prune.sparsity") && e.contains("prune.target_layers"),
+        "{e}"
+    );
+    // Several problems are reported together.
+    let e = error_of(
+        d.path(),
+        "\n[base]\nmodel = \"m\"\nprune = { sparsty = 0.1, mthod = \"x\" }\n",
+    );
+    assert!(
+        e.contains("prune.sparsty") && e.contains("prune.mthod"),
+        "{e}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Property: the expansion is exactly the product minus the excluded combinations.
+
+/// Axis keys of different types, each with a pool of distinct values.
+fn pool() -> Vec<(&'static str, Vec<Value>)> {
+    vec![
+        ("prune.seed", (0..4).map(|i| json!(i)).collect()),
+        ("eval.seed", (10..14).map(|i| json!(i)).collect()),
+        (
+            "prune.sparsity",
+            [0.1, 0.2, 0.3, 0.4].iter().map(|x| json!(x)).collect(),
+        ),
+        (
+            "prune.merge",
+            ["concat", "linear", "linear-bi", "drop"]
+                .iter()
+                .map(|x| json!(x))
+                .collect(),
+        ),
+        ("prune.calib.nrows", (32..36).map(|i| json!(i)).collect()),
+    ]
+}
+
+fn toml_value(v: &Value) -> String {
+    v.to_string()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+    #[test]
+    fn expansion_is_product_minus_excludes(
+        picks in proptest::collection::vec((0usize..5, 1usize..4), 1..5),
+        excl in proptest::collection::vec((0usize..8, 0usize..8, 0usize..4, 0usize..4, any::<bool>()), 0..4),
+    ) {
+        let pool = pool();
+        // Distinct axes, each with its first n pool values.
+        let mut axes: Vec<(&str, Vec<Value>)> = Vec::new();
+        for (k, n) in picks {
+            let (key, vals) = &pool[k];
+            if !axes.iter().any(|(a, _)| a == key) {
+                axes.push((key, vals[..n].to_vec()));
+            }
+        }
+        // Excludes: one or two distinct axes, values drawn from those axes.
+        let mut excludes: Vec<Vec<(&str, Value)>> = Vec::new();
+        for (a, b, va, vb, two) in excl {
+            let (ka, vals_a) = &axes[a % axes.len()];
+            let mut e = vec![(*ka, vals_a[va % vals_a.len()].clone())];
+            let (kb, vals_b) = &axes[b % axes.len()];
+            if two && kb != ka {
+                e.push((*kb, vals_b[vb % vals_b.len()].clone()));
+            }
+            excludes.push(e);
+        }
+        let mut body = String::from("exclude = [\n");
+        for e in &excludes {
+            let kv: Vec<String> = e.iter().map(|(k, v)| format!("\"{k}\" = {}", toml_value(v))).collect();
+            body.push_str(&format!("  {{ {} }},\n", kv.join(", ")));
+        }
+        body.push_str("]\n[base]\nmodel = \"m\"\n[base.prune]\nsparsity = 0.5\n[axes]\n");
+        for (k, vals) in &axes {
+            let vs: Vec<String> = vals.iter().map(toml_value).collect();
+            body.push_str(&format!("\"{k}\" = [{}]\n", vs.join(", ")));
+        }
+
+        // Expected: every index combination, minus those an exclude matches.
+        let mut expected: BTreeSet<Vec<String>> = BTreeSet::new();
+        let total: usize = axes.iter().map(|(_, v)| v.len()).product();
+        for mut i in 0..total {
+            let mut combo = Vec::new();
+            for (_, vals) in axes.iter().rev() {
+                combo.push(vals[i % vals.len()].clone());
+                i /= vals.len();
+            }
+            combo.reverse();
+            let excluded = excludes.iter().any(|e| {
+                e.iter().all(|(k, v)| {
+                    let pos = axes.iter().position(|(a, _)| a == k).unwrap();
+                    &combo[pos] == v
+                })
+            });
+            if !excluded {
+                expected.insert(combo.iter().map(|v| v.to_string()).collect());
+            }
+        }
+
+        let d = models_dir();
+        let runs = expand(d.path(), &body);
+        prop_assert_eq!(runs.len(), expected.len());
+        let got: BTreeSet<Vec<String>> = runs
+            .iter()
+            .map(|r| axes.iter().map(|(k, _)| get(r, k).to_string()).collect())
+            .collect();
+        prop_assert_eq!(got, expected);
+        let hashes: BTreeSet<&String> = runs.iter().map(|r| &r.hash).collect();
+        prop_assert_eq!(hashes.len(), runs.len());
+    }
+}
+
+/// The example in the module documentation of `grid` is a valid grid (it uses the shared
+/// models, so it is checked only where they are present).
+#[test]
+fn documented_example_expands() {
+    let src = std::fs::read_to_string("src/grid.rs").unwrap();
+    let doc: Vec<&str> = src
+        .lines()
+        .filter_map(|l| l.strip_prefix("//!"))
+        .map(|l| l.strip_prefix(' ').unwrap_or(l))
+        .collect();
+    let start = doc.iter().position(|l| *l == "```toml").unwrap() + 1;
+    let len = doc[start..].iter().position(|l| *l == "```").unwrap();
+    let text = doc[start..start + len].join("\n");
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("example.toml");
+    std::fs::write(&path, &text).unwrap();
+    let gguf = come_repro::paths::smollm2_gguf();
+    let spec = match GridSpec::load(&path) {
+        Ok(s) => s,
+        Err(e) if !gguf.exists() => {
+            assert!(e.to_string().contains("does not exist"), "{e}");
+            return;
+        }
+        Err(e) => panic!("{e}"),
+    };
+    assert_eq!(spec.subgrid_names(), ["main", "merge", "norm"]);
+    let runs = spec.expand().unwrap();
+    // main: 6 methods x 3 sparsities - 1 excluded = 17; merge: 12, of which the 3 concat
+    // runs equal main's CoMe runs; norm: 6, of which (mean, hf) equal them too; one dense.
+    assert_eq!(runs.len(), 1 + 17 + 9 + 3);
+    assert_eq!(runs[0].name, "smollm2/dense");
+    let names: Vec<&str> = runs.iter().map(|r| r.name.as_str()).collect();
+    assert!(names.contains(&"smollm2/come/s0.3"), "{names:?}");
+    assert!(names.contains(&"smollm2/linear-bi/s0.2"), "{names:?}");
+    assert!(names.contains(&"smollm2/fold/reference/s0.1"), "{names:?}");
+    assert!(!names.contains(&"smollm2/laco/s0.1"));
+    let shared = runs.iter().find(|r| r.name == "smollm2/come/s0.3").unwrap();
+    assert_eq!(shared.subgrid, "main,merge,norm");
+    assert_eq!(
+        spec.model_source("smollm2").unwrap(),
+        ModelSource::Gguf(gguf)
+    );
+}
