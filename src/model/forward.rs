@@ -394,20 +394,8 @@ pub fn mlp_block(
 }
 
 /// Scaled dot-product attention; grouped-query heads share their key/value head
-/// (query head h reads kv head h / n_rep, the Hugging Face layout).
-fn sdpa(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    mask: Option<&Tensor>,
-    causal: bool,
-    gqa: bool,
-) -> Tensor {
-    if gqa {
-        let n_rep = q.size()[1] / k.size()[1];
-        let k = k.repeat_interleave_self_int(n_rep, 1, None);
-        let v = v.repeat_interleave_self_int(n_rep, 1, None);
-        return Tensor::scaled_dot_product_attention(q, &k, &v, mask, 0.0, causal, None, false);
-    }
-    Tensor::scaled_dot_product_attention(q, k, v, mask, 0.0, causal, None, false)
+/// (query head h reads kv head h / n_rep, the Hugging Face layout), which libtorch's
+/// `enable_gqa` does without materialising repeated keys and values.
+fn sdpa(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, causal: bool, gqa: bool) -> Tensor {
+    Tensor::scaled_dot_product_attention(q, k, v, mask, 0.0, causal, None, gqa)
 }

@@ -1,0 +1,196 @@
+//! The grid runner end to end through the binary: resumable after kill -9 at random
+//! points, Ctrl-C marks the run interrupted, two runners share one store, finished runs
+//! are never recomputed, bad grids fail before any run starts.
+
+use come_repro::track::{RunFilter, Status, Store};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_come-repro");
+
+/// A grid of 5 quick runs on stories260K (dense + 4 prunes), each a second or two.
+fn write_grid(dir: &Path) -> PathBuf {
+    let models = come_repro::paths::models_dir();
+    let toml = format!(
+        r#"dense = true
+[base]
+model = "stories"
+[base.prune]
+target_layers = 3
+calib = {{ nrows = 16, seqlen = 64, max_sequences = 2 }}
+[base.eval]
+tasks = ["piqa", "arc_easy"]
+limit = 4
+ppl_seqlen = 64
+ppl_windows = 2
+[models]
+stories = {{ llama2c = "{m}/stories260K/stories260K.bin", tokenizer = "{m}/stories260K/tok512.bin" }}
+[axes]
+"prune.method" = ["come", "shortgpt", "reverse", "sleb"]
+"#,
+        m = models.display()
+    );
+    let p = dir.join("grid.toml");
+    std::fs::write(&p, toml).unwrap();
+    p
+}
+
+fn spawn(dir: &Path, grid: &Path, db: &Path) -> Child {
+    Command::new(BIN)
+        .args(["grid"])
+        .arg(grid)
+        .arg("--db")
+        .arg(db)
+        .arg("--cache")
+        .arg(dir.join("cache"))
+        .args(["--threads", "1"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn finished(db: &Path) -> BTreeMap<String, (String, i64)> {
+    if !db.exists() {
+        return BTreeMap::new();
+    }
+    let s = Store::open(db).unwrap();
+    s.runs(&RunFilter { status: Some(Status::Finished), ..Default::default() })
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.hash, (r.finished.unwrap_or_default(), r.attempts)))
+        .collect()
+}
+
+#[test]
+fn kill_nine_at_random_points_then_resume() {
+    let d = tempfile::tempdir().unwrap();
+    let grid = write_grid(d.path());
+    let db = d.path().join("store.sqlite");
+    // Fixed pseudo-random kill times (ms), so the test is reproducible.
+    let mut rng = come_repro::rng::SplitMix64::new(42);
+    let mut seen: BTreeMap<String, (String, i64)> = BTreeMap::new();
+    for _ in 0..6 {
+        let mut child = spawn(d.path(), &grid, &db);
+        let wait = 300 + rng.below(2500);
+        std::thread::sleep(Duration::from_millis(wait));
+        let _ = child.kill(); // SIGKILL
+        let _ = child.wait();
+        // The store opens fine, and no run finished earlier was touched again.
+        let now = finished(&db);
+        for (h, v) in &seen {
+            assert_eq!(now.get(h), Some(v), "finished run {h} was recomputed or lost");
+        }
+        seen = now;
+    }
+    let out = spawn(d.path(), &grid, &db).wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let done = finished(&db);
+    assert_eq!(done.len(), 5, "every run finished");
+    for (h, v) in &seen {
+        assert_eq!(done.get(h), Some(v), "finished run {h} was recomputed");
+    }
+    // Nothing runs again.
+    let out = spawn(d.path(), &grid, &db).wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("0 ran, 5 already finished"), "{err}");
+    assert_eq!(finished(&db), done);
+}
+
+#[test]
+fn ctrl_c_marks_the_run_interrupted_and_a_rerun_finishes() {
+    let d = tempfile::tempdir().unwrap();
+    let grid = write_grid(d.path());
+    let db = d.path().join("store.sqlite");
+    let child = spawn(d.path(), &grid, &db);
+    // Wait until a run is in progress, then interrupt twice (stop now).
+    let t0 = Instant::now();
+    loop {
+        if db.exists() {
+            if let Ok(s) = Store::open(&db) {
+                if !s.runs(&RunFilter { status: Some(Status::Running), ..Default::default() }).unwrap().is_empty() {
+                    break;
+                }
+            }
+        }
+        assert!(t0.elapsed() < Duration::from_secs(60), "no run started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for _ in 0..2 {
+        Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let s = Store::open(&db).unwrap();
+    let interrupted = s.runs(&RunFilter { status: Some(Status::Interrupted), ..Default::default() }).unwrap();
+    let running = s.runs(&RunFilter { status: Some(Status::Running), ..Default::default() }).unwrap();
+    assert_eq!(interrupted.len() + running.len(), 1, "exactly one run was cut short");
+    assert_eq!(interrupted.len(), 1, "Ctrl-C marks it interrupted");
+    drop(s);
+    let out = spawn(d.path(), &grid, &db).wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(finished(&db).len(), 5);
+}
+
+#[test]
+fn two_runners_share_one_store() {
+    let d = tempfile::tempdir().unwrap();
+    let grid = write_grid(d.path());
+    let db = d.path().join("store.sqlite");
+    let a = spawn(d.path(), &grid, &db);
+    let b = spawn(d.path(), &grid, &db);
+    for c in [a, b] {
+        let out = c.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{err}");
+        assert!(!err.to_lowercase().contains("locked"), "{err}");
+    }
+    let done = finished(&db);
+    assert_eq!(done.len(), 5);
+    assert!(done.values().all(|(_, attempts)| *attempts == 1), "a run ran twice: {done:?}");
+}
+
+fn grid_error(toml: &str) -> String {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("bad.toml");
+    std::fs::write(&p, toml).unwrap();
+    let db = d.path().join("store.sqlite");
+    let out = Command::new(BIN)
+        .arg("grid")
+        .arg(&p)
+        .arg("--db")
+        .arg(&db)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(!db.exists(), "a bad grid must fail before any run starts (no store created)");
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(err.contains("bad.toml"), "error must name the file: {err}");
+    err
+}
+
+#[test]
+fn bad_grids_fail_before_any_run() {
+    let models = come_repro::paths::models_dir();
+    let head = format!(
+        "[models]\nstories = {{ llama2c = \"{m}/stories260K/stories260K.bin\", tokenizer = \"{m}/stories260K/tok512.bin\" }}\n",
+        m = models.display()
+    );
+    let e = grid_error("[base\nmodel = 1");
+    assert!(e.contains("1:") || e.contains("line 1"), "{e}");
+    let e = grid_error(&format!("[base]\nmodel = \"stories\"\n[base.prune]\ntarget_layers = 3\nmethod = \"coome\"\n{head}"));
+    assert!(e.contains("coome"), "{e}");
+    let e = grid_error(&format!("[base]\nmodel = \"stories\"\n{head}[axes]\n\"prune.sparsity\" = [\"a\"]\n"));
+    assert!(e.contains("prune.sparsity"), "{e}");
+    let e = grid_error(&format!("[base]\nmodel = \"stories\"\n[base.eval]\ntasks = [\"piqa\", \"squad\"]\n{head}"));
+    assert!(e.contains("squad"), "{e}");
+    let e = grid_error("[base]\nmodel = \"nowhere\"\n");
+    assert!(e.contains("nowhere"), "{e}");
+    let e = grid_error("[base]\nmodel = \"m\"\n[models]\nm = { gguf = \"/no/such/file.gguf\" }\n");
+    assert!(e.contains("/no/such/file.gguf"), "{e}");
+}
