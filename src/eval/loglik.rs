@@ -63,6 +63,9 @@ pub fn encode_pair(
     })
 }
 
+/// Scored positions per LM-head call.
+const HEAD_CHUNK: i64 = 128;
+
 /// Scoring limits.
 #[derive(Debug, Clone, Copy)]
 pub struct ScoreOptions {
@@ -134,6 +137,25 @@ pub fn packed_len(reqs: &[TokenRequest], max_length: usize) -> usize {
     pack(reqs, max_length).map_or(0, |p| p.tokens.len())
 }
 
+/// Several documents' tries side by side in one row: their roots attend to nothing before
+/// them, so documents never see each other, and short documents waste no padding.
+fn concat_rows(parts: &[&Packed]) -> Packed {
+    let mut row = Packed { tokens: vec![], parent: vec![], depth: vec![], scored: vec![] };
+    for p in parts {
+        let off = row.tokens.len();
+        row.tokens.extend(&p.tokens);
+        row.parent.extend(p.parent.iter().map(|&x| if x < 0 { -1 } else { x + off as i64 }));
+        row.depth.extend(&p.depth);
+        row.scored.extend(p.scored.iter().map(|r| r.iter().map(|&(n, t)| (n + off, t)).collect()));
+    }
+    row
+}
+
+/// Row length documents are packed into (a longer document gets a row of its own size).
+/// Attention over a packed row costs O(row^2) although most pairs are masked, so rows stay
+/// short enough for that to be a small fraction of the projections' work.
+const ROW_TOKENS: usize = 256;
+
 /// Score every document's requests; returns scores in the same shape as `docs`.
 /// `on_progress(done_docs)` is called after each batch.
 pub fn score_documents(
@@ -147,26 +169,42 @@ pub fn score_documents(
         .iter()
         .map(|d| pack(d, opts.max_length))
         .collect::<Result<_>>()?;
-    // Longest first: the slowest batches come early (a realistic ETA) and neighbours in
-    // length share a batch, which keeps padding small.
+    // First-fit decreasing into rows of ROW_TOKENS: longest first, so the slowest batches
+    // come early (a realistic ETA) and rows of similar length share a batch.
     let mut order: Vec<usize> = (0..docs.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(packed[i].tokens.len()));
+    let mut rows: Vec<(usize, Vec<usize>)> = vec![];
+    for &i in &order {
+        let len = packed[i].tokens.len();
+        match rows.iter_mut().find(|(used, _)| used + len <= ROW_TOKENS) {
+            Some((used, members)) => {
+                *used += len;
+                members.push(i);
+            }
+            None => rows.push((len, vec![i])),
+        }
+    }
+    rows.sort_by_key(|(used, _)| std::cmp::Reverse(*used));
     let mut out: Vec<Vec<Score>> = vec![vec![]; docs.len()];
     let mut done = 0;
     let mut start = 0;
-    while start < order.len() {
-        let longest = packed[order[start]].tokens.len().max(1);
-        let rows = (opts.token_budget / longest).max(1);
-        let batch: Vec<usize> = order[start..(start + rows).min(order.len())].to_vec();
-        let scores = score_batch(
-            model,
-            &batch.iter().map(|&i| &packed[i]).collect::<Vec<_>>(),
-        )?;
-        for (i, s) in batch.iter().zip(scores) {
-            out[*i] = s;
+    while start < rows.len() {
+        let longest = rows[start].0.max(1);
+        let n_rows = (opts.token_budget / longest).max(1);
+        let batch = &rows[start..(start + n_rows).min(rows.len())];
+        let combined: Vec<Packed> = batch
+            .iter()
+            .map(|(_, m)| concat_rows(&m.iter().map(|&i| &packed[i]).collect::<Vec<_>>()))
+            .collect();
+        let scores = score_batch(model, &combined.iter().collect::<Vec<_>>())?;
+        for ((_, members), row_scores) in batch.iter().zip(scores) {
+            let mut it = row_scores.into_iter();
+            for &i in members {
+                out[i] = it.by_ref().take(packed[i].scored.len()).collect();
+                done += 1;
+            }
         }
         start += batch.len();
-        done += batch.len();
         on_progress(done);
     }
     Ok(out)
@@ -223,16 +261,23 @@ fn score_batch(model: &Model, rows: &[&Packed]) -> Result<Vec<Vec<Score>>> {
     let hsel = h
         .view([(b * n) as i64, -1])
         .index_select(0, &Tensor::from_slice(&flat_idx).to_device(dev));
-    let logits = model.lm_head(&model.final_norm(&hsel)).to_kind(Kind::Float);
-    let logp = logits.log_softmax(-1, Kind::Float);
-    let tgt = Tensor::from_slice(&targets).to_device(dev).unsqueeze(-1);
-    let tok_lp = Vec::<f64>::try_from(
-        logp.gather(-1, &tgt, false)
-            .squeeze_dim(-1)
-            .to_kind(Kind::Double)
-            .to_device(tch::Device::Cpu),
-    )?;
-    let argmax = Vec::<i64>::try_from(logp.argmax(-1, false).to_device(tch::Device::Cpu))?;
+    let hsel = model.final_norm(&hsel);
+    let tgt_all = Tensor::from_slice(&targets).to_device(dev);
+    // The head runs in chunks: a [scored, vocab] logits block for a whole batch would be
+    // gigabytes, and streaming it through memory costs more than the matmul itself.
+    let (mut tok_lp, mut argmax) = (Vec::with_capacity(targets.len()), Vec::with_capacity(targets.len()));
+    let total = targets.len() as i64;
+    let mut s0 = 0;
+    while s0 < total {
+        let k = HEAD_CHUNK.min(total - s0);
+        let logits = model.lm_head(&hsel.narrow(0, s0, k)).to_kind(Kind::Float);
+        let lse = logits.logsumexp([-1i64], false);
+        let tgt = tgt_all.narrow(0, s0, k).unsqueeze(-1);
+        let lp = logits.gather(-1, &tgt, false).squeeze_dim(-1) - lse;
+        tok_lp.extend(Vec::<f64>::try_from(lp.to_kind(Kind::Double).to_device(tch::Device::Cpu))?);
+        argmax.extend(Vec::<i64>::try_from(logits.argmax(-1, false).to_device(tch::Device::Cpu))?);
+        s0 += k;
+    }
     let mut k = 0;
     let mut res = Vec::with_capacity(b);
     for row in rows {
