@@ -34,6 +34,7 @@ med = statistics.median(times)
 print(json.dumps({
     "tok_per_s": a.batch * a.seqlen / med,
     "median_s": round(med, 4),
+    "times_s": times,
     "threads": torch.get_num_threads(),
     "torch": torch.__version__,
     "transformers": transformers.__version__,
