@@ -194,3 +194,39 @@ fn bad_grids_fail_before_any_run() {
     let e = grid_error("[base]\nmodel = \"m\"\n[models]\nm = { gguf = \"/no/such/file.gguf\" }\n");
     assert!(e.contains("/no/such/file.gguf"), "{e}");
 }
+
+#[test]
+fn check_passes_on_its_own_baseline_and_fails_with_a_readable_diff() {
+    let d = tempfile::tempdir().unwrap();
+    let grid = write_grid(d.path());
+    let base = d.path().join("baseline.json");
+    let check = |extra: &[&str]| {
+        Command::new(BIN)
+            .args(["check", "--grid"])
+            .arg(&grid)
+            .arg("--baseline")
+            .arg(&base)
+            .args(["--threads", "1", "--only", "shortgpt"])
+            .args(extra)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .unwrap()
+    };
+    let out = check(&["--update"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = check(&[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Move one perplexity beyond its tolerance: the check names run, metric and values.
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&base).unwrap()).unwrap();
+    let runs = v["runs"].as_object_mut().unwrap();
+    let (name, metrics) = runs.iter_mut().next().unwrap();
+    let name = name.clone();
+    let key = "wikitext2/ppl_wikitext2[seqlen=64]";
+    let old = metrics[key].as_f64().unwrap();
+    metrics[key] = serde_json::json!(old * 1.01);
+    std::fs::write(&base, serde_json::to_string_pretty(&v).unwrap()).unwrap();
+    let out = check(&[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains(&name) && err.contains(key) && err.contains("check failed"), "{err}");
+}
