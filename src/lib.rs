@@ -22,7 +22,10 @@ pub use error::{Error, Result};
 
 /// The git commit of the working tree (with `-dirty` when it has changes), if any.
 pub fn track_git_sha() -> Option<String> {
-    let out = std::process::Command::new("git").args(["rev-parse", "HEAD"]).output().ok()?;
+    let out = std::process::Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .output()
+        .ok()?;
     if !out.status.success() {
         return None;
     }

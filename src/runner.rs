@@ -80,19 +80,26 @@ pub fn select(runs: Vec<RunSpec>, opts: &RunnerOptions) -> Vec<RunSpec> {
             opts.filter.iter().all(|(k, v)| {
                 p.get(k).is_some_and(|x| match x {
                     serde_json::Value::String(s) => s == v,
-                    other => other.to_string() == *v,
+                    other => &other.to_string() == v,
                 })
             })
         })
         .collect()
 }
 
-pub fn run_grid(spec: &GridSpec, opts: &RunnerOptions, progress: &mut dyn Progress) -> Result<Summary> {
+pub fn run_grid(
+    spec: &GridSpec,
+    opts: &RunnerOptions,
+    progress: &mut dyn Progress,
+) -> Result<Summary> {
     let runs = select(spec.expand()?, opts);
     let store = Store::open(&opts.db)?;
     store.register(&runs)?;
     let env = crate::track::env::collect();
-    let mut sum = Summary { total: runs.len(), ..Default::default() };
+    let mut sum = Summary {
+        total: runs.len(),
+        ..Default::default()
+    };
     for (i, run) in runs.iter().enumerate() {
         if STOP.load(Ordering::SeqCst) {
             sum.interrupted = true;
@@ -151,12 +158,26 @@ fn stage<T>(
     let t0 = Instant::now();
     let r = f();
     let (status, output, out) = match r {
-        Ok((v, output, reused)) => (if reused { StageStatus::Reused } else { StageStatus::Finished }, output, Ok(v)),
+        Ok((v, output, reused)) => (
+            if reused {
+                StageStatus::Reused
+            } else {
+                StageStatus::Finished
+            },
+            output,
+            Ok(v),
+        ),
         Err(e) => (StageStatus::Failed, None, Err(e)),
     };
     store.record_stage(
         id,
-        &StageRecord { stage: name.into(), status, seconds: Some(t0.elapsed().as_secs_f64()), cache_key, output },
+        &StageRecord {
+            stage: name.into(),
+            status,
+            seconds: Some(t0.elapsed().as_secs_f64()),
+            cache_key,
+            output,
+        },
     )?;
     out
 }
@@ -197,8 +218,9 @@ fn execute(
                 }
                 Ok((out.clone(), Some(out.display().to_string()), reused))
             })?;
-            let rec: serde_json::Value = serde_json::from_str(&crate::error::read_to_string(dir.join("come.json"))?)
-                .map_err(|e| Error::format(dir.join("come.json"), e.to_string()))?;
+            let rec: serde_json::Value =
+                serde_json::from_str(&crate::error::read_to_string(dir.join("come.json"))?)
+                    .map_err(|e| Error::format(dir.join("come.json"), e.to_string()))?;
             let rep = &rec["report"];
             // The store refuses NaN: record only what come.json holds.
             if let Some(s) = rep["seconds"].as_f64() {
@@ -212,15 +234,26 @@ fn execute(
         }
     };
     progress.stage(&run.name, "eval");
-    let (model, tok) = (load_model(&model_dir, lo)?, Tokenizer::from_dir(&model_dir)?);
+    let (model, tok) = (
+        load_model(&model_dir, lo)?,
+        Tokenizer::from_dir(&model_dir)?,
+    );
     metrics.push(Metric::new("", names::RUN_LAYERS, model.n_layers() as f64));
-    metrics.push(Metric::new("", names::RUN_PARAMS, model.num_params() as f64));
+    metrics.push(Metric::new(
+        "",
+        names::RUN_PARAMS,
+        model.num_params() as f64,
+    ));
     let t0 = Instant::now();
     let (tasks, ppl) = stage(store, id, "eval", None, || {
         let r = evaluate(&model, &tok, exp, store, id, progress)?;
         Ok((r, None, false))
     })?;
-    metrics.push(Metric::new("", names::RUN_EVAL_SECONDS, t0.elapsed().as_secs_f64()));
+    metrics.push(Metric::new(
+        "",
+        names::RUN_EVAL_SECONDS,
+        t0.elapsed().as_secs_f64(),
+    ));
     for t in &tasks {
         for (m, v) in &t.metrics {
             let mut x = Metric::new(&t.task, m, v.value);
@@ -232,7 +265,10 @@ fn execute(
         metrics.push(Metric::new(&t.task, names::N, t.n_docs as f64));
     }
     if let Some(p) = &ppl {
-        metrics.push(Metric::new(names::WIKITEXT2, names::PPL_WIKITEXT2, p.ppl).with_context(format!("seqlen={}", p.seqlen)));
+        metrics.push(
+            Metric::new(names::WIKITEXT2, names::PPL_WIKITEXT2, p.ppl)
+                .with_context(format!("seqlen={}", p.seqlen)),
+        );
         metrics.push(Metric::new(names::WIKITEXT2, names::N, p.windows as f64));
     }
     Ok((metrics, artifacts))
@@ -247,10 +283,15 @@ fn evaluate(
     progress: &mut dyn Progress,
 ) -> Result<(Vec<TaskResult>, Option<PplResult>)> {
     let e = &exp.eval;
-    let mut src = TaskSource::default();
-    src.mmlu_fewshot = e.mmlu_fewshot;
+    let src = TaskSource {
+        mmlu_fewshot: e.mmlu_fewshot,
+        ..TaskSource::default()
+    };
     let opts = EvalOptions {
-        score: ScoreOptions { max_length: model.config.max_position_embeddings.max(1) as usize, token_budget: e.token_budget },
+        score: ScoreOptions {
+            max_length: model.config.max_position_embeddings.max(1) as usize,
+            token_budget: e.token_budget,
+        },
         add_special: true,
     };
     let mut out = vec![];
@@ -274,13 +315,20 @@ fn evaluate(
             let text = crate::error::read_to_string(crate::paths::wikitext2_test())?;
             let tokens = tok.encode(&text, false)?;
             let mut last = Instant::now();
-            Some(perplexity(model, &tokens, seqlen, e.ppl_windows, 1, |d, n| {
-                progress.items("wikitext2", d, n);
-                if last.elapsed().as_secs() >= 20 {
-                    let _ = store.heartbeat(id);
-                    last = Instant::now();
-                }
-            })?)
+            Some(perplexity(
+                model,
+                &tokens,
+                seqlen,
+                e.ppl_windows,
+                1,
+                |d, n| {
+                    progress.items("wikitext2", d, n);
+                    if last.elapsed().as_secs() >= 20 {
+                        let _ = store.heartbeat(id);
+                        last = Instant::now();
+                    }
+                },
+            )?)
         }
         None => None,
     };
@@ -306,7 +354,11 @@ fn prune_into(
     save_model(&model, &tmp, Some(base))?;
     let rec = serde_json::json!({ "source_model": base, "report": report, "crate_version": env!("CARGO_PKG_VERSION") });
     let path = tmp.join("come.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&rec).unwrap_or_default() + "\n").map_err(|e| Error::io(&path, e))?;
+    std::fs::write(
+        &path,
+        serde_json::to_string_pretty(&rec).unwrap_or_default() + "\n",
+    )
+    .map_err(|e| Error::io(&path, e))?;
     if out.exists() {
         let _ = std::fs::remove_dir_all(out);
     }
@@ -322,15 +374,24 @@ fn short_hash(path: &Path) -> Result<String> {
 /// An HF directory for `source`: used as is, or imported once into `cache` (keyed by the
 /// source file's content hash) and reused. Returns (dir, reused).
 pub fn prepare_model(source: &ModelSource, cache: &Path, name: &str) -> Result<(PathBuf, bool)> {
-    let (dir, build): (PathBuf, Box<dyn Fn() -> Result<crate::model::import::ImportedCheckpoint>>) = match source {
+    let (dir, build): (
+        PathBuf,
+        Box<dyn Fn() -> Result<crate::model::import::ImportedCheckpoint>>,
+    ) = match source {
         ModelSource::Path(p) => return Ok((p.clone(), true)),
         ModelSource::Gguf(f) => {
             let f2 = f.clone();
-            (cache.join(format!("{name}-{}", short_hash(f)?)), Box::new(move || gguf::import(&f2)))
+            (
+                cache.join(format!("{name}-{}", short_hash(f)?)),
+                Box::new(move || gguf::import(&f2)),
+            )
         }
         ModelSource::Llama2c { model, tokenizer } => {
             let (m, t) = (model.clone(), tokenizer.clone());
-            (cache.join(format!("{name}-{}", short_hash(model)?)), Box::new(move || llama2c::import(&m, &t)))
+            (
+                cache.join(format!("{name}-{}", short_hash(model)?)),
+                Box::new(move || llama2c::import(&m, &t)),
+            )
         }
     };
     if dir.join("config.json").exists() {

@@ -8,7 +8,11 @@ use std::process::{Command, Output};
 const BIN: &str = env!("CARGO_BIN_EXE_come-repro");
 
 fn run(args: &[&str]) -> Output {
-    Command::new(BIN).args(args).current_dir(env!("CARGO_MANIFEST_DIR")).output().unwrap()
+    Command::new(BIN)
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap()
 }
 
 fn fails_with(args: &[&str], wants: &[&str]) {
@@ -25,25 +29,57 @@ fn fails_with(args: &[&str], wants: &[&str]) {
 fn eval_rejects_unknown_tasks_and_bad_data() {
     let m = common::stories();
     let m = m.to_str().unwrap();
-    fails_with(&["eval", "--model", m, "--tasks", "piqa,squad"], &["unknown task `squad`"]);
+    fails_with(
+        &["eval", "--model", m, "--tasks", "piqa,squad"],
+        &["unknown task `squad`"],
+    );
     // A data directory without the task's files: the error names the missing file.
     let d = tempfile::tempdir().unwrap();
     let dd = d.path().to_str().unwrap();
-    fails_with(&["eval", "--model", m, "--tasks", "boolq", "--data-dir", dd], &["boolq_validation.jsonl"]);
+    fails_with(
+        &["eval", "--model", m, "--tasks", "boolq", "--data-dir", dd],
+        &["boolq_validation.jsonl"],
+    );
     // A malformed JSON line: file and line.
     std::fs::create_dir_all(d.path().join("boolq")).unwrap();
     let f = d.path().join("boolq/boolq_validation.jsonl");
     std::fs::write(&f, "{\"query\": \"Passage: a\\nQuestion: b?\", \"choices\": [\"no\", \"yes\"], \"gold\": 1}\n{not json\n").unwrap();
-    fails_with(&["eval", "--model", m, "--tasks", "boolq", "--data-dir", dd], &["boolq_validation.jsonl:2"]);
+    fails_with(
+        &["eval", "--model", m, "--tasks", "boolq", "--data-dir", dd],
+        &["boolq_validation.jsonl:2"],
+    );
     // A label out of range.
-    std::fs::write(&f, "{\"query\": \"Passage: a\\nQuestion: b?\", \"choices\": [\"no\", \"yes\"], \"gold\": 7}\n").unwrap();
-    fails_with(&["eval", "--model", m, "--tasks", "boolq", "--data-dir", dd], &["boolq_validation.jsonl:1"]);
+    std::fs::write(
+        &f,
+        "{\"query\": \"Passage: a\\nQuestion: b?\", \"choices\": [\"no\", \"yes\"], \"gold\": 7}\n",
+    )
+    .unwrap();
+    fails_with(
+        &["eval", "--model", m, "--tasks", "boolq", "--data-dir", dd],
+        &["boolq_validation.jsonl:1"],
+    );
     // An empty split.
     std::fs::write(&f, "").unwrap();
-    fails_with(&["eval", "--model", m, "--tasks", "boolq", "--data-dir", dd], &["boolq_validation.jsonl", "empty"]);
+    fails_with(
+        &["eval", "--model", m, "--tasks", "boolq", "--data-dir", dd],
+        &["boolq_validation.jsonl", "empty"],
+    );
     // Nothing partial is written when evaluation fails.
     let out = d.path().join("results.json");
-    fails_with(&["eval", "--model", m, "--tasks", "boolq", "--data-dir", dd, "--output", out.to_str().unwrap()], &["empty"]);
+    fails_with(
+        &[
+            "eval",
+            "--model",
+            m,
+            "--tasks",
+            "boolq",
+            "--data-dir",
+            dd,
+            "--output",
+            out.to_str().unwrap(),
+        ],
+        &["empty"],
+    );
     assert!(!out.exists());
 }
 
@@ -54,13 +90,42 @@ fn prune_rejects_bad_targets_and_short_calibration() {
     let d = tempfile::tempdir().unwrap();
     let out = d.path().join("p");
     let o = out.to_str().unwrap();
-    fails_with(&["prune", "--model", m, "--out", o, "--sparsity", "1.5"], &["sparsity must be in (0, 1)"]);
-    fails_with(&["prune", "--model", m, "--out", o, "--target-layers", "5"], &["target depth 5"]);
-    fails_with(&["prune", "--model", m, "--out", o, "--target-layers", "3", "--method", "foo"], &["unknown method `foo`"]);
+    fails_with(
+        &["prune", "--model", m, "--out", o, "--sparsity", "1.5"],
+        &["sparsity must be in (0, 1)"],
+    );
+    fails_with(
+        &["prune", "--model", m, "--out", o, "--target-layers", "5"],
+        &["target depth 5"],
+    );
+    fails_with(
+        &[
+            "prune",
+            "--model",
+            m,
+            "--out",
+            o,
+            "--target-layers",
+            "3",
+            "--method",
+            "foo",
+        ],
+        &["unknown method `foo`"],
+    );
     let short = d.path().join("short.txt");
     std::fs::write(&short, "just a few words\n").unwrap();
     fails_with(
-        &["prune", "--model", m, "--out", o, "--target-layers", "3", "--calib-source", short.to_str().unwrap()],
+        &[
+            "prune",
+            "--model",
+            m,
+            "--out",
+            o,
+            "--target-layers",
+            "3",
+            "--calib-source",
+            short.to_str().unwrap(),
+        ],
         &["calibration text too short"],
     );
     assert!(!out.exists(), "a failed prune leaves no output directory");
@@ -73,11 +138,37 @@ fn import_rejects_truncated_and_missing_files() {
     let cut = d.path().join("cut.gguf");
     std::fs::write(&cut, &bytes[..bytes.len() / 3]).unwrap();
     let out = d.path().join("o");
-    fails_with(&["import", "gguf", cut.to_str().unwrap(), "--out", out.to_str().unwrap()], &["cut.gguf"]);
-    assert!(!out.exists());
-    fails_with(&["import", "gguf", "/no/such.gguf", "--out", out.to_str().unwrap()], &["/no/such.gguf"]);
     fails_with(
-        &["import", "llama2c", "/no/model.bin", "--tokenizer", "/no/tok.bin", "--out", out.to_str().unwrap()],
+        &[
+            "import",
+            "gguf",
+            cut.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &["cut.gguf"],
+    );
+    assert!(!out.exists());
+    fails_with(
+        &[
+            "import",
+            "gguf",
+            "/no/such.gguf",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &["/no/such.gguf"],
+    );
+    fails_with(
+        &[
+            "import",
+            "llama2c",
+            "/no/model.bin",
+            "--tokenizer",
+            "/no/tok.bin",
+            "--out",
+            out.to_str().unwrap(),
+        ],
         &["/no/model.bin"],
     );
 }
@@ -85,8 +176,17 @@ fn import_rejects_truncated_and_missing_files() {
 #[test]
 fn generate_works_and_rejects_a_missing_model() {
     let m = common::stories();
-    let out = run(&["generate", "--model", m.to_str().unwrap(), "--max-new-tokens", "12"]);
+    let out = run(&[
+        "generate",
+        "--model",
+        m.to_str().unwrap(),
+        "--max-new-tokens",
+        "12",
+    ]);
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("Once upon a time"));
-    fails_with(&["generate", "--model", "/no/model/dir", "--prompt", "x"], &["/no/model/dir"]);
+    fails_with(
+        &["generate", "--model", "/no/model/dir", "--prompt", "x"],
+        &["/no/model/dir"],
+    );
 }

@@ -26,9 +26,17 @@ fn check_run(run: &Value, fewshot: usize, per_task: usize) {
     let dir = common::smollm2();
     let model = load_model(&dir, LoadOptions::default()).unwrap();
     let tok = Tokenizer::from_dir(&dir).unwrap();
-    let opts = EvalOptions { score: ScoreOptions { max_length: 8192, token_budget: 4096 }, add_special: true };
-    let mut src = TaskSource::default();
-    src.mmlu_fewshot = fewshot;
+    let opts = EvalOptions {
+        score: ScoreOptions {
+            max_length: 8192,
+            token_budget: 4096,
+        },
+        add_special: true,
+    };
+    let src = TaskSource {
+        mmlu_fewshot: fewshot,
+        ..TaskSource::default()
+    };
     let mut mmlu = None;
     let mut checked = 0;
     for (name, t) in run["tasks"].as_object().unwrap() {
@@ -37,7 +45,8 @@ fn check_run(run: &Value, fewshot: usize, per_task: usize) {
             None => (name.as_str(), None),
         };
         let data = if task == "mmlu" {
-            mmlu.get_or_insert_with(|| load_task("mmlu", &src).unwrap()).clone()
+            mmlu.get_or_insert_with(|| load_task("mmlu", &src).unwrap())
+                .clone()
         } else {
             load_task(task, &src).unwrap()
         };
@@ -46,21 +55,52 @@ fn check_run(run: &Value, fewshot: usize, per_task: usize) {
             .filter(|&i| subject.is_none_or(|s| data.docs[i].group.as_deref() == Some(s)))
             .collect();
         let gdocs = t["docs"].as_array().unwrap();
-        let n = gdocs.len().min(if subject.is_some() { per_task / 2 } else { per_task });
-        let idx: Vec<usize> = gdocs[..n].iter().map(|d| pool[d["doc_id"].as_u64().unwrap() as usize]).collect();
+        let n = gdocs.len().min(if subject.is_some() {
+            per_task / 2
+        } else {
+            per_task
+        });
+        let idx: Vec<usize> = gdocs[..n]
+            .iter()
+            .map(|d| pool[d["doc_id"].as_u64().unwrap() as usize])
+            .collect();
         let res = evaluate_task(&model, &tok, &data, &idx, opts, |_, _| {}).unwrap();
         for (g, (ours, &i)) in gdocs[..n].iter().zip(res.docs.iter().zip(&idx)) {
             let reqs = g["requests"].as_array().unwrap();
             for (k, r) in reqs.iter().enumerate() {
-                assert_eq!(data.docs[i].requests[k].context, r[0].as_str().unwrap(), "{name} doc {} context {k}", g["doc_id"]);
-                assert_eq!(data.docs[i].requests[k].continuation, r[1].as_str().unwrap(), "{name} doc {} continuation {k}", g["doc_id"]);
+                assert_eq!(
+                    data.docs[i].requests[k].context,
+                    r[0].as_str().unwrap(),
+                    "{name} doc {} context {k}",
+                    g["doc_id"]
+                );
+                assert_eq!(
+                    data.docs[i].requests[k].continuation,
+                    r[1].as_str().unwrap(),
+                    "{name} doc {} continuation {k}",
+                    g["doc_id"]
+                );
             }
-            let want: Vec<f64> = g["loglik"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+            let want: Vec<f64> = g["loglik"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap())
+                .collect();
             assert_eq!(ours.loglik.len(), want.len());
             for (k, (a, b)) in ours.loglik.iter().zip(&want).enumerate() {
-                assert!((a - b).abs() <= TOL, "{name} doc {} choice {k}: {a} vs lm-eval {b}", g["doc_id"]);
+                assert!(
+                    (a - b).abs() <= TOL,
+                    "{name} doc {} choice {k}: {a} vs lm-eval {b}",
+                    g["doc_id"]
+                );
             }
-            assert_eq!(ours.acc, g["acc"].as_f64().unwrap(), "{name} doc {} acc", g["doc_id"]);
+            assert_eq!(
+                ours.acc,
+                g["acc"].as_f64().unwrap(),
+                "{name} doc {} acc",
+                g["doc_id"]
+            );
             if let Some(an) = g.get("acc_norm").and_then(Value::as_f64) {
                 assert_eq!(ours.acc_norm, an, "{name} doc {} acc_norm", g["doc_id"]);
             }
@@ -71,7 +111,11 @@ fn check_run(run: &Value, fewshot: usize, per_task: usize) {
 }
 
 fn per_task() -> usize {
-    if std::env::var_os("COME_PARITY_FULL").is_some() { usize::MAX } else { 20 }
+    if std::env::var_os("COME_PARITY_FULL").is_some() {
+        usize::MAX
+    } else {
+        20
+    }
 }
 
 #[test]

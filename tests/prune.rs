@@ -7,7 +7,8 @@ use come_repro::model::synthetic::{random_model, tiny_config};
 use come_repro::model::{Layer, Model, ModelConfig};
 use come_repro::prune::baselines::drop_layers;
 use come_repro::prune::merge::{
-    allocate, concat, query_heads, shares, top_k_in_order, GqaMapping, NormMode, ShareOptions,
+    allocate, concat, query_heads, shares, top_k_in_order, ConcatOptions, GqaMapping, NormMode,
+    ShareOptions,
 };
 use come_repro::prune::score::ChannelScores;
 use come_repro::prune::{prune, target_layers, MergeOp, Method, PruneConfig};
@@ -69,10 +70,12 @@ fn concat_keeps_shapes() {
                 &[&m.layers[0], &m.layers[1]],
                 &[&s0, &s1],
                 &[0.3, 0.7],
-                norm,
-                GqaMapping::Hf,
-                2,
-                96,
+                ConcatOptions {
+                    norm,
+                    gqa: GqaMapping::Hf,
+                    n_kv_out: 2,
+                    n_mlp_out: 96,
+                },
             )
             .unwrap();
             for ((n, a), (_, b)) in merged
@@ -108,10 +111,12 @@ fn double_width_concat_is_the_parallel_sum() {
             &[a, b],
             &[&s0, &s1],
             &[0.5, 0.5],
-            NormMode::Fold,
-            GqaMapping::Hf,
-            n_kv,
-            n_mlp,
+            ConcatOptions {
+                norm: NormMode::Fold,
+                gqa: GqaMapping::Hf,
+                n_kv_out: n_kv,
+                n_mlp_out: n_mlp,
+            },
         )
         .unwrap();
         let wide = widened(c, 2);
@@ -138,10 +143,12 @@ fn double_width_concat_is_the_parallel_sum() {
             &[a, b],
             &[&s0, &s1],
             &[0.5, 0.5],
-            NormMode::Mean,
-            GqaMapping::Hf,
-            n_kv,
-            n_mlp,
+            ConcatOptions {
+                norm: NormMode::Mean,
+                gqa: GqaMapping::Hf,
+                n_kv_out: n_kv,
+                n_mlp_out: n_mlp,
+            },
         )
         .unwrap();
         let got = mlp_block(&wide, &mean, 0, &h, &ctx, &mut NoTap);
@@ -180,10 +187,12 @@ fn gqa_heads_stay_with_their_kv_heads() {
             &[a, b],
             &[&s0, &s1],
             &[0.5, 0.5],
-            NormMode::Fold,
-            mapping,
-            4,
-            96,
+            ConcatOptions {
+                norm: NormMode::Fold,
+                gqa: mapping,
+                n_kv_out: 4,
+                n_mlp_out: 96,
+            },
         )
         .unwrap();
         let want = attention_block(

@@ -58,11 +58,14 @@ fn finished(db: &Path) -> BTreeMap<String, (String, i64)> {
         return BTreeMap::new();
     }
     let s = Store::open(db).unwrap();
-    s.runs(&RunFilter { status: Some(Status::Finished), ..Default::default() })
-        .unwrap()
-        .into_iter()
-        .map(|r| (r.hash, (r.finished.unwrap_or_default(), r.attempts)))
-        .collect()
+    s.runs(&RunFilter {
+        status: Some(Status::Finished),
+        ..Default::default()
+    })
+    .unwrap()
+    .into_iter()
+    .map(|r| (r.hash, (r.finished.unwrap_or_default(), r.attempts)))
+    .collect()
 }
 
 #[test]
@@ -82,12 +85,20 @@ fn kill_nine_at_random_points_then_resume() {
         // The store opens fine, and no run finished earlier was touched again.
         let now = finished(&db);
         for (h, v) in &seen {
-            assert_eq!(now.get(h), Some(v), "finished run {h} was recomputed or lost");
+            assert_eq!(
+                now.get(h),
+                Some(v),
+                "finished run {h} was recomputed or lost"
+            );
         }
         seen = now;
     }
     let out = spawn(d.path(), &grid, &db).wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let done = finished(&db);
     assert_eq!(done.len(), 5, "every run finished");
     for (h, v) in &seen {
@@ -111,7 +122,14 @@ fn ctrl_c_marks_the_run_interrupted_and_a_rerun_finishes() {
     loop {
         if db.exists() {
             if let Ok(s) = Store::open(&db) {
-                if !s.runs(&RunFilter { status: Some(Status::Running), ..Default::default() }).unwrap().is_empty() {
+                if !s
+                    .runs(&RunFilter {
+                        status: Some(Status::Running),
+                        ..Default::default()
+                    })
+                    .unwrap()
+                    .is_empty()
+                {
                     break;
                 }
             }
@@ -120,19 +138,40 @@ fn ctrl_c_marks_the_run_interrupted_and_a_rerun_finishes() {
         std::thread::sleep(Duration::from_millis(50));
     }
     for _ in 0..2 {
-        Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+        Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .unwrap();
         std::thread::sleep(Duration::from_millis(100));
     }
     let out = child.wait_with_output().unwrap();
     assert!(!out.status.success());
     let s = Store::open(&db).unwrap();
-    let interrupted = s.runs(&RunFilter { status: Some(Status::Interrupted), ..Default::default() }).unwrap();
-    let running = s.runs(&RunFilter { status: Some(Status::Running), ..Default::default() }).unwrap();
-    assert_eq!(interrupted.len() + running.len(), 1, "exactly one run was cut short");
+    let interrupted = s
+        .runs(&RunFilter {
+            status: Some(Status::Interrupted),
+            ..Default::default()
+        })
+        .unwrap();
+    let running = s
+        .runs(&RunFilter {
+            status: Some(Status::Running),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(
+        interrupted.len() + running.len(),
+        1,
+        "exactly one run was cut short"
+    );
     assert_eq!(interrupted.len(), 1, "Ctrl-C marks it interrupted");
     drop(s);
     let out = spawn(d.path(), &grid, &db).wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(finished(&db).len(), 5);
 }
 
@@ -151,7 +190,10 @@ fn two_runners_share_one_store() {
     }
     let done = finished(&db);
     assert_eq!(done.len(), 5);
-    assert!(done.values().all(|(_, attempts)| *attempts == 1), "a run ran twice: {done:?}");
+    assert!(
+        done.values().all(|(_, attempts)| *attempts == 1),
+        "a run ran twice: {done:?}"
+    );
 }
 
 fn grid_error(toml: &str) -> String {
@@ -168,7 +210,10 @@ fn grid_error(toml: &str) -> String {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(!db.exists(), "a bad grid must fail before any run starts (no store created)");
+    assert!(
+        !db.exists(),
+        "a bad grid must fail before any run starts (no store created)"
+    );
     let err = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(err.contains("bad.toml"), "error must name the file: {err}");
     err
@@ -183,11 +228,17 @@ fn bad_grids_fail_before_any_run() {
     );
     let e = grid_error("[base\nmodel = 1");
     assert!(e.contains("1:") || e.contains("line 1"), "{e}");
-    let e = grid_error(&format!("[base]\nmodel = \"stories\"\n[base.prune]\ntarget_layers = 3\nmethod = \"coome\"\n{head}"));
+    let e = grid_error(&format!(
+        "[base]\nmodel = \"stories\"\n[base.prune]\ntarget_layers = 3\nmethod = \"coome\"\n{head}"
+    ));
     assert!(e.contains("coome"), "{e}");
-    let e = grid_error(&format!("[base]\nmodel = \"stories\"\n{head}[axes]\n\"prune.sparsity\" = [\"a\"]\n"));
+    let e = grid_error(&format!(
+        "[base]\nmodel = \"stories\"\n{head}[axes]\n\"prune.sparsity\" = [\"a\"]\n"
+    ));
     assert!(e.contains("prune.sparsity"), "{e}");
-    let e = grid_error(&format!("[base]\nmodel = \"stories\"\n[base.eval]\ntasks = [\"piqa\", \"squad\"]\n{head}"));
+    let e = grid_error(&format!(
+        "[base]\nmodel = \"stories\"\n[base.eval]\ntasks = [\"piqa\", \"squad\"]\n{head}"
+    ));
     assert!(e.contains("squad"), "{e}");
     let e = grid_error("[base]\nmodel = \"nowhere\"\n");
     assert!(e.contains("nowhere"), "{e}");
@@ -213,11 +264,20 @@ fn check_passes_on_its_own_baseline_and_fails_with_a_readable_diff() {
             .unwrap()
     };
     let out = check(&["--update"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = check(&[]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Move one perplexity beyond its tolerance: the check names run, metric and values.
-    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&base).unwrap()).unwrap();
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&base).unwrap()).unwrap();
     let runs = v["runs"].as_object_mut().unwrap();
     let (name, metrics) = runs.iter_mut().next().unwrap();
     let name = name.clone();
@@ -228,5 +288,8 @@ fn check_passes_on_its_own_baseline_and_fails_with_a_readable_diff() {
     let out = check(&[]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(err.contains(&name) && err.contains(key) && err.contains("check failed"), "{err}");
+    assert!(
+        err.contains(&name) && err.contains(key) && err.contains("check failed"),
+        "{err}"
+    );
 }

@@ -32,7 +32,7 @@ fn right_and_left_padding_match_unpadded_rows() {
     assert!(max_diff(&out.get(1).narrow(0, 0, 6), &short1.get(0)) < 1e-5);
     // Left padding: the same 6 tokens at the end of row 1; positions follow the mask.
     let left = x.copy();
-    let _ = left.get(1).narrow(0, 4, 6).copy_(&x.get(1).narrow(0, 0, 6));
+    left.get(1).narrow(0, 4, 6).copy_(&x.get(1).narrow(0, 0, 6));
     let lmask = Tensor::ones([2, 10], (Kind::Int64, tch::Device::Cpu));
     let _ = lmask.get(1).narrow(0, 0, 4).fill_(0);
     let out = m.forward(&left, Some(&lmask)).unwrap();

@@ -66,9 +66,13 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
             rt,
         } => forward(model, batch, seqlen, iters, hf, rounds, rt),
         BenchCmd::Load { model, rt } => load(model, rt),
-        BenchCmd::Prune { model, target_layers, calib_seqs, calib_seqlen, threads } => {
-            prune(model, target_layers, calib_seqs, calib_seqlen, threads)
-        }
+        BenchCmd::Prune {
+            model,
+            target_layers,
+            calib_seqs,
+            calib_seqlen,
+            threads,
+        } => prune(model, target_layers, calib_seqs, calib_seqlen, threads),
     }
 }
 
@@ -77,13 +81,25 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
-fn forward(dir: PathBuf, batch: i64, seqlen: i64, iters: usize, hf: bool, rounds: usize, rt: RuntimeArgs) -> Result<()> {
+fn forward(
+    dir: PathBuf,
+    batch: i64,
+    seqlen: i64,
+    iters: usize,
+    hf: bool,
+    rounds: usize,
+    rt: RuntimeArgs,
+) -> Result<()> {
     let opts = rt.load_options()?;
     let threads = tch::get_num_threads();
     let model = load_model(&dir, opts)?;
     let _g = tch::no_grad_guard();
     tch::manual_seed(0);
-    let ids = Tensor::randint(model.config.vocab_size, [batch, seqlen], (Kind::Int64, opts.device));
+    let ids = Tensor::randint(
+        model.config.vocab_size,
+        [batch, seqlen],
+        (Kind::Int64, opts.device),
+    );
     // One warm-up pass: first calls allocate and pick kernels.
     let _ = model.forward(&ids, None)?;
     let (mut ours, mut theirs) = (vec![], vec![]);
@@ -100,15 +116,35 @@ fn forward(dir: PathBuf, batch: i64, seqlen: i64, iters: usize, hf: bool, rounds
             let out = Command::new(&py)
                 .args(["benches/hf_forward.py", "--model"])
                 .arg(&dir)
-                .args(["--batch", &batch.to_string(), "--seqlen", &seqlen.to_string()])
-                .args(["--iters", &iters.to_string(), "--threads", &threads.to_string()])
+                .args([
+                    "--batch",
+                    &batch.to_string(),
+                    "--seqlen",
+                    &seqlen.to_string(),
+                ])
+                .args([
+                    "--iters",
+                    &iters.to_string(),
+                    "--threads",
+                    &threads.to_string(),
+                ])
                 .output()
                 .with_context(|| format!("running {} benches/hf_forward.py", py.display()))?;
             if !out.status.success() {
-                bail!("benches/hf_forward.py failed:\n{}", String::from_utf8_lossy(&out.stderr));
+                bail!(
+                    "benches/hf_forward.py failed:\n{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
             }
-            let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("parsing hf_forward.py output")?;
-            theirs.extend(v["times_s"].as_array().into_iter().flatten().filter_map(|x| x.as_f64()));
+            let v: serde_json::Value =
+                serde_json::from_slice(&out.stdout).context("parsing hf_forward.py output")?;
+            theirs.extend(
+                v["times_s"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|x| x.as_f64()),
+            );
             versions = format!("torch {}, transformers {}", v["torch"], v["transformers"]);
         }
     }
@@ -120,7 +156,10 @@ fn forward(dir: PathBuf, batch: i64, seqlen: i64, iters: usize, hf: bool, rounds
         come_repro::runtime::dtype_name(opts.dtype),
         rounds.max(1)
     );
-    println!("  come-repro    {:>8.0} tok/s   (median of {n_ours} passes, {mo:.3}s each)", tok / mo);
+    println!(
+        "  come-repro    {:>8.0} tok/s   (median of {n_ours} passes, {mo:.3}s each)",
+        tok / mo
+    );
     if hf && !theirs.is_empty() {
         let mt = median(&mut theirs);
         println!("  transformers  {:>8.0} tok/s   (median of {n_theirs} passes, {mt:.3}s each; {versions})", tok / mt);
@@ -170,15 +209,29 @@ fn load(dir: PathBuf, rt: RuntimeArgs) -> Result<()> {
     Ok(())
 }
 
-fn prune(model: PathBuf, target: usize, seqs: usize, seqlen: usize, threads: Option<usize>) -> Result<()> {
+fn prune(
+    model: PathBuf,
+    target: usize,
+    seqs: usize,
+    seqlen: usize,
+    threads: Option<usize>,
+) -> Result<()> {
     let exe = std::env::current_exe().context("locating the come-repro binary")?;
     let tmp = tempdir_in_work()?;
     let mut rows = vec![];
     for (label, full) in [("incremental", false), ("full recompute", true)] {
         let out = tmp.join(if full { "full" } else { "incremental" });
         let mut cmd = Command::new(&exe);
-        cmd.args(["prune", "--method", "come", "--force", "--model"]).arg(&model).arg("--out").arg(&out);
-        cmd.args(["--target-layers", &target.to_string(), "--calib-seqs", &seqs.to_string()]);
+        cmd.args(["prune", "--method", "come", "--force", "--model"])
+            .arg(&model)
+            .arg("--out")
+            .arg(&out);
+        cmd.args([
+            "--target-layers",
+            &target.to_string(),
+            "--calib-seqs",
+            &seqs.to_string(),
+        ]);
         cmd.args(["--calib-seqlen", &seqlen.to_string()]);
         if let Some(t) = threads {
             cmd.args(["--threads", &t.to_string()]);
@@ -192,15 +245,33 @@ fn prune(model: PathBuf, target: usize, seqs: usize, seqlen: usize, threads: Opt
             bail!("come-repro prune ({label}) failed");
         }
         let wall = t0.elapsed().as_secs_f64();
-        let rec: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("come.json"))?)?;
-        rows.push((label, wall, rec["report"]["seconds"].as_f64().unwrap_or(f64::NAN), rec["report"]["layer_passes"].as_u64().unwrap_or(0), rec["peak_rss_mib"].as_f64().unwrap_or(f64::NAN), rec["report"]["correspondence"].clone()));
+        let rec: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("come.json"))?)?;
+        rows.push((
+            label,
+            wall,
+            rec["report"]["seconds"].as_f64().unwrap_or(f64::NAN),
+            rec["report"]["layer_passes"].as_u64().unwrap_or(0),
+            rec["peak_rss_mib"].as_f64().unwrap_or(f64::NAN),
+            rec["report"]["correspondence"].clone(),
+        ));
     }
-    println!("come prune {} -> {target} layers, {seqs} x {seqlen} calibration tokens:", model.display());
-    println!("  {:<16} {:>9} {:>10} {:>13} {:>13}", "re-scoring", "wall s", "prune s", "layer passes", "peak RSS MiB");
+    println!(
+        "come prune {} -> {target} layers, {seqs} x {seqlen} calibration tokens:",
+        model.display()
+    );
+    println!(
+        "  {:<16} {:>9} {:>10} {:>13} {:>13}",
+        "re-scoring", "wall s", "prune s", "layer passes", "peak RSS MiB"
+    );
     for (label, wall, secs, passes, rss, _) in &rows {
         println!("  {label:<16} {wall:>9.1} {secs:>10.1} {passes:>13} {rss:>13.0}");
     }
-    println!("  speed-up {:.2}x; same plan: {}", rows[1].2 / rows[0].2, rows[0].5 == rows[1].5);
+    println!(
+        "  speed-up {:.2}x; same plan: {}",
+        rows[1].2 / rows[0].2,
+        rows[0].5 == rows[1].5
+    );
     let _ = std::fs::remove_dir_all(&tmp);
     Ok(())
 }

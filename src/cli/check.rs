@@ -40,8 +40,14 @@ fn tolerance(tol: &Value, metric: &str) -> (f64, f64) {
     let name = metric.rsplit('/').next().unwrap_or(metric);
     let name = name.split('[').next().unwrap_or(name);
     let t = tol.get(name).or_else(|| tol.get("default"));
-    let abs = t.and_then(|t| t.get("abs")).and_then(Value::as_f64).unwrap_or(1e-6);
-    let rel = t.and_then(|t| t.get("rel")).and_then(Value::as_f64).unwrap_or(0.0);
+    let abs = t
+        .and_then(|t| t.get("abs"))
+        .and_then(Value::as_f64)
+        .unwrap_or(1e-6);
+    let rel = t
+        .and_then(|t| t.get("rel"))
+        .and_then(Value::as_f64)
+        .unwrap_or(0.0);
     (abs, rel)
 }
 
@@ -56,17 +62,31 @@ pub fn run(a: CheckArgs) -> Result<()> {
     let tmp = come_repro::paths::work_dir().join(format!("check-{}", std::process::id()));
     let db = a.db.clone().unwrap_or_else(|| tmp.join("check.sqlite"));
     let cache = a.cache.clone().unwrap_or_else(|| tmp.join("cache"));
-    let opts = RunnerOptions { db: db.clone(), cache_dir: cache, force: a.db.is_none(), only: a.only.clone(), filter: vec![], threads: a.threads };
+    let opts = RunnerOptions {
+        db: db.clone(),
+        cache_dir: cache,
+        force: a.db.is_none(),
+        only: a.only.clone(),
+        filter: vec![],
+        threads: a.threads,
+    };
     let sum = run_grid(&spec, &opts, &mut Bars::new())?;
     if !sum.failed.is_empty() {
         bail!("{} run(s) failed: {:?}", sum.failed.len(), sum.failed);
     }
     let store = Store::open(&db)?;
-    let hashes: BTreeMap<String, String> =
-        come_repro::runner::select(spec.expand()?, &opts).into_iter().map(|r| (r.hash, r.name)).collect();
+    let hashes: BTreeMap<String, String> = come_repro::runner::select(spec.expand()?, &opts)
+        .into_iter()
+        .map(|r| (r.hash, r.name))
+        .collect();
     let mut current: BTreeMap<String, BTreeMap<String, f64>> = BTreeMap::new();
-    for row in store.runs(&RunFilter { status: Some(Status::Finished), ..Default::default() })? {
-        let Some(name) = hashes.get(&row.hash) else { continue };
+    for row in store.runs(&RunFilter {
+        status: Some(Status::Finished),
+        ..Default::default()
+    })? {
+        let Some(name) = hashes.get(&row.hash) else {
+            continue;
+        };
         let m = current.entry(name.clone()).or_default();
         for x in store.metrics(row.id)? {
             if !is_timing(&x.key()) {
@@ -76,7 +96,10 @@ pub fn run(a: CheckArgs) -> Result<()> {
     }
     let _ = std::fs::remove_dir_all(&tmp);
     if a.update {
-        let old: Value = std::fs::read_to_string(&a.baseline).ok().and_then(|s| serde_json::from_str(&s).ok()).unwrap_or(json!({}));
+        let old: Value = std::fs::read_to_string(&a.baseline)
+            .ok()
+            .and_then(|s| serde_json::from_str(&s).ok())
+            .unwrap_or(json!({}));
         // Accuracies may move by one item (0.05 on 20 documents) when a near-tie flips on
         // another CPU's float rounding; perplexity catches any real change of the logits.
         let tol = old.get("tolerance").cloned().unwrap_or(json!({
@@ -95,19 +118,32 @@ pub fn run(a: CheckArgs) -> Result<()> {
             "tolerance": tol,
             "runs": current,
         });
-        std::fs::write(&a.baseline, serde_json::to_string_pretty(&v)? + "\n").with_context(|| format!("writing {}", a.baseline.display()))?;
-        println!("baseline {} updated: {} runs", a.baseline.display(), current.len());
+        std::fs::write(&a.baseline, serde_json::to_string_pretty(&v)? + "\n")
+            .with_context(|| format!("writing {}", a.baseline.display()))?;
+        println!(
+            "baseline {} updated: {} runs",
+            a.baseline.display(),
+            current.len()
+        );
         return Ok(());
     }
-    let base: Value = serde_json::from_str(&std::fs::read_to_string(&a.baseline).with_context(|| format!("reading {}", a.baseline.display()))?)
-        .with_context(|| format!("{} is not valid JSON", a.baseline.display()))?;
+    let base: Value = serde_json::from_str(
+        &std::fs::read_to_string(&a.baseline)
+            .with_context(|| format!("reading {}", a.baseline.display()))?,
+    )
+    .with_context(|| format!("{} is not valid JSON", a.baseline.display()))?;
     let tol = base.get("tolerance").cloned().unwrap_or(json!({}));
-    let want = base.get("runs").and_then(Value::as_object).ok_or_else(|| anyhow::anyhow!("{}: no `runs` object", a.baseline.display()))?;
+    let want = base
+        .get("runs")
+        .and_then(Value::as_object)
+        .ok_or_else(|| anyhow::anyhow!("{}: no `runs` object", a.baseline.display()))?;
     let mut problems = vec![];
     let mut compared = 0;
     for (run, metrics) in want {
         let Some(got) = current.get(run) else {
-            problems.push(format!("{run}: in the baseline but not produced by the grid"));
+            problems.push(format!(
+                "{run}: in the baseline but not produced by the grid"
+            ));
             continue;
         };
         for (k, v) in metrics.as_object().into_iter().flatten() {
@@ -127,16 +163,26 @@ pub fn run(a: CheckArgs) -> Result<()> {
     }
     for run in current.keys() {
         if !want.contains_key(run) {
-            problems.push(format!("{run}: produced by the grid but not in the baseline (run with --update to add it)"));
+            problems.push(format!(
+                "{run}: produced by the grid but not in the baseline (run with --update to add it)"
+            ));
         }
     }
     if problems.is_empty() {
-        println!("check passed: {compared} metrics of {} runs within tolerance of {}", want.len(), a.baseline.display());
+        println!(
+            "check passed: {compared} metrics of {} runs within tolerance of {}",
+            want.len(),
+            a.baseline.display()
+        );
         Ok(())
     } else {
         for p in &problems {
             eprintln!("  {p}");
         }
-        bail!("check failed: {} difference(s) from {}", problems.len(), a.baseline.display())
+        bail!(
+            "check failed: {} difference(s) from {}",
+            problems.len(),
+            a.baseline.display()
+        )
     }
 }

@@ -69,7 +69,15 @@ fn parse_kv(s: &str) -> Result<(String, PathBuf), String> {
         .ok_or_else(|| format!("expected TASK=PATH, got `{s}`"))
 }
 
-pub const SEVEN: [&str; 7] = ["piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "boolq", "openbookqa"];
+pub const SEVEN: [&str; 7] = [
+    "piqa",
+    "hellaswag",
+    "winogrande",
+    "arc_easy",
+    "arc_challenge",
+    "boolq",
+    "openbookqa",
+];
 
 pub fn expand_tasks(tasks: &[String]) -> Result<Vec<String>> {
     let mut out: Vec<String> = vec![];
@@ -80,7 +88,10 @@ pub fn expand_tasks(tasks: &[String]) -> Result<Vec<String>> {
         } else if known_tasks().contains(&t) {
             out.push(t.to_string());
         } else if !t.is_empty() {
-            bail!("unknown task `{t}`; known tasks: {}, all7", known_tasks().join(", "));
+            bail!(
+                "unknown task `{t}`; known tasks: {}, all7",
+                known_tasks().join(", ")
+            );
         }
     }
     out.dedup();
@@ -90,7 +101,9 @@ pub fn expand_tasks(tasks: &[String]) -> Result<Vec<String>> {
 pub fn token_budget(spec: &str, device: tch::Device) -> Result<usize> {
     match spec {
         "auto" => Ok(if device.is_cuda() { 32768 } else { 4096 }),
-        n => n.parse::<usize>().ok().filter(|n| *n > 0).ok_or_else(|| anyhow::anyhow!("--batch-size must be `auto` or a positive number, got `{n}`")),
+        n => n.parse::<usize>().ok().filter(|n| *n > 0).ok_or_else(|| {
+            anyhow::anyhow!("--batch-size must be `auto` or a positive number, got `{n}`")
+        }),
     }
 }
 
@@ -100,24 +113,40 @@ pub fn run(a: EvalArgs) -> Result<()> {
         bail!("nothing to evaluate: pass --tasks and/or --ppl wikitext2");
     }
     // Read and check every task's data before loading the model: bad input fails fast.
-    let mut src = TaskSource::new(a.data_dir.clone().unwrap_or_else(come_repro::paths::data_dir));
+    let mut src = TaskSource::new(
+        a.data_dir
+            .clone()
+            .unwrap_or_else(come_repro::paths::data_dir),
+    );
     src.mmlu_fewshot = a.mmlu_fewshot;
     src.overrides.extend(a.task_path.iter().cloned());
-    let data: Vec<_> = tasks.iter().map(|t| load_task(t, &src)).collect::<Result<_, _>>()?;
+    let data: Vec<_> = tasks
+        .iter()
+        .map(|t| load_task(t, &src))
+        .collect::<Result<_, _>>()?;
     let t_all = Instant::now();
     let (model, tok) = load(&a.model, &a.rt)?;
     let budget = token_budget(&a.batch_size, model.device)?;
     let opts = EvalOptions {
-        score: ScoreOptions { max_length: model.config.max_position_embeddings.max(1) as usize, token_budget: budget },
+        score: ScoreOptions {
+            max_length: model.config.max_position_embeddings.max(1) as usize,
+            token_budget: budget,
+        },
         add_special: !a.no_special_tokens,
     };
     let mut results: Vec<TaskResult> = vec![];
     for task in &data {
         let idx = subset(task.docs.len(), a.limit, a.fraction, a.seed);
         let pb = bar(idx.len() as u64, &task.name);
-        let r = evaluate_task(&model, &tok, task, &idx, opts, |done, _| pb.set_position(done as u64))?;
+        let r = evaluate_task(&model, &tok, task, &idx, opts, |done, _| {
+            pb.set_position(done as u64)
+        })?;
         pb.finish_and_clear();
-        let summary: Vec<String> = r.metrics.iter().map(|(m, v)| format!("{m} {:.4}", v.value)).collect();
+        let summary: Vec<String> = r
+            .metrics
+            .iter()
+            .map(|(m, v)| format!("{m} {:.4}", v.value))
+            .collect();
         eprintln!(
             "{:>14}: {} docs in {:.1}s ({:.0} tok/s): {}",
             r.task,
@@ -146,7 +175,8 @@ pub fn run(a: EvalArgs) -> Result<()> {
     };
     if let Some(out) = &a.output {
         let v = lm_eval_json(&results, ppl.as_ref(), &info);
-        std::fs::write(out, serde_json::to_string_pretty(&v)? + "\n").with_context(|| format!("writing {}", out.display()))?;
+        std::fs::write(out, serde_json::to_string_pretty(&v)? + "\n")
+            .with_context(|| format!("writing {}", out.display()))?;
         eprintln!("wrote {}", out.display());
     }
     if let Some(path) = &a.samples {
@@ -173,7 +203,8 @@ pub fn run_ppl(
         "wikitext2" => come_repro::paths::wikitext2_test(),
         other => PathBuf::from(other),
     };
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let t0 = Instant::now();
     let tokens = tok.encode(&text, false)?;
     let pb = bar(0, "ppl windows");

@@ -37,7 +37,9 @@ pub struct GridArgs {
 }
 
 fn parse_filter(s: &str) -> Result<(String, String), String> {
-    s.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| format!("expected KEY=VALUE, got `{s}`"))
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("expected KEY=VALUE, got `{s}`"))
 }
 
 pub fn options(a: &GridArgs) -> RunnerOptions {
@@ -64,11 +66,17 @@ impl Bars {
         let grid = mp.add(bar(0, "runs"));
         let items = mp.add(ProgressBar::new(0));
         items.set_style(
-            ProgressStyle::with_template("{prefix:>24} {msg:>14} [{bar:30}] {pos}/{len} {per_sec} eta {eta}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
+            ProgressStyle::with_template(
+                "{prefix:>24} {msg:>14} [{bar:30}] {pos}/{len} {per_sec} eta {eta}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
         );
-        Bars { grid, items, _mp: mp }
+        Bars {
+            grid,
+            items,
+            _mp: mp,
+        }
     }
 }
 
@@ -123,7 +131,11 @@ pub fn run(a: GridArgs) -> Result<()> {
     let opts = options(&a);
     if a.dry_run {
         let runs = select(spec.expand()?, &opts);
-        let store = if a.db.exists() { Some(Store::open(&a.db)?) } else { None };
+        let store = if a.db.exists() {
+            Some(Store::open(&a.db)?)
+        } else {
+            None
+        };
         println!("{} run(s) in {}:", runs.len(), a.file.display());
         let mut done = 0;
         for r in &runs {
@@ -143,7 +155,8 @@ pub fn run(a: GridArgs) -> Result<()> {
     install_ctrlc(a.db.clone());
     let mut bars = Bars::new();
     let t0 = std::time::Instant::now();
-    let sum = run_grid(&spec, &opts, &mut bars).with_context(|| format!("running {}", a.file.display()))?;
+    let sum = run_grid(&spec, &opts, &mut bars)
+        .with_context(|| format!("running {}", a.file.display()))?;
     eprintln!(
         "{}: {} run(s): {} ran, {} already finished, {} failed, {} busy elsewhere, in {:.1} min",
         a.file.display(),

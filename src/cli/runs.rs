@@ -47,18 +47,32 @@ pub fn run(cmd: RunsCmd) -> Result<()> {
         RunsCmd::Ls { db, status, name } => {
             let s = Store::open(&db)?;
             let status = match status {
-                Some(x) => Some(Status::parse(&x).ok_or_else(|| anyhow::anyhow!("unknown status `{x}`"))?),
+                Some(x) => {
+                    Some(Status::parse(&x).ok_or_else(|| anyhow::anyhow!("unknown status `{x}`"))?)
+                }
                 None => None,
             };
-            let rows = s.runs(&RunFilter { status, name_contains: name, ..Default::default() })?;
-            println!("{:>5}  {:<11} {:<12} {:<20} name", "id", "status", "hash", "finished");
+            let rows = s.runs(&RunFilter {
+                status,
+                name_contains: name,
+                ..Default::default()
+            })?;
+            println!(
+                "{:>5}  {:<11} {:<12} {:<20} name",
+                "id", "status", "hash", "finished"
+            );
             for r in rows {
                 println!(
                     "{:>5}  {:<11} {:<12} {:<20} {}",
                     r.id,
                     r.status.as_str(),
                     &r.hash[..12.min(r.hash.len())],
-                    r.finished.as_deref().unwrap_or("-").chars().take(19).collect::<String>(),
+                    r.finished
+                        .as_deref()
+                        .unwrap_or("-")
+                        .chars()
+                        .take(19)
+                        .collect::<String>(),
                     r.name
                 );
             }
@@ -66,14 +80,26 @@ pub fn run(cmd: RunsCmd) -> Result<()> {
         RunsCmd::Show { id, db } => {
             let s = Store::open(&db)?;
             let r = s.run(id)?;
-            println!("run {} ({}) {}: {}", r.id, r.status.as_str(), r.hash, r.name);
+            println!(
+                "run {} ({}) {}: {}",
+                r.id,
+                r.status.as_str(),
+                r.hash,
+                r.name
+            );
             if let Some(e) = &r.error {
                 println!("error: {e}");
             }
             println!("config:\n{}", serde_json::to_string_pretty(&r.config)?);
             println!("stages:");
             for st in s.stages(id)? {
-                println!("  {:<8} {:<9} {:>8.1}s {}", st.stage, st.status.as_str(), st.seconds.unwrap_or(0.0), st.output.unwrap_or_default());
+                println!(
+                    "  {:<8} {:<9} {:>8.1}s {}",
+                    st.stage,
+                    st.status.as_str(),
+                    st.seconds.unwrap_or(0.0),
+                    st.output.unwrap_or_default()
+                );
             }
             println!("metrics:");
             for m in s.metrics(id)? {
@@ -82,7 +108,12 @@ pub fn run(cmd: RunsCmd) -> Result<()> {
             }
             println!("artifacts:");
             for a in s.artifacts(id)? {
-                println!("  {:<16} {} {}", a.kind, &a.sha256[..12.min(a.sha256.len())], a.path);
+                println!(
+                    "  {:<16} {} {}",
+                    a.kind,
+                    &a.sha256[..12.min(a.sha256.len())],
+                    a.path
+                );
             }
             println!("environment:");
             for (k, v) in s.environment(id)? {
@@ -92,8 +123,15 @@ pub fn run(cmd: RunsCmd) -> Result<()> {
         RunsCmd::Diff { a, b, db } => {
             let s = Store::open(&db)?;
             let d = s.diff(a, b)?;
-            println!("{:<40} {:>20} {:>20}", "", format!("run {a}"), format!("run {b}"));
-            let show = |v: &Option<serde_json::Value>| v.as_ref().map_or("-".to_string(), |x| x.to_string());
+            println!(
+                "{:<40} {:>20} {:>20}",
+                "",
+                format!("run {a}"),
+                format!("run {b}")
+            );
+            let show = |v: &Option<serde_json::Value>| {
+                v.as_ref().map_or("-".to_string(), |x| x.to_string())
+            };
             for (k, x, y) in &d.params {
                 println!("{k:<40} {:>20} {:>20}", show(x), show(y));
             }

@@ -25,22 +25,40 @@ pub struct TablesArgs {
 
 pub fn run(a: TablesArgs) -> Result<()> {
     if !a.db.exists() {
-        bail!("{} does not exist: run `come-repro grid ...` first", a.db.display());
+        bail!(
+            "{} does not exist: run `come-repro grid ...` first",
+            a.db.display()
+        );
     }
     let store = Store::open(&a.db)?;
-    let published = if a.paper.exists() { paper::load_dir(&a.paper)? } else { vec![] };
+    let published = if a.paper.exists() {
+        paper::load_dir(&a.paper)?
+    } else {
+        vec![]
+    };
     let opts = ReportOptions {
         out_dir: a.out.clone(),
         convention: Convention::parse(&a.convention)?,
         published,
         model_aliases: Default::default(),
         only_hashes: match &a.grid {
-            Some(g) => Some(come_repro::grid::GridSpec::load(g)?.expand()?.into_iter().map(|r| r.hash).collect()),
+            Some(g) => Some(
+                come_repro::grid::GridSpec::load(g)?
+                    .expand()?
+                    .into_iter()
+                    .map(|r| r.hash)
+                    .collect(),
+            ),
             None => None,
         },
     };
     let sum = write_report(&store, &opts)?;
-    println!("{} runs -> {} tables in {}", sum.runs, sum.tables.len(), a.out.display());
+    println!(
+        "{} runs -> {} tables in {}",
+        sum.runs,
+        sum.tables.len(),
+        a.out.display()
+    );
     if let Ok(index) = std::fs::read_to_string(a.out.join("index.md")) {
         println!("\n{index}");
     }

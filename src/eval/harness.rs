@@ -52,7 +52,10 @@ pub struct TaskResult {
 pub fn mean_stderr(xs: &[f64]) -> MetricValue {
     let n = xs.len() as f64;
     if xs.is_empty() {
-        return MetricValue { value: f64::NAN, stderr: f64::NAN };
+        return MetricValue {
+            value: f64::NAN,
+            stderr: f64::NAN,
+        };
     }
     let mean = xs.iter().sum::<f64>() / n;
     let stderr = if xs.len() > 1 {
@@ -60,7 +63,10 @@ pub fn mean_stderr(xs: &[f64]) -> MetricValue {
     } else {
         f64::NAN
     };
-    MetricValue { value: mean, stderr }
+    MetricValue {
+        value: mean,
+        stderr,
+    }
 }
 
 /// First index of the maximum (numpy argmax semantics).
@@ -149,8 +155,15 @@ pub fn evaluate_task(
     if !groups.is_empty() {
         // Macro average over subjects beside lm-eval's size-weighted (micro) `acc`.
         let macro_avg = groups.values().map(|v| v.value).sum::<f64>() / groups.len() as f64;
-        let se = (groups.values().map(|v| v.stderr.powi(2)).sum::<f64>()).sqrt() / groups.len() as f64;
-        metrics.insert("acc_macro".into(), MetricValue { value: macro_avg, stderr: se });
+        let se =
+            (groups.values().map(|v| v.stderr.powi(2)).sum::<f64>()).sqrt() / groups.len() as f64;
+        metrics.insert(
+            "acc_macro".into(),
+            MetricValue {
+                value: macro_avg,
+                stderr: se,
+            },
+        );
     }
     Ok(TaskResult {
         task: task.name.clone(),

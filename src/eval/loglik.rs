@@ -140,13 +140,26 @@ pub fn packed_len(reqs: &[TokenRequest], max_length: usize) -> usize {
 /// Several documents' tries side by side in one row: their roots attend to nothing before
 /// them, so documents never see each other, and short documents waste no padding.
 fn concat_rows(parts: &[&Packed]) -> Packed {
-    let mut row = Packed { tokens: vec![], parent: vec![], depth: vec![], scored: vec![] };
+    let mut row = Packed {
+        tokens: vec![],
+        parent: vec![],
+        depth: vec![],
+        scored: vec![],
+    };
     for p in parts {
         let off = row.tokens.len();
         row.tokens.extend(&p.tokens);
-        row.parent.extend(p.parent.iter().map(|&x| if x < 0 { -1 } else { x + off as i64 }));
+        row.parent.extend(
+            p.parent
+                .iter()
+                .map(|&x| if x < 0 { -1 } else { x + off as i64 }),
+        );
         row.depth.extend(&p.depth);
-        row.scored.extend(p.scored.iter().map(|r| r.iter().map(|&(n, t)| (n + off, t)).collect()));
+        row.scored.extend(
+            p.scored
+                .iter()
+                .map(|r| r.iter().map(|&(n, t)| (n + off, t)).collect()),
+        );
     }
     row
 }
@@ -265,7 +278,10 @@ fn score_batch(model: &Model, rows: &[&Packed]) -> Result<Vec<Vec<Score>>> {
     let tgt_all = Tensor::from_slice(&targets).to_device(dev);
     // The head runs in chunks: a [scored, vocab] logits block for a whole batch would be
     // gigabytes, and streaming it through memory costs more than the matmul itself.
-    let (mut tok_lp, mut argmax) = (Vec::with_capacity(targets.len()), Vec::with_capacity(targets.len()));
+    let (mut tok_lp, mut argmax) = (
+        Vec::with_capacity(targets.len()),
+        Vec::with_capacity(targets.len()),
+    );
     let total = targets.len() as i64;
     let mut s0 = 0;
     while s0 < total {
@@ -274,8 +290,12 @@ fn score_batch(model: &Model, rows: &[&Packed]) -> Result<Vec<Vec<Score>>> {
         let lse = logits.logsumexp([-1i64], false);
         let tgt = tgt_all.narrow(0, s0, k).unsqueeze(-1);
         let lp = logits.gather(-1, &tgt, false).squeeze_dim(-1) - lse;
-        tok_lp.extend(Vec::<f64>::try_from(lp.to_kind(Kind::Double).to_device(tch::Device::Cpu))?);
-        argmax.extend(Vec::<i64>::try_from(logits.argmax(-1, false).to_device(tch::Device::Cpu))?);
+        tok_lp.extend(Vec::<f64>::try_from(
+            lp.to_kind(Kind::Double).to_device(tch::Device::Cpu),
+        )?);
+        argmax.extend(Vec::<i64>::try_from(
+            logits.argmax(-1, false).to_device(tch::Device::Cpu),
+        )?);
         s0 += k;
     }
     let mut k = 0;

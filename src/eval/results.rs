@@ -20,7 +20,11 @@ pub struct RunInfo {
 
 fn metric_entries(out: &mut Map<String, Value>, name: &str, v: &super::harness::MetricValue) {
     out.insert(format!("{name},none"), json!(v.value));
-    let se = if v.stderr.is_finite() { json!(v.stderr) } else { json!("N/A") };
+    let se = if v.stderr.is_finite() {
+        json!(v.stderr)
+    } else {
+        json!("N/A")
+    };
     out.insert(format!("{name}_stderr,none"), se);
 }
 
@@ -67,8 +71,18 @@ pub fn lm_eval_json(tasks: &[TaskResult], ppl: Option<&PplResult>, info: &RunInf
         );
         versions.insert(t.task.clone(), json!(1.0));
         n_shot.insert(t.task.clone(), json!(t.num_fewshot));
-        higher.insert(t.task.clone(), json!(t.metrics.keys().map(|m| (m.clone(), json!(true))).collect::<Map<_, _>>()));
-        n_samples.insert(t.task.clone(), json!({"original": t.n_docs_total, "effective": t.n_docs}));
+        higher.insert(
+            t.task.clone(),
+            json!(t
+                .metrics
+                .keys()
+                .map(|m| (m.clone(), json!(true)))
+                .collect::<Map<_, _>>()),
+        );
+        n_samples.insert(
+            t.task.clone(),
+            json!({"original": t.n_docs_total, "effective": t.n_docs}),
+        );
     }
     let forwarded: usize = tasks.iter().map(|t| t.tokens_forwarded).sum();
     let task_seconds: f64 = tasks.iter().map(|t| t.seconds).sum();
@@ -113,11 +127,17 @@ pub fn table(tasks: &[TaskResult], ppl: Option<&PplResult>) -> String {
     let mut s = String::from("|Task|n|Metric|Value|Stderr|\n|---|---:|---|---:|---:|\n");
     for t in tasks {
         for (m, v) in &t.metrics {
-            s += &format!("|{}|{}|{}|{:.4}|{:.4}|\n", t.task, t.n_docs, m, v.value, v.stderr);
+            s += &format!(
+                "|{}|{}|{}|{:.4}|{:.4}|\n",
+                t.task, t.n_docs, m, v.value, v.stderr
+            );
         }
     }
     if let Some(p) = ppl {
-        s += &format!("|wikitext2 (seqlen {})|{}|ppl|{:.4}| |\n", p.seqlen, p.windows, p.ppl);
+        s += &format!(
+            "|wikitext2 (seqlen {})|{}|ppl|{:.4}| |\n",
+            p.seqlen, p.windows, p.ppl
+        );
     }
     s
 }

@@ -396,6 +396,13 @@ pub fn mlp_block(
 /// Scaled dot-product attention; grouped-query heads share their key/value head
 /// (query head h reads kv head h / n_rep, the Hugging Face layout), which libtorch's
 /// `enable_gqa` does without materialising repeated keys and values.
-fn sdpa(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, causal: bool, gqa: bool) -> Tensor {
+fn sdpa(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    causal: bool,
+    gqa: bool,
+) -> Tensor {
     Tensor::scaled_dot_product_attention(q, k, v, mask, 0.0, causal, None, gqa)
 }

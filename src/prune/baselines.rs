@@ -47,7 +47,7 @@ pub fn drop_layers(model: &mut crate::model::Model, victims: &[usize]) -> Result
 /// Remove the layers at `victims` (any order) in one shot, recording each drop.
 fn drop_all(p: &mut Pruner, mut victims: Vec<(usize, f64)>, what: &str) {
     let t0 = Instant::now();
-    victims.sort_by(|a, b| b.0.cmp(&a.0));
+    victims.sort_by_key(|v| std::cmp::Reverse(v.0));
     for (v, s) in &victims {
         let originals = p.corr[*v].clone();
         let _ = p.model.layers.remove(*v);

@@ -169,19 +169,43 @@ fn scale_cols(w: &Tensor, g: &Tensor) -> Tensor {
     w * g.to_kind(w.kind()).unsqueeze(0)
 }
 
+/// How a concat merge is shaped.
+#[derive(Debug, Clone, Copy)]
+pub struct ConcatOptions {
+    pub norm: NormMode,
+    pub gqa: GqaMapping,
+    /// KV heads and MLP neurons of the merged layer: the original shape normally; tests
+    /// use larger values to keep every channel.
+    pub n_kv_out: usize,
+    pub n_mlp_out: usize,
+}
+
+impl ConcatOptions {
+    /// The original layer shape.
+    pub fn same_shape(c: &ModelConfig, norm: NormMode, gqa: GqaMapping) -> Self {
+        ConcatOptions {
+            norm,
+            gqa,
+            n_kv_out: c.num_key_value_heads as usize,
+            n_mlp_out: c.intermediate_size as usize,
+        }
+    }
+}
+
 /// CoMe's concatenation merge of `src` (in model order) with channel scores and shares.
-/// `n_kv_out`/`n_mlp_out` are the merged layer's KV heads and MLP neurons (the original
-/// shape normally; tests use larger values to keep every channel).
 pub fn concat(
     c: &ModelConfig,
     src: &[&Layer],
     scores: &[&ChannelScores],
     shares: &[f64],
-    norm: NormMode,
-    gqa: GqaMapping,
-    n_kv_out: usize,
-    n_mlp_out: usize,
+    opts: ConcatOptions,
 ) -> Result<(Layer, ConcatRecord)> {
+    let ConcatOptions {
+        norm,
+        gqa,
+        n_kv_out,
+        n_mlp_out,
+    } = opts;
     if src.len() < 2 || scores.len() != src.len() || shares.len() != src.len() {
         return Err(Error::Invalid(
             "concat needs >= 2 layers with one score set and share each".into(),

@@ -279,6 +279,9 @@ pub struct PruneReport {
     pub seconds: f64,
 }
 
+/// Called after each step with the step count and a one-line description.
+pub type StepCallback<'a> = Box<dyn FnMut(usize, &str) + 'a>;
+
 /// Everything a plan needs while it runs.
 pub struct Pruner<'a> {
     pub model: &'a mut Model,
@@ -286,7 +289,7 @@ pub struct Pruner<'a> {
     pub state: CalibState,
     pub corr: Vec<Vec<usize>>,
     pub steps: Vec<Step>,
-    pub on_step: Box<dyn FnMut(usize, &str) + 'a>,
+    pub on_step: StepCallback<'a>,
 }
 
 impl Pruner<'_> {
@@ -469,9 +472,6 @@ pub fn concat_pair(p: &Pruner, l: usize, r: &[f64]) -> Result<(Layer, merge::Con
         &[&p.model.layers[l], &p.model.layers[l + 1]],
         &[&s0, &s1],
         r,
-        p.cfg.norm,
-        p.cfg.gqa_mapping,
-        c.num_key_value_heads as usize,
-        c.intermediate_size as usize,
+        merge::ConcatOptions::same_shape(c, p.cfg.norm, p.cfg.gqa_mapping),
     )
 }
