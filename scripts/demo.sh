@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job on the embedded default (the shipped small models and shared data, CPU).
+# A two-minute smoke run: import the shipped models, generate, and measure perplexity.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
