@@ -120,6 +120,18 @@ pub fn run_grid(
         CURRENT.store(id, Ordering::SeqCst);
         let mut env = env.clone();
         env.insert("threads".into(), tch::get_num_threads().to_string());
+        let exp = &run.experiment;
+        env.insert("device".into(), device_description(&exp.runtime.device));
+        if let Some(p) = &exp.prune {
+            env.insert("seed.prune".into(), p.seed.to_string());
+            env.insert("seed.calibration".into(), p.calib.seed.to_string());
+        }
+        env.insert(
+            "seed.eval_subset".into(),
+            exp.eval
+                .seed
+                .map_or("none (first N)".into(), |s| s.to_string()),
+        );
         store.record_env(id, &env)?;
         match execute(spec, run, id, &store, opts, progress) {
             Ok((metrics, artifacts)) => {
@@ -142,6 +154,15 @@ pub fn run_grid(
     }
     progress.grid(runs.len(), runs.len(), "");
     Ok(sum)
+}
+
+/// "cpu", or the CUDA device index with the GPU count.
+fn device_description(spec: &str) -> String {
+    match crate::runtime::parse_device(spec) {
+        Ok(tch::Device::Cuda(n)) => format!("cuda:{n} of {} GPU(s)", tch::Cuda::device_count()),
+        Ok(d) => crate::runtime::device_name(d),
+        Err(_) => spec.to_string(),
+    }
 }
 
 /// The run being executed (for the Ctrl-C handler), -1 when none.
@@ -254,6 +275,28 @@ fn execute(
         names::RUN_EVAL_SECONDS,
         t0.elapsed().as_secs_f64(),
     ));
+    // Every dataset file read, with its sha256, joins the run's environment.
+    let mut data_env = std::collections::BTreeMap::new();
+    for t in &tasks {
+        for (path, sha) in &t.files {
+            data_env.insert(format!("data.sha256:{}", path.display()), sha.clone());
+        }
+    }
+    if ppl.is_some() {
+        let p = crate::paths::wikitext2_test();
+        data_env.insert(
+            format!("data.sha256:{}", p.display()),
+            crate::track::env::sha256_file(&p)?,
+        );
+    }
+    if let Some(pc) = &exp.prune {
+        let p = pc.calib.source_path();
+        data_env.insert(
+            format!("data.sha256:{}", p.display()),
+            crate::track::env::sha256_file(&p)?,
+        );
+    }
+    store.record_env(id, &data_env)?;
     for t in &tasks {
         for (m, v) in &t.metrics {
             let mut x = Metric::new(&t.task, m, v.value);

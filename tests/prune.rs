@@ -3,7 +3,7 @@
 
 use come_repro::calib::CalibSet;
 use come_repro::model::forward::{attention_block, mlp_block, NoTap};
-use come_repro::model::synthetic::{random_model, tiny_config};
+use come_repro::model::synthetic::{random_model, tiny_config, TensorRng};
 use come_repro::model::{Layer, Model, ModelConfig};
 use come_repro::prune::baselines::drop_layers;
 use come_repro::prune::merge::{
@@ -12,36 +12,28 @@ use come_repro::prune::merge::{
 };
 use come_repro::prune::score::ChannelScores;
 use come_repro::prune::{prune, target_layers, MergeOp, Method, PruneConfig};
+use come_repro::rng::SplitMix64;
 use proptest::prelude::*;
 use serde_json::json;
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
     (a - b).abs().max().double_value(&[])
 }
 
 fn random_scores(c: &ModelConfig, seed: i64) -> ChannelScores {
-    tch::manual_seed(seed);
-    let v =
-        |n: i64| Vec::<f64>::try_from(Tensor::rand([n], (Kind::Double, tch::Device::Cpu))).unwrap();
+    let mut r = TensorRng::new(seed as u64);
     ChannelScores {
-        mlp: v(c.intermediate_size),
-        kv: v(c.num_key_value_heads),
+        mlp: r.uniform(c.intermediate_size as usize),
+        kv: r.uniform(c.num_key_value_heads as usize),
     }
 }
 
 fn x(model: &Model, t: i64, seed: i64) -> (Tensor, come_repro::model::forward::Context) {
-    tch::manual_seed(seed);
-    let ids = Tensor::randint(
-        model.config.vocab_size,
-        [2, t],
-        (Kind::Int64, tch::Device::Cpu),
-    );
+    let mut r = TensorRng::new(seed as u64);
+    let ids = r.ids(model.config.vocab_size, &[2, t]);
     let ctx = model.context(&ids, None, None, 0).unwrap();
-    let h = Tensor::randn(
-        [2, t, model.config.hidden_size],
-        (Kind::Float, tch::Device::Cpu),
-    );
+    let h = r.randn(&[2, t, model.config.hidden_size]);
     (h, ctx)
 }
 
@@ -254,7 +246,7 @@ proptest! {
 #[test]
 fn dropping_zero_layers_is_the_identity_and_one_layer_skips_it() {
     let mut m = random_model(tiny_config(json!({})).unwrap(), 13);
-    let ids = Tensor::randint(128, [1, 9], (Kind::Int64, tch::Device::Cpu));
+    let ids = TensorRng::new(9).ids(128, &[1, 9]);
     let before = m.forward(&ids, None).unwrap();
     drop_layers(&mut m, &[]).unwrap();
     assert_eq!(max_diff(&m.forward(&ids, None).unwrap(), &before), 0.0);
@@ -280,19 +272,9 @@ fn dropping_zero_layers_is_the_identity_and_one_layer_skips_it() {
 }
 
 fn calib(seqs: usize, len: usize) -> CalibSet {
-    tch::manual_seed(99);
+    let mut r = SplitMix64::new(99);
     let sequences: Vec<Vec<u32>> = (0..seqs)
-        .map(|_| {
-            Vec::<i64>::try_from(Tensor::randint(
-                128,
-                [len as i64],
-                (Kind::Int64, tch::Device::Cpu),
-            ))
-            .unwrap()
-            .into_iter()
-            .map(|x| x as u32)
-            .collect()
-        })
+        .map(|_| (0..len).map(|_| r.below(128) as u32).collect())
         .collect();
     CalibSet {
         n_sequences: seqs,
@@ -347,7 +329,7 @@ fn every_method_reaches_the_target_with_a_consistent_correspondence() {
                     rep.correspondence
                 );
             }
-            let ids = Tensor::randint(128, [1, 6], (Kind::Int64, tch::Device::Cpu));
+            let ids = TensorRng::new(6).ids(128, &[1, 6]);
             assert!(
                 m.forward(&ids, None)
                     .unwrap()
@@ -371,12 +353,10 @@ fn incremental_rescoring_equals_full_recompute() {
             ..Default::default()
         };
         let rep = prune(&mut m, calib(2, 16), &cfg, |_, _| {}).unwrap();
-        let ids = Tensor::randint(128, [1, 6], (Kind::Int64, tch::Device::Cpu));
+        let ids = TensorRng::new(6).ids(128, &[1, 6]);
         (rep, m.forward(&ids, None).unwrap())
     };
-    tch::manual_seed(1);
     let (a, la) = run(true);
-    tch::manual_seed(1);
     let (b, lb) = run(false);
     assert_eq!(a.correspondence, b.correspondence);
     assert!(max_diff(&la, &lb) < 1e-5);

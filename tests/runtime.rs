@@ -4,7 +4,7 @@
 use come_repro::model::forward::KvCache;
 use come_repro::model::load::{load_model, LoadOptions};
 use come_repro::model::save::{save_model, write_weights};
-use come_repro::model::synthetic::{random_model, tiny_config};
+use come_repro::model::synthetic::{random_model, tiny_config, TensorRng};
 use come_repro::Error;
 use serde_json::json;
 use tch::{Kind, Tensor};
@@ -14,8 +14,7 @@ fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
 }
 
 fn ids(b: i64, t: i64, seed: i64) -> Tensor {
-    tch::manual_seed(seed);
-    Tensor::randint(128, [b, t], (Kind::Int64, tch::Device::Cpu))
+    TensorRng::new(seed as u64).ids(128, &[b, t])
 }
 
 #[test]

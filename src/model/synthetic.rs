@@ -5,8 +5,9 @@ use super::config::ModelConfig;
 use super::layer::{Layer, Linear};
 use super::Model;
 use crate::error::Result;
+use crate::rng::SplitMix64;
 use std::path::Path;
-use tch::{Device, Kind, Tensor};
+use tch::Tensor;
 
 /// A small LLaMA-style config (GQA); override keys with `extra`.
 pub fn tiny_config(extra: serde_json::Value) -> Result<ModelConfig> {
@@ -31,18 +32,47 @@ pub fn tiny_config(extra: serde_json::Value) -> Result<ModelConfig> {
     ModelConfig::from_json(v, Path::new("<synthetic>"))
 }
 
+/// Seeded random tensors drawn from our own generator rather than libtorch's global one,
+/// so that tests running in parallel threads cannot disturb each other's draws.
+pub struct TensorRng(SplitMix64);
+
+impl TensorRng {
+    pub fn new(seed: u64) -> Self {
+        TensorRng(SplitMix64::new(seed))
+    }
+
+    /// Standard normal f32 tensor on the CPU.
+    pub fn randn(&mut self, shape: &[i64]) -> Tensor {
+        let n: i64 = shape.iter().product();
+        let v: Vec<f32> = (0..n).map(|_| self.0.normal() as f32).collect();
+        Tensor::from_slice(&v).reshape(shape)
+    }
+
+    /// Uniform [0, 1) f64 values.
+    pub fn uniform(&mut self, n: usize) -> Vec<f64> {
+        (0..n).map(|_| self.0.unit()).collect()
+    }
+
+    /// Uniform token ids in `0..vocab`.
+    pub fn ids(&mut self, vocab: i64, shape: &[i64]) -> Tensor {
+        let n: i64 = shape.iter().product();
+        let v: Vec<i64> = (0..n).map(|_| self.0.below(vocab as u64) as i64).collect();
+        Tensor::from_slice(&v).reshape(shape)
+    }
+}
+
 /// Random weights for `config` (seeded), with norm weights and biases away from their
 /// usual init so that code ignoring them is caught.
 pub fn random_model(config: ModelConfig, seed: i64) -> Model {
-    tch::manual_seed(seed);
-    let opts = (Kind::Float, Device::Cpu);
+    let rng = std::cell::RefCell::new(TensorRng::new(seed as u64));
+    let randn = |shape: &[i64]| rng.borrow_mut().randn(shape);
     let c = &config;
     let (h, i) = (c.hidden_size, c.intermediate_size);
     let q = c.num_attention_heads * c.head_dim;
     let kv = c.num_key_value_heads * c.head_dim;
-    let w = |o: i64, n: i64| Tensor::randn([o, n], opts) * (1.0 / (n as f64).sqrt());
-    let b = |o: i64, on: bool| on.then(|| Tensor::randn([o], opts) * 0.1);
-    let norm = |n: i64| Tensor::randn([n], opts) * 0.1 + 1.0;
+    let w = |o: i64, n: i64| randn(&[o, n]) * (1.0 / (n as f64).sqrt());
+    let b = |o: i64, on: bool| on.then(|| randn(&[o]) * 0.1);
+    let norm = |n: i64| randn(&[n]) * 0.1 + 1.0;
     let layers = (0..c.num_hidden_layers)
         .map(|_| Layer {
             input_norm: norm(h),
@@ -58,7 +88,7 @@ pub fn random_model(config: ModelConfig, seed: i64) -> Model {
             down_proj: Linear::new(w(h, i), b(h, c.mlp_bias)),
         })
         .collect();
-    let embed = Tensor::randn([c.vocab_size, h], opts);
+    let embed = randn(&[c.vocab_size, h]);
     let lm_head = (!c.tie_word_embeddings).then(|| w(c.vocab_size, h));
     Model::new(config.clone(), embed, layers, norm(h), lm_head)
 }
