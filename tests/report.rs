@@ -56,7 +56,8 @@ fn metrics(drop: f64, ppl: f64) -> Vec<Metric> {
         }
         out.push(Metric::new(*t, "n", 100.0));
     }
-    out.push(Metric::new("wikitext2", "ppl_wikitext2", ppl));
+    out.push(Metric::new("wikitext2", "ppl_wikitext2", ppl).with_context("seqlen=2048"));
+    out.push(Metric::new("wikitext2", "n", 8.0));
     out
 }
 
@@ -244,6 +245,12 @@ fn main_table_values_retention_and_caption() {
         "{md}"
     );
     assert!(md.contains("Items per task: 100 each."), "{md}");
+    assert!(
+        md.contains(
+            "Perplexity: non-overlapping windows of the test text (seqlen=2048, 8 windows)."
+        ),
+        "{md}"
+    );
     assert!(
         md.contains("sqrt(Σ se_i²)/7") && md.contains("at most 0.38 points"),
         "{md}"

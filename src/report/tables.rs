@@ -238,6 +238,8 @@ fn latex_escape(s: &str) -> String {
 pub(crate) struct Measured {
     pub acc: BTreeMap<String, (f64, Option<f64>)>,
     pub ppl: BTreeMap<String, f64>,
+    /// How each perplexity was measured, e.g. "seqlen=2048, 4 windows".
+    pub ppl_setting: BTreeMap<String, String>,
     pub n: BTreeMap<String, f64>,
 }
 
@@ -257,6 +259,11 @@ pub(crate) fn measure(run: &RunData, conv: Convention) -> Measured {
     ] {
         if let Some(x) = run.metric(task, name) {
             m.ppl.insert(name.to_string(), x.value);
+            let mut setting = x.context.clone();
+            if let Some(n) = run.metric(task, names::N) {
+                setting = format!("{setting}, {} windows", n.value);
+            }
+            m.ppl_setting.insert(name.to_string(), setting);
         }
     }
     m
@@ -608,7 +615,17 @@ impl Builder<'_> {
             caption.push_str(" Ret.%: Avg as a percentage of the dense Avg.");
         }
         if !ppl_cols.is_empty() {
-            caption.push_str(" Perplexity: non-overlapping windows of the test text.");
+            let settings: std::collections::BTreeSet<&str> = ours
+                .iter()
+                .flat_map(|(_, m)| m.ppl_setting.values().map(|s| s.as_str()))
+                .filter(|s| !s.is_empty())
+                .collect();
+            caption.push_str(" Perplexity: non-overlapping windows of the test text");
+            if !settings.is_empty() {
+                let list: Vec<&str> = settings.into_iter().collect();
+                caption.push_str(&format!(" ({})", list.join("; ")));
+            }
+            caption.push('.');
         }
         if !self.published.is_empty() {
             caption.push_str(
