@@ -461,3 +461,41 @@ fn plots_are_well_formed_svg() {
             && index.contains("### m, sparsity 0.3")
     );
 }
+
+#[test]
+fn perplexity_only_tables_claim_no_zero_shot_setting() {
+    let d = tempfile::tempdir().unwrap();
+    let store = Store::open(d.path().join("s.sqlite")).unwrap();
+    let ppl_only = |prune| {
+        let mut r = spec(prune);
+        r.experiment.eval = EvalConfig {
+            tasks: vec![],
+            ..Default::default()
+        };
+        r = RunSpec::new("r", "main", r.experiment);
+        r
+    };
+    let m = |p: f64| {
+        vec![
+            Metric::new("wikitext2", "ppl_wikitext2", p).with_context("seqlen=2048"),
+            Metric::new("wikitext2", "n", 8.0),
+        ]
+    };
+    finish(&store, &ppl_only(None), &m(5.5));
+    finish(
+        &store,
+        &ppl_only(Some((Method::Come, MergeOp::Concat, 0.3))),
+        &m(9.0),
+    );
+    let opts = ReportOptions {
+        out_dir: d.path().join("tables"),
+        ..Default::default()
+    };
+    report::write_report(&store, &opts).unwrap();
+    let md = std::fs::read_to_string(d.path().join("tables/main_m_s0.3.md")).unwrap();
+    let caption = md.lines().last().unwrap();
+    assert_eq!(
+        caption, "Perplexity: non-overlapping windows of the test text (seqlen=2048, 8 windows).",
+        "{md}"
+    );
+}

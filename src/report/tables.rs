@@ -590,7 +590,9 @@ impl Builder<'_> {
             caption.push_str(extra_caption);
             caption.push(' ');
         }
-        caption.push_str(&format!("{}.", self.conv.describe()));
+        if !tasks.is_empty() {
+            caption.push_str(&format!("{}.", self.conv.describe()));
+        }
         let items = items_text(&ours, &tasks);
         if !items.is_empty() {
             caption.push_str(&format!(" Items per task: {items}."));
@@ -637,7 +639,7 @@ impl Builder<'_> {
             title,
             columns,
             rows,
-            caption,
+            caption: caption.trim().to_string(),
             footnotes,
         }
     }
@@ -750,6 +752,13 @@ pub fn main_tables(
 /// "Evaluation: tasks limited to N documents" etc., from the eval params of a run.
 fn eval_note(run: Option<&RunData>) -> String {
     let Some(r) = run else { return String::new() };
+    let no_tasks = r
+        .param("eval.tasks")
+        .and_then(Value::as_array)
+        .is_some_and(|t| t.is_empty());
+    if no_tasks {
+        return String::new();
+    }
     let mut parts = Vec::new();
     if let Some(l) = r.param("eval.limit").and_then(Value::as_i64) {
         parts.push(format!("first {l} documents per task"));
