@@ -177,6 +177,7 @@ pub struct ReportSummary {
 pub fn build(runs: &[RunData], opts: &ReportOptions) -> (Vec<Table>, Vec<(String, String)>) {
     let mut tables =
         tables::main_tables(runs, &opts.published, &opts.model_aliases, opts.convention);
+    tables.extend(tables::sweep_tables(runs, opts.convention));
     tables.extend(tables::ablation_tables(runs, opts.convention));
     tables.extend(tables::published_tables(&opts.published, opts.convention));
     tables::unique_ids(&mut tables);

@@ -24,6 +24,8 @@ pub enum Col {
     Retention,
     /// A perplexity; the store metric name (`ppl_wikitext2`, `ppl_c4`).
     Ppl(String),
+    /// A column measured at one pruning level, e.g. perplexity at 20 % (sweep tables).
+    At(Box<Col>, String),
 }
 
 impl Col {
@@ -36,11 +38,13 @@ impl Col {
             Col::Ppl(m) if m == names::PPL_WIKITEXT2 => "Wiki2 PPL".into(),
             Col::Ppl(m) if m == names::PPL_C4 => "C4 PPL".into(),
             Col::Ppl(m) => m.clone(),
+            Col::At(c, level) => format!("{} @ {level}", c.header()),
         }
     }
     fn decimals(&self) -> usize {
         match self {
             Col::Retention => 1,
+            Col::At(c, _) => c.decimals(),
             _ => 2,
         }
     }
@@ -523,6 +527,7 @@ impl Builder<'_> {
                         _ => None,
                     },
                     Col::Ppl(p) => m.ppl.get(p).copied(),
+                    Col::At(..) => None,
                 })
                 .collect();
             rows.push(Row {
@@ -569,7 +574,7 @@ impl Builder<'_> {
                     Col::Retention => retention,
                     Col::Ppl(x) if x == names::PPL_WIKITEXT2 => p.ppl_wikitext2,
                     Col::Ppl(x) if x == names::PPL_C4 => p.ppl_c4,
-                    Col::Ppl(_) => None,
+                    Col::Ppl(_) | Col::At(..) => None,
                 })
                 .collect();
             let label = match p.sparsity {
@@ -774,6 +779,141 @@ fn eval_note(run: Option<&RunData>) -> String {
     } else {
         format!("Zero-shot, {}.", parts.join(", "))
     }
+}
+
+/// One table per model whose pruned runs span several sparsities: a row per method (and
+/// variant), its WikiText-2 perplexity at every sparsity and, where the seven tasks were
+/// run, its average and retention: the "methods x sparsity" comparison in one place.
+pub fn sweep_tables(runs: &[RunData], conv: Convention) -> Vec<Table> {
+    let seven: Vec<String> = SEVEN_TASKS.iter().map(|t| t.to_string()).collect();
+    let dense = dense_runs(runs);
+    let mut by_model: BTreeMap<String, Vec<&RunData>> = BTreeMap::new();
+    for r in runs.iter().filter(|r| !r.is_dense()) {
+        if let Some(Level::Sparsity(_)) = Level::of(r) {
+            by_model.entry(r.model()).or_default().push(r);
+        }
+    }
+    let mut out = Vec::new();
+    for (model, mut pruned) in by_model {
+        pruned.sort_by(|a, b| (a.finished.as_str(), a.id).cmp(&(b.finished.as_str(), b.id)));
+        let mut levels: Vec<f64> = Vec::new();
+        for r in &pruned {
+            if let Some(Level::Sparsity(s)) = Level::of(r) {
+                if !levels.iter().any(|x| (x - s).abs() < 1e-9) {
+                    levels.push(s);
+                }
+            }
+        }
+        if levels.len() < 2 {
+            continue;
+        }
+        levels.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+        let level_of = |r: &RunData| match Level::of(r) {
+            Some(Level::Sparsity(s)) => levels.iter().position(|x| (x - s).abs() < 1e-9),
+            _ => None,
+        };
+        let pct = |s: f64| format!("{}%", (s * 1000.0).round() / 10.0);
+        let dense_avg = |r: &RunData| {
+            dense
+                .get(&(model.clone(), eval_sig(r)))
+                .and_then(|d| average(&measure(d, conv), &seven).0)
+        };
+
+        // label -> per level (ppl, avg, retention); later runs override earlier ones.
+        let labels = labels(&pruned);
+        let mut cells: BTreeMap<(usize, String), Vec<[Option<f64>; 3]>> = BTreeMap::new();
+        let mut ppl_settings = BTreeSet::new();
+        let mut measured_avg = Vec::new();
+        for (label, r) in labels.iter().zip(&pruned) {
+            let Some(li) = level_of(r) else { continue };
+            let m = measure(r, conv);
+            let row = cells
+                .entry((method_rank(&method_of(r)), label.clone()))
+                .or_insert_with(|| vec![[None; 3]; levels.len()]);
+            if let Some(p) = m.ppl.get(names::PPL_WIKITEXT2) {
+                row[li][0] = Some(*p);
+                ppl_settings.extend(m.ppl_setting.get(names::PPL_WIKITEXT2).cloned());
+            }
+            if let Some(a) = average(&m, &seven).0 {
+                row[li][1] = Some(a);
+                row[li][2] = dense_avg(r).map(|d| 100.0 * a / d);
+                measured_avg.push((label.clone(), m));
+            }
+        }
+        let avg_levels: Vec<usize> = (0..levels.len())
+            .filter(|&i| cells.values().any(|v| v[i][1].is_some()))
+            .collect();
+        let ppl = Col::Ppl(names::PPL_WIKITEXT2.to_string());
+        let mut columns: Vec<Col> = levels
+            .iter()
+            .map(|s| Col::At(Box::new(ppl.clone()), pct(*s)))
+            .collect();
+        for &i in &avg_levels {
+            columns.push(Col::At(Box::new(Col::Avg), pct(levels[i])));
+            columns.push(Col::At(Box::new(Col::Retention), pct(levels[i])));
+        }
+
+        let mut rows = Vec::new();
+        let dense_of_model: Vec<&RunData> = dense
+            .iter()
+            .filter(|((m, _), _)| *m == model)
+            .map(|(_, r)| *r)
+            .collect();
+        if !dense_of_model.is_empty() {
+            let ms: Vec<Measured> = dense_of_model.iter().map(|d| measure(d, conv)).collect();
+            let d_ppl = ms
+                .iter()
+                .find_map(|m| m.ppl.get(names::PPL_WIKITEXT2).copied());
+            let d_avg = ms.iter().find_map(|m| average(m, &seven).0);
+            let mut c: Vec<Option<f64>> = vec![d_ppl; levels.len()];
+            for _ in &avg_levels {
+                c.push(d_avg);
+                c.push(d_avg.map(|_| 100.0));
+            }
+            rows.push(Row {
+                label: "Dense".into(),
+                source: None,
+                cells: c,
+            });
+        }
+        for ((_, label), per) in &cells {
+            let mut c: Vec<Option<f64>> = per.iter().map(|x| x[0]).collect();
+            for &i in &avg_levels {
+                c.push(per[i][1]);
+                c.push(per[i][2]);
+            }
+            rows.push(Row {
+                label: label.clone(),
+                source: None,
+                cells: c,
+            });
+        }
+
+        let mut caption = String::new();
+        if !avg_levels.is_empty() {
+            let items = items_text(&measured_avg, &seven);
+            caption.push_str(&format!(
+                "Avg: mean zero-shot accuracy over the seven tasks ({}){}; Ret.%: Avg as a percentage of the dense Avg on the same documents. ",
+                conv.describe(),
+                if items.is_empty() { String::new() } else { format!(", items per task: {items}") }
+            ));
+        }
+        caption.push_str("Wiki2 PPL: WikiText-2 test perplexity over non-overlapping windows");
+        if !ppl_settings.is_empty() {
+            let list: Vec<String> = ppl_settings.into_iter().collect();
+            caption.push_str(&format!(" ({})", list.join("; ")));
+        }
+        caption.push_str(". Dense values are repeated under every sparsity.");
+        out.push(Table {
+            id: format!("sweep_{}", slug(&model)),
+            title: format!("{model}: every method across sparsities"),
+            columns,
+            rows,
+            caption,
+            footnotes: Vec::new(),
+        });
+    }
+    out
 }
 
 /// "Vary one key, hold the rest": for every `prune.*` key (method and sparsity aside) that
