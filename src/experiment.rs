@@ -29,17 +29,11 @@ pub struct EvalConfig {
 impl Default for EvalConfig {
     fn default() -> Self {
         EvalConfig {
-            tasks: [
-                "piqa",
-                "hellaswag",
-                "winogrande",
-                "arc_easy",
-                "arc_challenge",
-                "boolq",
-                "openbookqa",
-            ]
-            .map(String::from)
-            .to_vec(),
+            // The seven zero-shot tasks (ALL_TASKS without MMLU, lm-eval order).
+            tasks: crate::track::names::ALL_TASKS[..7]
+                .iter()
+                .map(|t| t.to_string())
+                .collect(),
             limit: None,
             fraction: None,
             seed: None,

@@ -69,15 +69,11 @@ fn parse_kv(s: &str) -> Result<(String, PathBuf), String> {
         .ok_or_else(|| format!("expected TASK=PATH, got `{s}`"))
 }
 
-pub const SEVEN: [&str; 7] = [
-    "piqa",
-    "hellaswag",
-    "winogrande",
-    "arc_easy",
-    "arc_challenge",
-    "boolq",
-    "openbookqa",
-];
+/// The seven zero-shot tasks in lm-eval's order (what `all7` expands to).
+pub const SEVEN: [&str; 7] = {
+    let a = come_repro::track::names::ALL_TASKS;
+    [a[0], a[1], a[2], a[3], a[4], a[5], a[6]]
+};
 
 pub fn expand_tasks(tasks: &[String]) -> Result<Vec<String>> {
     let mut out: Vec<String> = vec![];

@@ -112,16 +112,7 @@ impl Default for TaskSource {
     }
 }
 
-const KNOWN: [&str; 8] = [
-    "piqa",
-    "hellaswag",
-    "winogrande",
-    "arc_easy",
-    "arc_challenge",
-    "boolq",
-    "openbookqa",
-    "mmlu",
-];
+const KNOWN: [&str; 8] = crate::track::names::ALL_TASKS;
 
 pub fn known_tasks() -> &'static [&'static str] {
     &KNOWN
