@@ -98,34 +98,22 @@ fn prune_rejects_bad_targets_and_short_calibration() {
         &["prune", "--model", m, "--out", o, "--target-layers", "5"],
         &["target depth 5"],
     );
+    // A 3-layer target with one extra option.
+    let prune3 = |k: &'static str, v: String| -> Vec<String> {
+        ["prune", "--model", m, "--out", o, "--target-layers", "3", k]
+            .iter()
+            .map(|x| x.to_string())
+            .chain([v])
+            .collect()
+    };
     fails_with(
-        &[
-            "prune",
-            "--model",
-            m,
-            "--out",
-            o,
-            "--target-layers",
-            "3",
-            "--method",
-            "foo",
-        ],
+        &strs(&prune3("--method", "foo".into())),
         &["unknown method `foo`"],
     );
     let short = d.path().join("short.txt");
     std::fs::write(&short, "just a few words\n").unwrap();
     fails_with(
-        &[
-            "prune",
-            "--model",
-            m,
-            "--out",
-            o,
-            "--target-layers",
-            "3",
-            "--calib-source",
-            short.to_str().unwrap(),
-        ],
+        &strs(&prune3("--calib-source", short.display().to_string())),
         &["calibration text too short"],
     );
     assert!(!out.exists(), "a failed prune leaves no output directory");
@@ -189,4 +177,8 @@ fn generate_works_and_rejects_a_missing_model() {
         &["generate", "--model", "/no/model/dir", "--prompt", "x"],
         &["/no/model/dir"],
     );
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
 }
