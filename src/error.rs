@@ -41,6 +41,9 @@ pub enum Error {
     Invalid(String),
     #[error("torch: {0}")]
     Torch(#[from] tch::TchError),
+    /// A forward did not fit in device memory, even after backing off.
+    #[error("out of memory: {0}")]
+    OutOfMemory(String),
     #[error(transparent)]
     Store(#[from] crate::track::StoreError),
 }

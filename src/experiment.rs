@@ -22,8 +22,9 @@ pub struct EvalConfig {
     /// WikiText-2 perplexity window length (None: no perplexity).
     pub ppl_seqlen: Option<usize>,
     pub ppl_windows: Option<usize>,
-    /// Padded tokens per scoring batch.
-    pub token_budget: usize,
+    /// Padded tokens per scoring batch, or `"auto"` (sized for the device). Either backs
+    /// off when a batch runs out of memory.
+    pub token_budget: crate::eval::batching::BatchSize,
 }
 
 impl Default for EvalConfig {
@@ -40,7 +41,7 @@ impl Default for EvalConfig {
             mmlu_fewshot: 0,
             ppl_seqlen: Some(2048),
             ppl_windows: None,
-            token_budget: 4096,
+            token_budget: crate::eval::batching::BatchSize::default(),
         }
     }
 }

@@ -330,10 +330,10 @@ fn evaluate(
         mmlu_fewshot: e.mmlu_fewshot,
         ..TaskSource::default()
     };
-    let opts = EvalOptions {
+    let mut opts = EvalOptions {
         score: ScoreOptions {
             max_length: model.config.max_position_embeddings.max(1) as usize,
-            token_budget: e.token_budget,
+            token_budget: e.token_budget.initial_tokens(model.device),
         },
         add_special: true,
     };
@@ -343,7 +343,7 @@ fn evaluate(
         let data = load_task(t, &src)?;
         let idx = subset(data.docs.len(), e.limit, e.fraction, e.seed);
         let mut last = Instant::now();
-        let r = evaluate_task(model, tok, &data, &idx, opts, |done, total| {
+        let r = evaluate_task(model, tok, &data, &idx, &mut opts, |done, total| {
             progress.items(t, done, total);
             if last.elapsed().as_secs() >= 20 {
                 let _ = store.heartbeat(id);

@@ -33,6 +33,10 @@ fn eval_rejects_unknown_tasks_and_bad_data() {
         &["eval", "--model", m, "--tasks", "piqa,squad"],
         &["unknown task `squad`"],
     );
+    fails_with(
+        &["eval", "--model", m, "--tasks", "piqa", "--batch-size", "0"],
+        &["--batch-size", "`auto` or a positive number"],
+    );
     // A data directory without the task's files: the error names the missing file.
     let d = tempfile::tempdir().unwrap();
     let dd = d.path().to_str().unwrap();

@@ -26,7 +26,7 @@ fn check_run(run: &Value, fewshot: usize, per_task: usize) {
     let dir = common::smollm2();
     let model = load_model(&dir, LoadOptions::default()).unwrap();
     let tok = Tokenizer::from_dir(&dir).unwrap();
-    let opts = EvalOptions {
+    let mut opts = EvalOptions {
         score: ScoreOptions {
             max_length: 8192,
             token_budget: 4096,
@@ -64,7 +64,7 @@ fn check_run(run: &Value, fewshot: usize, per_task: usize) {
             .iter()
             .map(|d| pool[d["doc_id"].as_u64().unwrap() as usize])
             .collect();
-        let res = evaluate_task(&model, &tok, &data, &idx, opts, |_, _| {}).unwrap();
+        let res = evaluate_task(&model, &tok, &data, &idx, &mut opts, |_, _| {}).unwrap();
         for (g, (ours, &i)) in gdocs[..n].iter().zip(res.docs.iter().zip(&idx)) {
             let reqs = g["requests"].as_array().unwrap();
             for (k, r) in reqs.iter().enumerate() {

@@ -733,3 +733,38 @@ fn documented_example_expands() {
         ModelSource::Gguf(gguf)
     );
 }
+
+#[test]
+fn batch_budget_is_a_number_or_auto() {
+    let d = models_dir();
+    let hash = |body: &str| expand(d.path(), body)[0].hash.clone();
+    let plain = hash("[base]\nmodel = \"m\"\n");
+    // An explicit default spells the same run as leaving it out (hashes of stores made
+    // when the budget was a plain integer stay valid).
+    assert_eq!(
+        hash("[base]\nmodel = \"m\"\n[base.eval]\ntoken_budget = 4096\n"),
+        plain
+    );
+    let auto = hash("[base]\nmodel = \"m\"\n[base.eval]\ntoken_budget = \"auto\"\n");
+    assert_ne!(auto, plain);
+    let run = &expand(
+        d.path(),
+        "[base]\nmodel = \"m\"\n[base.eval]\ntoken_budget = \"auto\"\n",
+    )[0];
+    assert_eq!(
+        run.experiment.eval.token_budget,
+        come_repro::eval::batching::BatchSize::Auto
+    );
+    assert_error(
+        d.path(),
+        "\n[base]\nmodel = \"m\"\n[base.eval]\ntoken_budget = \"lots\"\n",
+        4,
+        &["`eval.token_budget`", "`auto` or a positive number"],
+    );
+    assert_error(
+        d.path(),
+        "\n[base]\nmodel = \"m\"\n[base.eval]\ntoken_budget = 0\n",
+        4,
+        &["`eval.token_budget`", "got 0"],
+    );
+}

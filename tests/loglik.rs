@@ -78,8 +78,8 @@ proptest! {
         max_length in prop::sample::select(vec![8usize, 20, 64]),
     ) {
         MODEL.with(|m| -> Result<(), TestCaseError> {
-        let opts = ScoreOptions { max_length, token_budget: budget };
-        let got = score_documents(m, &docs, opts, |_| {}).unwrap();
+        let mut opts = ScoreOptions { max_length, token_budget: budget };
+        let got = score_documents(m, &docs, &mut opts, |_| {}).unwrap();
         for (d, doc) in docs.iter().enumerate() {
             prop_assert_eq!(got[d].len(), doc.len());
             for (r, req) in doc.iter().enumerate() {
@@ -99,9 +99,9 @@ fn empty_continuation_is_an_error() {
         context: vec![1, 2],
         continuation: vec![],
     }]];
-    let opts = ScoreOptions {
+    let mut opts = ScoreOptions {
         max_length: 64,
         token_budget: 64,
     };
-    MODEL.with(|m| assert!(score_documents(m, &docs, opts, |_| {}).is_err()));
+    MODEL.with(|m| assert!(score_documents(m, &docs, &mut opts, |_| {}).is_err()));
 }

@@ -45,6 +45,9 @@ pub enum BenchCmd {
         #[arg(long)]
         threads: Option<usize>,
     },
+    /// Zero-shot scoring of the same documents in several dtypes (default f32 vs bf16):
+    /// speed, scores, and how far log-likelihoods and predictions move.
+    Precision(super::bench_precision::PrecisionArgs),
     /// Peak resident memory of loading a checkpoint, against its f32 size.
     Load {
         #[arg(long)]
@@ -66,6 +69,7 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
             rt,
         } => forward(model, batch, seqlen, iters, hf, rounds, rt),
         BenchCmd::Load { model, rt } => load(model, rt),
+        BenchCmd::Precision(a) => super::bench_precision::run(a),
         BenchCmd::Prune {
             model,
             target_layers,

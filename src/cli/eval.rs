@@ -4,6 +4,7 @@
 use super::common::{bar, load, RuntimeArgs};
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use come_repro::eval::batching::BatchSize;
 use come_repro::eval::harness::{evaluate_task, EvalOptions, TaskResult};
 use come_repro::eval::loglik::ScoreOptions;
 use come_repro::eval::perplexity::{perplexity, PplResult};
@@ -29,9 +30,10 @@ pub struct EvalArgs {
     /// Sample the subset with this seed instead of taking the first documents.
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Scoring batch: `auto`, or padded tokens per forward.
+    /// Padded tokens per forward, or `auto` (4096 on CPU; on CUDA 65536, halved while a
+    /// batch runs out of memory). A fixed size backs off the same way.
     #[arg(long, default_value = "auto")]
-    pub batch_size: String,
+    pub batch_size: BatchSize,
     /// Root of the task data (default: $COME_DATA or ../shared/data).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
@@ -94,15 +96,6 @@ pub fn expand_tasks(tasks: &[String]) -> Result<Vec<String>> {
     Ok(out)
 }
 
-pub fn token_budget(spec: &str, device: tch::Device) -> Result<usize> {
-    match spec {
-        "auto" => Ok(if device.is_cuda() { 32768 } else { 4096 }),
-        n => n.parse::<usize>().ok().filter(|n| *n > 0).ok_or_else(|| {
-            anyhow::anyhow!("--batch-size must be `auto` or a positive number, got `{n}`")
-        }),
-    }
-}
-
 pub fn run(a: EvalArgs) -> Result<()> {
     let tasks = expand_tasks(&a.tasks)?;
     if tasks.is_empty() && a.ppl.is_none() {
@@ -122,8 +115,8 @@ pub fn run(a: EvalArgs) -> Result<()> {
         .collect::<Result<_, _>>()?;
     let t_all = Instant::now();
     let (model, tok) = load(&a.model, &a.rt)?;
-    let budget = token_budget(&a.batch_size, model.device)?;
-    let opts = EvalOptions {
+    let budget = a.batch_size.initial_tokens(model.device);
+    let mut opts = EvalOptions {
         score: ScoreOptions {
             max_length: model.config.max_position_embeddings.max(1) as usize,
             token_budget: budget,
@@ -134,10 +127,17 @@ pub fn run(a: EvalArgs) -> Result<()> {
     for task in &data {
         let idx = subset(task.docs.len(), a.limit, a.fraction, a.seed);
         let pb = bar(idx.len() as u64, &task.name);
-        let r = evaluate_task(&model, &tok, task, &idx, opts, |done, _| {
+        let before = opts.score.token_budget;
+        let r = evaluate_task(&model, &tok, task, &idx, &mut opts, |done, _| {
             pb.set_position(done as u64)
         })?;
         pb.finish_and_clear();
+        if opts.score.token_budget < before {
+            eprintln!(
+                "note: out of memory at {before} tokens per batch; continued with {}",
+                opts.score.token_budget
+            );
+        }
         let summary: Vec<String> = r
             .metrics
             .iter()
@@ -165,7 +165,9 @@ pub fn run(a: EvalArgs) -> Result<()> {
         limit: a.limit,
         fraction: a.fraction,
         seed: a.seed,
+        batch_size: a.batch_size,
         token_budget: budget,
+        final_token_budget: opts.score.token_budget,
         threads: tch::get_num_threads() as usize,
         seconds: t_all.elapsed().as_secs_f64(),
     };

@@ -1,6 +1,7 @@
 //! Command-line entry: parse, dispatch, report errors. One file per subcommand.
 
 mod bench;
+mod bench_precision;
 mod check;
 mod common;
 mod demo;
@@ -33,7 +34,7 @@ enum Command {
     Import(import::ImportCmd),
     /// Continue a prompt with a model (greedy unless --temperature is set).
     Generate(generate::GenerateArgs),
-    /// Evaluate a model (WikiText-2 perplexity).
+    /// Evaluate a model: zero-shot tasks scored as lm-evaluation-harness does, perplexity.
     Eval(eval::EvalArgs),
     /// Prune a checkpoint (CoMe, CoMe-P or a baseline) and save it as an HF checkpoint.
     Prune(prune::PruneArgs),

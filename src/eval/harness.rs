@@ -95,7 +95,7 @@ pub fn evaluate_task(
     tok: &Tokenizer,
     task: &TaskData,
     indices: &[usize],
-    opts: EvalOptions,
+    opts: &mut EvalOptions,
     mut on_progress: impl FnMut(usize, usize),
 ) -> Result<TaskResult> {
     let t0 = Instant::now();
@@ -112,7 +112,9 @@ pub fn evaluate_task(
     let tokens_scored: usize = reqs.iter().flatten().map(|r| r.continuation.len()).sum();
     let mut forwarded = 0;
     let total = docs.len();
-    let scores = score_documents(model, &reqs, opts.score, |done| on_progress(done, total))?;
+    let scores = score_documents(model, &reqs, &mut opts.score, |done| {
+        on_progress(done, total)
+    })?;
     for r in &reqs {
         forwarded += super::loglik::packed_len(r, opts.score.max_length);
     }

@@ -6,6 +6,7 @@
 //! - rows are sorted by length and batched under a token budget, so padding stays small;
 //! - the LM head runs only at the positions whose next token is scored.
 
+use super::batching::{self, catch_oom};
 use crate::error::{Error, Result};
 use crate::model::forward::NoTap;
 use crate::model::tokenizer::Tokenizer;
@@ -63,8 +64,10 @@ pub fn encode_pair(
     })
 }
 
-/// Scored positions per LM-head call.
+/// Scored positions per LM-head call: on CPU a small block stays in cache; on a GPU a
+/// large one keeps the device busy ([chunk, vocab] f32 logits: 0.5 GiB for a 128k vocab).
 const HEAD_CHUNK: i64 = 128;
+const HEAD_CHUNK_CUDA: i64 = 1024;
 
 /// Scoring limits.
 #[derive(Debug, Clone, Copy)]
@@ -170,21 +173,42 @@ fn concat_rows(parts: &[&Packed]) -> Packed {
 const ROW_TOKENS: usize = 256;
 
 /// Score every document's requests; returns scores in the same shape as `docs`.
-/// `on_progress(done_docs)` is called after each batch.
+/// `on_progress(done_docs)` is called after each batch. A batch that runs out of memory
+/// is retried with half as many rows, and `opts.token_budget` keeps the smaller budget
+/// for later calls; a single row that does not fit is an error.
 pub fn score_documents(
     model: &Model,
     docs: &[Vec<TokenRequest>],
-    opts: ScoreOptions,
-    mut on_progress: impl FnMut(usize),
+    opts: &mut ScoreOptions,
+    on_progress: impl FnMut(usize),
 ) -> Result<Vec<Vec<Score>>> {
     let _g = tch::no_grad_guard();
     let packed: Vec<Packed> = docs
         .iter()
         .map(|d| pack(d, opts.max_length))
         .collect::<Result<_>>()?;
+    let head_chunk = if model.device.is_cuda() {
+        HEAD_CHUNK_CUDA
+    } else {
+        HEAD_CHUNK
+    };
+    run_batches(&packed, &mut opts.token_budget, on_progress, |rows| {
+        catch_oom(|| score_batch(model, rows, head_chunk))
+    })
+}
+
+/// Packs documents into rows, batches rows under `budget` and scores each batch with
+/// `score`, shrinking `budget` when a batch reports `Error::OutOfMemory`.
+fn run_batches(
+    packed: &[Packed],
+    budget: &mut usize,
+    mut on_progress: impl FnMut(usize),
+    mut score: impl FnMut(&[&Packed]) -> Result<Vec<Vec<Score>>>,
+) -> Result<Vec<Vec<Score>>> {
     // First-fit decreasing into rows of ROW_TOKENS: longest first, so the slowest batches
-    // come early (a realistic ETA) and rows of similar length share a batch.
-    let mut order: Vec<usize> = (0..docs.len()).collect();
+    // come early (a realistic ETA, and an out-of-memory back-off happens at once) and rows
+    // of similar length share a batch.
+    let mut order: Vec<usize> = (0..packed.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(packed[i].tokens.len()));
     let mut rows: Vec<(usize, Vec<usize>)> = vec![];
     for &i in &order {
@@ -198,18 +222,32 @@ pub fn score_documents(
         }
     }
     rows.sort_by_key(|(used, _)| std::cmp::Reverse(*used));
-    let mut out: Vec<Vec<Score>> = vec![vec![]; docs.len()];
+    let mut out: Vec<Vec<Score>> = vec![vec![]; packed.len()];
     let mut done = 0;
     let mut start = 0;
     while start < rows.len() {
         let longest = rows[start].0.max(1);
-        let n_rows = (opts.token_budget / longest).max(1);
+        let n_rows = (*budget / longest).max(1);
         let batch = &rows[start..(start + n_rows).min(rows.len())];
         let combined: Vec<Packed> = batch
             .iter()
             .map(|(_, m)| concat_rows(&m.iter().map(|&i| &packed[i]).collect::<Vec<_>>()))
             .collect();
-        let scores = score_batch(model, &combined.iter().collect::<Vec<_>>())?;
+        let scores = match score(&combined.iter().collect::<Vec<_>>()) {
+            Err(Error::OutOfMemory(msg)) => match batching::shrink(batch.len(), longest) {
+                Some(smaller) => {
+                    *budget = smaller;
+                    continue;
+                }
+                None => {
+                    return Err(Error::OutOfMemory(format!(
+                        "one row of {longest} tokens does not fit ({msg}); use a smaller \
+                         model dtype or a device with more memory"
+                    )))
+                }
+            },
+            other => other?,
+        };
         for ((_, members), row_scores) in batch.iter().zip(scores) {
             let mut it = row_scores.into_iter();
             for &i in members {
@@ -223,7 +261,7 @@ pub fn score_documents(
     Ok(out)
 }
 
-fn score_batch(model: &Model, rows: &[&Packed]) -> Result<Vec<Vec<Score>>> {
+fn score_batch(model: &Model, rows: &[&Packed], head_chunk: i64) -> Result<Vec<Vec<Score>>> {
     let b = rows.len();
     let n = rows
         .iter()
@@ -278,26 +316,28 @@ fn score_batch(model: &Model, rows: &[&Packed]) -> Result<Vec<Vec<Score>>> {
     let tgt_all = Tensor::from_slice(&targets).to_device(dev);
     // The head runs in chunks: a [scored, vocab] logits block for a whole batch would be
     // gigabytes, and streaming it through memory costs more than the matmul itself.
-    let (mut tok_lp, mut argmax) = (
-        Vec::with_capacity(targets.len()),
-        Vec::with_capacity(targets.len()),
-    );
+    // Results stay on the device until the end: one transfer per batch, not per chunk.
+    let (mut lps, mut maxes) = (vec![], vec![]);
     let total = targets.len() as i64;
     let mut s0 = 0;
     while s0 < total {
-        let k = HEAD_CHUNK.min(total - s0);
+        let k = head_chunk.min(total - s0);
         let logits = model.lm_head(&hsel.narrow(0, s0, k)).to_kind(Kind::Float);
         let lse = logits.logsumexp([-1i64], false);
         let tgt = tgt_all.narrow(0, s0, k).unsqueeze(-1);
-        let lp = logits.gather(-1, &tgt, false).squeeze_dim(-1) - lse;
-        tok_lp.extend(Vec::<f64>::try_from(
-            lp.to_kind(Kind::Double).to_device(tch::Device::Cpu),
-        )?);
-        argmax.extend(Vec::<i64>::try_from(
-            logits.argmax(-1, false).to_device(tch::Device::Cpu),
-        )?);
+        lps.push(logits.gather(-1, &tgt, false).squeeze_dim(-1) - lse);
+        maxes.push(logits.argmax(-1, false));
         s0 += k;
     }
+    let (tok_lp, argmax) = if lps.is_empty() {
+        (vec![], vec![])
+    } else {
+        let lp = Tensor::cat(&lps, 0).to_kind(Kind::Double);
+        (
+            Vec::<f64>::try_from(lp.to_device(tch::Device::Cpu))?,
+            Vec::<i64>::try_from(Tensor::cat(&maxes, 0).to_device(tch::Device::Cpu))?,
+        )
+    };
     let mut k = 0;
     let mut res = Vec::with_capacity(b);
     for row in rows {
@@ -317,4 +357,107 @@ fn score_batch(model: &Model, rows: &[&Packed]) -> Result<Vec<Vec<Score>>> {
         res.push(scores);
     }
     Ok(res)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn docs() -> Vec<Packed> {
+        (0..40u32)
+            .map(|d| {
+                let reqs: Vec<TokenRequest> = (0..3u32)
+                    .map(|c| TokenRequest {
+                        context: (0..(5 + d % 17)).map(|t| t + d).collect(),
+                        continuation: (0..(1 + (c + d) % 4)).map(|t| 100 + t + c).collect(),
+                    })
+                    .collect();
+                pack(&reqs, 64).unwrap()
+            })
+            .collect()
+    }
+
+    /// Scores each request by a function of its targets alone, and fails like a device
+    /// out of memory when a batch holds more than `limit` padded tokens.
+    fn fake(
+        limit: usize,
+        calls: &mut Vec<usize>,
+    ) -> impl FnMut(&[&Packed]) -> Result<Vec<Vec<Score>>> + '_ {
+        move |rows| {
+            let padded = rows.len() * rows.iter().map(|r| r.tokens.len()).max().unwrap_or(0);
+            calls.push(padded);
+            if padded > limit {
+                return Err(Error::OutOfMemory("CUDA out of memory (simulated)".into()));
+            }
+            Ok(rows
+                .iter()
+                .map(|r| {
+                    r.scored
+                        .iter()
+                        .map(|req| Score {
+                            logprob: req.iter().map(|&(_, t)| -(t as f64)).sum(),
+                            is_greedy: req.len() == 1,
+                        })
+                        .collect()
+                })
+                .collect())
+        }
+    }
+
+    #[test]
+    fn out_of_memory_backs_off_and_scores_everything_once() {
+        let packed = docs();
+        let mut calls = vec![];
+        let mut big = usize::MAX / 2;
+        let want = run_batches(&packed, &mut big, |_| {}, fake(usize::MAX, &mut calls)).unwrap();
+        let mut calls = vec![];
+        let mut budget = 4096;
+        let mut progress = vec![];
+        let got = run_batches(
+            &packed,
+            &mut budget,
+            |d| progress.push(d),
+            fake(600, &mut calls),
+        )
+        .unwrap();
+        assert_eq!(got, want);
+        assert!(budget <= 600 && budget > 0, "budget {budget}");
+        // The first batch failed at least once, later ones never needed to.
+        assert!(calls[0] > 600);
+        let fails = calls.iter().filter(|&&c| c > 600).count();
+        assert!(calls[fails..].iter().all(|&c| c <= 600), "{calls:?}");
+        assert_eq!(progress.last(), Some(&packed.len()));
+        assert!(progress.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn a_row_that_never_fits_is_an_error_not_a_loop() {
+        let packed = docs();
+        let mut calls = vec![];
+        let mut budget = 4096;
+        let e = run_batches(&packed, &mut budget, |_| {}, fake(3, &mut calls)).unwrap_err();
+        assert!(
+            matches!(&e, Error::OutOfMemory(m) if m.contains("one row")),
+            "{e}"
+        );
+        assert!(calls.len() < 20, "{calls:?}");
+    }
+
+    #[test]
+    fn other_errors_are_not_retried() {
+        let packed = docs();
+        let mut n = 0;
+        let mut budget = 4096;
+        let e = run_batches(
+            &packed,
+            &mut budget,
+            |_| {},
+            |_| {
+                n += 1;
+                Err(Error::Invalid("broken".into()))
+            },
+        );
+        assert!(matches!(e, Err(Error::Invalid(_))));
+        assert_eq!((n, budget), (1, 4096));
+    }
 }

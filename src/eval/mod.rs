@@ -1,5 +1,6 @@
 //! Evaluators: perplexity and lm-eval-identical zero-shot scoring.
 
+pub mod batching;
 pub mod harness;
 pub mod loglik;
 pub mod perplexity;

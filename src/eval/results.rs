@@ -13,7 +13,11 @@ pub struct RunInfo {
     pub limit: Option<usize>,
     pub fraction: Option<f64>,
     pub seed: Option<u64>,
+    pub batch_size: super::batching::BatchSize,
+    /// The budget the first forward tried, and the one in use at the end (smaller after an
+    /// out-of-memory back-off).
     pub token_budget: usize,
+    pub final_token_budget: usize,
     pub threads: usize,
     pub seconds: f64,
 }
@@ -98,7 +102,7 @@ pub fn lm_eval_json(tasks: &[TaskResult], ppl: Option<&PplResult>, info: &RunInf
         "config": {
             "model": "come-repro",
             "model_args": info.model_args,
-            "batch_size": format!("tokens:{}", info.token_budget),
+            "batch_size": info.batch_size.to_string(),
             "device": info.device,
             "limit": info.limit,
             "fraction": info.fraction,
@@ -111,6 +115,7 @@ pub fn lm_eval_json(tasks: &[TaskResult], ppl: Option<&PplResult>, info: &RunInf
             "version": env!("CARGO_PKG_VERSION"),
             "model": info.model,
             "threads": info.threads,
+            "token_budget": {"initial": info.token_budget, "final": info.final_token_budget},
             "tokens_forwarded": forwarded,
             "task_seconds": task_seconds,
             "tokens_per_second": forwarded as f64 / task_seconds.max(1e-9),
