@@ -22,6 +22,11 @@ pub struct EvalConfig {
     /// WikiText-2 perplexity window length (None: no perplexity).
     pub ppl_seqlen: Option<usize>,
     pub ppl_windows: Option<usize>,
+    /// Also C4 validation perplexity (GPTQ's stream, the user's copy: `COME_C4` or
+    /// `DATA/c4/`), at `ppl_seqlen`, `ppl_windows` or 256 windows. Left out of the
+    /// serialised form when false, so hashes of runs made before it existed still match.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub ppl_c4: bool,
     /// Padded tokens per scoring batch, or `"auto"` (sized for the device). Either backs
     /// off when a batch runs out of memory.
     pub token_budget: crate::eval::batching::BatchSize,
@@ -41,6 +46,7 @@ impl Default for EvalConfig {
             mmlu_fewshot: 0,
             ppl_seqlen: Some(2048),
             ppl_windows: None,
+            ppl_c4: false,
             token_budget: crate::eval::batching::BatchSize::default(),
         }
     }

@@ -14,6 +14,8 @@
 //! tasks = ["piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "boolq", "openbookqa"]
 //! limit = 100
 //! ppl_windows = 8
+//! token_budget = "auto"     # padded tokens per forward, or a number; backs off on OOM
+//! # ppl_c4 = true           # C4 validation perplexity too (your copy, via COME_C4)
 //! [base.runtime]
 //! dtype = "f32"
 //!
@@ -430,6 +432,10 @@ fn schema() -> Value {
             "prune".into(),
             serde_json::to_value(PruneConfig::default()).unwrap_or(Value::Null),
         );
+        // Opt-in keys that the serialised default leaves out (to keep old hashes).
+        if let Some(Value::Object(e)) = m.get_mut("eval") {
+            e.insert("ppl_c4".into(), Value::Bool(false));
+        }
     }
     v
 }
@@ -510,6 +516,16 @@ fn check_value(path: &str, value: &Value) -> std::result::Result<(), String> {
                 }
                 None => return Err(format!("task names are strings, got {t}")),
             }
+        }
+    }
+    if get_path(&root, "eval.ppl_c4") == Some(&Value::Bool(true)) {
+        let p = crate::paths::c4_validation();
+        if !p.is_file() {
+            return Err(format!(
+                "C4 perplexity needs the C4 validation shard, but {} does not exist (no copy \
+                 is shipped; set COME_C4 to your copy)",
+                p.display()
+            ));
         }
     }
     serde_json::from_value::<Experiment>(root)

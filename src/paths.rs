@@ -35,6 +35,15 @@ pub fn wikitext2_test() -> PathBuf {
     data_dir().join("wikitext2/wikitext2_raw_test.txt")
 }
 
+/// The user's C4 validation shard (`COME_C4`, default `c4/` under the data directory;
+/// no copy is shipped).
+pub fn c4_validation() -> PathBuf {
+    match std::env::var_os("COME_C4") {
+        Some(v) if !v.is_empty() => PathBuf::from(v),
+        _ => data_dir().join("c4").join(crate::eval::ppl_corpus::C4_FILE),
+    }
+}
+
 pub fn smollm2_gguf() -> PathBuf {
     models_dir().join("smollm2-135m-instruct-q4_1/SmolLM2-135M-Instruct.Q4_1.gguf")
 }

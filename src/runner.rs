@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::eval::harness::{evaluate_task, EvalOptions, TaskResult};
 use crate::eval::loglik::ScoreOptions;
 use crate::eval::perplexity::{perplexity, PplResult};
+use crate::eval::ppl_corpus::Corpus;
 use crate::eval::tasks::{load_task, subset, TaskSource};
 use crate::experiment::Experiment;
 use crate::grid::{GridSpec, ModelSource, RunSpec};
@@ -282,11 +283,11 @@ fn execute(
             data_env.insert(format!("data.sha256:{}", path.display()), sha.clone());
         }
     }
-    if ppl.is_some() {
-        let p = crate::paths::wikitext2_test();
+    for (corpus, _) in &ppl {
+        let p = corpus.path();
         data_env.insert(
             format!("data.sha256:{}", p.display()),
-            crate::track::env::sha256_file(&p)?,
+            crate::track::env::sha256_file(p)?,
         );
     }
     if let Some(pc) = &exp.prune {
@@ -307,15 +308,19 @@ fn execute(
         }
         metrics.push(Metric::new(&t.task, names::N, t.n_docs as f64));
     }
-    if let Some(p) = &ppl {
-        metrics.push(
-            Metric::new(names::WIKITEXT2, names::PPL_WIKITEXT2, p.ppl)
-                .with_context(format!("seqlen={}", p.seqlen)),
-        );
-        metrics.push(Metric::new(names::WIKITEXT2, names::N, p.windows as f64));
+    for (corpus, p) in &ppl {
+        let (task, metric) = match corpus {
+            Corpus::C4(_) => (names::C4, names::PPL_C4),
+            _ => (names::WIKITEXT2, names::PPL_WIKITEXT2),
+        };
+        metrics.push(Metric::new(task, metric, p.ppl).with_context(format!("seqlen={}", p.seqlen)));
+        metrics.push(Metric::new(task, names::N, p.windows as f64));
     }
     Ok((metrics, artifacts))
 }
+
+/// A perplexity and the corpus it was measured on.
+type CorpusPpl = (Corpus, PplResult);
 
 fn evaluate(
     model: &crate::model::Model,
@@ -324,7 +329,7 @@ fn evaluate(
     store: &Store,
     id: i64,
     progress: &mut dyn Progress,
-) -> Result<(Vec<TaskResult>, Option<PplResult>)> {
+) -> Result<(Vec<TaskResult>, Vec<CorpusPpl>)> {
     let e = &exp.eval;
     let src = TaskSource {
         mmlu_fewshot: e.mmlu_fewshot,
@@ -352,29 +357,34 @@ fn evaluate(
         })?;
         out.push(r);
     }
-    let ppl = match e.ppl_seqlen {
-        Some(seqlen) => {
+    let mut ppl = vec![];
+    if let Some(seqlen) = e.ppl_seqlen {
+        let mut corpora = vec![Corpus::Wikitext2(crate::paths::wikitext2_test())];
+        if e.ppl_c4 {
+            corpora.push(Corpus::C4(crate::paths::c4_validation()));
+        }
+        for corpus in corpora {
             check_stop()?;
-            let text = crate::error::read_to_string(crate::paths::wikitext2_test())?;
-            let tokens = tok.encode(&text, false)?;
+            let tokens = tok.encode(&corpus.text()?, false)?;
+            let name = corpus.name();
             let mut last = Instant::now();
-            Some(perplexity(
+            let r = perplexity(
                 model,
                 &tokens,
                 seqlen,
-                e.ppl_windows,
+                e.ppl_windows.or(corpus.default_windows()),
                 1,
                 |d, n| {
-                    progress.items("wikitext2", d, n);
+                    progress.items(&name, d, n);
                     if last.elapsed().as_secs() >= 20 {
                         let _ = store.heartbeat(id);
                         last = Instant::now();
                     }
                 },
-            )?)
+            )?;
+            ppl.push((corpus, r));
         }
-        None => None,
-    };
+    }
     Ok((out, ppl))
 }
 

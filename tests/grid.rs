@@ -768,3 +768,22 @@ fn batch_budget_is_a_number_or_auto() {
         &["`eval.token_budget`", "got 0"],
     );
 }
+
+#[test]
+fn c4_perplexity_is_opt_in_and_needs_the_file() {
+    let d = models_dir();
+    let hash = |body: &str| expand(d.path(), body)[0].hash.clone();
+    // Off by default and left out of the hash, so older runs keep their identity.
+    assert_eq!(
+        hash("[base]\nmodel = \"m\"\n[base.eval]\nppl_c4 = false\n"),
+        hash("[base]\nmodel = \"m\"\n")
+    );
+    if std::env::var_os("COME_C4").is_none() && !come_repro::paths::c4_validation().exists() {
+        assert_error(
+            d.path(),
+            "\n[base]\nmodel = \"m\"\n[base.eval]\nppl_c4 = true\n",
+            4,
+            &["`eval.ppl_c4`", "C4 validation shard", "COME_C4"],
+        );
+    }
+}

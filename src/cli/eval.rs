@@ -8,6 +8,7 @@ use come_repro::eval::batching::BatchSize;
 use come_repro::eval::harness::{evaluate_task, EvalOptions, TaskResult};
 use come_repro::eval::loglik::ScoreOptions;
 use come_repro::eval::perplexity::{perplexity, PplResult};
+use come_repro::eval::ppl_corpus::Corpus;
 use come_repro::eval::results::{lm_eval_json, table, RunInfo};
 use come_repro::eval::tasks::{known_tasks, load_task, subset, TaskSource};
 use std::path::PathBuf;
@@ -47,12 +48,13 @@ pub struct EvalArgs {
     /// PR #3347 (Oct 2025); by default they apply, as in lm-eval 0.4.13.
     #[arg(long)]
     pub no_special_tokens: bool,
-    /// Perplexity dataset: `wikitext2` (the shared test split) or a path to a text file.
-    #[arg(long)]
-    pub ppl: Option<String>,
+    /// Perplexity corpora, comma-separated: `wikitext2` (the shared test split), `c4`
+    /// (GPTQ's C4 validation stream from $COME_C4 or DATA/c4/), `c4=PATH`, or a text file.
+    #[arg(long, value_delimiter = ',')]
+    pub ppl: Vec<String>,
     #[arg(long, default_value_t = 2048)]
     pub seqlen: usize,
-    /// Score only the first N perplexity windows.
+    /// Score only the first N perplexity windows (C4 default: 256, as GPTQ).
     #[arg(long)]
     pub max_windows: Option<usize>,
     /// Write lm-eval-compatible results JSON here.
@@ -98,7 +100,23 @@ pub fn expand_tasks(tasks: &[String]) -> Result<Vec<String>> {
 
 pub fn run(a: EvalArgs) -> Result<()> {
     let tasks = expand_tasks(&a.tasks)?;
-    if tasks.is_empty() && a.ppl.is_none() {
+    // Perplexity texts are read (and checked) before the model loads, like task data.
+    let mut corpora: Vec<(Corpus, String)> = vec![];
+    for spec in &a.ppl {
+        let c = Corpus::parse(spec.trim());
+        if matches!(c, Corpus::C4(_)) && !c.path().is_file() {
+            bail!(
+                "c4 perplexity: {} does not exist (no C4 copy is shipped: pass --ppl c4=PATH \
+                 or set COME_C4)",
+                c.path().display()
+            );
+        }
+        let text = c
+            .text()
+            .with_context(|| format!("{} perplexity text", c.name()))?;
+        corpora.push((c, text));
+    }
+    if tasks.is_empty() && corpora.is_empty() {
         bail!("nothing to evaluate: pass --tasks and/or --ppl wikitext2");
     }
     // Read and check every task's data before loading the model: bad input fails fast.
@@ -153,11 +171,15 @@ pub fn run(a: EvalArgs) -> Result<()> {
         );
         results.push(r);
     }
-    let ppl = match &a.ppl {
-        Some(p) => Some(run_ppl(&model, &tok, p, a.seqlen, a.max_windows)?),
-        None => None,
-    };
-    println!("{}", table(&results, ppl.as_ref()));
+    let mut ppl = vec![];
+    for (c, text) in &corpora {
+        let windows = a.max_windows.or(c.default_windows());
+        ppl.push((
+            c.name(),
+            run_ppl(&model, &tok, &c.name(), text, a.seqlen, windows)?,
+        ));
+    }
+    println!("{}", table(&results, &ppl));
     let info = RunInfo {
         model: a.model.display().to_string(),
         model_args: format!("pretrained={},dtype={}", a.model.display(), a.rt.dtype),
@@ -172,7 +194,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
         seconds: t_all.elapsed().as_secs_f64(),
     };
     if let Some(out) = &a.output {
-        let v = lm_eval_json(&results, ppl.as_ref(), &info);
+        let v = lm_eval_json(&results, &ppl, &info);
         std::fs::write(out, serde_json::to_string_pretty(&v)? + "\n")
             .with_context(|| format!("writing {}", out.display()))?;
         eprintln!("wrote {}", out.display());
@@ -193,28 +215,24 @@ pub fn run(a: EvalArgs) -> Result<()> {
 pub fn run_ppl(
     model: &come_repro::model::Model,
     tok: &come_repro::model::tokenizer::Tokenizer,
-    which: &str,
+    name: &str,
+    text: &str,
     seqlen: usize,
     max_windows: Option<usize>,
 ) -> Result<PplResult> {
-    let path = match which {
-        "wikitext2" => come_repro::paths::wikitext2_test(),
-        other => PathBuf::from(other),
-    };
-    let text =
-        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let t0 = Instant::now();
-    let tokens = tok.encode(&text, false)?;
+    let tokens = tok.encode(text, false)?;
     let pb = bar(0, "ppl windows");
     let res = perplexity(model, &tokens, seqlen, max_windows, 1, |done, total| {
         pb.set_length(total as u64);
         pb.set_position(done as u64);
-    })?;
+    })
+    .with_context(|| format!("{name} perplexity"))?;
     pb.finish_and_clear();
     let dt = t0.elapsed().as_secs_f64();
     eprintln!(
         "{:>14}: ppl {:.4} over {} window(s) of {} ({} predicted) in {:.1}s ({:.0} tok/s)",
-        "wikitext2",
+        name,
         res.ppl,
         res.windows,
         res.seqlen,

@@ -4,5 +4,6 @@ pub mod batching;
 pub mod harness;
 pub mod loglik;
 pub mod perplexity;
+pub mod ppl_corpus;
 pub mod results;
 pub mod tasks;

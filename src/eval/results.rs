@@ -32,7 +32,7 @@ fn metric_entries(out: &mut Map<String, Value>, name: &str, v: &super::harness::
     out.insert(format!("{name}_stderr,none"), se);
 }
 
-pub fn lm_eval_json(tasks: &[TaskResult], ppl: Option<&PplResult>, info: &RunInfo) -> Value {
+pub fn lm_eval_json(tasks: &[TaskResult], ppl: &[(String, PplResult)], info: &RunInfo) -> Value {
     let mut results = Map::new();
     let mut groups = Map::new();
     let mut group_subtasks = Map::new();
@@ -121,14 +121,15 @@ pub fn lm_eval_json(tasks: &[TaskResult], ppl: Option<&PplResult>, info: &RunInf
             "tokens_per_second": forwarded as f64 / task_seconds.max(1e-9),
         },
     });
-    if let Some(p) = ppl {
-        out["perplexity"] = json!({ "wikitext2": p });
+    if !ppl.is_empty() {
+        let m: Map<String, Value> = ppl.iter().map(|(n, p)| (n.clone(), json!(p))).collect();
+        out["perplexity"] = Value::Object(m);
     }
     out
 }
 
 /// A Markdown table like lm-eval's summary.
-pub fn table(tasks: &[TaskResult], ppl: Option<&PplResult>) -> String {
+pub fn table(tasks: &[TaskResult], ppl: &[(String, PplResult)]) -> String {
     let mut s = String::from("|Task|n|Metric|Value|Stderr|\n|---|---:|---|---:|---:|\n");
     for t in tasks {
         for (m, v) in &t.metrics {
@@ -138,9 +139,9 @@ pub fn table(tasks: &[TaskResult], ppl: Option<&PplResult>) -> String {
             );
         }
     }
-    if let Some(p) = ppl {
+    for (name, p) in ppl {
         s += &format!(
-            "|wikitext2 (seqlen {})|{}|ppl|{:.4}| |\n",
+            "|{name} (seqlen {})|{}|ppl|{:.4}| |\n",
             p.seqlen, p.windows, p.ppl
         );
     }

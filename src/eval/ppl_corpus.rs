@@ -1,0 +1,115 @@
+//! The texts perplexity is measured on, built the way pruning papers build them.
+//!
+//! - WikiText-2: the shared test split, already `"\n\n".join(rows)`.
+//! - C4: GPTQ's rule, which SLEB, ShortGPT-style and CoMe-style evaluations reuse: the
+//!   first 1100 documents of `c4-validation.00000-of-00008.json.gz`, their `text` fields
+//!   joined with one space, tokenised as one stream, the first 256 windows scored. The
+//!   file is the user's own copy (`COME_C4`, or `c4/` under the data directory); plain or
+//!   gzipped JSON lines are read.
+
+use crate::error::{Error, Result};
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+
+/// Documents of C4 validation joined into the stream (GPTQ's `valdata[:1100]`).
+pub const C4_DOCS: usize = 1100;
+/// Windows scored on C4 (GPTQ's `[:, :256 * seqlen]`).
+pub const C4_WINDOWS: usize = 256;
+pub const C4_FILE: &str = "c4-validation.00000-of-00008.json.gz";
+
+/// A perplexity corpus: what the results call it and the file it comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Corpus {
+    Wikitext2(PathBuf),
+    C4(PathBuf),
+    /// Any UTF-8 text file, tokenised as one stream.
+    Text(PathBuf),
+}
+
+impl Corpus {
+    /// `wikitext2`, `c4`, `c4=PATH`, or a path to a text file.
+    pub fn parse(spec: &str) -> Corpus {
+        match spec.split_once('=') {
+            Some(("c4", p)) => Corpus::C4(PathBuf::from(p)),
+            _ => match spec {
+                "wikitext2" => Corpus::Wikitext2(crate::paths::wikitext2_test()),
+                "c4" => Corpus::C4(crate::paths::c4_validation()),
+                other => Corpus::Text(PathBuf::from(other)),
+            },
+        }
+    }
+
+    /// The task name its perplexity is recorded under.
+    pub fn name(&self) -> String {
+        match self {
+            Corpus::Wikitext2(_) => crate::track::names::WIKITEXT2.into(),
+            Corpus::C4(_) => crate::track::names::C4.into(),
+            Corpus::Text(p) => p
+                .file_stem()
+                .map_or_else(|| "text".into(), |s| s.to_string_lossy().into_owned()),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        match self {
+            Corpus::Wikitext2(p) | Corpus::C4(p) | Corpus::Text(p) => p,
+        }
+    }
+
+    /// The windows scored when the user sets no limit (C4: GPTQ's 256).
+    pub fn default_windows(&self) -> Option<usize> {
+        matches!(self, Corpus::C4(_)).then_some(C4_WINDOWS)
+    }
+
+    /// The text to tokenise as one stream.
+    pub fn text(&self) -> Result<String> {
+        match self {
+            Corpus::Wikitext2(p) | Corpus::Text(p) => crate::error::read_to_string(p),
+            Corpus::C4(p) => c4_text(p, C4_DOCS),
+        }
+    }
+}
+
+/// The `text` fields of the first `max_docs` JSON lines of `path` (gzip or plain), joined
+/// with single spaces. Fewer documents than `max_docs` is an error: the stream would not
+/// be the one the papers measured.
+pub fn c4_text(path: &Path, max_docs: usize) -> Result<String> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut head = BufReader::new(file);
+    let gz = head
+        .fill_buf()
+        .map_err(|e| Error::io(path, e))?
+        .starts_with(&[0x1f, 0x8b]);
+    let reader: Box<dyn Read> = if gz {
+        Box::new(flate2::read::MultiGzDecoder::new(head))
+    } else {
+        Box::new(head)
+    };
+    let mut texts: Vec<String> = Vec::with_capacity(max_docs);
+    for (i, line) in BufReader::new(reader).lines().enumerate() {
+        if texts.len() == max_docs {
+            break;
+        }
+        let line = line.map_err(|e| Error::format(path, format!("line {}: {e}", i + 1)))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: serde_json::Value = serde_json::from_str(&line)
+            .map_err(|e| Error::data(path, i + 1, format!("not a JSON object: {e}")))?;
+        match v.get("text") {
+            Some(serde_json::Value::String(t)) => texts.push(t.clone()),
+            Some(_) => return Err(Error::data(path, i + 1, "`text` is not a string")),
+            None => return Err(Error::data(path, i + 1, "no `text` field")),
+        }
+    }
+    if texts.len() < max_docs {
+        return Err(Error::format(
+            path,
+            format!(
+                "{} documents, but C4 perplexity joins the first {max_docs} (is the file truncated?)",
+                texts.len()
+            ),
+        ));
+    }
+    Ok(texts.join(" "))
+}
