@@ -365,7 +365,8 @@ fn evaluate(
         }
         for corpus in corpora {
             check_stop()?;
-            let tokens = tok.encode(&corpus.text()?, false)?;
+            // GPTQ-style: the tokenizer's default special tokens (BOS for LLaMA).
+            let tokens = tok.encode(&corpus.text()?, true)?;
             let name = corpus.name();
             let mut last = Instant::now();
             let r = perplexity(

@@ -182,3 +182,57 @@ fn missing_c4_is_a_clear_error_before_loading_the_model() {
     );
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// The perplexity stream is tokenised with the tokenizer's default special tokens, as
+/// GPTQ-style code does; stories260K's tokenizer adds BOS, so this is where it shows.
+/// Golden: scripts/golden/hf_ppl.py (transformers) on the same imported checkpoint.
+#[test]
+fn stream_with_default_special_tokens_matches_transformers() {
+    let golden: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(common::golden("stories260k_wikitext2_hf_s256_w8.json")).unwrap(),
+    )
+    .unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let model = common::stories();
+    let run = |extra: &[&str]| {
+        let out = d.path().join("p.json");
+        let st = Command::new(env!("CARGO_BIN_EXE_come-repro"))
+            .args(["eval", "--model", model.to_str().unwrap(), "--threads", "1"])
+            .args([
+                "--ppl",
+                "wikitext2",
+                "--seqlen",
+                "256",
+                "--max-windows",
+                "8",
+            ])
+            .args(extra)
+            .args(["--output", out.to_str().unwrap()])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .unwrap();
+        assert!(
+            st.status.success(),
+            "{}",
+            String::from_utf8_lossy(&st.stderr)
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out).unwrap()).unwrap();
+        v["perplexity"]["wikitext2"].clone()
+    };
+    let ours = run(&[]);
+    let want = golden["ppl"].as_f64().unwrap();
+    let got = ours["ppl"].as_f64().unwrap();
+    assert!(
+        (got - want).abs() / want < 1e-5,
+        "ours {got} vs transformers {want}"
+    );
+    assert_eq!(ours["stream_tokens"], golden["n_tokens"]);
+    // Without special tokens the stream loses its BOS and every window shifts by one.
+    let plain = run(&["--no-special-tokens"]);
+    assert_eq!(
+        plain["stream_tokens"].as_u64().unwrap() + 1,
+        golden["n_tokens"].as_u64().unwrap()
+    );
+    assert!((plain["ppl"].as_f64().unwrap() - want).abs() > 1e-3);
+}

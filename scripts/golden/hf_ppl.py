@@ -2,7 +2,8 @@
 """WikiText-2 perplexity with Hugging Face transformers, GPTQ style.
 
 The test split (`$COME_DATA/wikitext2/wikitext2_raw_test.txt`, i.e. "\\n\\n".join(rows)) is
-tokenised as ONE stream without special tokens and cut into n = len // seqlen
+tokenised as ONE stream with the tokenizer's default special tokens (BOS at the start for
+LLaMA tokenizers; SmolLM2's adds none), as GPTQ's `tokenizer(text)` does, and cut into n = len // seqlen
 non-overlapping windows (the remainder is dropped). Each window is one forward pass from
 its own start; it predicts its tokens 1..seqlen-1, so seqlen-1 predictions per window
 (its first token is context only). As in the GPTQ code, ppl = exp(mean over windows of
@@ -63,7 +64,9 @@ def load_model_and_tokenizer(model_dir: Path | None, gguf: Path | None, attn: st
     model.eval()
 
     def enc(text: str) -> list[int]:
-        return tok(text, add_special_tokens=False)["input_ids"]
+        # GPTQ-style perplexity code calls tokenizer(text): the tokenizer's default special
+        # tokens apply (BOS at the start of the stream for LLaMA tokenizers).
+        return tok(text)["input_ids"]
 
     return (
         model,
@@ -71,7 +74,7 @@ def load_model_and_tokenizer(model_dir: Path | None, gguf: Path | None, attn: st
         {
             "model": {"dir": str(model_dir)},
             "tokenizer": f"AutoTokenizer.from_pretrained(DIR) ({type(tok).__name__}), "
-            "add_special_tokens=False",
+            "default special tokens",
         },
     )
 
@@ -132,7 +135,7 @@ def perplexity(
 
 
 DEFINITION = (
-    "stream = tokenize(file text, no special tokens); n = len // seqlen windows "
+    "stream = tokenize(file text, the tokenizer's default special tokens); n = len // seqlen windows "
     "stream[i*seqlen:(i+1)*seqlen] (remainder dropped; --max-windows keeps the first N); each "
     "window predicts its tokens 1..seqlen-1 from its own prefix (seqlen-1 predictions); "
     "ppl = exp(total_nll / (n*(seqlen-1))) = exp(mean of per-window mean NLL)"

@@ -216,9 +216,10 @@ def main(argv=None) -> int:
         if tok is not None:
 
             def encode_plain(text: str) -> list[int]:
-                return tok(text, add_special_tokens=False)["input_ids"]
+                # The tokenizer's defaults, as GPTQ-style perplexity code and come-repro do.
+                return tok(text)["input_ids"]
 
-            tok_desc = "AutoTokenizer.from_pretrained(DIR), add_special_tokens=False"
+            tok_desc = "AutoTokenizer.from_pretrained(DIR), default special tokens"
         else:
 
             def encode_plain(text: str) -> list[int]:

@@ -78,7 +78,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
     let text_path = paths::wikitext2_test();
     let text = std::fs::read_to_string(&text_path)
         .map_err(|e| anyhow::anyhow!("reading {}: {e}", text_path.display()))?;
-    let tokens = tok.encode(&text, false)?;
+    let tokens = tok.encode(&text, true)?;
     let t0 = Instant::now();
     let pb = bar(a.windows as u64, "ppl windows");
     let res = perplexity(&model, &tokens, 2048, Some(a.windows), 1, |d, _| {

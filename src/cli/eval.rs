@@ -45,7 +45,8 @@ pub struct EvalArgs {
     #[arg(long, default_value_t = 0)]
     pub mmlu_fewshot: usize,
     /// Encode without the tokenizer's special tokens (no BOS), as lm-eval did before its
-    /// PR #3347 (Oct 2025); by default they apply, as in lm-eval 0.4.13.
+    /// PR #3347 (Oct 2025); by default they apply, as in lm-eval 0.4.13 and in GPTQ-style
+    /// perplexity code (which tokenises the whole stream with the tokenizer's defaults).
     #[arg(long)]
     pub no_special_tokens: bool,
     /// Perplexity corpora, comma-separated: `wikitext2` (the shared test split), `c4`
@@ -176,7 +177,15 @@ pub fn run(a: EvalArgs) -> Result<()> {
         let windows = a.max_windows.or(c.default_windows());
         ppl.push((
             c.name(),
-            run_ppl(&model, &tok, &c.name(), text, a.seqlen, windows)?,
+            run_ppl(
+                &model,
+                &tok,
+                &c.name(),
+                text,
+                a.seqlen,
+                windows,
+                !a.no_special_tokens,
+            )?,
         ));
     }
     println!("{}", table(&results, &ppl));
@@ -219,9 +228,12 @@ pub fn run_ppl(
     text: &str,
     seqlen: usize,
     max_windows: Option<usize>,
+    add_special: bool,
 ) -> Result<PplResult> {
     let t0 = Instant::now();
-    let tokens = tok.encode(text, false)?;
+    // As GPTQ-style perplexity code does: `tokenizer(text)` with its default special tokens
+    // (a LLaMA tokenizer puts BOS at the start of the stream, SmolLM2's adds nothing).
+    let tokens = tok.encode(text, add_special)?;
     let pb = bar(0, "ppl windows");
     let res = perplexity(model, &tokens, seqlen, max_windows, 1, |done, total| {
         pb.set_length(total as u64);
