@@ -348,6 +348,7 @@ fn evaluate(
         let data = load_task(t, &src)?;
         let idx = subset(data.docs.len(), e.limit, e.fraction, e.seed);
         let mut last = Instant::now();
+        let before = opts.score.token_budget;
         let r = evaluate_task(model, tok, &data, &idx, &mut opts, |done, total| {
             progress.items(t, done, total);
             if last.elapsed().as_secs() >= 20 {
@@ -355,6 +356,12 @@ fn evaluate(
                 last = Instant::now();
             }
         })?;
+        if opts.score.token_budget < before {
+            progress.note(&format!(
+                "{t}: out of memory at {before} tokens per batch; continued with {}",
+                opts.score.token_budget
+            ));
+        }
         out.push(r);
     }
     let mut ppl = vec![];
