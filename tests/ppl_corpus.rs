@@ -28,6 +28,22 @@ fn write_jsonl(dir: &Path, name: &str, lines: &[&str], gz: bool) -> PathBuf {
     p
 }
 
+/// `come-repro eval` on stories260K (one thread) with `args`; the results JSON it wrote.
+fn eval_json(dir: &Path, args: &[&str]) -> serde_json::Value {
+    let model = common::stories();
+    let out = dir.join("out.json");
+    let st = Command::new(env!("CARGO_BIN_EXE_come-repro"))
+        .args(["eval", "--model", model.to_str().unwrap(), "--threads", "1"])
+        .args(args)
+        .args(["--output", out.to_str().unwrap()])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&st.stderr);
+    assert!(st.status.success(), "{args:?}: {err}");
+    serde_json::from_str(&std::fs::read_to_string(out).unwrap()).unwrap()
+}
+
 #[test]
 fn c4_stream_joins_the_first_documents_with_one_space() {
     let d = tempfile::tempdir().unwrap();
@@ -98,7 +114,6 @@ fn corpus_specs() {
 #[test]
 fn eval_c4_equals_the_hand_joined_text() {
     let d = tempfile::tempdir().unwrap();
-    let model = common::stories();
     // 1100 documents: the three above, repeated.
     let lines: Vec<&str> = (0..1100).map(|i| DOCS[i % 3]).collect();
     let c4 = write_jsonl(d.path(), "c4-validation.json.gz", &lines, true);
@@ -113,43 +128,17 @@ fn eval_c4_equals_the_hand_joined_text() {
         .collect();
     let plain = d.path().join("joined.txt");
     std::fs::write(&plain, texts.join(" ")).unwrap();
-    let run = |extra: &[&str], out: &str| {
-        let out = d.path().join(out);
-        let st = Command::new(env!("CARGO_BIN_EXE_come-repro"))
-            .args([
-                "eval",
-                "--model",
-                model.to_str().unwrap(),
-                "--seqlen",
-                "64",
-                "--threads",
-                "1",
-            ])
-            .args(extra)
-            .args(["--output", out.to_str().unwrap()])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .output()
-            .unwrap();
-        assert!(
-            st.status.success(),
-            "{}",
-            String::from_utf8_lossy(&st.stderr)
-        );
-        serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(out).unwrap()).unwrap()
+    let run = |extra: &[&str]| {
+        let mut args = vec!["--seqlen", "64"];
+        args.extend_from_slice(extra);
+        eval_json(d.path(), &args)
     };
     let c4_spec = format!("c4={}", c4.display());
     let plain_s = plain.to_str().unwrap();
-    let a = run(&["--ppl", &c4_spec], "a.json");
-    let b = run(
-        &[
-            "--ppl",
-            &format!("{plain_s},wikitext2"),
-            "--max-windows",
-            "300",
-        ],
-        "b.json",
-    );
-    let c = run(&["--ppl", plain_s, "--max-windows", "256"], "c.json");
+    let a = run(&["--ppl", &c4_spec]);
+    let both = format!("{plain_s},wikitext2");
+    let b = run(&["--ppl", &both, "--max-windows", "300"]);
+    let c = run(&["--ppl", plain_s, "--max-windows", "256"]);
     let pa = &a["perplexity"]["c4"];
     let (pb, pc) = (&b["perplexity"]["joined"], &c["perplexity"]["joined"]);
     // GPTQ's window count by default, over the same token stream as the hand-joined text.
@@ -193,32 +182,17 @@ fn stream_with_default_special_tokens_matches_transformers() {
     )
     .unwrap();
     let d = tempfile::tempdir().unwrap();
-    let model = common::stories();
     let run = |extra: &[&str]| {
-        let out = d.path().join("p.json");
-        let st = Command::new(env!("CARGO_BIN_EXE_come-repro"))
-            .args(["eval", "--model", model.to_str().unwrap(), "--threads", "1"])
-            .args([
-                "--ppl",
-                "wikitext2",
-                "--seqlen",
-                "256",
-                "--max-windows",
-                "8",
-            ])
-            .args(extra)
-            .args(["--output", out.to_str().unwrap()])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .output()
-            .unwrap();
-        assert!(
-            st.status.success(),
-            "{}",
-            String::from_utf8_lossy(&st.stderr)
-        );
-        let v: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(out).unwrap()).unwrap();
-        v["perplexity"]["wikitext2"].clone()
+        let mut args = vec![
+            "--ppl",
+            "wikitext2",
+            "--seqlen",
+            "256",
+            "--max-windows",
+            "8",
+        ];
+        args.extend_from_slice(extra);
+        eval_json(d.path(), &args)["perplexity"]["wikitext2"].clone()
     };
     let ours = run(&[]);
     let want = golden["ppl"].as_f64().unwrap();
