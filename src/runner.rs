@@ -349,6 +349,7 @@ fn evaluate(
         let idx = subset(data.docs.len(), e.limit, e.fraction, e.seed);
         let mut last = Instant::now();
         let before = opts.score.token_budget;
+        progress.items(t, 0, idx.len());
         let r = evaluate_task(model, tok, &data, &idx, &mut opts, |done, total| {
             progress.items(t, done, total);
             if last.elapsed().as_secs() >= 20 {

@@ -7,7 +7,9 @@ use come_repro::model::tokenizer::Tokenizer;
 use come_repro::model::Model;
 use come_repro::runtime;
 use indicatif::{ProgressBar, ProgressStyle};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 #[derive(Args, Debug, Clone)]
 pub struct RuntimeArgs {
@@ -49,7 +51,66 @@ pub fn bar(len: u64, what: &str) -> ProgressBar {
             .progress_chars("=> "),
     );
     pb.set_message(what.to_string());
+    log_off_terminal(&pb);
     pb
+}
+
+/// How often a bar's state is logged when stderr is not a terminal.
+const LOG_EVERY: Duration = Duration::from_secs(30);
+
+/// Off a terminal (nohup, CI logs, `2> file`) indicatif draws nothing at all, so a
+/// background job would be silent for an hour: there a thread logs the bar's state as a
+/// plain line every `LOG_EVERY` until the bar is finished or dropped.
+pub fn log_off_terminal(pb: &ProgressBar) {
+    if std::io::stderr().is_terminal() {
+        return;
+    }
+    let weak = pb.downgrade();
+    std::thread::spawn(move || loop {
+        std::thread::sleep(LOG_EVERY);
+        let Some(pb) = weak.upgrade() else { return };
+        if pb.is_finished() {
+            return;
+        }
+        if let Some(line) = state_line(&pb) {
+            eprintln!("{line}");
+        }
+    });
+}
+
+/// `prefix message pos/len rate/s eta H:MM:SS`, or nothing for a bar that has not started.
+/// The rate is the mean since the bar started: indicatif's own estimate trails far behind
+/// when items arrive in large batches, as scored documents do.
+fn state_line(pb: &ProgressBar) -> Option<String> {
+    let (pos, len) = (pb.position(), pb.length().unwrap_or(0));
+    if pos == 0 && len == 0 {
+        return None;
+    }
+    let what = [pb.prefix(), pb.message()]
+        .into_iter()
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    if pos == 0 {
+        return Some(format!("{what} 0/{len}"));
+    }
+    let rate = pos as f64 / pb.elapsed().as_secs_f64().max(1e-9);
+    let s = (len.saturating_sub(pos) as f64 / rate).round() as u64;
+    Some(format!(
+        "{what} {pos}/{len} {rate:.1}/s eta {}:{:02}:{:02}",
+        s / 3600,
+        s / 60 % 60,
+        s % 60
+    ))
+}
+
+/// A line above the bars; printed plainly off a terminal, where `println` of a bar is dropped.
+pub fn note(pb: &ProgressBar, line: &str) {
+    if std::io::stderr().is_terminal() {
+        pb.println(line);
+    } else {
+        eprintln!("{line}");
+    }
 }
 
 /// The default place for imported checkpoints of the shipped models.

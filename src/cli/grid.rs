@@ -1,6 +1,6 @@
 //! `come-repro grid FILE`: run (or resume) a grid of experiments into the run store.
 
-use super::common::bar;
+use super::common::{bar, log_off_terminal, note};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use come_repro::grid::GridSpec;
@@ -72,6 +72,7 @@ impl Bars {
             .unwrap_or_else(|_| ProgressStyle::default_bar())
             .progress_chars("=> "),
         );
+        log_off_terminal(&items);
         Bars {
             grid,
             items,
@@ -92,18 +93,23 @@ impl Progress for Bars {
     }
     fn stage(&mut self, run: &str, stage: &str) {
         self.items.set_prefix(format!("{run} {stage}"));
-        self.items.set_position(0);
+        // Position and clock from zero, so each stage's rate and ETA are its own.
+        self.items.reset();
         self.items.set_length(0);
     }
     fn items(&mut self, what: &str, done: usize, total: usize) {
-        self.items.set_message(what.to_string());
+        if self.items.message() != what {
+            // A new task within the stage: its rate and ETA start afresh.
+            self.items.reset();
+            self.items.set_message(what.to_string());
+        }
         if total > 0 {
             self.items.set_length(total as u64);
         }
         self.items.set_position(done as u64);
     }
     fn note(&mut self, line: &str) {
-        self.grid.println(line);
+        note(&self.grid, line);
     }
 }
 

@@ -2,7 +2,7 @@
 //! `come.json` (config, target mapping, layer correspondence, per-step scores, channels
 //! kept, calibration sample, timings).
 
-use super::common::{bar, load, RuntimeArgs};
+use super::common::{bar, load, note, RuntimeArgs};
 use anyhow::{Context, Result};
 use clap::Args;
 use come_repro::calib::{self, CalibConfig};
@@ -137,7 +137,7 @@ pub fn run(a: PruneArgs) -> Result<()> {
     let pb = bar(mapping.layers_removed as u64, "steps");
     let report = prune(&mut model, cal, &cfg, |done, what| {
         pb.set_position(done as u64);
-        pb.println(format!("  {what}"));
+        note(&pb, &format!("  {what}"));
     })?;
     pb.finish_and_clear();
     let tmp = a.out.with_extension("partial");
