@@ -117,3 +117,22 @@ pub fn note(pb: &ProgressBar, line: &str) {
 pub fn default_import_dir(name: &str) -> PathBuf {
     come_repro::paths::work_dir().join("models").join(name)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_line_names_the_bar_and_counts() {
+        let pb = ProgressBar::hidden();
+        assert_eq!(state_line(&pb), None, "an idle bar logs nothing");
+        pb.set_length(40);
+        pb.set_prefix("run1 eval");
+        pb.set_message("piqa");
+        assert_eq!(state_line(&pb).as_deref(), Some("run1 eval piqa 0/40"));
+        pb.set_position(10);
+        let line = state_line(&pb).unwrap();
+        assert!(line.starts_with("run1 eval piqa 10/40 "), "{line}");
+        assert!(line.contains("/s eta "), "{line}");
+    }
+}
