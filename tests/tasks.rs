@@ -742,3 +742,54 @@ fn parquet_errors_name_the_row() {
     );
     assert!(matches!(err, Error::Data { line: 2, .. }), "{err:?}");
 }
+
+/// MMLU's `acc` and its four subject groups aggregate as lm-eval 0.4.13's groups do
+/// (size-weighted mean, pooled stderr); goldens by `scripts/golden/lm_eval_mmlu_groups.py`,
+/// which calls lm-eval's own aggregation functions.
+#[test]
+fn mmlu_groups_aggregate_as_lm_eval() {
+    use come_repro::eval::harness::{summarize, DocResult};
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/lm_eval_mmlu_groups.json");
+    let g: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let mut docs = vec![];
+    for (subject, s) in g["subjects"].as_object().unwrap() {
+        for x in s["docs"].as_array().unwrap() {
+            let acc = x.as_f64().unwrap();
+            docs.push(DocResult {
+                doc_id: docs.len(),
+                gold: 0,
+                loglik: vec![0.0, -1.0],
+                is_greedy: vec![true, false],
+                acc,
+                acc_norm: acc,
+                group: Some(subject.clone()),
+            });
+        }
+    }
+    let sum = summarize(&[Metric::Acc], &docs);
+    let close = |a: f64, b: &Value, what: &str| {
+        let b = b.as_f64().unwrap();
+        assert!((a - b).abs() < 1e-12, "{what}: {a} vs lm-eval {b}");
+    };
+    for (subject, s) in g["subjects"].as_object().unwrap() {
+        close(sum.groups[subject].value, &s["acc"], subject);
+        close(sum.groups[subject].stderr, &s["acc_stderr"], subject);
+    }
+    let expected = g["expected"].as_object().unwrap();
+    close(
+        sum.metrics["acc"].value,
+        &expected["mmlu"]["acc"],
+        "mmlu acc",
+    );
+    close(
+        sum.metrics["acc"].stderr,
+        &expected["mmlu"]["acc_stderr"],
+        "mmlu stderr",
+    );
+    assert_eq!(sum.categories.len(), 4);
+    for (c, v) in &sum.categories {
+        let want = &expected[&format!("mmlu_{c}")];
+        close(v.value, &want["acc"], c);
+        close(v.stderr, &want["acc_stderr"], c);
+    }
+}

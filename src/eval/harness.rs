@@ -40,12 +40,33 @@ pub struct TaskResult {
     pub metrics: BTreeMap<String, MetricValue>,
     /// MMLU: per-subject accuracy; empty elsewhere.
     pub groups: BTreeMap<String, MetricValue>,
+    /// MMLU: accuracy of lm-eval's four subject groups (stem, other, social_sciences,
+    /// humanities) over the subjects evaluated; empty elsewhere.
+    pub categories: BTreeMap<String, MetricValue>,
     pub files: Vec<(std::path::PathBuf, String)>,
     pub tokens_scored: usize,
     pub tokens_forwarded: usize,
     pub seconds: f64,
     #[serde(skip)]
     pub docs: Vec<DocResult>,
+}
+
+/// lm-eval's `pooled_sample_stderr` of a size-weighted group from its parts' (size,
+/// stderr): sqrt(sum((n_i - 1) * n_i * se_i^2) / (N - k) / N). A part of one document has
+/// no variance term ((n_i - 1) = 0), so its undefined stderr does not poison the group.
+pub fn pooled_stderr(parts: impl Iterator<Item = (usize, f64)>) -> f64 {
+    let (mut num, mut total, mut k) = (0.0, 0usize, 0usize);
+    for (n, se) in parts {
+        if n > 1 {
+            num += (n - 1) as f64 * n as f64 * se * se;
+        }
+        total += n;
+        k += 1;
+    }
+    if total <= k {
+        return f64::NAN;
+    }
+    (num / (total - k) as f64 / total as f64).sqrt()
 }
 
 /// Mean and lm-eval's `mean_stderr` (sample std with ddof 1 over sqrt(n)).
@@ -136,8 +157,41 @@ pub fn evaluate_task(
             group: d.group.clone(),
         });
     }
+    let Summary {
+        metrics,
+        groups,
+        categories,
+    } = summarize(&task.metrics, &results);
+    Ok(TaskResult {
+        task: task.name.clone(),
+        n_docs_total: task.docs.len(),
+        n_docs: results.len(),
+        num_fewshot: task.num_fewshot,
+        metrics,
+        groups,
+        categories,
+        files: task.files.clone(),
+        tokens_scored,
+        tokens_forwarded: forwarded,
+        seconds: t0.elapsed().as_secs_f64(),
+        docs: results,
+    })
+}
+
+/// A task's aggregates, as lm-eval reports them.
+pub struct Summary {
+    pub metrics: BTreeMap<String, MetricValue>,
+    /// Per subject (documents with a `group`).
+    pub groups: BTreeMap<String, MetricValue>,
+    /// Per lm-eval subject group of MMLU.
+    pub categories: BTreeMap<String, MetricValue>,
+}
+
+/// The metrics `wanted` over scored documents, plus per-subject and per-subject-group
+/// accuracy for documents that carry a subject.
+pub fn summarize(wanted: &[Metric], results: &[DocResult]) -> Summary {
     let mut metrics = BTreeMap::new();
-    for m in &task.metrics {
+    for m in wanted {
         let xs: Vec<f64> = results
             .iter()
             .map(|r| if *m == Metric::Acc { r.acc } else { r.acc_norm })
@@ -146,13 +200,44 @@ pub fn evaluate_task(
     }
     let mut groups = BTreeMap::new();
     let mut by_group: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
-    for r in &results {
+    for r in results {
         if let Some(g) = &r.group {
             by_group.entry(g.as_str()).or_default().push(r.acc);
         }
     }
     for (g, xs) in &by_group {
         groups.insert(g.to_string(), mean_stderr(xs));
+    }
+    let mut categories = BTreeMap::new();
+    if !groups.is_empty() {
+        // lm-eval's groups take the size-weighted mean of their subtasks (which equals the
+        // mean over all their documents) with the pooled standard error: so for `acc` of
+        // the whole task and for each of the four subject groups.
+        let part = |g: &str| (by_group[g].len(), groups[g].stderr);
+        if let Some(acc) = metrics.get_mut("acc") {
+            acc.stderr = pooled_stderr(groups.keys().map(|g| part(g)));
+        }
+        let mut by_category: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for g in groups.keys() {
+            if let Some(c) = super::tasks::mmlu_category(g) {
+                by_category.entry(c).or_default().push(g);
+            }
+        }
+        for (c, subjects) in by_category {
+            let n: usize = subjects.iter().map(|g| by_group[g].len()).sum();
+            let hits: f64 = subjects
+                .iter()
+                .map(|g| by_group[g].iter().sum::<f64>())
+                .sum();
+            let stderr = pooled_stderr(subjects.iter().map(|g| part(g)));
+            categories.insert(
+                c.to_string(),
+                MetricValue {
+                    value: hits / n as f64,
+                    stderr,
+                },
+            );
+        }
     }
     if !groups.is_empty() {
         // Macro average over subjects beside lm-eval's size-weighted (micro) `acc`.
@@ -167,17 +252,9 @@ pub fn evaluate_task(
             },
         );
     }
-    Ok(TaskResult {
-        task: task.name.clone(),
-        n_docs_total: task.docs.len(),
-        n_docs: results.len(),
-        num_fewshot: task.num_fewshot,
+    Summary {
         metrics,
         groups,
-        files: task.files.clone(),
-        tokens_scored,
-        tokens_forwarded: forwarded,
-        seconds: t0.elapsed().as_secs_f64(),
-        docs: results,
-    })
+        categories,
+    }
 }

@@ -50,16 +50,38 @@ pub fn lm_eval_json(tasks: &[TaskResult], ppl: &[(String, PplResult)], info: &Ru
         results.insert(t.task.clone(), Value::Object(r.clone()));
         if !t.groups.is_empty() {
             groups.insert(t.task.clone(), Value::Object(r));
-            let mut subs = vec![];
-            for (g, v) in &t.groups {
-                let name = format!("{}_{g}", t.task);
+            // lm-eval's tree: mmlu -> its four subject groups -> subjects; subjects outside
+            // the known groups (a user's own data) hang from the task directly.
+            let entry = |alias: String, v: &super::harness::MetricValue| {
                 let mut e = Map::new();
-                e.insert("alias".into(), json!(format!(" - {g}")));
+                e.insert("alias".into(), json!(alias));
                 metric_entries(&mut e, "acc", v);
-                results.insert(name.clone(), Value::Object(e));
-                subs.push(name);
+                Value::Object(e)
+            };
+            let mut top = vec![];
+            for (c, v) in &t.categories {
+                let name = format!("{}_{c}", t.task);
+                results.insert(name.clone(), entry(format!(" - {c}"), v));
+                groups.insert(name.clone(), entry(format!(" - {c}"), v));
+                let mut subs = vec![];
+                for (g, v) in &t.groups {
+                    if super::tasks::mmlu_category(g) == Some(c.as_str()) {
+                        let sub = format!("{}_{g}", t.task);
+                        results.insert(sub.clone(), entry(format!("  - {g}"), v));
+                        subs.push(sub);
+                    }
+                }
+                group_subtasks.insert(name.clone(), json!(subs));
+                top.push(name);
             }
-            group_subtasks.insert(t.task.clone(), json!(subs));
+            for (g, v) in &t.groups {
+                if super::tasks::mmlu_category(g).is_none() {
+                    let sub = format!("{}_{g}", t.task);
+                    results.insert(sub.clone(), entry(format!(" - {g}"), v));
+                    top.push(sub);
+                }
+            }
+            group_subtasks.insert(t.task.clone(), json!(top));
         }
         let metric_names: Vec<&String> = t.metrics.keys().collect();
         configs.insert(
@@ -137,6 +159,9 @@ pub fn table(tasks: &[TaskResult], ppl: &[(String, PplResult)]) -> String {
                 "|{}|{}|{}|{:.4}|{:.4}|\n",
                 t.task, t.n_docs, m, v.value, v.stderr
             );
+        }
+        for (c, v) in &t.categories {
+            s += &format!("| - {}_{c}| |acc|{:.4}|{:.4}|\n", t.task, v.value, v.stderr);
         }
     }
     for (name, p) in ppl {

@@ -26,6 +26,77 @@ const HEADER: [&str; 6] = [
 const HF: &[&str] = &["question", "subject", "choices", "answer"];
 const LETTERS: [&str; 4] = ["A", "B", "C", "D"];
 
+/// lm-eval 0.4.13's four MMLU groups: each `mmlu_<subject>.yaml` is tagged
+/// `mmlu_<category>_tasks`, and `mmlu` aggregates `mmlu_stem`, `mmlu_other`,
+/// `mmlu_social_sciences` and `mmlu_humanities`.
+const CATEGORIES: [(&str, &str); 57] = [
+    ("abstract_algebra", "stem"),
+    ("anatomy", "stem"),
+    ("astronomy", "stem"),
+    ("business_ethics", "other"),
+    ("clinical_knowledge", "other"),
+    ("college_biology", "stem"),
+    ("college_chemistry", "stem"),
+    ("college_computer_science", "stem"),
+    ("college_mathematics", "stem"),
+    ("college_medicine", "other"),
+    ("college_physics", "stem"),
+    ("computer_security", "stem"),
+    ("conceptual_physics", "stem"),
+    ("econometrics", "social_sciences"),
+    ("electrical_engineering", "stem"),
+    ("elementary_mathematics", "stem"),
+    ("formal_logic", "humanities"),
+    ("global_facts", "other"),
+    ("high_school_biology", "stem"),
+    ("high_school_chemistry", "stem"),
+    ("high_school_computer_science", "stem"),
+    ("high_school_european_history", "humanities"),
+    ("high_school_geography", "social_sciences"),
+    ("high_school_government_and_politics", "social_sciences"),
+    ("high_school_macroeconomics", "social_sciences"),
+    ("high_school_mathematics", "stem"),
+    ("high_school_microeconomics", "social_sciences"),
+    ("high_school_physics", "stem"),
+    ("high_school_psychology", "social_sciences"),
+    ("high_school_statistics", "stem"),
+    ("high_school_us_history", "humanities"),
+    ("high_school_world_history", "humanities"),
+    ("human_aging", "other"),
+    ("human_sexuality", "social_sciences"),
+    ("international_law", "humanities"),
+    ("jurisprudence", "humanities"),
+    ("logical_fallacies", "humanities"),
+    ("machine_learning", "stem"),
+    ("management", "other"),
+    ("marketing", "other"),
+    ("medical_genetics", "other"),
+    ("miscellaneous", "other"),
+    ("moral_disputes", "humanities"),
+    ("moral_scenarios", "humanities"),
+    ("nutrition", "other"),
+    ("philosophy", "humanities"),
+    ("prehistory", "humanities"),
+    ("professional_accounting", "other"),
+    ("professional_law", "humanities"),
+    ("professional_medicine", "other"),
+    ("professional_psychology", "social_sciences"),
+    ("public_relations", "social_sciences"),
+    ("security_studies", "social_sciences"),
+    ("sociology", "social_sciences"),
+    ("us_foreign_policy", "social_sciences"),
+    ("virology", "other"),
+    ("world_religions", "humanities"),
+];
+
+/// The lm-eval group (`stem`, `other`, `social_sciences`, `humanities`) of an MMLU subject.
+pub fn category(subject: &str) -> Option<&'static str> {
+    CATEGORIES
+        .binary_search_by(|(s, _)| (*s).cmp(subject))
+        .ok()
+        .map(|i| CATEGORIES[i].1)
+}
+
 #[derive(Clone)]
 struct Item {
     question: String,
@@ -256,5 +327,31 @@ fn dev_sibling(test: &Path) -> Result<PathBuf> {
              test*.{{parquet,jsonl}} and the dev file dev*.{{parquet,jsonl}}",
             test.display()
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn categories_cover_the_57_subjects_in_lm_evals_groups() {
+        assert!(
+            CATEGORIES.windows(2).all(|w| w[0].0 < w[1].0),
+            "sorted for search"
+        );
+        let count = |c| CATEGORIES.iter().filter(|(_, k)| *k == c).count();
+        assert_eq!(
+            [
+                count("stem"),
+                count("other"),
+                count("social_sciences"),
+                count("humanities")
+            ],
+            [19, 13, 12, 13]
+        );
+        assert_eq!(category("anatomy"), Some("stem"));
+        assert_eq!(category("world_religions"), Some("humanities"));
+        assert_eq!(category("not_a_subject"), None);
     }
 }

@@ -29,6 +29,7 @@ mod read;
 mod subset;
 mod winogrande;
 
+pub use mmlu::category as mmlu_category;
 pub use subset::{subset, SplitMix64};
 
 use crate::error::{Error, Result};
