@@ -95,9 +95,18 @@ fn state_line(pb: &ProgressBar) -> Option<String> {
         return Some(format!("{what} 0/{len}"));
     }
     let rate = pos as f64 / pb.elapsed().as_secs_f64().max(1e-9);
+    // Grid runs take minutes each: a rate below one per second reads better per minute.
+    let speed = if rate >= 1.0 {
+        format!("{rate:.1}/s")
+    } else {
+        format!("{:.1}/min", rate * 60.0)
+    };
+    if len == 0 {
+        return Some(format!("{what} {pos} {speed}"));
+    }
     let s = (len.saturating_sub(pos) as f64 / rate).round() as u64;
     Some(format!(
-        "{what} {pos}/{len} {rate:.1}/s eta {}:{:02}:{:02}",
+        "{what} {pos}/{len} {speed} eta {}:{:02}:{:02}",
         s / 3600,
         s / 60 % 60,
         s % 60
@@ -133,6 +142,12 @@ mod tests {
         pb.set_position(10);
         let line = state_line(&pb).unwrap();
         assert!(line.starts_with("run1 eval piqa 10/40 "), "{line}");
-        assert!(line.contains("/s eta "), "{line}");
+        assert!(line.contains(" eta "), "{line}");
+        let open = ProgressBar::hidden();
+        open.set_message("prune steps");
+        open.set_position(3);
+        let line = state_line(&open).unwrap();
+        assert!(line.starts_with("prune steps 3 "), "{line}");
+        assert!(!line.contains("eta"), "no ETA without a length: {line}");
     }
 }
