@@ -58,19 +58,27 @@ pub struct CalibSet {
     pub deviation: String,
 }
 
+/// Indices (among the non-blank rows of the source, in file order) of the rows the
+/// calibration sample draws, in drawing order. Recovery uses it to train on other rows.
+pub fn drawn_rows(cfg: &CalibConfig, available: usize) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..available).collect();
+    SplitMix64::new(cfg.seed).shuffle(&mut idx);
+    idx.truncate(cfg.nrows.max(1));
+    idx
+}
+
 pub fn sample(tok: &Tokenizer, cfg: &CalibConfig) -> Result<CalibSet> {
     let path = cfg.source_path();
     let bytes = crate::error::read_file(&path)?;
     let sha = hex::encode(Sha256::digest(&bytes));
     let text =
         String::from_utf8(bytes).map_err(|e| Error::format(&path, format!("not UTF-8: {e}")))?;
-    let mut rows: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    let available = rows.len();
+    let all: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let available = all.len();
     if available == 0 {
         return Err(Error::data(&path, 1, "no text rows for calibration"));
     }
-    SplitMix64::new(cfg.seed).shuffle(&mut rows);
-    rows.truncate(cfg.nrows.max(1));
+    let rows: Vec<&str> = drawn_rows(cfg, available).iter().map(|&i| all[i]).collect();
     // Rows carry their line break, as Hugging Face's WikiText rows do.
     let joined = rows
         .iter()

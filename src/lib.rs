@@ -1,9 +1,11 @@
 //! come-repro: a reproduction harness for CoMe layer-concatenation pruning.
 //!
-//! Stages, as data flows: `model` (load, run, save, import) -> `eval` (perplexity,
-//! zero-shot tasks). Each stage takes and returns plain data.
+//! Stages, as data flows: `model` (load, run, save, import) -> `prune` -> `distill`
+//! (recovery) -> `eval` (perplexity, zero-shot tasks); [`stages`] runs each one once,
+//! with a typed record and a cache key, for the CLI and the grid runner alike.
 
 pub mod calib;
+pub mod distill;
 pub mod error;
 pub mod eval;
 pub mod experiment;
@@ -16,6 +18,7 @@ pub mod report;
 pub mod rng;
 pub mod runner;
 pub mod runtime;
+pub mod stages;
 pub mod track;
 
 pub use error::{Error, Result};

@@ -5,6 +5,7 @@ mod bench_precision;
 mod check;
 mod common;
 mod demo;
+mod distill;
 mod eval;
 mod generate;
 mod grid;
@@ -38,6 +39,8 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Prune a checkpoint (CoMe, CoMe-P or a baseline) and save it as an HF checkpoint.
     Prune(prune::PruneArgs),
+    /// Recover a pruned checkpoint against its teacher (layer-local distillation or LoRA).
+    Distill(distill::DistillArgs),
     /// Run (or resume) a grid of experiments into the run store.
     Grid(grid::GridArgs),
     /// Inspect the run store: ls, show, diff, export.
@@ -61,6 +64,7 @@ pub fn main() -> ExitCode {
         Command::Generate(a) => generate::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Prune(a) => prune::run(a),
+        Command::Distill(a) => distill::run(a),
         Command::Grid(a) => grid::run(a),
         Command::Runs(c) => runs::run(c),
         Command::Tables(a) => tables::run(a),

@@ -3,35 +3,71 @@
 
 use tch::Tensor;
 
+/// A low-rank update `scale * B A` trained beside a frozen weight (LoRA): `a` is
+/// `[rank, in]`, `b` is `[out, rank]`; dropout applies to the adapter's input while
+/// `training` is set. Only recovery creates adapters, and merges them before saving.
+#[derive(Debug)]
+pub struct Adapter {
+    pub a: Tensor,
+    pub b: Tensor,
+    pub scale: f64,
+    pub dropout: f64,
+    pub training: bool,
+}
+
 /// `y = x W^T + b`, the layout of a PyTorch `nn.Linear`: weight is `[out, in]`.
 #[derive(Debug)]
 pub struct Linear {
     pub weight: Tensor,
     pub bias: Option<Tensor>,
+    pub adapter: Option<Adapter>,
 }
 
 impl Linear {
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
-        Linear { weight, bias }
+        Linear {
+            weight,
+            bias,
+            adapter: None,
+        }
     }
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        x.linear(&self.weight, self.bias.as_ref())
+        let y = x.linear(&self.weight, self.bias.as_ref());
+        match &self.adapter {
+            None => y,
+            Some(ad) => {
+                let xd = if ad.training && ad.dropout > 0.0 {
+                    x.dropout(ad.dropout, true)
+                } else {
+                    x.shallow_clone()
+                };
+                y + xd
+                    .linear::<&Tensor>(&ad.a, None)
+                    .linear::<&Tensor>(&ad.b, None)
+                    * ad.scale
+            }
+        }
+    }
+
+    /// Fold the adapter into the weight (`W += scale * B A`) and remove it.
+    pub fn merge_adapter(&mut self) {
+        if let Some(ad) = self.adapter.take() {
+            let delta = tch::no_grad(|| ad.b.detach().matmul(&ad.a.detach()) * ad.scale);
+            let _ = tch::no_grad(|| self.weight.g_add_(&delta.to_kind(self.weight.kind())));
+        }
     }
 
     pub fn shallow_clone(&self) -> Linear {
-        Linear {
-            weight: self.weight.shallow_clone(),
-            bias: self.bias.as_ref().map(Tensor::shallow_clone),
-        }
+        Linear::new(
+            self.weight.shallow_clone(),
+            self.bias.as_ref().map(Tensor::shallow_clone),
+        )
     }
 
     /// A deep copy (new storage), for merges that must not alias their sources.
     pub fn deep_clone(&self) -> Linear {
-        Linear {
-            weight: self.weight.copy(),
-            bias: self.bias.as_ref().map(Tensor::copy),
-        }
+        Linear::new(self.weight.copy(), self.bias.as_ref().map(Tensor::copy))
     }
 }
 
@@ -93,6 +129,19 @@ impl Layer {
             up_proj: self.up_proj.shallow_clone(),
             down_proj: self.down_proj.shallow_clone(),
         }
+    }
+
+    /// The seven projections, by their Hugging Face names.
+    pub fn projections_mut(&mut self) -> [(&'static str, &mut Linear); 7] {
+        [
+            ("self_attn.q_proj", &mut self.q_proj),
+            ("self_attn.k_proj", &mut self.k_proj),
+            ("self_attn.v_proj", &mut self.v_proj),
+            ("self_attn.o_proj", &mut self.o_proj),
+            ("mlp.gate_proj", &mut self.gate_proj),
+            ("mlp.up_proj", &mut self.up_proj),
+            ("mlp.down_proj", &mut self.down_proj),
+        ]
     }
 
     pub fn deep_clone(&self) -> Layer {

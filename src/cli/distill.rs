@@ -1,0 +1,226 @@
+//! `come-repro distill`: recover a pruned checkpoint against its teacher (hierarchical
+//! layer-local distillation, optionally followed by logit KD, or the LoRA baseline) and
+//! save it as an HF checkpoint plus `distill.json`.
+
+use super::common::{bar, note, RuntimeArgs};
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use come_repro::distill::{
+    recover, Attach, Event, Losses, RecoverInputs, RecoveryConfig, RecoveryMethod,
+};
+use std::path::PathBuf;
+
+/// A repeated option takes its last value (scripts append overrides to a base command).
+#[derive(Args)]
+#[command(args_override_self = true)]
+pub struct DistillArgs {
+    /// The model before pruning (HF checkpoint directory).
+    #[arg(long)]
+    pub teacher: PathBuf,
+    /// The pruned checkpoint (with the come.json that `prune` writes).
+    #[arg(long)]
+    pub model: PathBuf,
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, value_enum, default_value = "hierarchical")]
+    pub method: RecoveryMethod,
+    /// Loss terms: `mse`, `mse,cosine` or weighted `mse:1,cosine:0.5`
+    /// (mse, cosine, kl_hidden, kl_logits).
+    #[arg(long, value_parser = parse_losses)]
+    pub loss: Option<Losses>,
+    /// Training tokens per layer (hierarchical) or for the whole model (lora).
+    #[arg(long)]
+    pub tokens: Option<usize>,
+    #[arg(long)]
+    pub seqlen: Option<usize>,
+    #[arg(long)]
+    pub micro_batch: Option<usize>,
+    #[arg(long)]
+    pub accum: Option<usize>,
+    #[arg(long)]
+    pub lr: Option<f64>,
+    #[arg(long)]
+    pub min_lr: Option<f64>,
+    /// Warmup as a fraction of the steps.
+    #[arg(long)]
+    pub warmup: Option<f64>,
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    /// Gradient-norm clip (0: none).
+    #[arg(long)]
+    pub clip: Option<f64>,
+    #[arg(long)]
+    pub temperature: Option<f64>,
+    /// kl_logits positions per sequence and step (0: all).
+    #[arg(long)]
+    pub kl_positions: Option<usize>,
+    #[arg(long)]
+    pub val_tokens: Option<usize>,
+    #[arg(long)]
+    pub eval_every: Option<usize>,
+    /// Training text (one row per line, or jsonl with `text`); default: the shared
+    /// WikiText-2 train prefix without the pruning calibration's rows.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    #[arg(long, value_enum)]
+    pub attach: Option<Attach>,
+    #[arg(long)]
+    pub kd_tokens: Option<usize>,
+    #[arg(long)]
+    pub kd_lr: Option<f64>,
+    #[arg(long)]
+    pub lora_rank: Option<usize>,
+    #[arg(long)]
+    pub lora_alpha: Option<f64>,
+    #[arg(long)]
+    pub lora_dropout: Option<f64>,
+    #[arg(long)]
+    pub lora_lr: Option<f64>,
+    /// Worker threads on the CPU (layers trained concurrently); see also --devices.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub workers: u16,
+    /// One worker per device, e.g. `cuda:0,cuda:1` (overrides --workers).
+    #[arg(long, value_delimiter = ',')]
+    pub devices: Vec<String>,
+    /// Keep teacher states here, reusable by later runs (default: memory, or a temp dir
+    /// when they exceed 2 GiB).
+    #[arg(long)]
+    pub teacher_cache: Option<PathBuf>,
+    /// Replace an existing output directory.
+    #[arg(long)]
+    pub force: bool,
+    #[command(flatten)]
+    pub rt: RuntimeArgs,
+}
+
+fn parse_losses(s: &str) -> Result<Losses, String> {
+    Losses::parse(s).map_err(|e| e.to_string())
+}
+
+impl DistillArgs {
+    pub fn config(&self) -> RecoveryConfig {
+        let mut c = RecoveryConfig {
+            method: self.method,
+            ..Default::default()
+        };
+        macro_rules! set {
+            ($($f:ident),*) => { $( if let Some(v) = self.$f.clone() { c.$f = v; } )* };
+        }
+        set!(
+            loss,
+            tokens,
+            seqlen,
+            micro_batch,
+            accum,
+            lr,
+            min_lr,
+            warmup,
+            weight_decay,
+            temperature,
+            val_tokens,
+            seed,
+            attach,
+            kd_lr,
+            lora_rank,
+            lora_alpha,
+            lora_dropout,
+            lora_lr
+        );
+        if let Some(x) = self.clip {
+            c.clip = (x > 0.0).then_some(x);
+        }
+        if let Some(k) = self.kl_positions {
+            c.kl_positions = (k > 0).then_some(k);
+        }
+        c.eval_every = self.eval_every.or(c.eval_every);
+        c.data = self.data.clone().or(c.data);
+        c.kd_tokens = self.kd_tokens.or(c.kd_tokens);
+        c
+    }
+}
+
+pub fn run(a: DistillArgs) -> Result<()> {
+    let cfg = a.config();
+    cfg.validate()?;
+    if a.out.exists() && !a.force {
+        bail!(
+            "{} already exists (use --force to replace it)",
+            a.out.display()
+        );
+    }
+    let load = a.rt.load_options()?;
+    let devices = if a.devices.is_empty() {
+        vec![load.device; a.workers as usize]
+    } else {
+        a.devices
+            .iter()
+            .map(|d| come_repro::runtime::parse_device(d.trim()))
+            .collect::<Result<_, _>>()?
+    };
+    let inp = RecoverInputs {
+        teacher: &a.teacher,
+        student: &a.model,
+        out: &a.out,
+        cfg: &cfg,
+        load,
+        devices,
+        cache_dir: a.teacher_cache.as_deref(),
+    };
+    let pb = bar(0, "teacher");
+    let mut on = |e: Event| match e {
+        Event::Teacher { done, total } => {
+            pb.set_message("teacher states");
+            pb.set_length(total as u64);
+            pb.set_position(done as u64);
+        }
+        Event::Unit { index, of, label } => note(&pb, &format!("[{}/{of}] {label}", index + 1)),
+        Event::Step {
+            unit,
+            step,
+            steps,
+            loss,
+            tokens_per_s,
+        } => {
+            pb.set_length(steps as u64);
+            pb.set_position(step as u64);
+            pb.set_message(format!("{unit} loss {loss:.4e} {tokens_per_s:.0} tok/s"));
+        }
+        Event::Note(s) => note(&pb, &s),
+    };
+    let rec = recover(&inp, &mut on).with_context(|| {
+        format!(
+            "recovering {} against {}",
+            a.model.display(),
+            a.teacher.display()
+        )
+    })?;
+    pb.finish_and_clear();
+    for u in &rec.units {
+        let what = u
+            .layer
+            .map_or("whole model".to_string(), |l| format!("layer {l}"));
+        let first = u.train_loss.first().copied().unwrap_or(f64::NAN);
+        let last = u.train_loss.last().copied().unwrap_or(f64::NAN);
+        let val = u
+            .best_val_loss
+            .map_or("-".into(), |v| format!("{v:.4e} (step {})", u.best_step));
+        println!(
+            "{what:>12}: {} steps, loss {first:.4e} -> {last:.4e}, best val {val}, {:.0} tok/s",
+            u.steps, u.tokens_per_s
+        );
+    }
+    println!(
+        "recovered with {} in {:.1}s ({} tokens, {:.0} tok/s, teacher states {:.1}s{}), peak RSS {:.0} MiB: {}",
+        cfg.method.name(),
+        rec.seconds,
+        rec.tokens,
+        rec.tokens_per_s,
+        rec.teacher_seconds,
+        if rec.teacher_cached { " cached" } else { "" },
+        rec.peak_rss_mib,
+        a.out.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,359 @@
+//! What a recovery stage does, as plain data: the method, the loss, the optimiser, the
+//! token budget and the data. Every field has a default and is serialised, so the
+//! canonical JSON of a `RecoveryConfig` is part of a run's identity. The paper publishes
+//! none of these choices: every value here is ours, recorded in each run.
+
+use crate::error::{Error, Result};
+use serde::{Deserialize, Deserializer, Serialize};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// How a pruned model is recovered (the grid's recovery axis).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+pub enum RecoveryMethod {
+    /// No recovery: the pruned checkpoint as it is.
+    #[default]
+    #[serde(rename = "none")]
+    #[value(name = "none")]
+    None,
+    /// Layer-local distillation of every merged layer on teacher states (CoMe, Fig. 1).
+    #[serde(rename = "hierarchical")]
+    #[value(name = "hierarchical")]
+    Hierarchical,
+    /// Hierarchical, then logit KD of the whole student, still training only merged layers.
+    #[serde(rename = "hierarchical+kd")]
+    #[value(name = "hierarchical+kd")]
+    HierarchicalKd,
+    /// LoRA adapters on all seven projections of every layer, LM loss, merged at the end.
+    #[serde(rename = "lora")]
+    #[value(name = "lora")]
+    Lora,
+}
+
+impl RecoveryMethod {
+    pub fn name(self) -> &'static str {
+        match self {
+            RecoveryMethod::None => "none",
+            RecoveryMethod::Hierarchical => "hierarchical",
+            RecoveryMethod::HierarchicalKd => "hierarchical+kd",
+            RecoveryMethod::Lora => "lora",
+        }
+    }
+}
+
+/// A per-layer loss between the student layer's output and the teacher's state.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
+pub enum LossKind {
+    /// Mean squared error over every element.
+    Mse,
+    /// 1 - cosine similarity per position, averaged.
+    Cosine,
+    /// KL(teacher || student) of softmaxes over the hidden dimension at temperature T,
+    /// times T^2: the figure's L_KL read literally.
+    KlHidden,
+    /// KL(teacher || student) of the frozen final norm + LM head distributions, times T^2.
+    KlLogits,
+}
+
+impl LossKind {
+    pub const ALL: [LossKind; 4] = [
+        LossKind::Mse,
+        LossKind::Cosine,
+        LossKind::KlHidden,
+        LossKind::KlLogits,
+    ];
+    pub fn name(self) -> &'static str {
+        match self {
+            LossKind::Mse => "mse",
+            LossKind::Cosine => "cosine",
+            LossKind::KlHidden => "kl_hidden",
+            LossKind::KlLogits => "kl_logits",
+        }
+    }
+    pub fn parse(s: &str) -> Result<LossKind> {
+        LossKind::ALL
+            .into_iter()
+            .find(|k| k.name() == s.trim())
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "unknown loss `{s}` (known: mse, cosine, kl_hidden, kl_logits)"
+                ))
+            })
+    }
+}
+
+/// A weighted sum of losses. Written as `"mse"`, `"mse,cosine"` (weights 1) or a table
+/// `{ mse = 1.0, cosine = 0.5 }`; serialised as the table, so either spelling hashes alike.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Losses(pub BTreeMap<LossKind, f64>);
+
+impl Default for Losses {
+    fn default() -> Self {
+        Losses(BTreeMap::from([(LossKind::Mse, 1.0)]))
+    }
+}
+
+impl Losses {
+    pub fn parse(s: &str) -> Result<Losses> {
+        let mut m = BTreeMap::new();
+        for part in s.split(',').filter(|p| !p.trim().is_empty()) {
+            let (k, w) = match part.split_once(':') {
+                Some((k, w)) => (
+                    k,
+                    w.trim()
+                        .parse::<f64>()
+                        .map_err(|_| Error::Invalid(format!("bad loss weight in `{part}`")))?,
+                ),
+                None => (part, 1.0),
+            };
+            m.insert(LossKind::parse(k)?, w);
+        }
+        let l = Losses(m);
+        l.validate()?;
+        Ok(l)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.0.is_empty() {
+            return Err(Error::Invalid("recovery.loss names no loss".into()));
+        }
+        for (k, w) in &self.0 {
+            if !w.is_finite() || *w <= 0.0 {
+                return Err(Error::Invalid(format!(
+                    "loss weight of {} must be a positive number, got {w}",
+                    k.name()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// `mse` or `mse+0.5*cosine`: a label for tables.
+    pub fn label(&self) -> String {
+        self.0
+            .iter()
+            .map(|(k, w)| {
+                if *w == 1.0 {
+                    k.name().to_string()
+                } else {
+                    format!("{w}*{}", k.name())
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("+")
+    }
+}
+
+impl<'de> Deserialize<'de> for Losses {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            One(String),
+            Table(BTreeMap<String, f64>),
+        }
+        let l = match Raw::deserialize(d)? {
+            Raw::One(s) => Losses::parse(&s).map_err(serde::de::Error::custom)?,
+            Raw::Table(t) => {
+                let mut m = BTreeMap::new();
+                for (k, w) in t {
+                    m.insert(LossKind::parse(&k).map_err(serde::de::Error::custom)?, w);
+                }
+                let l = Losses(m);
+                l.validate().map_err(serde::de::Error::custom)?;
+                l
+            }
+        };
+        Ok(l)
+    }
+}
+
+/// Where removed layers of a drop method go for recovery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Attach {
+    /// A removed run of layers joins the kept layer before it (LLM-Streamline's setting);
+    /// a run at the very start joins the first kept layer.
+    #[default]
+    Before,
+    /// Only layers that merged several originals are trained.
+    None,
+}
+
+/// The recovery stage's settings. Defaults follow LLM-Streamline's layer training (MSE,
+/// AdamW 2e-4, weight decay 1e-3, cosine to 5e-5, clip 5, 2048-token sequences) and
+/// Shortened LLaMA's LoRA (rank 8, alpha 16, dropout 0.05, lr 1e-4); the token budget is
+/// sized for a CPU.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecoveryConfig {
+    pub method: RecoveryMethod,
+    pub attach: Attach,
+    pub loss: Losses,
+    /// Softmax temperature of the KL losses.
+    pub temperature: f64,
+    /// kl_logits: positions sampled per sequence and step (None: every position).
+    pub kl_positions: Option<usize>,
+    /// kl_logits: vocabulary rows per chunk of the LM head.
+    pub vocab_chunk: usize,
+    /// Training tokens per layer (hierarchical) or for the whole model (lora, kd).
+    pub tokens: usize,
+    pub seqlen: usize,
+    /// Sequences per forward.
+    pub micro_batch: usize,
+    /// Micro-batches per optimiser step.
+    pub accum: usize,
+    pub lr: f64,
+    /// Floor of the cosine decay.
+    pub min_lr: f64,
+    /// Linear warmup over this fraction of the steps.
+    pub warmup: f64,
+    pub betas: [f64; 2],
+    pub eps: f64,
+    pub weight_decay: f64,
+    /// Global gradient-norm clip (None: no clipping).
+    pub clip: Option<f64>,
+    /// Held-out validation tokens (rounded up to whole sequences; 0: no validation and
+    /// the last step's weights are kept).
+    pub val_tokens: usize,
+    /// Validate every N optimiser steps (None: four times per layer, and at the end).
+    pub eval_every: Option<usize>,
+    /// Training text: a text file (one row per line) or jsonl with a `text` field. None:
+    /// the shared WikiText-2 train prefix, rows not used by the pruning calibration.
+    pub data: Option<PathBuf>,
+    pub seed: u64,
+    /// hierarchical+kd: tokens of the end-to-end logit-KD stage (None: `tokens`).
+    pub kd_tokens: Option<usize>,
+    pub kd_lr: f64,
+    pub lora_rank: usize,
+    pub lora_alpha: f64,
+    pub lora_dropout: f64,
+    pub lora_lr: f64,
+}
+
+impl Default for RecoveryConfig {
+    fn default() -> Self {
+        RecoveryConfig {
+            method: RecoveryMethod::None,
+            attach: Attach::Before,
+            loss: Losses::default(),
+            temperature: 1.0,
+            kl_positions: Some(256),
+            vocab_chunk: 8192,
+            tokens: 65_536,
+            seqlen: 2048,
+            micro_batch: 1,
+            accum: 1,
+            lr: 2e-4,
+            min_lr: 5e-5,
+            warmup: 0.05,
+            betas: [0.9, 0.999],
+            eps: 1e-8,
+            weight_decay: 1e-3,
+            clip: Some(5.0),
+            val_tokens: 4096,
+            eval_every: None,
+            data: None,
+            seed: 0,
+            kd_tokens: None,
+            kd_lr: 2e-5,
+            lora_rank: 8,
+            lora_alpha: 16.0,
+            lora_dropout: 0.05,
+            lora_lr: 1e-4,
+        }
+    }
+}
+
+impl RecoveryConfig {
+    pub fn is_none(&self) -> bool {
+        self.method == RecoveryMethod::None
+    }
+
+    /// Tokens per optimiser step.
+    pub fn tokens_per_step(&self) -> usize {
+        self.seqlen * self.micro_batch * self.accum
+    }
+
+    /// Optimiser steps that spend `tokens` (at least one).
+    pub fn steps_for(&self, tokens: usize) -> usize {
+        tokens.div_ceil(self.tokens_per_step().max(1)).max(1)
+    }
+
+    /// Refuse settings that cannot train, before any work starts.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Invalid(format!("recovery: {m}")));
+        self.loss.validate()?;
+        if self.tokens == 0 {
+            return bad("a zero token budget trains nothing (recovery.tokens must be > 0)".into());
+        }
+        if self.seqlen < 2 {
+            return bad(format!("seqlen must be at least 2, got {}", self.seqlen));
+        }
+        if self.micro_batch == 0 || self.accum == 0 {
+            return bad("micro_batch and accum must be at least 1".into());
+        }
+        for (name, v) in [
+            ("lr", self.lr),
+            ("kd_lr", self.kd_lr),
+            ("lora_lr", self.lora_lr),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                return bad(format!("{name} must be a positive number, got {v}"));
+            }
+        }
+        if !(self.min_lr.is_finite() && self.min_lr >= 0.0 && self.min_lr <= self.lr) {
+            return bad(format!("min_lr must be in [0, lr], got {}", self.min_lr));
+        }
+        if !(0.0..1.0).contains(&self.warmup) {
+            return bad(format!(
+                "warmup is a fraction in [0, 1), got {}",
+                self.warmup
+            ));
+        }
+        if !self.betas.iter().all(|b| (0.0..1.0).contains(b)) || !(self.eps > 0.0) {
+            return bad("betas must be in [0, 1) and eps > 0".into());
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return bad(format!(
+                "weight_decay must be >= 0, got {}",
+                self.weight_decay
+            ));
+        }
+        if self.clip.is_some_and(|c| !(c.is_finite() && c > 0.0)) {
+            return bad("clip must be a positive number".into());
+        }
+        if !(self.temperature.is_finite() && self.temperature > 0.0) {
+            return bad(format!("temperature must be > 0, got {}", self.temperature));
+        }
+        if self.kl_positions == Some(0) || self.vocab_chunk == 0 || self.eval_every == Some(0) {
+            return bad("kl_positions, vocab_chunk and eval_every must be at least 1".into());
+        }
+        if self.method == RecoveryMethod::Lora {
+            if self.lora_rank == 0 {
+                return bad("lora_rank must be at least 1".into());
+            }
+            if !(0.0..1.0).contains(&self.lora_dropout) {
+                return bad(format!(
+                    "lora_dropout must be in [0, 1), got {}",
+                    self.lora_dropout
+                ));
+            }
+        }
+        Ok(())
+    }
+}

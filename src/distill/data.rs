@@ -1,0 +1,173 @@
+//! Training and validation sequences for recovery: rows of a text file (or the `text`
+//! field of a jsonl file), without the rows the pruning calibration drew when both read the
+//! same file, joined with "\n\n" as the calibration does, tokenised as one stream without
+//! special tokens and cut into `seqlen`-token sequences. Validation takes the last
+//! sequences; training cycles over the rest when the budget asks for more than there is.
+
+use super::config::RecoveryConfig;
+use super::record::DataRecord;
+use crate::calib::CalibConfig;
+use crate::error::{Error, Result};
+use crate::model::tokenizer::Tokenizer;
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+
+pub struct DataSet {
+    pub train: Vec<Vec<i64>>,
+    pub val: Vec<Vec<i64>>,
+    pub record: DataRecord,
+}
+
+impl DataSet {
+    /// Identity of the token content (for the teacher-state cache).
+    pub fn digest(&self) -> String {
+        let mut h = Sha256::new();
+        for s in self.train.iter().chain(&self.val) {
+            for t in s {
+                h.update(t.to_le_bytes());
+            }
+            h.update(b"|");
+        }
+        hex::encode(h.finalize())
+    }
+}
+
+fn default_source() -> PathBuf {
+    CalibConfig::default().source_path()
+}
+
+/// Text rows of `path`: non-blank lines, or the `text` field of each jsonl object.
+fn read_rows(path: &Path) -> Result<(Vec<String>, String)> {
+    let bytes = crate::error::read_file(path)?;
+    let sha = hex::encode(Sha256::digest(&bytes));
+    let text =
+        String::from_utf8(bytes).map_err(|e| Error::format(path, format!("not UTF-8: {e}")))?;
+    let jsonl = path
+        .extension()
+        .is_some_and(|e| e == "jsonl" || e == "json");
+    let mut rows = vec![];
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        if jsonl {
+            let v: serde_json::Value = serde_json::from_str(line)
+                .map_err(|e| Error::data(path, i + 1, format!("not JSON: {e}")))?;
+            let t = v.get("text").and_then(|t| t.as_str()).ok_or_else(|| {
+                Error::data(path, i + 1, "no string field `text` in this JSON line")
+            })?;
+            rows.push(t.to_string());
+        } else {
+            rows.push(line.to_string());
+        }
+    }
+    if rows.is_empty() {
+        return Err(Error::data(path, 1, "no text rows for recovery training"));
+    }
+    Ok((rows, sha))
+}
+
+/// Sequences for `cfg`: enough for `tokens` of training (cycled if short) plus validation.
+pub fn load(
+    tok: &Tokenizer,
+    cfg: &RecoveryConfig,
+    calib: Option<&CalibConfig>,
+    tokens: usize,
+) -> Result<DataSet> {
+    let source = cfg.data.clone().unwrap_or_else(default_source);
+    let (rows, sha) = read_rows(&source)?;
+    let available = rows.len();
+    let mut excluded = vec![false; available];
+    if let Some(c) = calib.filter(|c| same_file(&c.source_path(), &source)) {
+        for i in crate::calib::drawn_rows(c, available) {
+            excluded[i] = true;
+        }
+    }
+    let n_excluded = excluded.iter().filter(|x| **x).count();
+    let seqlen = cfg.seqlen;
+    let want_val = cfg.val_tokens.div_ceil(seqlen);
+    let want_train = tokens.div_ceil(seqlen);
+    let want = (want_val + want_train) * seqlen;
+    // Tokenise row blocks until the stream is long enough: a 7B-scale budget need not
+    // tokenise a whole corpus.
+    let mut ids: Vec<i64> = vec![];
+    let kept: Vec<&String> = rows
+        .iter()
+        .zip(&excluded)
+        .filter(|(_, x)| !**x)
+        .map(|(r, _)| r)
+        .collect();
+    for block in kept.chunks(64) {
+        let joined = block
+            .iter()
+            .map(|r| format!("{r}\n"))
+            .collect::<Vec<_>>()
+            .join("\n\n");
+        let sep = if ids.is_empty() { "" } else { "\n\n" };
+        ids.extend(
+            tok.encode(&format!("{sep}{joined}"), false)?
+                .iter()
+                .map(|&t| t as i64),
+        );
+        if ids.len() >= want {
+            break;
+        }
+    }
+    let seqs: Vec<Vec<i64>> = ids.chunks_exact(seqlen).map(<[i64]>::to_vec).collect();
+    if seqs.len() < want_val + 1 {
+        return Err(Error::Invalid(format!(
+            "{}: {} rows give {} tokens, fewer than {} validation + 1 training sequences of {seqlen} \
+             (lower recovery.val_tokens or seqlen, or give more text with recovery.data)",
+            source.display(),
+            kept.len(),
+            ids.len(),
+            want_val
+        )));
+    }
+    let split = seqs.len() - want_val;
+    let (train, val) = (seqs[..split].to_vec(), seqs[split..].to_vec());
+    let mut note = format!(
+        "rows in file order without the {n_excluded} rows drawn by the pruning calibration"
+    );
+    if train.len() < want_train {
+        note += &format!(
+            "; the text holds {} training sequences, the budget asks for {want_train}: cycled",
+            train.len()
+        );
+    }
+    Ok(DataSet {
+        record: DataRecord {
+            source,
+            sha256: sha,
+            rows_available: available,
+            rows_excluded: n_excluded,
+            train_sequences: train.len(),
+            val_sequences: val.len(),
+            seqlen,
+            note,
+        },
+        train,
+        val,
+    })
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => a == b,
+    }
+}
+
+/// The order in which training sequences are visited: seeded shuffles of all of them,
+/// epoch after epoch, the same for every layer of a run so layers stay comparable.
+pub fn visit_order(n: usize, count: usize, seed: u64) -> Vec<usize> {
+    let mut out = Vec::with_capacity(count);
+    let mut rng = crate::rng::SplitMix64::new(seed ^ 0x5eed_d157);
+    while out.len() < count {
+        let mut epoch: Vec<usize> = (0..n).collect();
+        rng.shuffle(&mut epoch);
+        out.extend(epoch);
+    }
+    out.truncate(count);
+    out
+}

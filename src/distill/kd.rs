@@ -1,0 +1,204 @@
+//! End-to-end logit KD after the layer-local stage (`hierarchical+kd`): the whole student
+//! runs on the training tokens, only its merged layers train, and the loss is the KL
+//! between the teacher's and the student's next-token distributions (temperature T,
+//! sampled positions), the teacher's read from its cached last-layer states.
+
+use super::config::RecoveryConfig;
+use super::data::{visit_order, DataSet};
+use super::layer::layer_params;
+use super::loss::kl;
+use super::plan::Unit;
+use super::record::LayerRecord;
+use super::resume::{assign_layer, Partial};
+use super::run::{Event, Sink};
+use super::teacher::TeacherStates;
+use super::train::{self, Objective, Schedule};
+use crate::error::Result;
+use crate::model::forward::NoTap;
+use crate::model::Model;
+use crate::rng::SplitMix64;
+use std::time::Instant;
+use tch::{Kind, Tensor};
+
+/// Token ids of sequences `idx` (training first, then validation), `[B, T]`.
+pub fn ids_batch(data: &DataSet, idx: &[usize], dev: tch::Device) -> Tensor {
+    let n = data.train.len();
+    let rows: Vec<Tensor> = idx
+        .iter()
+        .map(|&i| {
+            let s = if i < n {
+                &data.train[i]
+            } else {
+                &data.val[i - n]
+            };
+            Tensor::from_slice(s)
+        })
+        .collect();
+    Tensor::stack(&rows, 0).to_device(dev)
+}
+
+/// Sorted distinct positions (all when `k` is None or covers the sequence).
+pub fn sample_positions(t: usize, k: Option<usize>, seed: u64, dev: tch::Device) -> Option<Tensor> {
+    let k = k.filter(|&k| k < t)?;
+    let mut all: Vec<i64> = (0..t as i64).collect();
+    SplitMix64::new(seed).shuffle(&mut all);
+    let mut pick = all[..k].to_vec();
+    pick.sort_unstable();
+    Some(Tensor::from_slice(&pick).to_device(dev))
+}
+
+struct KdObjective<'a> {
+    student: &'a Model,
+    states: &'a TeacherStates,
+    final_boundary: usize,
+    data: &'a DataSet,
+    order: Vec<usize>,
+    cfg: &'a RecoveryConfig,
+}
+
+impl KdObjective<'_> {
+    fn loss_on(&self, idx: &[usize], salt: u64) -> Result<Tensor> {
+        let dev = self.student.device;
+        let ids = ids_batch(self.data, idx, dev);
+        let h = self.student.forward_hidden(&ids, None, &mut NoTap)?;
+        let y = self.states.batch(self.final_boundary, idx, dev)?;
+        let pos = sample_positions(
+            self.states.seqlen,
+            self.cfg.kl_positions,
+            self.cfg.seed ^ salt,
+            dev,
+        );
+        let (h, y) = match &pos {
+            Some(p) => (h.index_select(1, p), y.index_select(1, p)),
+            None => (h, y),
+        };
+        let logits = |x: &Tensor| {
+            self.student
+                .lm_head(&self.student.final_norm(x))
+                .to_kind(Kind::Float)
+        };
+        let teacher = tch::no_grad(|| logits(&y.to_kind(self.student.dtype)));
+        Ok(kl(&logits(&h), &teacher, self.cfg.temperature))
+    }
+}
+
+impl Objective for KdObjective<'_> {
+    fn train_loss(&mut self, micro: usize) -> Result<Tensor> {
+        let mb = self.cfg.micro_batch;
+        let idx = self.order[micro * mb..(micro + 1) * mb].to_vec();
+        self.loss_on(&idx, micro as u64 + 1)
+    }
+
+    fn val_loss(&mut self) -> Result<Option<f64>> {
+        let n = self.data.train.len();
+        if self.data.val.is_empty() {
+            return Ok(None);
+        }
+        let mut sum = 0.0;
+        for i in n..n + self.data.val.len() {
+            sum += tch::no_grad(|| self.loss_on(&[i], 0))?.double_value(&[]);
+        }
+        Ok(Some(sum / self.data.val.len() as f64))
+    }
+}
+
+/// Logit KD of the whole student, training only the layers of `units`.
+#[allow(clippy::too_many_arguments)]
+pub fn train_kd(
+    student: &mut Model,
+    states: &TeacherStates,
+    final_boundary: usize,
+    units: &[Unit],
+    data: &DataSet,
+    cfg: &RecoveryConfig,
+    done: &mut Partial,
+    on: Sink,
+) -> Result<LayerRecord> {
+    let names = |student: &Model| -> Vec<(String, Tensor)> {
+        units
+            .iter()
+            .flat_map(|u| {
+                student.layers[u.layer]
+                    .named_tensors()
+                    .into_iter()
+                    .map(move |(n, t)| (format!("{}.{n}", u.layer), t.shallow_clone()))
+            })
+            .collect()
+    };
+    if let Some((tensors, rec)) = done.finished("kd", student.device)? {
+        for u in units {
+            let own: Vec<(String, Tensor)> = tensors
+                .iter()
+                .filter_map(|(n, t)| {
+                    n.strip_prefix(&format!("{}.", u.layer))
+                        .map(|r| (r.to_string(), t.shallow_clone()))
+                })
+                .collect();
+            assign_layer(&student.layers[u.layer], &own)?;
+        }
+        on(Event::Note(
+            "end-to-end KD: finished earlier, resumed".into(),
+        ));
+        return Ok(rec);
+    }
+    let kd_tokens = cfg.kd_tokens.unwrap_or(cfg.tokens);
+    let steps = cfg.steps_for(kd_tokens);
+    let params: Vec<Tensor> = units
+        .iter()
+        .flat_map(|u| layer_params(&student.layers[u.layer]))
+        .collect();
+    for p in &params {
+        let _ = p.shallow_clone().set_requires_grad(true);
+    }
+    let order = visit_order(
+        data.train.len(),
+        steps * cfg.accum * cfg.micro_batch,
+        cfg.seed ^ 0xcd,
+    );
+    on(Event::Unit {
+        index: units.len(),
+        of: units.len() + 1,
+        label: "end-to-end KD".into(),
+    });
+    let t0 = Instant::now();
+    let sched = Schedule::new(cfg, steps, cfg.kd_lr);
+    let per_step = cfg.tokens_per_step();
+    let mut obj = KdObjective {
+        student,
+        states,
+        final_boundary,
+        data,
+        order,
+        cfg,
+    };
+    let mut on_step = |s: usize, loss: f64| -> Result<()> {
+        super::run::check_stop()?;
+        let rate = ((s + 1) * per_step) as f64 / t0.elapsed().as_secs_f64().max(1e-9);
+        on(Event::Step {
+            unit: "kd".into(),
+            step: s + 1,
+            steps,
+            loss,
+            tokens_per_s: rate,
+        });
+        Ok(())
+    };
+    let out = train::run(params, &sched, &mut obj, "end-to-end KD", &mut on_step)?;
+    let seconds = t0.elapsed().as_secs_f64();
+    let rec = LayerRecord {
+        layer: None,
+        originals: None,
+        steps,
+        tokens: steps * per_step,
+        train_loss: out.train_loss,
+        val_loss: out.val_loss,
+        best_step: out.best_step,
+        best_val_loss: out.best_val,
+        seconds,
+        tokens_per_s: (steps * per_step) as f64 / seconds.max(1e-9),
+    };
+    let saved = names(student);
+    let refs: Vec<(String, &Tensor)> = saved.iter().map(|(n, t)| (n.clone(), t)).collect();
+    done.save("kd", &refs, &rec)?;
+    Ok(rec)
+}

@@ -1,0 +1,98 @@
+//! `distill.json`: what a recovery stage did, per layer and in total. Plain data, read back
+//! by the grid runner (metrics) and by resumption (finished layers).
+
+use super::config::RecoveryConfig;
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// One trained unit: a student layer (hierarchical), or the whole model (lora, kd).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LayerRecord {
+    /// Student layer index (None: the whole model).
+    pub layer: Option<usize>,
+    /// Teacher layers the unit stands for: input enters `originals.0`, the target leaves
+    /// `originals.1` (inclusive).
+    pub originals: Option<(usize, usize)>,
+    pub steps: usize,
+    pub tokens: usize,
+    /// Mean training loss per optimiser step.
+    pub train_loss: Vec<f64>,
+    /// (step, validation loss); step 0 is before any update.
+    pub val_loss: Vec<(usize, f64)>,
+    /// The step whose weights were kept (the best validation loss, or the last step).
+    pub best_step: usize,
+    pub best_val_loss: Option<f64>,
+    pub seconds: f64,
+    pub tokens_per_s: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DistillRecord {
+    pub teacher: PathBuf,
+    pub student: PathBuf,
+    pub config: RecoveryConfig,
+    /// Pruning correspondence of the student: new layer i <- original layers.
+    pub correspondence: Vec<Vec<usize>>,
+    pub units: Vec<LayerRecord>,
+    /// Training data: file, its sha256, train and validation sequences.
+    pub data: DataRecord,
+    pub workers: Vec<String>,
+    /// Teacher-state computation (seconds, cached or not).
+    pub teacher_seconds: f64,
+    pub teacher_cached: bool,
+    pub tokens: usize,
+    pub seconds: f64,
+    pub tokens_per_s: f64,
+    pub peak_rss_mib: f64,
+    pub threads: i32,
+    pub crate_version: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DataRecord {
+    pub source: PathBuf,
+    pub sha256: String,
+    pub rows_available: usize,
+    pub rows_excluded: usize,
+    pub train_sequences: usize,
+    pub val_sequences: usize,
+    pub seqlen: usize,
+    pub note: String,
+}
+
+pub const FILE: &str = "distill.json";
+
+impl DistillRecord {
+    pub fn read(dir: &Path) -> Result<DistillRecord> {
+        let p = dir.join(FILE);
+        let s = crate::error::read_to_string(&p)?;
+        serde_json::from_str(&s).map_err(|e| Error::format(&p, e.to_string()))
+    }
+
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        let p = dir.join(FILE);
+        let s = serde_json::to_string_pretty(self).map_err(|e| Error::Invalid(e.to_string()))?;
+        std::fs::write(&p, s + "\n").map_err(|e| Error::io(&p, e))
+    }
+
+    /// Final training loss of each trained unit, for the store.
+    pub fn final_losses(&self) -> Vec<(Option<usize>, f64)> {
+        self.units
+            .iter()
+            .filter_map(|u| u.train_loss.last().map(|l| (u.layer, *l)))
+            .collect()
+    }
+}
+
+/// Peak resident memory of this process (MiB), from /proc; NaN where unavailable.
+pub fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |k| k / 1024.0)
+}

@@ -1,0 +1,273 @@
+//! The recovery stage as a whole: check the inputs, plan the units, prepare data and
+//! teacher states, train (one worker per device, or in this thread), and write the
+//! recovered checkpoint atomically. Finished units are kept in `<out>.partial/` under a
+//! content key, so a killed run resumes from the last finished layer.
+
+use super::config::{RecoveryConfig, RecoveryMethod};
+use super::data::{self, DataSet};
+use super::plan::{self, Unit};
+use super::record::{peak_rss_mib, DistillRecord};
+use super::teacher::{dir_digest, TeacherStates};
+use super::{resume, workers};
+use crate::calib::CalibConfig;
+use crate::error::{Error, Result};
+use crate::model::load::{load_model, LoadOptions};
+use crate::model::tokenizer::Tokenizer;
+use crate::model::{Model, ModelConfig};
+use std::path::Path;
+use std::time::Instant;
+
+/// Everything the stage reads.
+pub struct RecoverInputs<'a> {
+    /// The model before pruning (HF directory).
+    pub teacher: &'a Path,
+    /// The pruned model (HF directory with its `come.json`: correspondence, calibration).
+    pub student: &'a Path,
+    /// Where the recovered checkpoint (+ `distill.json`) is written, atomically.
+    pub out: &'a Path,
+    pub cfg: &'a RecoveryConfig,
+    pub load: LoadOptions,
+    /// One worker per entry (`cpu` twice: two worker threads).
+    pub devices: Vec<tch::Device>,
+    /// Teacher-state cache root (None: in memory, or a temp dir when large).
+    pub cache_dir: Option<&'a Path>,
+}
+
+/// Progress of the stage, for bars and logs.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A unit (student layer, or the whole model) starts: index, count, label.
+    Unit {
+        index: usize,
+        of: usize,
+        label: String,
+    },
+    /// An optimiser step finished.
+    Step {
+        unit: String,
+        step: usize,
+        steps: usize,
+        loss: f64,
+        tokens_per_s: f64,
+    },
+    /// Teacher states: sequences done of total.
+    Teacher {
+        done: usize,
+        total: usize,
+    },
+    Note(String),
+}
+
+pub type Sink<'a> = &'a mut (dyn FnMut(Event) + Send);
+
+/// Stop between steps when the user asked to (Ctrl-C in a grid).
+pub fn check_stop() -> Result<()> {
+    if crate::runner::STOP.load(std::sync::atomic::Ordering::SeqCst) {
+        return Err(Error::Invalid("interrupted".into()));
+    }
+    Ok(())
+}
+
+/// The student's pruning facts that recovery needs, from its `come.json`.
+struct Pruned {
+    corr: Vec<Vec<usize>>,
+    calib: Option<CalibConfig>,
+    layers_before: Option<usize>,
+}
+
+fn read_pruned(dir: &Path) -> Result<Pruned> {
+    let corr = plan::read_correspondence(dir)?;
+    let p = dir.join("come.json");
+    let v: serde_json::Value = serde_json::from_str(&crate::error::read_to_string(&p)?)
+        .map_err(|e| Error::format(&p, e.to_string()))?;
+    let calib = v
+        .pointer("/report/config/calib")
+        .and_then(|c| serde_json::from_value(c.clone()).ok());
+    let layers_before = v
+        .pointer("/report/target/layers_before")
+        .and_then(serde_json::Value::as_u64)
+        .map(|n| n as usize);
+    Ok(Pruned {
+        corr,
+        calib,
+        layers_before,
+    })
+}
+
+/// Teacher and student must be the same architecture, the student the teacher pruned.
+fn check_pair(t: &ModelConfig, student: &Model, pr: &Pruned, inp: &RecoverInputs) -> Result<()> {
+    let s = &student.config;
+    let dims = |c: &ModelConfig| {
+        [
+            c.hidden_size,
+            c.intermediate_size,
+            c.num_attention_heads,
+            c.num_key_value_heads,
+            c.head_dim,
+            c.vocab_size,
+        ]
+    };
+    if dims(t) != dims(s) {
+        return Err(Error::Invalid(format!(
+            "teacher {} and student {} do not match: [hidden, intermediate, heads, kv heads, head_dim, vocab] = {:?} vs {:?}",
+            inp.teacher.display(), inp.student.display(), dims(t), dims(s)
+        )));
+    }
+    let n_teacher = t.num_hidden_layers as usize;
+    if let Some(n) = pr.layers_before.filter(|&n| n != n_teacher) {
+        return Err(Error::Invalid(format!(
+            "{} was pruned from a {n}-layer model, but the teacher {} has {n_teacher} layers",
+            inp.student.display(),
+            inp.teacher.display()
+        )));
+    }
+    if pr.corr.len() != student.n_layers() {
+        return Err(Error::Invalid(format!(
+            "{}: come.json lists {} layers, the checkpoint has {}",
+            inp.student.display(),
+            pr.corr.len(),
+            student.n_layers()
+        )));
+    }
+    Ok(())
+}
+
+/// Recover `inp.student` against `inp.teacher`; writes `inp.out` and returns its record.
+pub fn recover(inp: &RecoverInputs, on: Sink) -> Result<DistillRecord> {
+    let t0 = Instant::now();
+    let cfg = inp.cfg;
+    cfg.validate()?;
+    if cfg.method == RecoveryMethod::None {
+        return Err(Error::Invalid(
+            "recovery method is `none`: nothing to do".into(),
+        ));
+    }
+    let pr = read_pruned(inp.student)?;
+    let teacher_cfg = ModelConfig::from_file(&crate::model::config::config_path(inp.teacher))?;
+    let mut student = load_model(inp.student, inp.load)?;
+    check_pair(&teacher_cfg, &student, &pr, inp)?;
+    let n_teacher = teacher_cfg.num_hidden_layers as usize;
+    let units = match cfg.method {
+        RecoveryMethod::Lora => vec![],
+        _ => {
+            let u = plan::plan(&pr.corr, n_teacher, cfg.attach)?;
+            if u.is_empty() {
+                return Err(Error::Invalid(format!(
+                    "{}: no student layer stands for more than one original layer (correspondence {:?}, attach = {:?}): nothing to distil",
+                    inp.student.display(), pr.corr, cfg.attach
+                )));
+            }
+            u
+        }
+    };
+    let tok = Tokenizer::from_dir(inp.student)?;
+    let kd_tokens = cfg.kd_tokens.unwrap_or(cfg.tokens);
+    let budget = match cfg.method {
+        RecoveryMethod::HierarchicalKd => cfg.tokens.max(kd_tokens),
+        _ => cfg.tokens,
+    };
+    let data = data::load(&tok, cfg, pr.calib.as_ref(), budget)?;
+    let teacher_digest = dir_digest(inp.teacher)?;
+    let key = crate::experiment::hash_value(&serde_json::json!({
+        "teacher": teacher_digest, "student": dir_digest(inp.student)?, "config": cfg,
+        "data": data.digest(), "dtype": crate::runtime::dtype_name(inp.load.dtype),
+    }));
+    let mut done = resume::Partial::open(inp.out, &key)?;
+    let t_teacher = Instant::now();
+    // LoRA learns from the text alone: no teacher is loaded.
+    let (states, teacher_cached) = if cfg.method == RecoveryMethod::Lora {
+        (
+            TeacherStates::empty(data.record.seqlen, teacher_cfg.hidden_size as usize),
+            false,
+        )
+    } else {
+        let teacher = load_model(inp.teacher, inp.load)?;
+        teacher_states(&teacher, &teacher_digest, &data, &units, cfg, inp, on)?
+    };
+    let teacher_seconds = t_teacher.elapsed().as_secs_f64();
+    let mut records = workers::train_units(
+        &mut student,
+        &units,
+        &states,
+        &data,
+        cfg,
+        &inp.devices,
+        &mut done,
+        on,
+    )?;
+    match cfg.method {
+        RecoveryMethod::HierarchicalKd => records.push(super::kd::train_kd(
+            &mut student,
+            &states,
+            n_teacher,
+            &units,
+            &data,
+            cfg,
+            &mut done,
+            on,
+        )?),
+        RecoveryMethod::Lora => records.push(super::lora::train_lora(
+            &mut student,
+            &data,
+            cfg,
+            &mut done,
+            on,
+        )?),
+        _ => {}
+    }
+    let tokens: usize = records.iter().map(|r| r.tokens).sum();
+    let seconds = t0.elapsed().as_secs_f64();
+    let rec = DistillRecord {
+        teacher: inp.teacher.to_path_buf(),
+        student: inp.student.to_path_buf(),
+        config: cfg.clone(),
+        correspondence: pr.corr,
+        units: records,
+        data: data.record.clone(),
+        workers: inp
+            .devices
+            .iter()
+            .map(|d| crate::runtime::device_name(*d))
+            .collect(),
+        teacher_seconds,
+        teacher_cached,
+        tokens,
+        seconds,
+        tokens_per_s: tokens as f64 / seconds.max(1e-9),
+        peak_rss_mib: peak_rss_mib(),
+        threads: tch::get_num_threads(),
+        crate_version: env!("CARGO_PKG_VERSION").into(),
+    };
+    done.commit(&student, inp.student, &rec)?;
+    Ok(rec)
+}
+
+/// Teacher states at every boundary the units read (none for LoRA).
+fn teacher_states(
+    teacher: &Model,
+    digest: &str,
+    data: &DataSet,
+    units: &[Unit],
+    cfg: &RecoveryConfig,
+    inp: &RecoverInputs,
+    on: Sink,
+) -> Result<(TeacherStates, bool)> {
+    let mut b: Vec<usize> = units
+        .iter()
+        .flat_map(|u| [u.input_boundary(), u.target_boundary()])
+        .collect();
+    if cfg.method == RecoveryMethod::HierarchicalKd {
+        b.push(teacher.n_layers());
+    }
+    b.sort_unstable();
+    b.dedup();
+    let cache = inp.cache_dir.map(|c| c.join("teacher"));
+    TeacherStates::prepare(
+        teacher,
+        digest,
+        data,
+        &b,
+        cache.as_deref(),
+        |done, total| on(Event::Teacher { done, total }),
+    )
+}
