@@ -44,9 +44,10 @@ impl CalibConfig {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CalibSet {
-    #[serde(skip)]
+    /// Not recorded (the tokens follow from the config); empty when read back.
+    #[serde(skip, default)]
     pub sequences: Vec<Vec<u32>>,
     pub n_sequences: usize,
     pub seqlen: usize,

@@ -1,6 +1,8 @@
-//! One fully resolved experiment: which model, how it is pruned, how it is evaluated and on
-//! what runtime. Every field has an explicit default and is serialised, so the canonical
-//! JSON of an `Experiment` (sorted keys) is its identity: the run hash.
+//! One fully resolved experiment: which model, how it is pruned and recovered, how it is
+//! evaluated and on what runtime. Every field has an explicit default and is serialised
+//! (opt-in settings only while on, so hashes of runs made before they existed still
+//! match), so the canonical JSON of an `Experiment` (sorted keys) is its identity: the
+//! run hash.
 
 use crate::calib::CalibConfig;
 use crate::error::{Error, Result};
@@ -75,6 +77,11 @@ pub struct Experiment {
     pub model: String,
     /// None: the dense model.
     pub prune: Option<PruneConfig>,
+    /// Recovery of the pruned model before evaluation (default: none). Left out of the
+    /// serialised form when its method is `none`, so hashes of runs made before it
+    /// existed still match.
+    #[serde(skip_serializing_if = "crate::distill::RecoveryConfig::is_none")]
+    pub recovery: crate::distill::RecoveryConfig,
     pub eval: EvalConfig,
     pub runtime: RuntimeConfig,
 }
@@ -84,6 +91,7 @@ impl Default for Experiment {
         Experiment {
             model: "smollm2-135m".into(),
             prune: None,
+            recovery: crate::distill::RecoveryConfig::default(),
             eval: EvalConfig::default(),
             runtime: RuntimeConfig::default(),
         }

@@ -57,14 +57,17 @@
 //! unknown fields rejected) and is identified by [`Experiment::hash`], so the TOML key
 //! order and the way a value is spelled (`0.3`, `3e-1`) do not matter. Runs are named
 //! from the model and the keys their sub-grid varies, e.g. `smollm2/come/concat/s0.3`
-//! (dense runs `smollm2/dense`); a name shared by different runs gets `#` and the first
-//! eight hex digits of the hash appended.
+//! (dense runs `smollm2/dense`, a varied recovery method ends in `recovery=lora`); a name
+//! shared by different runs gets `#` and the first eight hex digits of the hash appended.
 //!
 //! Every problem is reported before any run starts, all at once, each with the line and
 //! column in the file and the key: malformed TOML, unknown keys (with a suggestion), values
 //! of the wrong type, unknown methods / merges / tasks, unknown models, missing model files,
-//! zips of unequal lengths, excludes that match nothing, pruned runs without a target.
+//! zips of unequal lengths, excludes that match nothing, pruned runs without a target,
+//! recovery (`[base.recovery]`, axes such as `"recovery.method" = ["none", "lora"]`)
+//! without a pruned model or with settings that cannot train.
 
+use crate::distill::{LossKind, RecoveryConfig};
 use crate::error::{Error, Result};
 use crate::experiment::{canonical_json, hash_value, Experiment};
 use crate::prune::PruneConfig;
@@ -424,7 +427,8 @@ fn same_value(a: &Value, b: &Value) -> bool {
 // ---------------------------------------------------------------------------------------
 // Validation against the Experiment's own shape.
 
-/// The Experiment's key tree, with a default `prune` table so pruning keys are known.
+/// The Experiment's key tree, with default `prune` and `recovery` tables so their keys
+/// are known.
 fn schema() -> Value {
     let mut v = Experiment::default().to_value();
     if let Some(m) = v.as_object_mut() {
@@ -432,6 +436,16 @@ fn schema() -> Value {
             "prune".into(),
             serde_json::to_value(PruneConfig::default()).unwrap_or(Value::Null),
         );
+        let mut recovery = serde_json::to_value(RecoveryConfig::default()).unwrap_or(Value::Null);
+        if let Some(r) = recovery.as_object_mut() {
+            // `loss` may be written as a table of weights: every loss is a key of it.
+            let losses: Map<String, Value> = LossKind::ALL
+                .iter()
+                .map(|k| (k.name().to_string(), Value::from(1.0)))
+                .collect();
+            r.insert("loss".into(), Value::Object(losses));
+        }
+        m.insert("recovery".into(), recovery);
         // Opt-in keys that the serialised default leaves out (to keep old hashes).
         if let Some(Value::Object(e)) = m.get_mut("eval") {
             e.insert("ppl_c4".into(), Value::Bool(false));
@@ -952,6 +966,59 @@ impl GridSpec {
     }
 
     fn expand_one(&self, s: &SubGrid, matched: &mut [bool], diags: &mut Diags) -> Vec<RunSpec> {
+        let mut reported = 0usize;
+        let kept = self.combinations(s, matched, diags, &mut reported);
+        let varied = varied_keys(s, &kept);
+        let mut out: Vec<RunSpec> = Vec::new();
+        if s.dense {
+            let mut seen: Vec<String> = Vec::new();
+            for (assign, exp) in &kept {
+                // A dense run has nothing to prune and nothing to recover.
+                let mut dense = exp.clone();
+                dense.prune = None;
+                dense.recovery = RecoveryConfig::default();
+                let h = dense.hash();
+                if seen.contains(&h) {
+                    continue;
+                }
+                seen.push(h);
+                let name = run_name(&dense, assign, &varied);
+                out.push(RunSpec::new(name, s.name.clone(), dense));
+            }
+        }
+        for (assign, mut exp) in kept {
+            if let Some(msg) = run_problem(&exp) {
+                if reported < 3 {
+                    let what: Vec<String> =
+                        assign.iter().map(|(k, v)| format!("{k} = {v}")).collect();
+                    diags.push(
+                        s.loc,
+                        &s.name,
+                        format!("combination {{ {} }}: {msg}", what.join(", ")),
+                    );
+                }
+                reported += 1;
+                continue;
+            }
+            if exp.recovery.is_none() {
+                // Settings of a recovery that does not run are no part of the run.
+                exp.recovery = RecoveryConfig::default();
+            }
+            let name = run_name(&exp, &assign, &varied);
+            out.push(RunSpec::new(name, s.name.clone(), exp));
+        }
+        out
+    }
+
+    /// The sub-grid's combinations that deserialise and survive the excludes, each with
+    /// its axis assignments. Combinations that fail are reported (the first three).
+    fn combinations(
+        &self,
+        s: &SubGrid,
+        matched: &mut [bool],
+        diags: &mut Diags,
+        reported: &mut usize,
+    ) -> Vec<(Assign, Experiment)> {
         let sizes: Vec<usize> = s.dims.iter().map(|d| d.rows.len()).collect();
         let total = sizes.iter().try_fold(1usize, |acc, &n| acc.checked_mul(n));
         match total {
@@ -965,165 +1032,176 @@ impl GridSpec {
                 return Vec::new();
             }
         }
-        // Surviving combinations: (assignments, resolved experiment).
-        let mut kept: Vec<(Vec<(String, Value)>, Experiment)> = Vec::new();
+        let mut kept: Vec<(Assign, Experiment)> = Vec::new();
+        if sizes.contains(&0) {
+            return kept;
+        }
         let mut idx = vec![0usize; sizes.len()];
-        let empty = sizes.contains(&0);
-        let mut reported = 0usize;
-        if !empty {
-            'combos: loop {
-                let mut assign: Vec<(String, Value)> = Vec::new();
-                let mut json = s.base.clone();
-                for (d, &i) in s.dims.iter().zip(&idx) {
-                    for (k, (v, _)) in d
-                        .keys
-                        .iter()
-                        .zip(d.rows.get(i).map(Vec::as_slice).unwrap_or(&[]))
-                    {
-                        set_path(&mut json, k, v.clone());
-                        assign.push((k.clone(), v.clone()));
-                    }
-                }
-                match Experiment::from_value(Value::Object(json)) {
-                    Ok(exp) => {
-                        let resolved = exp.to_value();
-                        let mut drop = false;
-                        for &xi in &s.excludes {
-                            let Some(x) = self.excludes.get(xi) else {
-                                continue;
-                            };
-                            let hit = x.conds.iter().all(|(k, v)| {
-                                get_path(&resolved, k).is_some_and(|r| same_value(r, v))
-                            });
-                            if hit {
-                                if let Some(m) = matched.get_mut(xi) {
-                                    *m = true;
-                                }
-                                drop = true;
-                            }
-                        }
-                        if !drop {
-                            kept.push((assign, exp));
-                        }
-                    }
-                    Err(e) => {
-                        if reported < 3 {
-                            let what: Vec<String> =
-                                assign.iter().map(|(k, v)| format!("{k} = {v}")).collect();
-                            diags.push(
-                                s.loc,
-                                &s.name,
-                                format!("combination {{ {} }}: {e}", what.join(", ")),
-                            );
-                        }
-                        reported += 1;
-                    }
-                }
-                // Odometer step, last dimension fastest.
-                let mut d = sizes.len();
-                loop {
-                    if d == 0 {
-                        break 'combos;
-                    }
-                    d -= 1;
-                    idx[d] += 1;
-                    if idx[d] < sizes[d] {
-                        break;
-                    }
-                    idx[d] = 0;
+        loop {
+            let mut assign: Assign = Vec::new();
+            let mut json = s.base.clone();
+            for (d, &i) in s.dims.iter().zip(&idx) {
+                for (k, (v, _)) in d
+                    .keys
+                    .iter()
+                    .zip(d.rows.get(i).map(Vec::as_slice).unwrap_or(&[]))
+                {
+                    set_path(&mut json, k, v.clone());
+                    assign.push((k.clone(), v.clone()));
                 }
             }
-        }
-
-        // Keys that take more than one value among the kept combinations name the runs.
-        let mut varied: Vec<String> = Vec::new();
-        for d in &s.dims {
-            for k in &d.keys {
-                let mut distinct: Vec<String> = Vec::new();
-                for (assign, _) in &kept {
-                    if let Some((_, v)) = assign.iter().find(|(kk, _)| kk == k) {
-                        let c = canonical_json(v);
-                        if !distinct.contains(&c) {
-                            distinct.push(c);
-                        }
+            match Experiment::from_value(Value::Object(json)) {
+                Ok(exp) => {
+                    if !self.excluded(s, &exp, matched) {
+                        kept.push((assign, exp));
                     }
                 }
-                if distinct.len() > 1 && k != "model" {
-                    varied.push(k.clone());
-                }
-            }
-        }
-        // Name order: method, merge, the other keys as declared, then the pruning level.
-        let rank = |k: &str| match k {
-            "prune.method" => 0,
-            "prune.merge" => 1,
-            "prune.sparsity" | "prune.target_layers" => 3,
-            _ => 2,
-        };
-        varied.sort_by_key(|k| rank(k));
-
-        let mut out: Vec<RunSpec> = Vec::new();
-        if s.dense {
-            let mut seen: Vec<String> = Vec::new();
-            for (assign, exp) in &kept {
-                let mut dense = exp.clone();
-                dense.prune = None;
-                let h = dense.hash();
-                if seen.contains(&h) {
-                    continue;
-                }
-                seen.push(h);
-                let mut parts = vec![model_label(&dense.model), "dense".to_string()];
-                for k in varied.iter().filter(|k| !k.starts_with("prune")) {
-                    if let Some((_, v)) = assign.iter().find(|(kk, _)| kk == k) {
-                        parts.push(value_label(k, v));
-                    }
-                }
-                out.push(RunSpec::new(parts.join("/"), s.name.clone(), dense));
-            }
-        }
-        for (assign, exp) in kept {
-            if let Some(p) = &exp.prune {
-                let problem = match (p.target_layers, p.sparsity) {
-                    (None, None) => Some(
-                        "a pruned run needs `prune.sparsity` or `prune.target_layers`".to_string(),
-                    ),
-                    (None, Some(x)) if !(x > 0.0 && x < 1.0) => {
-                        Some(format!("`prune.sparsity` must be in (0, 1), got {x}"))
-                    }
-                    (Some(0), _) => Some("`prune.target_layers` must be at least 1".to_string()),
-                    _ => None,
-                };
-                if let Some(msg) = problem {
-                    if reported < 3 {
+                Err(e) => {
+                    if *reported < 3 {
                         let what: Vec<String> =
                             assign.iter().map(|(k, v)| format!("{k} = {v}")).collect();
                         diags.push(
                             s.loc,
                             &s.name,
-                            format!("combination {{ {} }}: {msg}", what.join(", ")),
+                            format!("combination {{ {} }}: {e}", what.join(", ")),
                         );
                     }
-                    reported += 1;
-                    continue;
+                    *reported += 1;
                 }
             }
-            let mut parts = vec![model_label(&exp.model)];
-            if exp.prune.is_none() {
-                parts.push("dense".into());
+            if !odometer_step(&mut idx, &sizes) {
+                return kept;
             }
-            for k in &varied {
-                if exp.prune.is_none() && k.starts_with("prune") {
-                    continue;
-                }
-                if let Some((_, v)) = assign.iter().find(|(kk, _)| kk == k) {
-                    parts.push(value_label(k, v));
-                }
-            }
-            out.push(RunSpec::new(parts.join("/"), s.name.clone(), exp));
         }
-        out
     }
+
+    /// Does an exclude of the sub-grid drop `exp`? Every exclude that matches is marked.
+    fn excluded(&self, s: &SubGrid, exp: &Experiment, matched: &mut [bool]) -> bool {
+        let mut resolved = exp.to_value();
+        if let Some(m) = resolved.as_object_mut() {
+            // Left out of the hashed form when off; matched as any other key here.
+            m.entry("recovery")
+                .or_insert_with(|| serde_json::to_value(&exp.recovery).unwrap_or(Value::Null));
+        }
+        let mut drop = false;
+        for &xi in &s.excludes {
+            let Some(x) = self.excludes.get(xi) else {
+                continue;
+            };
+            let hit = x
+                .conds
+                .iter()
+                .all(|(k, v)| get_path(&resolved, k).is_some_and(|r| same_value(r, v)));
+            if hit {
+                if let Some(m) = matched.get_mut(xi) {
+                    *m = true;
+                }
+                drop = true;
+            }
+        }
+        drop
+    }
+}
+
+/// Axis assignments of one combination: (dotted key, value).
+type Assign = Vec<(String, Value)>;
+
+/// Advance a mixed-radix counter, last digit fastest; false once it wraps around.
+fn odometer_step(idx: &mut [usize], sizes: &[usize]) -> bool {
+    for d in (0..idx.len()).rev() {
+        idx[d] += 1;
+        if idx[d] < sizes[d] {
+            return true;
+        }
+        idx[d] = 0;
+    }
+    false
+}
+
+/// Keys that take more than one value among the kept combinations (they name the runs),
+/// in name order: method, merge, the other keys as declared, the pruning level, then the
+/// recovery.
+fn varied_keys(s: &SubGrid, kept: &[(Assign, Experiment)]) -> Vec<String> {
+    let mut varied: Vec<String> = Vec::new();
+    for d in &s.dims {
+        for k in &d.keys {
+            let mut distinct: Vec<String> = Vec::new();
+            for (assign, _) in kept {
+                if let Some((_, v)) = assign.iter().find(|(kk, _)| kk == k) {
+                    let c = canonical_json(v);
+                    if !distinct.contains(&c) {
+                        distinct.push(c);
+                    }
+                }
+            }
+            if distinct.len() > 1 && k != "model" {
+                varied.push(k.clone());
+            }
+        }
+    }
+    let rank = |k: &str| match k {
+        "prune.method" => 0,
+        "prune.merge" => 1,
+        "prune.sparsity" | "prune.target_layers" => 3,
+        "recovery.method" => 4,
+        _ if k.starts_with("recovery.") => 5,
+        _ => 2,
+    };
+    varied.sort_by_key(|k| rank(k));
+    varied
+}
+
+/// `model/dense` or `model/<varied values>`; keys of a stage the run does not have
+/// (prune and recovery of a dense run, the settings of a recovery that is off) are left
+/// out.
+fn run_name(exp: &Experiment, assign: &Assign, varied: &[String]) -> String {
+    let mut parts = vec![model_label(&exp.model)];
+    if exp.prune.is_none() {
+        parts.push("dense".into());
+    }
+    for k in varied {
+        let absent = (exp.prune.is_none() && (k.starts_with("prune") || k.starts_with("recovery")))
+            || (exp.recovery.is_none() && k.starts_with("recovery.") && k != "recovery.method");
+        if absent {
+            continue;
+        }
+        if let Some((_, v)) = assign.iter().find(|(kk, _)| kk == k) {
+            parts.push(value_label(k, v));
+        }
+    }
+    parts.join("/")
+}
+
+/// Why a resolved run cannot run (checked before any run starts), if it cannot.
+fn run_problem(exp: &Experiment) -> Option<String> {
+    match &exp.prune {
+        Some(p) => {
+            let problem = match (p.target_layers, p.sparsity) {
+                (None, None) => {
+                    Some("a pruned run needs `prune.sparsity` or `prune.target_layers`".to_string())
+                }
+                (None, Some(x)) if !(x > 0.0 && x < 1.0) => {
+                    Some(format!("`prune.sparsity` must be in (0, 1), got {x}"))
+                }
+                (Some(0), _) => Some("`prune.target_layers` must be at least 1".to_string()),
+                _ => None,
+            };
+            if problem.is_some() {
+                return problem;
+            }
+        }
+        None if !exp.recovery.is_none() => {
+            return Some(format!(
+                "recovery needs a pruned model: `recovery.method = \"{}\"` without a `prune` table",
+                exp.recovery.method.name()
+            ));
+        }
+        None => {}
+    }
+    if exp.recovery.is_none() {
+        return None;
+    }
+    exp.recovery.validate().err().map(|e| e.to_string())
 }
 
 fn model_label(model: &str) -> String {
@@ -1138,6 +1216,8 @@ fn model_label(model: &str) -> String {
 fn value_label(key: &str, v: &Value) -> String {
     let last = key.rsplit('.').next().unwrap_or(key);
     match v {
+        // `none` alone would not say what is absent.
+        Value::String(s) if key == "recovery.method" => format!("recovery={}", s.replace('/', "_")),
         Value::String(s) => s.replace('/', "_"),
         Value::Number(n) => match key {
             "prune.sparsity" => format!("s{n}"),

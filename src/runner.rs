@@ -1,31 +1,33 @@
 //! Executes a grid: each run is claimed in the store, goes through its stages (model ->
-//! prune -> eval) and is finished in one transaction with all its metrics. Shared work is
-//! cached on disk by content identity: an imported model once per source file, a pruned
-//! checkpoint once per prune-config hash (reused by every eval variant). Everything is
+//! prune -> distill -> eval, see [`crate::stages`]) and is finished in one transaction
+//! with all its metrics. Shared work is cached on disk by content identity: an imported
+//! model once per source file, a pruned checkpoint once per prune-config hash (reused by
+//! every eval and recovery variant), a recovered checkpoint once per prune hash and
+//! recovery config. Everything is
 //! written to a temporary path and renamed into place, so a kill at any point leaves
 //! either nothing or a complete artifact, and the store says `running` for a run whose
 //! process is gone, which the next invocation re-claims.
 
-use crate::calib;
+use crate::distill::{DistillRecord, Event, RecoveryConfig};
 use crate::error::{Error, Result};
-use crate::eval::harness::{evaluate_task, EvalOptions, TaskResult};
-use crate::eval::loglik::ScoreOptions;
-use crate::eval::perplexity::{perplexity, PplResult};
 use crate::eval::ppl_corpus::Corpus;
-use crate::eval::tasks::{load_task, subset, TaskSource};
+use crate::eval::tasks::{load_task, TaskSource};
 use crate::experiment::Experiment;
-use crate::grid::{GridSpec, ModelSource, RunSpec};
+use crate::grid::{GridSpec, RunSpec};
 use crate::model::load::{load_model, LoadOptions};
-use crate::model::save::save_model;
 use crate::model::tokenizer::Tokenizer;
-use crate::model::{gguf, import::write_checkpoint, llama2c};
-use crate::prune::prune;
+use crate::prune::PruneConfig;
+use crate::stages::{
+    self, distill_checkpoint, evaluate, prepare_model, prune_checkpoint, EvalHooks, EvalInputs,
+    EvalOutcome, PplText, PruneRecord, Subset,
+};
 use crate::track::names;
+use crate::track::store::kinds;
 use crate::track::{Artifact, Claim, Metric, StageRecord, StageStatus, Store};
-use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::sync::mpsc::RecvTimeoutError;
+use std::time::{Duration, Instant};
 
 /// Set when the user asks to stop (Ctrl-C): the current stage ends, the run is marked
 /// interrupted and no further run starts.
@@ -60,6 +62,9 @@ pub struct RunnerOptions {
     /// Only runs whose flattened params match every `key=value`.
     pub filter: Vec<(String, String)>,
     pub threads: Option<usize>,
+    /// Devices of the distillation workers, one worker each (`cpu`, `cuda:1`, ...);
+    /// empty: the run's own `runtime.device`, once.
+    pub devices: Vec<String>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -126,6 +131,9 @@ pub fn run_grid(
         if let Some(p) = &exp.prune {
             env.insert("seed.prune".into(), p.seed.to_string());
             env.insert("seed.calibration".into(), p.calib.seed.to_string());
+        }
+        if !exp.recovery.is_none() {
+            env.insert("seed.recovery".into(), exp.recovery.seed.to_string());
         }
         env.insert(
             "seed.eval_subset".into(),
@@ -204,8 +212,17 @@ fn stage<T>(
     out
 }
 
-type Outcome = (Vec<Metric>, Vec<Artifact>);
+/// What a run leaves in the store.
+#[derive(Default)]
+struct Outcome {
+    metrics: Vec<Metric>,
+    artifacts: Vec<Artifact>,
+}
 
+/// How often a long stage refreshes the run's heartbeat in the store.
+const HEARTBEAT: Duration = Duration::from_secs(15);
+
+/// The run's stages in order: model -> prune (if any) -> distill (if any) -> eval.
 fn execute(
     spec: &GridSpec,
     run: &RunSpec,
@@ -213,92 +230,350 @@ fn execute(
     store: &Store,
     opts: &RunnerOptions,
     progress: &mut dyn Progress,
-) -> Result<Outcome> {
+) -> Result<(Vec<Metric>, Vec<Artifact>)> {
     let exp = &run.experiment;
     let lo = LoadOptions {
         device: crate::runtime::parse_device(&exp.runtime.device)?,
         dtype: crate::runtime::parse_dtype(&exp.runtime.dtype)?,
     };
+    let ctx = Ctx { id, store, opts };
+    let mut out = Outcome::default();
     progress.stage(&run.name, "model");
     let source = spec.model_source(&exp.model)?;
     let base = stage(store, id, "model", None, || {
         let (dir, reused) = prepare_model(&source, &opts.cache_dir.join("models"), &exp.model)?;
         Ok((dir.clone(), Some(dir.display().to_string()), reused))
     })?;
-    let mut metrics = vec![];
-    let mut artifacts = vec![];
-    let model_dir = match &exp.prune {
-        None => base.clone(),
-        Some(pc) => {
-            progress.stage(&run.name, "prune");
-            let key = exp.prune_hash().unwrap_or_default();
-            let out = opts.cache_dir.join("pruned").join(&key[..16]);
-            let dir = stage(store, id, "prune", Some(key.clone()), || {
-                let reused = out.join("come.json").exists();
-                if !reused {
-                    prune_into(&base, pc, lo, &out, progress)?;
-                }
-                Ok((out.clone(), Some(out.display().to_string()), reused))
-            })?;
-            let rec: serde_json::Value =
-                serde_json::from_str(&crate::error::read_to_string(dir.join("come.json"))?)
-                    .map_err(|e| Error::format(dir.join("come.json"), e.to_string()))?;
-            let rep = &rec["report"];
-            // The store refuses NaN: record only what come.json holds.
-            if let Some(s) = rep["seconds"].as_f64() {
-                metrics.push(Metric::new("", names::RUN_PRUNE_SECONDS, s));
-            }
-            if let Some(n) = rep["target"]["layers_removed"].as_f64() {
-                metrics.push(Metric::new("", "layers_removed", n));
-            }
-            artifacts.push(Artifact::from_path(dir.join("come.json"), "come.json")?);
-            dir
-        }
-    };
+    let mut model_dir = base.clone();
+    if let Some(pc) = &exp.prune {
+        progress.stage(&run.name, "prune");
+        model_dir = prune_stage(&ctx, exp, pc, &base, lo, &mut out, progress)?;
+    }
+    if !exp.recovery.is_none() {
+        progress.stage(&run.name, "distill");
+        model_dir = distill_stage(&ctx, exp, &base, &model_dir, lo, &mut out, progress)?;
+    }
     progress.stage(&run.name, "eval");
-    let (model, tok) = (
-        load_model(&model_dir, lo)?,
-        Tokenizer::from_dir(&model_dir)?,
-    );
-    metrics.push(Metric::new("", names::RUN_LAYERS, model.n_layers() as f64));
-    metrics.push(Metric::new(
+    eval_stage(&ctx, exp, &model_dir, lo, &mut out, progress)?;
+    Ok((out.metrics, out.artifacts))
+}
+
+/// What every stage of one run shares.
+struct Ctx<'a> {
+    id: i64,
+    store: &'a Store,
+    opts: &'a RunnerOptions,
+}
+
+/// The pruned checkpoint of `exp`, from the cache (`pruned/<prune_hash[..16]>`) or made.
+fn prune_stage(
+    ctx: &Ctx,
+    exp: &Experiment,
+    pc: &PruneConfig,
+    base: &Path,
+    lo: LoadOptions,
+    out: &mut Outcome,
+    progress: &mut dyn Progress,
+) -> Result<PathBuf> {
+    let key = exp.prune_hash().unwrap_or_default();
+    let dir = ctx.opts.cache_dir.join("pruned").join(&key[..16]);
+    stage(ctx.store, ctx.id, "prune", Some(key.clone()), || {
+        let reused = dir.join(stages::prune::FILE).exists();
+        if !reused {
+            prune_checkpoint(base, pc, lo, &dir, |done, what| {
+                progress.items("prune steps", done, 0);
+                progress.note(&format!("  {what}"));
+            })?;
+        }
+        Ok(((), Some(dir.display().to_string()), reused))
+    })?;
+    let rec = PruneRecord::read(&dir)?;
+    // The store refuses NaN.
+    if rec.report.seconds.is_finite() {
+        out.metrics.push(Metric::new(
+            "",
+            names::RUN_PRUNE_SECONDS,
+            rec.report.seconds,
+        ));
+    }
+    out.metrics.push(Metric::new(
+        "",
+        names::RUN_LAYERS_REMOVED,
+        rec.report.target.layers_removed as f64,
+    ));
+    out.artifacts.push(Artifact::from_path(
+        dir.join(stages::prune::FILE),
+        kinds::COME_JSON,
+    )?);
+    Ok(dir)
+}
+
+/// The recovered checkpoint of `exp`, from the cache (`distilled/<key[..16]>`) or made
+/// by training `pruned` against `teacher`.
+fn distill_stage(
+    ctx: &Ctx,
+    exp: &Experiment,
+    teacher: &Path,
+    pruned: &Path,
+    lo: LoadOptions,
+    out: &mut Outcome,
+    progress: &mut dyn Progress,
+) -> Result<PathBuf> {
+    let key = stages::distill::cache_key(exp)
+        .ok_or_else(|| Error::Invalid("recovery needs a pruned model (set `prune`)".into()))?;
+    let dir = ctx.opts.cache_dir.join("distilled").join(&key[..16]);
+    let devices = ctx.devices(exp)?;
+    stage(ctx.store, ctx.id, "distill", Some(key.clone()), || {
+        let reused = dir.join(crate::distill::record::FILE).exists();
+        if !reused {
+            let job = DistillJob {
+                teacher,
+                pruned,
+                cfg: &exp.recovery,
+                load: lo,
+                devices,
+                out: &dir,
+                cache: &ctx.opts.cache_dir.join("teacher"),
+            };
+            job.run(ctx, progress)?;
+        }
+        Ok(((), Some(dir.display().to_string()), reused))
+    })?;
+    let rec = DistillRecord::read(&dir)?;
+    out.metrics.extend(distill_metrics(&rec));
+    out.artifacts.push(Artifact::from_path(
+        dir.join(crate::distill::record::FILE),
+        kinds::DISTILL_JSON,
+    )?);
+    Ok(dir)
+}
+
+impl Ctx<'_> {
+    /// Devices of the distillation workers: [`RunnerOptions::devices`], else the run's
+    /// own device once.
+    fn devices(&self, exp: &Experiment) -> Result<Vec<tch::Device>> {
+        if self.opts.devices.is_empty() {
+            return Ok(vec![crate::runtime::parse_device(&exp.runtime.device)?]);
+        }
+        self.opts
+            .devices
+            .iter()
+            .map(|d| crate::runtime::parse_device(d))
+            .collect()
+    }
+}
+
+/// One recovery, run on a worker thread while this thread shows its progress and keeps
+/// the run's heartbeat fresh (the store and the progress bars stay on this thread).
+struct DistillJob<'a> {
+    teacher: &'a Path,
+    pruned: &'a Path,
+    cfg: &'a RecoveryConfig,
+    load: LoadOptions,
+    devices: Vec<tch::Device>,
+    out: &'a Path,
+    cache: &'a Path,
+}
+
+impl DistillJob<'_> {
+    fn run(self, ctx: &Ctx, progress: &mut dyn Progress) -> Result<DistillRecord> {
+        let (tx, rx) = std::sync::mpsc::channel::<Event>();
+        std::thread::scope(|s| {
+            let worker = s.spawn(move || {
+                let mut on = move |e: Event| {
+                    let _ = tx.send(e);
+                };
+                distill_checkpoint(
+                    self.teacher,
+                    self.pruned,
+                    self.cfg,
+                    self.load,
+                    self.devices,
+                    self.out,
+                    Some(self.cache),
+                    &mut on,
+                )
+            });
+            let mut last = Instant::now();
+            loop {
+                match rx.recv_timeout(Duration::from_secs(1)) {
+                    Ok(e) => show_event(progress, e),
+                    Err(RecvTimeoutError::Timeout) => {}
+                    // The worker is done (its sender dropped).
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+                if last.elapsed() >= HEARTBEAT {
+                    let _ = ctx.store.heartbeat(ctx.id);
+                    last = Instant::now();
+                }
+            }
+            worker
+                .join()
+                .unwrap_or_else(|_| Err(Error::Invalid("distillation panicked".into())))
+        })
+    }
+}
+
+fn show_event(progress: &mut dyn Progress, e: Event) {
+    match e {
+        Event::Unit { index, of, label } => {
+            progress.note(&format!("  distill {label} ({}/{of})", index + 1));
+            progress.items(&label, 0, 0);
+        }
+        Event::Step {
+            unit, step, steps, ..
+        } => progress.items(&unit, step, steps),
+        Event::Teacher { done, total } => progress.items("teacher states", done, total),
+        Event::Note(line) => progress.note(&format!("  {line}")),
+    }
+}
+
+/// The store's view of a recovery: totals, and per unit its final training loss and best
+/// validation loss (context `layer=<i>`, or `unit=<k>` for a whole-model unit).
+fn distill_metrics(rec: &DistillRecord) -> Vec<Metric> {
+    let mut m = vec![
+        Metric::new("", names::RUN_RECOVERY_SECONDS, rec.seconds),
+        Metric::new("", names::RUN_RECOVERY_TOKENS, rec.tokens as f64),
+        Metric::new("", names::RUN_RECOVERY_TOKENS_PER_S, rec.tokens_per_s),
+    ];
+    for (k, u) in rec.units.iter().enumerate() {
+        let context = match u.layer {
+            Some(i) => format!("layer={i}"),
+            None => format!("unit={k}"),
+        };
+        if let Some(&loss) = u.train_loss.last() {
+            m.push(Metric::new("", names::DISTILL_LOSS, loss).with_context(context.clone()));
+        }
+        if let Some(v) = u.best_val_loss {
+            m.push(Metric::new("", names::DISTILL_VAL_LOSS, v).with_context(context));
+        }
+    }
+    // The store refuses NaN (a diverged loss is +inf, which it keeps).
+    m.retain(|x| !x.value.is_nan());
+    m
+}
+
+/// Load the model, evaluate it, and add every measurement to `out`.
+fn eval_stage(
+    ctx: &Ctx,
+    exp: &Experiment,
+    model_dir: &Path,
+    lo: LoadOptions,
+    out: &mut Outcome,
+    progress: &mut dyn Progress,
+) -> Result<()> {
+    let e = &exp.eval;
+    // Task data and perplexity texts first: bad input fails before the model loads.
+    let src = TaskSource {
+        mmlu_fewshot: e.mmlu_fewshot,
+        ..TaskSource::default()
+    };
+    let tasks = e
+        .tasks
+        .iter()
+        .map(|t| load_task(t, &src))
+        .collect::<Result<Vec<_>>>()?;
+    let mut ppl = vec![];
+    if e.ppl_seqlen.is_some() {
+        ppl.push(PplText::read(Corpus::Wikitext2(
+            crate::paths::wikitext2_test(),
+        ))?);
+        if e.ppl_c4 {
+            ppl.push(PplText::read(Corpus::C4(crate::paths::c4_validation()))?);
+        }
+    }
+    let (model, tok) = (load_model(model_dir, lo)?, Tokenizer::from_dir(model_dir)?);
+    out.metrics
+        .push(Metric::new("", names::RUN_LAYERS, model.n_layers() as f64));
+    out.metrics.push(Metric::new(
         "",
         names::RUN_PARAMS,
         model.num_params() as f64,
     ));
+    let inputs = EvalInputs {
+        tasks: &tasks,
+        subset: Subset {
+            limit: e.limit,
+            fraction: e.fraction,
+            seed: e.seed,
+        },
+        token_budget: e.token_budget.initial_tokens(model.device),
+        add_special: true,
+        ppl: &ppl,
+        ppl_seqlen: e.ppl_seqlen.unwrap_or(0),
+        ppl_windows: e.ppl_windows,
+    };
     let t0 = Instant::now();
-    let (tasks, ppl) = stage(store, id, "eval", None, || {
-        let r = evaluate(&model, &tok, exp, store, id, progress)?;
-        Ok((r, None, false))
+    let result = stage(ctx.store, ctx.id, "eval", None, || {
+        let mut hooks = RunHooks {
+            ctx,
+            progress: &mut *progress,
+            last: Instant::now(),
+        };
+        Ok((evaluate(&model, &tok, &inputs, &mut hooks)?, None, false))
     })?;
-    metrics.push(Metric::new(
+    out.metrics.push(Metric::new(
         "",
         names::RUN_EVAL_SECONDS,
         t0.elapsed().as_secs_f64(),
     ));
-    // Every dataset file read, with its sha256, joins the run's environment.
+    record_data_env(ctx, exp, &result)?;
+    out.metrics.extend(eval_metrics(&result));
+    Ok(())
+}
+
+/// The eval stage's hooks in a grid: progress to the bars, a heartbeat at least every
+/// [`HEARTBEAT`] while items move, Ctrl-C between tasks.
+struct RunHooks<'a, 'p> {
+    ctx: &'a Ctx<'a>,
+    progress: &'p mut dyn Progress,
+    last: Instant,
+}
+
+impl EvalHooks for RunHooks<'_, '_> {
+    fn progress(&mut self, what: &str, done: usize, total: usize) {
+        self.progress.items(what, done, total);
+        if self.last.elapsed() >= HEARTBEAT {
+            let _ = self.ctx.store.heartbeat(self.ctx.id);
+            self.last = Instant::now();
+        }
+    }
+    fn note(&mut self, line: &str) {
+        self.progress.note(line);
+    }
+    fn proceed(&mut self) -> Result<()> {
+        check_stop()
+    }
+}
+
+/// Every dataset file read, with its sha256, joins the run's environment.
+fn record_data_env(ctx: &Ctx, exp: &Experiment, r: &EvalOutcome) -> Result<()> {
     let mut data_env = std::collections::BTreeMap::new();
-    for t in &tasks {
+    for t in &r.tasks {
         for (path, sha) in &t.files {
             data_env.insert(format!("data.sha256:{}", path.display()), sha.clone());
         }
     }
-    for (corpus, _) in &ppl {
-        let p = corpus.path();
-        data_env.insert(
-            format!("data.sha256:{}", p.display()),
-            crate::track::env::sha256_file(p)?,
-        );
-    }
+    let mut files: Vec<PathBuf> = r
+        .ppl
+        .iter()
+        .map(|p| p.corpus.path().to_path_buf())
+        .collect();
     if let Some(pc) = &exp.prune {
-        let p = pc.calib.source_path();
-        data_env.insert(
-            format!("data.sha256:{}", p.display()),
-            crate::track::env::sha256_file(&p)?,
-        );
+        files.push(pc.calib.source_path());
     }
-    store.record_env(id, &data_env)?;
-    for t in &tasks {
+    for p in files {
+        let sha = crate::track::env::sha256_file(&p)?;
+        data_env.insert(format!("data.sha256:{}", p.display()), sha);
+    }
+    ctx.store.record_env(ctx.id, &data_env)?;
+    Ok(())
+}
+
+/// Accuracies (with standard errors) and counts per task; perplexities per corpus.
+fn eval_metrics(r: &EvalOutcome) -> Vec<Metric> {
+    let mut metrics = vec![];
+    for t in &r.tasks {
         for (m, v) in &t.metrics {
             let mut x = Metric::new(&t.task, m, v.value);
             if v.stderr.is_finite() {
@@ -308,163 +583,16 @@ fn execute(
         }
         metrics.push(Metric::new(&t.task, names::N, t.n_docs as f64));
     }
-    for (corpus, p) in &ppl {
-        let (task, metric) = match corpus {
+    for p in &r.ppl {
+        let (task, metric) = match p.corpus {
             Corpus::C4(_) => (names::C4, names::PPL_C4),
             _ => (names::WIKITEXT2, names::PPL_WIKITEXT2),
         };
-        metrics.push(Metric::new(task, metric, p.ppl).with_context(format!("seqlen={}", p.seqlen)));
-        metrics.push(Metric::new(task, names::N, p.windows as f64));
+        let res = &p.result;
+        metrics.push(
+            Metric::new(task, metric, res.ppl).with_context(format!("seqlen={}", res.seqlen)),
+        );
+        metrics.push(Metric::new(task, names::N, res.windows as f64));
     }
-    Ok((metrics, artifacts))
-}
-
-/// A perplexity and the corpus it was measured on.
-type CorpusPpl = (Corpus, PplResult);
-
-fn evaluate(
-    model: &crate::model::Model,
-    tok: &Tokenizer,
-    exp: &Experiment,
-    store: &Store,
-    id: i64,
-    progress: &mut dyn Progress,
-) -> Result<(Vec<TaskResult>, Vec<CorpusPpl>)> {
-    let e = &exp.eval;
-    let src = TaskSource {
-        mmlu_fewshot: e.mmlu_fewshot,
-        ..TaskSource::default()
-    };
-    let mut opts = EvalOptions {
-        score: ScoreOptions {
-            max_length: model.config.max_position_embeddings.max(1) as usize,
-            token_budget: e.token_budget.initial_tokens(model.device),
-        },
-        add_special: true,
-    };
-    let mut out = vec![];
-    for t in &e.tasks {
-        check_stop()?;
-        let data = load_task(t, &src)?;
-        let idx = subset(data.docs.len(), e.limit, e.fraction, e.seed);
-        let mut last = Instant::now();
-        let before = opts.score.token_budget;
-        progress.items(t, 0, idx.len());
-        let r = evaluate_task(model, tok, &data, &idx, &mut opts, |done, total| {
-            progress.items(t, done, total);
-            if last.elapsed().as_secs() >= 20 {
-                let _ = store.heartbeat(id);
-                last = Instant::now();
-            }
-        })?;
-        if opts.score.token_budget < before {
-            progress.note(&format!(
-                "{t}: out of memory at {before} tokens per batch; continued with {}",
-                opts.score.token_budget
-            ));
-        }
-        out.push(r);
-    }
-    let mut ppl = vec![];
-    if let Some(seqlen) = e.ppl_seqlen {
-        let mut corpora = vec![Corpus::Wikitext2(crate::paths::wikitext2_test())];
-        if e.ppl_c4 {
-            corpora.push(Corpus::C4(crate::paths::c4_validation()));
-        }
-        for corpus in corpora {
-            check_stop()?;
-            // GPTQ-style: the tokenizer's default special tokens (BOS for LLaMA).
-            let tokens = tok.encode(&corpus.text()?, true)?;
-            let name = corpus.name();
-            let mut last = Instant::now();
-            let r = perplexity(
-                model,
-                &tokens,
-                seqlen,
-                e.ppl_windows.or(corpus.default_windows()),
-                1,
-                |d, n| {
-                    progress.items(&name, d, n);
-                    if last.elapsed().as_secs() >= 20 {
-                        let _ = store.heartbeat(id);
-                        last = Instant::now();
-                    }
-                },
-            )?;
-            ppl.push((corpus, r));
-        }
-    }
-    Ok((out, ppl))
-}
-
-fn prune_into(
-    base: &Path,
-    pc: &crate::prune::PruneConfig,
-    lo: LoadOptions,
-    out: &Path,
-    progress: &mut dyn Progress,
-) -> Result<()> {
-    let mut model = load_model(base, lo)?;
-    let tok = Tokenizer::from_dir(base)?;
-    let cal = calib::sample(&tok, &pc.calib)?;
-    let report = prune(&mut model, cal, pc, |done, what| {
-        progress.items("prune steps", done, 0);
-        progress.note(&format!("  {what}"));
-    })?;
-    let tmp = out.with_extension(format!("partial-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    save_model(&model, &tmp, Some(base))?;
-    let rec = serde_json::json!({ "source_model": base, "report": report, "crate_version": env!("CARGO_PKG_VERSION") });
-    let path = tmp.join("come.json");
-    std::fs::write(
-        &path,
-        serde_json::to_string_pretty(&rec).unwrap_or_default() + "\n",
-    )
-    .map_err(|e| Error::io(&path, e))?;
-    if out.exists() {
-        let _ = std::fs::remove_dir_all(out);
-    }
-    std::fs::rename(&tmp, out).map_err(|e| Error::io(out, e))?;
-    Ok(())
-}
-
-fn short_hash(path: &Path) -> Result<String> {
-    let bytes = crate::error::read_file(path)?;
-    Ok(hex::encode(Sha256::digest(&bytes))[..12].to_string())
-}
-
-/// An HF directory for `source`: used as is, or imported once into `cache` (keyed by the
-/// source file's content hash) and reused. Returns (dir, reused).
-pub fn prepare_model(source: &ModelSource, cache: &Path, name: &str) -> Result<(PathBuf, bool)> {
-    let (dir, build): (
-        PathBuf,
-        Box<dyn Fn() -> Result<crate::model::import::ImportedCheckpoint>>,
-    ) = match source {
-        ModelSource::Path(p) => return Ok((p.clone(), true)),
-        ModelSource::Gguf(f) => {
-            let f2 = f.clone();
-            (
-                cache.join(format!("{name}-{}", short_hash(f)?)),
-                Box::new(move || gguf::import(&f2)),
-            )
-        }
-        ModelSource::Llama2c { model, tokenizer } => {
-            let (m, t) = (model.clone(), tokenizer.clone());
-            (
-                cache.join(format!("{name}-{}", short_hash(model)?)),
-                Box::new(move || llama2c::import(&m, &t)),
-            )
-        }
-    };
-    if dir.join("config.json").exists() {
-        return Ok((dir, true));
-    }
-    let tmp = dir.with_extension(format!("partial-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    write_checkpoint(&build()?, &tmp)?;
-    if std::fs::rename(&tmp, &dir).is_err() {
-        // Another process finished the same import first: keep theirs.
-        let _ = std::fs::remove_dir_all(&tmp);
-    }
-    Ok((dir, false))
+    metrics
 }

@@ -787,3 +787,112 @@ fn c4_perplexity_is_opt_in_and_needs_the_file() {
         );
     }
 }
+
+#[test]
+fn recovery_is_an_axis_with_validated_keys() {
+    let d = models_dir();
+    let runs = expand(
+        d.path(),
+        r#"dense = true
+[base]
+model = "m"
+[base.prune]
+sparsity = 0.3
+[base.recovery]
+tokens = 4096
+loss = { mse = 1.0, cosine = 0.5 }
+[axes]
+"recovery.method" = ["none", "hierarchical", "lora"]
+"#,
+    );
+    let names: Vec<&str> = runs.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "m/dense",
+            "m/recovery=none",
+            "m/recovery=hierarchical",
+            "m/recovery=lora"
+        ]
+    );
+    // A dense run recovers nothing; a recovery that is off hashes as a plain prune.
+    assert!(runs[0].experiment.recovery.is_none());
+    assert_eq!(runs[0].experiment.recovery, Default::default());
+    let plain = expand(
+        d.path(),
+        "[base]\nmodel = \"m\"\n[base.prune]\nsparsity = 0.3\n",
+    );
+    assert_eq!(runs[1].hash, plain[0].hash);
+    assert_eq!(runs[1].experiment.recovery, Default::default());
+    let lora = &runs[3].experiment.recovery;
+    assert_eq!(lora.tokens, 4096);
+    assert_eq!(lora.loss.label(), "mse+0.5*cosine");
+    assert_eq!(get(&runs[3], "recovery.method"), json!("lora"));
+    assert_eq!(get(&runs[2], "recovery.tokens"), json!(4096));
+    // Excludes see the recovery method even where it is off.
+    let kept = expand(
+        d.path(),
+        r#"exclude = [{ "recovery.method" = "none" }]
+[base]
+model = "m"
+[base.prune]
+sparsity = 0.3
+[axes]
+"recovery.method" = ["none", "lora"]
+"#,
+    );
+    assert_eq!(kept.len(), 1);
+    assert!(!kept[0].experiment.recovery.is_none());
+}
+
+#[test]
+fn bad_recovery_settings_fail_before_any_run() {
+    let d = models_dir();
+    let pruned = "\n[base]\nmodel = \"m\"\n[base.prune]\nsparsity = 0.3\n";
+    // An unknown key, located, with a suggestion.
+    assert_error(
+        d.path(),
+        &format!("{pruned}[axes]\n\"recovery.lrr\" = [1e-4]\n"),
+        6,
+        &[
+            "`recovery.lrr`",
+            "unknown key",
+            "did you mean `recovery.lr`",
+        ],
+    );
+    assert_error(
+        d.path(),
+        &format!("{pruned}[base.recovery]\nmethod = \"hierarchical\"\nlosss = \"mse\"\n"),
+        7,
+        &["`recovery.losss`", "did you mean `recovery.loss`"],
+    );
+    // Values of the wrong kind, located.
+    assert_error(
+        d.path(),
+        &format!("{pruned}[axes]\n\"recovery.method\" = [\"none\", \"lorra\"]\n"),
+        6,
+        &["`recovery.method`", "lorra"],
+    );
+    assert_error(
+        d.path(),
+        &format!("{pruned}[base.recovery]\nloss = \"mse,l1\"\n"),
+        6,
+        &["`recovery.loss`", "unknown loss `l1`"],
+    );
+    // Settings that cannot train: found when the grid expands, naming the file.
+    let e = error_of(
+        d.path(),
+        &format!("{pruned}[base.recovery]\nmethod = \"hierarchical\"\ntokens = 0\n"),
+    );
+    assert!(e.contains("grid.toml"), "{e}");
+    assert!(e.contains("recovery.tokens must be > 0"), "{e}");
+    // A recovery that is off is not checked.
+    expand(d.path(), &format!("{pruned}[base.recovery]\ntokens = 0\n"));
+    // Recovery needs something pruned.
+    let e = error_of(
+        d.path(),
+        "\n[base]\nmodel = \"m\"\n[base.recovery]\nmethod = \"lora\"\n",
+    );
+    assert!(e.contains("grid.toml"), "{e}");
+    assert!(e.contains("recovery needs a pruned model"), "{e}");
+}

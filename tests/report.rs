@@ -1,6 +1,7 @@
 //! Tables and plots from a store filled with synthetic runs; expected numbers are worked
 //! out by hand in the comments.
 
+use come_repro::distill::{Losses, RecoveryConfig, RecoveryMethod};
 use come_repro::experiment::{EvalConfig, Experiment};
 use come_repro::grid::RunSpec;
 use come_repro::prune::{MergeOp, Method, PruneConfig};
@@ -533,4 +534,379 @@ fn sweep_table_puts_every_sparsity_in_one_row() {
         ["-", "20.00", "-", "-", "39.71", "66.5"]
     );
     assert!(md.contains("items per task: 100 each"), "{md}");
+}
+
+// ---------------------------------------------------------------------------------------
+// The recovery axis.
+
+fn recovery(method: RecoveryMethod, loss: &str) -> RecoveryConfig {
+    RecoveryConfig {
+        method,
+        loss: Losses::parse(loss).unwrap(),
+        tokens: 4096,
+        seqlen: 256,
+        ..Default::default()
+    }
+}
+
+/// Finish a pruned run recovered with `rec`.
+fn finish_recovered(
+    store: &Store,
+    prune: (Method, MergeOp, f64),
+    rec: &RecoveryConfig,
+    m: &[Metric],
+) -> i64 {
+    let mut exp = spec(Some(prune)).experiment;
+    exp.recovery = rec.clone();
+    let r = RunSpec::new("r", "main", exp);
+    // The store sees the loss as a table of weights: `recovery.loss.mse`, ...
+    assert!(r.params().keys().any(|k| k.starts_with("recovery.loss.")));
+    finish(store, &r, m)
+}
+
+/// `metrics` plus what a recovery stage records.
+fn recovered_metrics(drop: f64, ppl: f64, seconds: f64) -> Vec<Metric> {
+    let mut m = metrics(drop, ppl);
+    m.push(Metric::new("", "recovery_seconds", seconds));
+    m.push(Metric::new("", "recovery_tokens", 4096.0));
+    m.push(Metric::new("", "recovery_tokens_per_s", 4096.0 / seconds));
+    for layer in [3, 4] {
+        m.push(Metric::new("", "distill_loss", 0.1).with_context(format!("layer={layer}")));
+        m.push(Metric::new("", "distill_val_loss", 0.2).with_context(format!("layer={layer}")));
+    }
+    m
+}
+
+/// Dense, CoMe and ShortGPT at 30 %, each without recovery, hierarchical and lora.
+fn recovery_store(dir: &Path) -> Store {
+    let store = Store::open(dir.join("s.sqlite")).unwrap();
+    finish(&store, &spec(None), &metrics(0.0, 5.5));
+    let come = (Method::Come, MergeOp::Concat, 0.3);
+    let short = (Method::ShortGpt, MergeOp::Concat, 0.3);
+    // Recovered runs first: the table order does not follow the store order.
+    let hier = recovery(RecoveryMethod::Hierarchical, "mse");
+    let lora = recovery(RecoveryMethod::Lora, "mse");
+    finish_recovered(&store, short, &lora, &recovered_metrics(0.15, 14.0, 30.0));
+    finish_recovered(&store, come, &lora, &recovered_metrics(0.08, 8.0, 25.0));
+    finish_recovered(&store, come, &hier, &recovered_metrics(0.06, 7.0, 12.5));
+    finish_recovered(&store, short, &hier, &recovered_metrics(0.12, 12.0, 20.0));
+    finish(&store, &spec(Some(come)), &metrics(0.1, 9.0));
+    finish(&store, &spec(Some(short)), &metrics(0.2, 20.0));
+    store
+}
+
+#[test]
+fn recovery_table_pairs_each_method_with_and_without_recovery() {
+    let d = tempfile::tempdir().unwrap();
+    let store = recovery_store(d.path());
+    let opts = ReportOptions {
+        out_dir: d.path().join("tables"),
+        convention: Convention::Mixed,
+        ..Default::default()
+    };
+    let summary = report::write_report(&store, &opts).unwrap();
+    assert_eq!(summary.runs, 7);
+    assert!(summary.tables.contains(&"recovery_m_s0.3".to_string()));
+    let md = std::fs::read_to_string(d.path().join("tables/recovery_m_s0.3.md")).unwrap();
+    assert!(md.starts_with("### Recovery: m, sparsity 0.3\n"), "{md}");
+    let header = md.lines().find(|l| l.starts_with("| Method")).unwrap();
+    assert_eq!(
+        header,
+        "| Method | Recovery | Source | BoolQ | PIQA | HellaSwag | WinoGrande | ARC-e | ARC-c | OBQA | Avg | ±Avg | Ret.% | Wiki2 PPL | Rec. s | Δ Avg |"
+    );
+    // Avg (mixed) is the dense 418/7 = 59.714 minus 100 * drop: CoMe w/o 49.71, hier
+    // (-6) 53.71, lora (-8) 51.71; ShortGPT w/o 39.71, hier (-12) 47.71, lora (-15) 44.71.
+    // Retention against 59.714; Δ Avg against the same method's w/o row.
+    let rows = md_rows(&md);
+    // Method, Recovery, then Avg onwards.
+    let got: Vec<String> = rows
+        .iter()
+        .map(|r| format!("{} | {} | {}", r[0], r[1], r[10..].join(" | ")))
+        .collect();
+    let want = [
+        "Dense | - | 59.71 | 0.38 | 100.0 | 5.50 | - | -",
+        "CoMe | w/o | 49.71 | 0.38 | 83.3 | 9.00 | - | -",
+        "CoMe | hierarchical | 53.71 | 0.38 | 90.0 | 7.00 | 12.5 | +4.00",
+        "CoMe | lora | 51.71 | 0.38 | 86.6 | 8.00 | 25.0 | +2.00",
+        "ShortGPT | w/o | 39.71 | 0.38 | 66.5 | 20.00 | - | -",
+        "ShortGPT | hierarchical | 47.71 | 0.38 | 79.9 | 12.00 | 20.0 | +8.00",
+        "ShortGPT | lora | 44.71 | 0.38 | 74.9 | 14.00 | 30.0 | +5.00",
+    ];
+    assert_eq!(got, want, "{md}");
+    // Every row is ours; the task cells are the usual ones.
+    assert!(rows.iter().all(|r| r[2] == "ours"));
+    assert_eq!(
+        rows[2][3..10],
+        ["74.00", "64.00", "54.00", "54.00", "64.00", "38.00", "28.00"]
+    );
+
+    let tables = report::build(&report::load_runs(&store).unwrap(), &opts).0;
+    let t = tables.iter().find(|t| t.id == "recovery_m_s0.3").unwrap();
+    assert_eq!(t.key_columns, ["Recovery"]);
+    let delta = |m: &str, r: &str| t.cell_keyed(&[m, r], "Δ Avg");
+    assert!((delta("CoMe", "hierarchical").unwrap() - 4.0).abs() < 1e-9);
+    assert!((delta("ShortGPT", "lora").unwrap() - 5.0).abs() < 1e-9);
+    assert_eq!(delta("CoMe", "w/o"), None);
+    assert_eq!(t.cell_keyed(&["CoMe", "lora"], "Rec. s"), Some(25.0));
+    // The caption: what was held equal, whose hyperparameters, and the usual notes.
+    for part in [
+        "Held equal across the recovered rows: a budget of 4096 training tokens (`recovery.tokens`: per trained layer for hierarchical, for the whole model for lora), the layer loss mse (`recovery.loss`; lora trains on the LM loss), sequences of 256 tokens (`recovery.seqlen`).",
+        "Recovery hyperparameters are ours: the paper publishes none.",
+        "Δ Avg: Avg minus the same method's w/o row",
+        "first 100 documents per task",
+        "acc_norm for HellaSwag, ARC-c and OBQA, acc elsewhere",
+        "Items per task: 100 each.",
+        "Perplexity: non-overlapping windows of the test text (seqlen=2048, 8 windows).",
+    ] {
+        assert!(t.caption.contains(part), "missing `{part}` in {}", t.caption);
+    }
+    assert!(!t.caption.contains("Not held equal"), "{}", t.caption);
+
+    // CSV and LaTeX carry the key column and the two extra columns.
+    let csv = std::fs::read_to_string(d.path().join("tables/recovery_m_s0.3.csv")).unwrap();
+    let head = csv.lines().next().unwrap();
+    assert!(
+        head.starts_with("method,recovery,source,BoolQ")
+            && head.ends_with("Wiki2 PPL,Rec. s,Δ Avg"),
+        "{head}"
+    );
+    assert!(csv.contains("CoMe,hierarchical,ours,74.0,"), "{csv}");
+    let tex = std::fs::read_to_string(d.path().join("tables/recovery_m_s0.3.tex")).unwrap();
+    assert!(
+        tex.contains("\\begin{tabular}{lllrrrrrrrrrrrrr}")
+            && tex.contains("Method & Recovery & Source & BoolQ")
+            && tex.contains("$\\Delta$ Avg")
+            && tex.contains("CoMe & hierarchical & ours & 74.00"),
+        "{tex}"
+    );
+}
+
+#[test]
+fn main_tables_tell_recovered_rows_apart() {
+    let d = tempfile::tempdir().unwrap();
+    let store = recovery_store(d.path());
+    let runs = report::load_runs(&store).unwrap();
+    let (tables, plots) = report::build(&runs, &ReportOptions::default());
+    let main = tables.iter().find(|t| t.id == "main_m_s0.3").unwrap();
+    let md = main.to_markdown();
+    let header = md.lines().find(|l| l.starts_with("| Method")).unwrap();
+    assert!(
+        header.starts_with("| Method | Recovery | Source | BoolQ |")
+            && header.ends_with("| Wiki2 PPL |"),
+        "{header}"
+    );
+    let keys: Vec<(String, String)> = md_rows(&md)
+        .into_iter()
+        .map(|r| (r[0].clone(), r[1].clone()))
+        .collect();
+    let want = [
+        ("Dense", "-"),
+        ("CoMe", "w/o"),
+        ("CoMe", "hierarchical"),
+        ("CoMe", "lora"),
+        ("ShortGPT", "w/o"),
+        ("ShortGPT", "hierarchical"),
+        ("ShortGPT", "lora"),
+    ];
+    assert_eq!(keys, want.map(|(a, b)| (a.to_string(), b.to_string())));
+    assert!((main.cell_keyed(&["CoMe", "lora"], "Avg").unwrap() - 362.0 / 7.0).abs() < 1e-9);
+    assert!((main.cell("CoMe", "Avg").unwrap() - 348.0 / 7.0).abs() < 1e-9);
+    // One sparsity only: no sweep; methods and recovery settings only in their own axes:
+    // no one-key ablation either.
+    let ids: Vec<&str> = tables.iter().map(|t| t.id.as_str()).collect();
+    assert!(
+        !ids.iter()
+            .any(|i| i.starts_with("ablation") || i.starts_with("sweep")),
+        "{ids:?}"
+    );
+    // Plots draw recovered runs as lines of their own.
+    let acc = &plots.iter().find(|(n, _)| n == "plot_acc_m.svg").unwrap().1;
+    assert!(acc.contains("CoMe + lora") && acc.contains("ShortGPT + hierarchical"));
+}
+
+#[test]
+fn sweep_table_keeps_recovered_rows_apart() {
+    let d = tempfile::tempdir().unwrap();
+    let store = recovery_store(d.path());
+    finish(
+        &store,
+        &spec(Some((Method::Come, MergeOp::Concat, 0.2))),
+        &metrics(0.05, 7.0),
+    );
+    let runs = report::load_runs(&store).unwrap();
+    let (tables, _) = report::build(&runs, &ReportOptions::default());
+    let sweep = tables.iter().find(|t| t.id == "sweep_m").unwrap();
+    assert_eq!(sweep.key_columns, ["Recovery"]);
+    let rows: Vec<(&str, &str)> = sweep
+        .rows
+        .iter()
+        .map(|r| (r.label.as_str(), r.keys[0].as_str()))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("Dense", "-"),
+            ("CoMe", "w/o"),
+            ("CoMe", "hierarchical"),
+            ("CoMe", "lora"),
+            ("ShortGPT", "w/o"),
+            ("ShortGPT", "hierarchical"),
+            ("ShortGPT", "lora"),
+        ]
+    );
+    assert_eq!(
+        sweep.cell_keyed(&["CoMe", "w/o"], "Wiki2 PPL @ 20%"),
+        Some(7.0)
+    );
+    assert_eq!(
+        sweep.cell_keyed(&["CoMe", "hierarchical"], "Wiki2 PPL @ 20%"),
+        None
+    );
+    assert_eq!(
+        sweep.cell_keyed(&["CoMe", "hierarchical"], "Wiki2 PPL @ 30%"),
+        Some(7.0)
+    );
+    // The recovery table is only for the level with a recovered run.
+    let ids: Vec<&str> = tables.iter().map(|t| t.id.as_str()).collect();
+    assert!(
+        ids.contains(&"recovery_m_s0.3") && !ids.iter().any(|i| i.starts_with("recovery_m_s0.2"))
+    );
+}
+
+#[test]
+fn without_recovered_runs_the_tables_are_the_old_ones() {
+    let d = tempfile::tempdir().unwrap();
+    let store = filled_store(d.path());
+    let runs = report::load_runs(&store).unwrap();
+    let (tables, _) = report::build(&runs, &ReportOptions::default());
+    let ids: Vec<&str> = tables.iter().map(|t| t.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        [
+            "main_m_s0.2",
+            "main_m_s0.3",
+            "sweep_m",
+            "ablation_merge_m_come_s0.3"
+        ]
+    );
+    for t in &tables {
+        assert!(t.key_columns.is_empty() && t.rows.iter().all(|r| r.keys.is_empty()));
+        assert!(!t.to_markdown().contains("Recovery") && !t.to_latex().contains("Recovery"));
+    }
+    // The unrecovered runs of the recovery store give its main table without the column.
+    let d2 = tempfile::tempdir().unwrap();
+    let plain = Store::open(d2.path().join("s.sqlite")).unwrap();
+    finish(&plain, &spec(None), &metrics(0.0, 5.5));
+    finish(
+        &plain,
+        &spec(Some((Method::Come, MergeOp::Concat, 0.3))),
+        &metrics(0.1, 9.0),
+    );
+    finish(
+        &plain,
+        &spec(Some((Method::ShortGpt, MergeOp::Concat, 0.3))),
+        &metrics(0.2, 20.0),
+    );
+    let plain_main = report::build(
+        &report::load_runs(&plain).unwrap(),
+        &ReportOptions::default(),
+    )
+    .0
+    .into_iter()
+    .find(|t| t.id == "main_m_s0.3")
+    .unwrap();
+    assert!(plain_main.key_columns.is_empty());
+    let rdir = d2.path().join("r");
+    std::fs::create_dir_all(&rdir).unwrap();
+    let rec_runs = report::load_runs(&recovery_store(&rdir)).unwrap();
+    let mut rec_main = report::build(&rec_runs, &ReportOptions::default())
+        .0
+        .into_iter()
+        .find(|t| t.id == "main_m_s0.3")
+        .unwrap();
+    rec_main
+        .rows
+        .retain(|r| r.keys[0] == "w/o" || r.keys[0] == "-");
+    rec_main.key_columns.clear();
+    for r in &mut rec_main.rows {
+        r.keys.clear();
+    }
+    assert_eq!(rec_main.to_markdown(), plain_main.to_markdown());
+}
+
+#[test]
+fn recovery_loss_is_one_ablation_key() {
+    let d = tempfile::tempdir().unwrap();
+    let store = Store::open(d.path().join("s.sqlite")).unwrap();
+    finish(&store, &spec(None), &metrics(0.0, 5.5));
+    let come = (Method::Come, MergeOp::Concat, 0.3);
+    finish(&store, &spec(Some(come)), &metrics(0.1, 9.0));
+    // Three losses of hierarchical recovery; mse vs mse+cosine differ in one flattened key
+    // (`recovery.loss.cosine`), mse vs 0.5*cosine in two: only a label makes them one key.
+    for (loss, drop) in [("mse", 0.06), ("mse,cosine", 0.05), ("cosine:0.5", 0.07)] {
+        let rec = recovery(RecoveryMethod::Hierarchical, loss);
+        finish_recovered(&store, come, &rec, &recovered_metrics(drop, 7.0, 10.0));
+    }
+    let runs = report::load_runs(&store).unwrap();
+    let (tables, _) = report::build(&runs, &ReportOptions::default());
+    let ids: Vec<&str> = tables.iter().map(|t| t.id.as_str()).collect();
+    let abl: Vec<&&str> = ids.iter().filter(|i| i.starts_with("ablation")).collect();
+    assert_eq!(
+        abl,
+        [&"ablation_recovery.loss_m_come_s0.3_hierarchical"],
+        "{ids:?}"
+    );
+    let t = tables
+        .iter()
+        .find(|t| t.id == "ablation_recovery.loss_m_come_s0.3_hierarchical")
+        .unwrap();
+    assert_eq!(
+        t.title,
+        "Ablation of recovery.loss: m, CoMe, sparsity 0.3, hierarchical recovery"
+    );
+    let rows: Vec<(&str, Vec<String>)> = t
+        .rows
+        .iter()
+        .map(|r| (r.label.as_str(), r.keys.clone()))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("Dense", vec!["-".to_string()]),
+            ("recovery.loss=0.5*cosine", vec!["hierarchical".into()]),
+            ("recovery.loss=mse", vec!["hierarchical".into()]),
+            ("recovery.loss=mse+cosine", vec!["hierarchical".into()]),
+        ]
+    );
+    // mse+cosine is 5 points down: (418 - 35) / 7.
+    assert!((t.cell("recovery.loss=mse+cosine", "Avg").unwrap() - 383.0 / 7.0).abs() < 1e-9);
+    assert!(t.caption.contains("Rows differ only in `recovery.loss`"));
+
+    // Elsewhere the loss tells the hierarchical rows apart, and the recovery table's
+    // caption says the loss was not held equal.
+    let main = tables.iter().find(|t| t.id == "main_m_s0.3").unwrap();
+    let keys: Vec<&str> = main.rows.iter().map(|r| r.keys[0].as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "-",
+            "w/o",
+            "hierarchical (loss=0.5*cosine)",
+            "hierarchical (loss=mse)",
+            "hierarchical (loss=mse+cosine)"
+        ]
+    );
+    let rt = tables.iter().find(|t| t.id == "recovery_m_s0.3").unwrap();
+    assert!(
+        rt.caption.contains("Held equal across the recovered rows: a budget of 4096 training tokens (`recovery.tokens`: per trained layer for hierarchical), sequences of 256 tokens (`recovery.seqlen`). Not held equal (the recovered rows differ in them): `recovery.loss` (0.5*cosine, mse, mse+cosine)."),
+        "{}",
+        rt.caption
+    );
+    assert!(
+        (rt.cell_keyed(&["CoMe", "hierarchical (loss=mse+cosine)"], "Δ Avg")
+            .unwrap()
+            - 5.0)
+            .abs()
+            < 1e-9
+    );
 }

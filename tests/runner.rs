@@ -293,3 +293,25 @@ fn check_passes_on_its_own_baseline_and_fails_with_a_readable_diff() {
         "{err}"
     );
 }
+
+#[test]
+fn bad_recovery_fails_before_any_run() {
+    let models = come_repro::paths::models_dir();
+    let head = format!(
+        "[models]\nstories = {{ llama2c = \"{m}/stories260K/stories260K.bin\", tokenizer = \"{m}/stories260K/tok512.bin\" }}\n",
+        m = models.display()
+    );
+    let pruned = "[base]\nmodel = \"stories\"\n[base.prune]\ntarget_layers = 3\n";
+    let e = grid_error(&format!(
+        "{pruned}[base.recovery]\nmethod = \"hierarchical\"\ntokens = 0\n{head}"
+    ));
+    assert!(e.contains("recovery.tokens must be > 0"), "{e}");
+    let e = grid_error(&format!(
+        "{pruned}{head}[axes]\n\"recovery.lrr\" = [1e-4]\n"
+    ));
+    assert!(e.contains("did you mean `recovery.lr`"), "{e}");
+    let e = grid_error(&format!(
+        "[base]\nmodel = \"stories\"\n[base.recovery]\nmethod = \"lora\"\n{head}"
+    ));
+    assert!(e.contains("recovery needs a pruned model"), "{e}");
+}

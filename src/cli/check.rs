@@ -53,7 +53,7 @@ fn tolerance(tol: &Value, metric: &str) -> (f64, f64) {
 
 /// Metrics that are measurements of the machine, not of the model: never compared.
 fn is_timing(key: &str) -> bool {
-    key.ends_with("_seconds")
+    key.ends_with("_seconds") || key.ends_with("_per_s")
 }
 
 pub fn run(a: CheckArgs) -> Result<()> {
@@ -69,6 +69,7 @@ pub fn run(a: CheckArgs) -> Result<()> {
         only: a.only.clone(),
         filter: vec![],
         threads: a.threads,
+        devices: vec![],
     };
     let sum = run_grid(&spec, &opts, &mut Bars::new())?;
     if !sum.failed.is_empty() {
@@ -107,16 +108,26 @@ pub fn run(a: CheckArgs) -> Result<()> {
             "acc": {"abs": 0.051},
             "acc_norm": {"abs": 0.051},
             "ppl_wikitext2": {"rel": 1e-3},
+            "distill_loss": {"rel": 1e-2},
+            "distill_val_loss": {"rel": 1e-2},
             "params": {"abs": 0.0},
             "layers": {"abs": 0.0},
             "layers_removed": {"abs": 0.0},
             "n": {"abs": 0.0},
         }));
+        // With --only, the selected runs replace theirs and the others stay as they were.
+        let mut runs: serde_json::Map<String, Value> = match old.get("runs") {
+            Some(Value::Object(m)) if !a.only.is_empty() => m.clone(),
+            _ => serde_json::Map::new(),
+        };
+        for (name, m) in &current {
+            runs.insert(name.clone(), json!(m));
+        }
         let v = json!({
             "grid": a.grid,
             "note": "Written by `come-repro check --update`; compared by `come-repro check`. Accuracies may move by one item (0.05 on 20 documents); perplexities are compared relatively, counts exactly.",
             "tolerance": tol,
-            "runs": current,
+            "runs": runs,
         });
         std::fs::write(&a.baseline, serde_json::to_string_pretty(&v)? + "\n")
             .with_context(|| format!("writing {}", a.baseline.display()))?;

@@ -1,16 +1,17 @@
 //! `come-repro eval`: zero-shot tasks scored exactly as lm-evaluation-harness does, and
 //! WikiText-2 (or any text's) perplexity; lm-eval-compatible JSON with `--output`.
 
-use super::common::{bar, load, RuntimeArgs};
+use super::common::{bar, load, note, RuntimeArgs};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use come_repro::eval::batching::BatchSize;
-use come_repro::eval::harness::{evaluate_task, EvalOptions, TaskResult};
-use come_repro::eval::loglik::ScoreOptions;
-use come_repro::eval::perplexity::{perplexity, PplResult};
+use come_repro::eval::harness::TaskResult;
+use come_repro::eval::perplexity::PplResult;
 use come_repro::eval::ppl_corpus::Corpus;
 use come_repro::eval::results::{lm_eval_json, table, RunInfo};
-use come_repro::eval::tasks::{known_tasks, load_task, subset, TaskSource};
+use come_repro::eval::tasks::{known_tasks, load_task, TaskSource};
+use come_repro::stages::{evaluate, EvalHooks, EvalInputs, PplOutcome, PplText, Subset};
+use indicatif::ProgressBar;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -102,7 +103,7 @@ pub fn expand_tasks(tasks: &[String]) -> Result<Vec<String>> {
 pub fn run(a: EvalArgs) -> Result<()> {
     let tasks = expand_tasks(&a.tasks)?;
     // Perplexity texts are read (and checked) before the model loads, like task data.
-    let mut corpora: Vec<(Corpus, String)> = vec![];
+    let mut corpora: Vec<PplText> = vec![];
     for spec in &a.ppl {
         let c = Corpus::parse(spec.trim());
         if matches!(c, Corpus::C4(_)) && !c.path().is_file() {
@@ -112,10 +113,8 @@ pub fn run(a: EvalArgs) -> Result<()> {
                 c.path().display()
             );
         }
-        let text = c
-            .text()
-            .with_context(|| format!("{} perplexity text", c.name()))?;
-        corpora.push((c, text));
+        let name = c.name();
+        corpora.push(PplText::read(c).with_context(|| format!("{name} perplexity text"))?);
     }
     if tasks.is_empty() && corpora.is_empty() {
         bail!("nothing to evaluate: pass --tasks and/or --ppl wikitext2");
@@ -135,59 +134,26 @@ pub fn run(a: EvalArgs) -> Result<()> {
     let t_all = Instant::now();
     let (model, tok) = load(&a.model, &a.rt)?;
     let budget = a.batch_size.initial_tokens(model.device);
-    let mut opts = EvalOptions {
-        score: ScoreOptions {
-            max_length: model.config.max_position_embeddings.max(1) as usize,
-            token_budget: budget,
+    let inputs = EvalInputs {
+        tasks: &data,
+        subset: Subset {
+            limit: a.limit,
+            fraction: a.fraction,
+            seed: a.seed,
         },
+        token_budget: budget,
         add_special: !a.no_special_tokens,
+        ppl: &corpora,
+        ppl_seqlen: a.seqlen,
+        ppl_windows: a.max_windows,
     };
-    let mut results: Vec<TaskResult> = vec![];
-    for task in &data {
-        let idx = subset(task.docs.len(), a.limit, a.fraction, a.seed);
-        let pb = bar(idx.len() as u64, &task.name);
-        let before = opts.score.token_budget;
-        let r = evaluate_task(&model, &tok, task, &idx, &mut opts, |done, _| {
-            pb.set_position(done as u64)
-        })?;
-        pb.finish_and_clear();
-        if opts.score.token_budget < before {
-            eprintln!(
-                "note: out of memory at {before} tokens per batch; continued with {}",
-                opts.score.token_budget
-            );
-        }
-        let summary: Vec<String> = r
-            .metrics
-            .iter()
-            .map(|(m, v)| format!("{m} {:.4}", v.value))
-            .collect();
-        eprintln!(
-            "{:>14}: {} docs in {:.1}s ({:.0} tok/s): {}",
-            r.task,
-            r.n_docs,
-            r.seconds,
-            r.tokens_forwarded as f64 / r.seconds.max(1e-9),
-            summary.join(", ")
-        );
-        results.push(r);
-    }
-    let mut ppl = vec![];
-    for (c, text) in &corpora {
-        let windows = a.max_windows.or(c.default_windows());
-        ppl.push((
-            c.name(),
-            run_ppl(
-                &model,
-                &tok,
-                &c.name(),
-                text,
-                a.seqlen,
-                windows,
-                !a.no_special_tokens,
-            )?,
-        ));
-    }
+    let out = evaluate(&model, &tok, &inputs, &mut Printer::default())?;
+    let ppl: Vec<(String, PplResult)> = out
+        .ppl
+        .iter()
+        .map(|p| (p.corpus.name(), p.result.clone()))
+        .collect();
+    let results = out.tasks;
     println!("{}", table(&results, &ppl));
     let info = RunInfo {
         model: a.model.display().to_string(),
@@ -198,7 +164,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
         seed: a.seed,
         batch_size: a.batch_size,
         token_budget: budget,
-        final_token_budget: opts.score.token_budget,
+        final_token_budget: out.final_token_budget,
         threads: tch::get_num_threads() as usize,
         seconds: t_all.elapsed().as_secs_f64(),
     };
@@ -221,36 +187,70 @@ pub fn run(a: EvalArgs) -> Result<()> {
     Ok(())
 }
 
-pub fn run_ppl(
-    model: &come_repro::model::Model,
-    tok: &come_repro::model::tokenizer::Tokenizer,
-    name: &str,
-    text: &str,
-    seqlen: usize,
-    max_windows: Option<usize>,
-    add_special: bool,
-) -> Result<PplResult> {
-    let t0 = Instant::now();
-    // As GPTQ-style perplexity code does: `tokenizer(text)` with its default special tokens
-    // (a LLaMA tokenizer puts BOS at the start of the stream, SmolLM2's adds nothing).
-    let tokens = tok.encode(text, add_special)?;
-    let pb = bar(0, "ppl windows");
-    let res = perplexity(model, &tokens, seqlen, max_windows, 1, |done, total| {
-        pb.set_length(total as u64);
-        pb.set_position(done as u64);
-    })
-    .with_context(|| format!("{name} perplexity"))?;
-    pb.finish_and_clear();
-    let dt = t0.elapsed().as_secs_f64();
-    eprintln!(
-        "{:>14}: ppl {:.4} over {} window(s) of {} ({} predicted) in {:.1}s ({:.0} tok/s)",
-        name,
-        res.ppl,
-        res.windows,
-        res.seqlen,
-        res.predicted_tokens,
-        dt,
-        (res.windows * res.seqlen) as f64 / dt
-    );
-    Ok(res)
+/// The evaluation's progress as bars (one per task or corpus) and a summary line each.
+#[derive(Default)]
+struct Printer {
+    bar: Option<(String, ProgressBar)>,
+}
+
+impl Printer {
+    fn finish_bar(&mut self) {
+        if let Some((_, pb)) = self.bar.take() {
+            pb.finish_and_clear();
+        }
+    }
+}
+
+impl EvalHooks for Printer {
+    fn progress(&mut self, what: &str, done: usize, total: usize) {
+        if self.bar.as_ref().is_none_or(|(name, _)| name != what) {
+            self.finish_bar();
+            self.bar = Some((what.to_string(), bar(total as u64, what)));
+        }
+        if let Some((_, pb)) = &self.bar {
+            if total > 0 {
+                pb.set_length(total as u64);
+            }
+            pb.set_position(done as u64);
+        }
+    }
+
+    fn note(&mut self, line: &str) {
+        match &self.bar {
+            Some((_, pb)) => note(pb, &format!("note: {line}")),
+            None => eprintln!("note: {line}"),
+        }
+    }
+
+    fn task_done(&mut self, r: &TaskResult) {
+        self.finish_bar();
+        let summary: Vec<String> = r
+            .metrics
+            .iter()
+            .map(|(m, v)| format!("{m} {:.4}", v.value))
+            .collect();
+        eprintln!(
+            "{:>14}: {} docs in {:.1}s ({:.0} tok/s): {}",
+            r.task,
+            r.n_docs,
+            r.seconds,
+            r.tokens_forwarded as f64 / r.seconds.max(1e-9),
+            summary.join(", ")
+        );
+    }
+
+    fn ppl_done(&mut self, p: &PplOutcome) {
+        self.finish_bar();
+        let (res, dt) = (&p.result, p.seconds);
+        eprintln!(
+            "{:>14}: ppl {:.4} over {} window(s) of {} ({} predicted) in {:.1}s ({:.0} tok/s)",
+            p.corpus.name(),
+            res.ppl,
+            res.windows,
+            res.seqlen,
+            res.predicted_tokens,
+            dt,
+            (res.windows * res.seqlen) as f64 / dt.max(1e-9)
+        );
+    }
 }

@@ -34,6 +34,11 @@ pub struct GridArgs {
     pub filter: Vec<(String, String)>,
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Devices of the distillation workers, one worker each (`--devices cuda:0,cuda:1`,
+    /// or the flag repeated; `cpu,cpu` runs two CPU workers); default: each run's
+    /// `runtime.device`.
+    #[arg(long, value_delimiter = ',')]
+    pub devices: Vec<String>,
 }
 
 fn parse_filter(s: &str) -> Result<(String, String), String> {
@@ -50,6 +55,7 @@ pub fn options(a: &GridArgs) -> RunnerOptions {
         only: a.only.clone(),
         filter: a.filter.clone(),
         threads: a.threads,
+        devices: a.devices.clone(),
     }
 }
 

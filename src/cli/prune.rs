@@ -2,14 +2,14 @@
 //! `come.json` (config, target mapping, layer correspondence, per-step scores, channels
 //! kept, calibration sample, timings).
 
-use super::common::{bar, load, note, RuntimeArgs};
-use anyhow::{Context, Result};
+use super::common::{bar, note, RuntimeArgs};
+use anyhow::Result;
 use clap::Args;
-use come_repro::calib::{self, CalibConfig};
-use come_repro::model::save::save_model;
+use come_repro::calib::CalibConfig;
 use come_repro::prune::merge::{GqaMapping, NormMode};
 use come_repro::prune::score::Sensitivity;
-use come_repro::prune::{prune, target_layers, MergeOp, Method, PairScore, PruneConfig};
+use come_repro::prune::{MergeOp, Method, PairScore, PruneConfig};
+use come_repro::stages::PruneJob;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -101,17 +101,6 @@ impl PruneArgs {
     }
 }
 
-pub fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map_or(f64::NAN, |k| k / 1024.0)
-}
-
 pub fn run(a: PruneArgs) -> Result<()> {
     let cfg = a.config()?;
     if a.out.exists() && !a.force {
@@ -121,56 +110,36 @@ pub fn run(a: PruneArgs) -> Result<()> {
         );
     }
     let t0 = Instant::now();
-    let (mut model, tok) = load(&a.model, &a.rt)?;
-    // Validate the target before the (slow) calibration pass.
-    let mapping = target_layers(&model, &cfg)?;
-    let cal = calib::sample(&tok, &cfg.calib)?;
+    let lo = a.rt.load_options()?;
+    // Loads the model and checks the target before the (slow) calibration pass.
+    let job = PruneJob::prepare(&a.model, &cfg, lo)?;
+    let mapping = job.mapping.clone();
     eprintln!(
         "{}: {} -> {} layers with {} ({} calibration sequences of {} tokens)",
         a.model.display(),
         mapping.layers_before,
         mapping.target_layers,
         cfg.method.name(),
-        cal.n_sequences,
-        cal.seqlen
+        job.calib.n_sequences,
+        job.calib.seqlen
     );
     let pb = bar(mapping.layers_removed as u64, "steps");
-    let report = prune(&mut model, cal, &cfg, |done, what| {
+    let rec = job.run(&a.out, |done, what| {
         pb.set_position(done as u64);
         note(&pb, &format!("  {what}"));
     })?;
     pb.finish_and_clear();
-    let tmp = a.out.with_extension("partial");
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).with_context(|| format!("removing {}", tmp.display()))?;
-    }
-    save_model(&model, &tmp, Some(&a.model))?;
-    let record = serde_json::json!({
-        "source_model": a.model,
-        "report": report,
-        "peak_rss_mib": peak_rss_mib(),
-        "total_seconds": t0.elapsed().as_secs_f64(),
-        "threads": tch::get_num_threads(),
-        "crate_version": env!("CARGO_PKG_VERSION"),
-    });
-    std::fs::write(
-        tmp.join("come.json"),
-        serde_json::to_string_pretty(&record)? + "\n",
-    )?;
-    if a.out.exists() {
-        std::fs::remove_dir_all(&a.out).with_context(|| format!("removing {}", a.out.display()))?;
-    }
-    std::fs::rename(&tmp, &a.out)?;
+    let report = &rec.report;
     println!(
         "pruned {} -> {} layers in {:.1}s (prune {:.1}s, {} layer passes), {} -> {} params, peak RSS {:.0} MiB: {}",
         mapping.layers_before,
-        model.n_layers(),
+        report.correspondence.len(),
         t0.elapsed().as_secs_f64(),
         report.seconds,
         report.layer_passes,
         report.params_before,
         report.params_after,
-        peak_rss_mib(),
+        rec.peak_rss_mib.unwrap_or(f64::NAN),
         a.out.display()
     );
     println!("correspondence: {:?}", report.correspondence);

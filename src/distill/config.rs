@@ -325,7 +325,9 @@ impl RecoveryConfig {
                 self.warmup
             ));
         }
-        if !self.betas.iter().all(|b| (0.0..1.0).contains(b)) || !(self.eps > 0.0) {
+        if !self.betas.iter().all(|b| (0.0..1.0).contains(b))
+            || self.eps.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater)
+        {
             return bad("betas must be in [0, 1) and eps > 0".into());
         }
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {

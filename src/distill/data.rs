@@ -124,8 +124,11 @@ pub fn load(
             want_val
         )));
     }
+    // Validation from the end; training takes no more sequences than the budget needs
+    // (teacher states are computed for every sequence kept).
     let split = seqs.len() - want_val;
-    let (train, val) = (seqs[..split].to_vec(), seqs[split..].to_vec());
+    let val = seqs[split..].to_vec();
+    let train = seqs[..split.min(want_train)].to_vec();
     let mut note = format!(
         "rows in file order without the {n_excluded} rows drawn by the pruning calibration"
     );

@@ -10,6 +10,9 @@ use crate::model::{save::save_model, Layer, Model};
 use std::path::{Path, PathBuf};
 use tch::{Device, Tensor};
 
+/// A finished unit's tensors (names as saved) and record.
+pub type Finished = (Vec<(String, Tensor)>, LayerRecord);
+
 pub struct Partial {
     dir: PathBuf,
     out: PathBuf,
@@ -41,11 +44,7 @@ impl Partial {
     }
 
     /// A unit finished earlier: its tensors (on `dev`) and record.
-    pub fn finished(
-        &self,
-        name: &str,
-        dev: Device,
-    ) -> Result<Option<(Vec<(String, Tensor)>, LayerRecord)>> {
+    pub fn finished(&self, name: &str, dev: Device) -> Result<Option<Finished>> {
         let (w, r) = (
             self.dir.join(format!("{name}.safetensors")),
             self.dir.join(format!("{name}.json")),

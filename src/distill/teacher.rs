@@ -299,11 +299,9 @@ fn write_states(
     }
     let done = work.join("complete");
     std::fs::write(&done, b"").map_err(|e| Error::io(&done, e))?;
-    if !is_tmp {
-        if std::fs::rename(&work, dir).is_err() {
-            // Another process finished the same states first: keep theirs.
-            let _ = std::fs::remove_dir_all(&work);
-        }
+    // Another process may have finished the same states first: keep theirs.
+    if !is_tmp && std::fs::rename(&work, dir).is_err() {
+        let _ = std::fs::remove_dir_all(&work);
     }
     Ok(())
 }

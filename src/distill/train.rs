@@ -51,7 +51,7 @@ impl Schedule {
         let every = self
             .eval_every
             .unwrap_or_else(|| self.steps.div_ceil(4).max(1));
-        (s + 1) % every == 0 || s + 1 == self.steps
+        (s + 1).is_multiple_of(every) || s + 1 == self.steps
     }
 }
 

@@ -21,7 +21,7 @@ use tch::{Device, Tensor};
 
 enum Msg {
     Event(Event),
-    Done(usize, Layer, LayerRecord),
+    Done(usize, Box<Layer>, LayerRecord),
     Failed(Error),
 }
 
@@ -244,7 +244,7 @@ fn run_worker(
             tokens_per_s: tokens as f64 / seconds.max(1e-9),
         };
         done.save(&unit_name(&unit), &layer.named_tensors(), &rec)?;
-        let _ = tx.send(Msg::Done(k, layer, rec));
+        let _ = tx.send(Msg::Done(k, Box::new(layer), rec));
     }
     Ok(())
 }

@@ -117,8 +117,9 @@ pub fn top_k_in_order(scores: &[f64], k: usize) -> Vec<usize> {
 }
 
 /// What a concat merge kept from each source.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ConcatRecord {
+    #[serde(deserialize_with = "super::nan_as_null::vec")]
     pub shares: Vec<f64>,
     pub mlp_kept: Vec<Vec<usize>>,
     pub kv_heads_kept: Vec<Vec<usize>>,

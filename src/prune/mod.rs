@@ -193,7 +193,7 @@ impl Default for PruneConfig {
 }
 
 /// How the target depth was derived.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TargetMapping {
     pub sparsity: Option<f64>,
     pub total_params: i64,
@@ -201,7 +201,7 @@ pub struct TargetMapping {
     pub layers_before: usize,
     pub layers_removed: usize,
     pub target_layers: usize,
-    pub rule: &'static str,
+    pub rule: String,
 }
 
 pub fn target_layers(model: &Model, cfg: &PruneConfig) -> Result<TargetMapping> {
@@ -241,12 +241,12 @@ pub fn target_layers(model: &Model, cfg: &PruneConfig) -> Result<TargetMapping> 
         layers_before: n,
         layers_removed: removed,
         target_layers: n - removed,
-        rule,
+        rule: rule.to_string(),
     })
 }
 
 /// One step of a plan.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Step {
     pub round: usize,
     pub action: String,
@@ -255,17 +255,18 @@ pub struct Step {
     /// Original layers now held by the resulting layer (empty for a drop).
     pub originals: Vec<usize>,
     pub score: Option<f64>,
+    #[serde(deserialize_with = "nan_as_null::vec")]
     pub bi: Vec<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concat: Option<merge::ConcatRecord>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ratio: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nll: Option<f64>,
     pub seconds: f64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PruneReport {
     pub config: PruneConfig,
     pub target: TargetMapping,
@@ -277,6 +278,17 @@ pub struct PruneReport {
     pub params_after: i64,
     pub layer_passes: usize,
     pub seconds: f64,
+}
+
+/// JSON writes a non-finite `f64` as `null`; this reads such a `null` back as NaN, so a
+/// record with a degenerate score still deserialises.
+pub mod nan_as_null {
+    use serde::{Deserialize, Deserializer};
+
+    pub fn vec<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<f64>, D::Error> {
+        let v = Vec::<Option<f64>>::deserialize(d)?;
+        Ok(v.into_iter().map(|x| x.unwrap_or(f64::NAN)).collect())
+    }
 }
 
 /// Called after each step with the step count and a one-line description.

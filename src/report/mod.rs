@@ -6,8 +6,13 @@
 //!   columns = the seven tasks, Avg, its standard error, retention (% of the dense Avg)
 //!   and WikiText-2 / C4 perplexity when measured;
 //! - ablation tables, "vary one key, hold the rest": for every `prune.*` key (other than
-//!   method and sparsity) that the runs vary, one table per group of runs equal in every
-//!   other parameter (merge operation, sensitivity, norm mode, GQA mapping, ...);
+//!   method and sparsity) and `recovery.*` key (other than method) that the runs vary, one
+//!   table per group of runs equal in every other parameter (merge operation, sensitivity,
+//!   norm mode, GQA mapping, recovery loss, token budget, ...);
+//! - recovery tables, one per model, evaluation setting and sparsity with a recovered run:
+//!   per pruning method the rows "w/o" (no recovery) and one per recovery method, with the
+//!   recovery time and the change in Avg (see [`recovery`]); the other layouts gain a
+//!   Recovery column when a run of theirs was recovered;
 //! - tables of the published rows alone (so they show even for models we cannot run);
 //! - SVG plots of average accuracy and perplexity against sparsity, one line per method.
 //!
@@ -15,8 +20,12 @@
 //! Captions state the metric convention ([`Convention`]), the number of items per task
 //! and how the standard error of the average is computed.
 
+mod builder;
+mod common;
 pub mod paper;
 pub mod plot;
+pub mod recovery;
+pub mod table;
 pub mod tables;
 
 use crate::error::{Error, Result};
@@ -179,6 +188,7 @@ pub fn build(runs: &[RunData], opts: &ReportOptions) -> (Vec<Table>, Vec<(String
         tables::main_tables(runs, &opts.published, &opts.model_aliases, opts.convention);
     tables.extend(tables::sweep_tables(runs, opts.convention));
     tables.extend(tables::ablation_tables(runs, opts.convention));
+    tables.extend(recovery::recovery_tables(runs, opts.convention));
     tables.extend(tables::published_tables(&opts.published, opts.convention));
     tables::unique_ids(&mut tables);
     let plots = plot::plots(runs, &opts.published, &opts.model_aliases, opts.convention);

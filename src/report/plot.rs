@@ -1,8 +1,9 @@
 //! SVG line charts, written by hand: average accuracy and perplexity against sparsity, one
 //! line per method, the dense model as a dashed reference line.
 
+use super::common::{average, eval_sig, labels, measure, method_label, Level};
 use super::paper::{same_model, PublishedRow};
-use super::tables::{average, eval_sig, labels, measure, method_label, Level};
+use super::recovery::{recovery_cells, recovery_method, recovery_rank};
 use super::{Convention, RunData};
 use crate::track::names::{self, SEVEN_TASKS};
 use std::collections::BTreeMap;
@@ -53,7 +54,19 @@ pub fn plots(
             .filter(|r| r.is_dense() && r.model() == *model && eval_sig(r) == *sig)
             .max_by(|a, b| (a.finished.as_str(), a.id).cmp(&(b.finished.as_str(), b.id)));
         let all: Vec<&RunData> = members.iter().map(|(_, r)| *r).collect();
-        let labs = labels(&all);
+        // Recovered runs get their own lines: "CoMe + lora".
+        let labs: Vec<String> = labels(&all)
+            .into_iter()
+            .zip(recovery_cells(&all))
+            .zip(&all)
+            .map(|((lab, rec), r)| {
+                if recovery_rank(&recovery_method(r)) > 0 {
+                    format!("{lab} + {rec}")
+                } else {
+                    lab
+                }
+            })
+            .collect();
         let tasks: Vec<String> = SEVEN_TASKS
             .iter()
             .filter(|t| {

@@ -1,689 +1,28 @@
-//! Table layouts (main, ablation, published) and their Markdown / CSV / LaTeX forms.
+//! The layouts: main tables (one per model, evaluation setting and level), the methods x
+//! sparsity sweep, one-key ablations and the published rows alone. The table type and its
+//! renderers live in [`super::table`], what the layouts share in [`super::common`].
 
+use super::builder::{Builder, Entry};
+use super::common::{
+    average, cmp_values, dense_runs, eval_note, eval_sig, items_text, labels, level_groups,
+    measure, method_label, method_of, method_rank, slug, value_text, Level, Measured,
+};
 use super::paper::{same_model, PublishedRow};
+use super::recovery::{
+    collapsed_params, recovery_cells, recovery_columns, recovery_method, recovery_name,
+    recovery_rank,
+};
 use super::{Convention, RunData};
-use crate::error::{Error, Result};
 use crate::experiment::canonical_json;
-use crate::prune::Method;
 use crate::track::names::{self, SEVEN_TASKS};
-use polars::prelude::*;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 
-/// A column of a results table.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Col {
-    /// Accuracy of a task, in percent.
-    Task(String),
-    /// Mean accuracy over the averaged tasks, in percent.
-    Avg,
-    /// Standard error of Avg, in points.
-    AvgSe,
-    /// Avg as a percentage of the dense Avg.
-    Retention,
-    /// A perplexity; the store metric name (`ppl_wikitext2`, `ppl_c4`).
-    Ppl(String),
-    /// A column measured at one pruning level, e.g. perplexity at 20 % (sweep tables).
-    At(Box<Col>, String),
-}
-
-impl Col {
-    pub fn header(&self) -> String {
-        match self {
-            Col::Task(t) => names::task_label(t).to_string(),
-            Col::Avg => "Avg".into(),
-            Col::AvgSe => "±Avg".into(),
-            Col::Retention => "Ret.%".into(),
-            Col::Ppl(m) if m == names::PPL_WIKITEXT2 => "Wiki2 PPL".into(),
-            Col::Ppl(m) if m == names::PPL_C4 => "C4 PPL".into(),
-            Col::Ppl(m) => m.clone(),
-            Col::At(c, level) => format!("{} @ {level}", c.header()),
-        }
-    }
-    fn decimals(&self) -> usize {
-        match self {
-            Col::Retention => 1,
-            Col::At(c, _) => c.decimals(),
-            _ => 2,
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Row {
-    pub label: String,
-    /// None: our run; Some(k): published, footnote k (1-based).
-    pub source: Option<usize>,
-    /// Aligned with the table's columns.
-    pub cells: Vec<Option<f64>>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Table {
-    /// File stem, unique within a report.
-    pub id: String,
-    pub title: String,
-    pub columns: Vec<Col>,
-    pub rows: Vec<Row>,
-    pub caption: String,
-    /// Citations of the published rows, numbered from 1.
-    pub footnotes: Vec<String>,
-}
-
-impl Table {
-    /// The cell of `row` (by label) in `col` (by header).
-    pub fn cell(&self, row: &str, col: &str) -> Option<f64> {
-        let c = self.columns.iter().position(|x| x.header() == col)?;
-        self.rows
-            .iter()
-            .find(|r| r.label == row)?
-            .cells
-            .get(c)
-            .copied()
-            .flatten()
-    }
-
-    fn source_text(&self, r: &Row) -> String {
-        match r.source {
-            None => "ours".into(),
-            Some(k) => format!("published [{k}]"),
-        }
-    }
-
-    fn fmt(&self, c: usize, v: Option<f64>) -> String {
-        match (v, self.columns.get(c)) {
-            (Some(x), Some(col)) => format!("{x:.*}", col.decimals()),
-            _ => "-".into(),
-        }
-    }
-
-    pub fn to_markdown(&self) -> String {
-        let mut s = format!("### {}\n\n", self.title);
-        let heads: Vec<String> = self.columns.iter().map(Col::header).collect();
-        s.push_str(&format!("| Method | Source | {} |\n", heads.join(" | ")));
-        s.push_str(&format!("|:--|:--|{}\n", "--:|".repeat(heads.len())));
-        for r in &self.rows {
-            let cells: Vec<String> = r
-                .cells
-                .iter()
-                .enumerate()
-                .map(|(c, v)| self.fmt(c, *v))
-                .collect();
-            s.push_str(&format!(
-                "| {} | {} | {} |\n",
-                md_escape(&r.label),
-                self.source_text(r),
-                cells.join(" | ")
-            ));
-        }
-        s.push_str(&format!("\n{}\n", self.caption));
-        for (i, f) in self.footnotes.iter().enumerate() {
-            s.push_str(&format!("\n[{}] {}", i + 1, f));
-        }
-        if !self.footnotes.is_empty() {
-            s.push('\n');
-        }
-        s
-    }
-
-    pub fn to_latex(&self) -> String {
-        let mut s = String::from("\\begin{table}[t]\n\\centering\n\\small\n");
-        let mut caption = latex_escape(&self.caption);
-        for (i, f) in self.footnotes.iter().enumerate() {
-            caption.push_str(&format!(" [{}] {}", i + 1, latex_escape(f)));
-        }
-        s.push_str(&format!(
-            "\\caption{{{}. {}}}\n",
-            latex_escape(&self.title),
-            caption
-        ));
-        s.push_str(&format!("\\label{{tab:{}}}\n", self.id));
-        s.push_str(&format!(
-            "\\begin{{tabular}}{{ll{}}}\n\\toprule\n",
-            "r".repeat(self.columns.len())
-        ));
-        let heads: Vec<String> = self
-            .columns
-            .iter()
-            .map(|c| latex_escape(&c.header()))
-            .collect();
-        s.push_str(&format!(
-            "Method & Source & {} \\\\\n\\midrule\n",
-            heads.join(" & ")
-        ));
-        for r in &self.rows {
-            let cells: Vec<String> = r
-                .cells
-                .iter()
-                .enumerate()
-                .map(|(c, v)| self.fmt(c, *v))
-                .collect();
-            s.push_str(&format!(
-                "{} & {} & {} \\\\\n",
-                latex_escape(&r.label),
-                latex_escape(&self.source_text(r)),
-                cells.join(" & ")
-            ));
-        }
-        s.push_str("\\bottomrule\n\\end{tabular}\n\\end{table}\n");
-        s
-    }
-
-    /// The table as a polars frame: `method`, `source`, then one Float64 column per column.
-    pub fn to_frame(&self) -> PolarsResult<DataFrame> {
-        let mut cols = vec![
-            Column::new(
-                "method".into(),
-                self.rows
-                    .iter()
-                    .map(|r| r.label.clone())
-                    .collect::<Vec<_>>(),
-            ),
-            Column::new(
-                "source".into(),
-                self.rows
-                    .iter()
-                    .map(|r| self.source_text(r))
-                    .collect::<Vec<_>>(),
-            ),
-        ];
-        for (c, col) in self.columns.iter().enumerate() {
-            let vals: Vec<Option<f64>> = self
-                .rows
-                .iter()
-                .map(|r| r.cells.get(c).copied().flatten())
-                .collect();
-            cols.push(Column::new(col.header().into(), vals));
-        }
-        DataFrame::new(cols)
-    }
-
-    pub fn write_csv(&self, path: &Path) -> Result<()> {
-        let mut df = self
-            .to_frame()
-            .map_err(|e| Error::format(path, e.to_string()))?;
-        let mut f = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
-        CsvWriter::new(&mut f)
-            .finish(&mut df)
-            .map_err(|e| Error::format(path, e.to_string()))
-    }
-}
-
-fn md_escape(s: &str) -> String {
-    s.replace('|', "\\|")
-}
-
-fn latex_escape(s: &str) -> String {
-    let mut out = String::new();
-    for c in s.chars() {
-        match c {
-            '\\' => out.push_str("\\textbackslash{}"),
-            '&' | '%' | '$' | '#' | '_' | '{' | '}' => {
-                out.push('\\');
-                out.push(c);
-            }
-            '~' => out.push_str("\\textasciitilde{}"),
-            '^' => out.push_str("\\textasciicircum{}"),
-            '±' => out.push_str("$\\pm$"),
-            'Σ' => out.push_str("$\\Sigma$"),
-            '²' => out.push_str("$^2$"),
-            _ => out.push(c),
-        }
-    }
-    out
-}
-
-// ---------------------------------------------------------------------------------------
-// What a run measured, under a convention.
-
-/// Accuracies (fractions) with standard errors, perplexities and item counts of one run.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Measured {
-    pub acc: BTreeMap<String, (f64, Option<f64>)>,
-    pub ppl: BTreeMap<String, f64>,
-    /// How each perplexity was measured, e.g. "seqlen=2048, 4 windows".
-    pub ppl_setting: BTreeMap<String, String>,
-    pub n: BTreeMap<String, f64>,
-}
-
-pub(crate) fn measure(run: &RunData, conv: Convention) -> Measured {
-    let mut m = Measured::default();
-    for t in names::ALL_TASKS {
-        if let Some(x) = run.metric(t, conv.metric_for(t)) {
-            m.acc.insert(t.to_string(), (x.value, x.stderr));
-        }
-        if let Some(x) = run.metric(t, names::N) {
-            m.n.insert(t.to_string(), x.value);
-        }
-    }
-    for (task, name) in [
-        (names::WIKITEXT2, names::PPL_WIKITEXT2),
-        (names::C4, names::PPL_C4),
-    ] {
-        if let Some(x) = run.metric(task, name) {
-            m.ppl.insert(name.to_string(), x.value);
-            let mut setting = x.context.clone();
-            if let Some(n) = run.metric(task, names::N) {
-                setting = format!("{setting}, {} windows", n.value);
-            }
-            m.ppl_setting.insert(name.to_string(), setting);
-        }
-    }
-    m
-}
-
-/// Mean accuracy in percent over `tasks` (all must be present) and its standard error
-/// sqrt(sum se_i^2) / k in points (None if a stderr is missing).
-pub(crate) fn average(m: &Measured, tasks: &[String]) -> (Option<f64>, Option<f64>) {
-    if tasks.is_empty() {
-        return (None, None);
-    }
-    let vals: Option<Vec<(f64, Option<f64>)>> =
-        tasks.iter().map(|t| m.acc.get(t).copied()).collect();
-    let Some(vals) = vals else {
-        return (None, None);
-    };
-    let k = vals.len() as f64;
-    let avg = 100.0 * vals.iter().map(|v| v.0).sum::<f64>() / k;
-    let se: Option<f64> = vals
-        .iter()
-        .map(|v| v.1.map(|s| (100.0 * s).powi(2)))
-        .sum::<Option<f64>>()
-        .map(|s| s.sqrt() / k);
-    (Some(avg), se)
-}
-
-/// Parameters that identify the evaluation (everything under `eval.` and `runtime.`).
-pub(crate) fn eval_sig(run: &RunData) -> String {
-    let m: BTreeMap<&String, &Value> = run
-        .params
-        .iter()
-        .filter(|(k, _)| k.starts_with("eval.") || k.starts_with("runtime."))
-        .collect();
-    canonical_json(&serde_json::to_value(m).unwrap_or(Value::Null))
-}
-
-/// How much a pruned run removes: a sparsity or a target depth.
-#[derive(Debug, Clone, Copy, PartialEq, PartialOrd)]
-pub(crate) enum Level {
-    Sparsity(f64),
-    Layers(i64),
-}
-
-impl Level {
-    pub fn of(run: &RunData) -> Option<Level> {
-        if let Some(n) = run.param("prune.target_layers").and_then(Value::as_i64) {
-            return Some(Level::Layers(n));
-        }
-        run.param("prune.sparsity")
-            .and_then(Value::as_f64)
-            .map(Level::Sparsity)
-    }
-    pub fn text(&self) -> String {
-        match self {
-            Level::Sparsity(s) => format!("sparsity {s}"),
-            Level::Layers(n) => format!("{n} layers kept"),
-        }
-    }
-    pub fn slug(&self) -> String {
-        match self {
-            Level::Sparsity(s) => format!("s{s}"),
-            Level::Layers(n) => format!("L{n}"),
-        }
-    }
-    fn same(&self, o: &Level) -> bool {
-        match (self, o) {
-            (Level::Sparsity(a), Level::Sparsity(b)) => (a - b).abs() < 1e-9,
-            (Level::Layers(a), Level::Layers(b)) => a == b,
-            _ => false,
-        }
-    }
-}
-
-pub(crate) fn method_label(method: &str) -> String {
-    match method {
-        "come" => "CoMe",
-        "come-p" => "CoMe-P",
-        "shortgpt" => "ShortGPT",
-        "sleb" => "SLEB",
-        "reverse" => "Reverse",
-        "magnitude" => "Magnitude",
-        "magnitude+" => "Magnitude+",
-        "taylor" => "Taylor",
-        "taylor+" => "Taylor+",
-        "laco" => "LaCo",
-        "mka" => "MKA",
-        "slicegpt" => "SliceGPT",
-        "dense" => "Dense",
-        other => other,
-    }
-    .to_string()
-}
-
-fn method_rank(method: &str) -> usize {
-    Method::ALL
-        .iter()
-        .position(|m| *m == method)
-        .unwrap_or(Method::ALL.len())
-}
-
-pub(crate) fn value_text(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Null => "none".into(),
-        other => other.to_string(),
-    }
-}
-
-fn method_of(run: &RunData) -> String {
-    run.param("prune.method")
-        .map(value_text)
-        .unwrap_or_else(|| "dense".into())
-}
-
-/// Row labels for pruned runs: the method, plus the `prune.*` keys (other than method,
-/// sparsity, target) whose values differ among `runs`.
-pub(crate) fn labels(runs: &[&RunData]) -> Vec<String> {
-    let skip = ["prune.method", "prune.sparsity", "prune.target_layers"];
-    let keys: BTreeSet<&String> = runs
-        .iter()
-        .flat_map(|r| r.params.keys())
-        .filter(|k| k.starts_with("prune.") && !skip.contains(&k.as_str()))
-        .collect();
-    let varying: Vec<&String> = keys
-        .into_iter()
-        .filter(|k| {
-            let vals: BTreeSet<String> = runs
-                .iter()
-                .map(|r| r.param(k).map(canonical_json).unwrap_or_default())
-                .collect();
-            vals.len() > 1
-        })
-        .collect();
-    runs.iter()
-        .map(|r| {
-            let base = method_label(&method_of(r));
-            let extra: Vec<String> = varying
-                .iter()
-                .map(|k| {
-                    format!(
-                        "{}={}",
-                        k.trim_start_matches("prune."),
-                        r.param(k).map(value_text).unwrap_or_default()
-                    )
-                })
-                .collect();
-            if extra.is_empty() {
-                base
-            } else {
-                format!("{base} ({})", extra.join(", "))
-            }
-        })
-        .collect()
-}
-
-fn slug(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
-
-/// The latest dense run per (model, evaluation signature).
-fn dense_runs(runs: &[RunData]) -> BTreeMap<(String, String), &RunData> {
-    let mut out: BTreeMap<(String, String), &RunData> = BTreeMap::new();
-    for r in runs.iter().filter(|r| r.is_dense()) {
-        let key = (r.model(), eval_sig(r));
-        match out.get(&key) {
-            Some(prev) if (prev.finished.as_str(), prev.id) > (r.finished.as_str(), r.id) => {}
-            _ => {
-                out.insert(key, r);
-            }
-        }
-    }
-    out
-}
-
-// ---------------------------------------------------------------------------------------
-// Assembling one table.
-
-struct Builder<'a> {
-    conv: Convention,
-    dense: Option<&'a RunData>,
-    ours: Vec<(String, &'a RunData)>,
-    published: Vec<&'a PublishedRow>,
-}
-
-impl Builder<'_> {
-    fn build(self, id: String, title: String, extra_caption: &str) -> Table {
-        let mut ours: Vec<(String, Measured)> = Vec::new();
-        if let Some(d) = self.dense {
-            ours.push(("Dense".into(), measure(d, self.conv)));
-        }
-        for (label, r) in &self.ours {
-            ours.push((label.clone(), measure(r, self.conv)));
-        }
-        let order: Vec<&str> = SEVEN_TASKS.iter().copied().chain(["mmlu"]).collect();
-        let tasks: Vec<String> = order
-            .iter()
-            .filter(|t| {
-                ours.iter().any(|(_, m)| m.acc.contains_key(**t))
-                    || self.published.iter().any(|p| p.tasks.contains_key(**t))
-            })
-            .map(|t| t.to_string())
-            .collect();
-        let avg_tasks: Vec<String> = tasks
-            .iter()
-            .filter(|t| SEVEN_TASKS.contains(&t.as_str()))
-            .cloned()
-            .collect();
-        let ppl_cols: Vec<String> = [names::PPL_WIKITEXT2, names::PPL_C4]
-            .iter()
-            .filter(|p| {
-                ours.iter().any(|(_, m)| m.ppl.contains_key(**p))
-                    || self.published.iter().any(|r| {
-                        (**p == names::PPL_WIKITEXT2 && r.ppl_wikitext2.is_some())
-                            || (**p == names::PPL_C4 && r.ppl_c4.is_some())
-                    })
-            })
-            .map(|p| p.to_string())
-            .collect();
-        let has_se = ours.iter().any(|(_, m)| average(m, &avg_tasks).1.is_some());
-        let mut columns: Vec<Col> = tasks.iter().map(|t| Col::Task(t.clone())).collect();
-        if !avg_tasks.is_empty() {
-            columns.push(Col::Avg);
-            if has_se {
-                columns.push(Col::AvgSe);
-            }
-            columns.push(Col::Retention);
-        }
-        columns.extend(ppl_cols.iter().map(|p| Col::Ppl(p.clone())));
-
-        let dense_avg = self
-            .dense
-            .and_then(|_| ours.first())
-            .and_then(|(_, m)| average(m, &avg_tasks).0);
-        let mut rows = Vec::new();
-        let mut max_se: Option<f64> = None;
-        for (label, m) in &ours {
-            let (avg, se) = average(m, &avg_tasks);
-            if let Some(s) = se {
-                max_se = Some(max_se.map_or(s, |x: f64| x.max(s)));
-            }
-            let cells = columns
-                .iter()
-                .map(|c| match c {
-                    Col::Task(t) => m.acc.get(t).map(|v| 100.0 * v.0),
-                    Col::Avg => avg,
-                    Col::AvgSe => se,
-                    Col::Retention => match (avg, dense_avg) {
-                        (Some(a), Some(d)) if d > 0.0 => Some(100.0 * a / d),
-                        _ => None,
-                    },
-                    Col::Ppl(p) => m.ppl.get(p).copied(),
-                    Col::At(..) => None,
-                })
-                .collect();
-            rows.push(Row {
-                label: label.clone(),
-                source: None,
-                cells,
-            });
-        }
-        let mut footnotes: Vec<String> = Vec::new();
-        for p in &self.published {
-            let cite = p.citation();
-            let k = match footnotes.iter().position(|f| *f == cite) {
-                Some(i) => i + 1,
-                None => {
-                    footnotes.push(cite);
-                    footnotes.len()
-                }
-            };
-            // As reported, else computed from the averaged tasks when all are reported.
-            let avg_of = |r: &PublishedRow| {
-                let v: Option<Vec<f64>> =
-                    avg_tasks.iter().map(|t| r.tasks.get(t).copied()).collect();
-                r.avg.or(v
-                    .filter(|v| !v.is_empty())
-                    .map(|v| v.iter().sum::<f64>() / v.len() as f64))
-            };
-            let avg = avg_of(p);
-            // Retention against the same source's dense row, unless the source states it.
-            let dense_avg = self
-                .published
-                .iter()
-                .find(|d| d.is_dense() && d.source == p.source && same_model(&d.model, &p.model))
-                .and_then(|d| avg_of(d));
-            let retention = p.retention.or(match (avg, dense_avg) {
-                (Some(a), Some(d)) if d > 0.0 && !p.is_dense() => Some(100.0 * a / d),
-                _ => None,
-            });
-            let cells = columns
-                .iter()
-                .map(|c| match c {
-                    Col::Task(t) => p.tasks.get(t).copied(),
-                    Col::Avg => avg,
-                    Col::AvgSe => None,
-                    Col::Retention => retention,
-                    Col::Ppl(x) if x == names::PPL_WIKITEXT2 => p.ppl_wikitext2,
-                    Col::Ppl(x) if x == names::PPL_C4 => p.ppl_c4,
-                    Col::Ppl(_) | Col::At(..) => None,
-                })
-                .collect();
-            let label = match p.sparsity {
-                Some(s) if !p.is_dense() => {
-                    format!("{} (s={s})", method_label(&p.method.to_lowercase()))
-                }
-                _ => method_label(&p.method.to_lowercase()),
-            };
-            rows.push(Row {
-                label,
-                source: Some(k),
-                cells,
-            });
-        }
-
-        let mut caption = String::new();
-        if !extra_caption.is_empty() {
-            caption.push_str(extra_caption);
-            caption.push(' ');
-        }
-        if !tasks.is_empty() {
-            caption.push_str(&format!("{}.", self.conv.describe()));
-        }
-        let items = items_text(&ours, &tasks);
-        if !items.is_empty() {
-            caption.push_str(&format!(" Items per task: {items}."));
-        }
-        if !avg_tasks.is_empty() {
-            let labels: Vec<&str> = avg_tasks.iter().map(|t| names::task_label(t)).collect();
-            caption.push_str(&format!(
-                " Avg: mean accuracy over the {} tasks shown ({}), MMLU excluded",
-                avg_tasks.len(),
-                labels.join(", ")
-            ));
-            if has_se {
-                caption.push_str(&format!(
-                    "; ±Avg: its standard error, sqrt(Σ se_i²)/{} from the per-task standard errors",
-                    avg_tasks.len()
-                ));
-            }
-            match max_se {
-                Some(s) => caption.push_str(&format!(", at most {s:.2} points here.")),
-                None => caption.push('.'),
-            }
-            caption.push_str(" Ret.%: Avg as a percentage of the dense Avg.");
-        }
-        if !ppl_cols.is_empty() {
-            let settings: std::collections::BTreeSet<&str> = ours
-                .iter()
-                .flat_map(|(_, m)| m.ppl_setting.values().map(|s| s.as_str()))
-                .filter(|s| !s.is_empty())
-                .collect();
-            caption.push_str(" Perplexity: non-overlapping windows of the test text");
-            if !settings.is_empty() {
-                let list: Vec<&str> = settings.into_iter().collect();
-                caption.push_str(&format!(" ({})", list.join("; ")));
-            }
-            caption.push('.');
-        }
-        if !self.published.is_empty() {
-            caption.push_str(
-                " Published rows are copied from their sources (their own evaluation settings and metric; Avg and Ret.% as reported or, if absent, computed from the tasks shown).",
-            );
-        }
-        Table {
-            id,
-            title,
-            columns,
-            rows,
-            caption: caption.trim().to_string(),
-            footnotes,
-        }
-    }
-}
-
-/// "BoolQ 100, PIQA 100" or "100 each" from the `n` metrics of our rows.
-fn items_text(ours: &[(String, Measured)], tasks: &[String]) -> String {
-    let mut per: Vec<(String, String)> = Vec::new();
-    for t in tasks {
-        let ns: BTreeSet<i64> = ours
-            .iter()
-            .filter_map(|(_, m)| m.n.get(t))
-            .map(|v| v.round() as i64)
-            .collect();
-        if ns.is_empty() {
-            continue;
-        }
-        let text = ns.iter().map(i64::to_string).collect::<Vec<_>>().join("/");
-        per.push((names::task_label(t).to_string(), text));
-    }
-    if per.is_empty() {
-        return String::new();
-    }
-    let all_same = per.iter().all(|(_, n)| *n == per[0].1);
-    if all_same && per.len() == tasks.len() && per.len() > 1 {
-        format!("{} each", per[0].1)
-    } else {
-        per.iter()
-            .map(|(t, n)| format!("{t} {n}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// The layouts.
+pub use super::table::{Col, Row, Table};
 
 /// One table per (model, evaluation setting, sparsity): the dense row, every pruned run,
-/// then the published rows of the same model and sparsity.
+/// then the published rows of the same model and sparsity. When some run of a table was
+/// recovered, a Recovery column tells its rows apart ("w/o" or the recovery method).
 pub fn main_tables(
     runs: &[RunData],
     published: &[PublishedRow],
@@ -691,94 +30,63 @@ pub fn main_tables(
     conv: Convention,
 ) -> Vec<Table> {
     let dense = dense_runs(runs);
-    // (model, eval signature) -> level -> runs
-    let mut groups: BTreeMap<(String, String), Vec<(Level, &RunData)>> = BTreeMap::new();
-    for r in runs.iter().filter(|r| !r.is_dense()) {
-        if let Some(level) = Level::of(r) {
-            groups
-                .entry((r.model(), eval_sig(r)))
-                .or_default()
-                .push((level, r));
-        }
-    }
-    let evals_per_model = |model: &str| groups.keys().filter(|(m, _)| m == model).count();
     let mut out = Vec::new();
-    for ((model, sig), members) in &groups {
-        let mut levels: Vec<Level> = Vec::new();
-        for (l, _) in members {
-            if !levels.iter().any(|x| x.same(l)) {
-                levels.push(*l);
-            }
-        }
-        levels.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-        let paper_model = aliases.get(model).cloned().unwrap_or_else(|| model.clone());
-        for level in levels {
-            let these: Vec<&RunData> = members
-                .iter()
-                .filter(|(l, _)| l.same(&level))
-                .map(|(_, r)| *r)
-                .collect();
-            let mut ours: Vec<(String, &RunData)> = labels(&these).into_iter().zip(these).collect();
-            ours.sort_by(|a, b| {
-                (method_rank(&method_of(a.1)), &a.0).cmp(&(method_rank(&method_of(b.1)), &b.0))
-            });
-            let pubs: Vec<&PublishedRow> = published
-                .iter()
-                .filter(|p| same_model(&p.model, &paper_model))
-                .filter(|p| match (level, p.sparsity) {
-                    _ if p.is_dense() => true,
-                    (Level::Sparsity(s), Some(ps)) => (s - ps).abs() < 1e-9,
-                    _ => false,
-                })
-                .collect();
-            let suffix = if evals_per_model(model) > 1 {
-                format!(
-                    "_e{}",
-                    &crate::experiment::hash_value(&Value::String(sig.clone()))[..6]
-                )
-            } else {
-                String::new()
-            };
-            let id = format!("main_{}_{}{suffix}", slug(model), level.slug());
-            let title = format!("{model}, {}", level.text());
-            let b = Builder {
-                conv,
-                dense: dense.get(&(model.clone(), sig.clone())).copied(),
-                ours,
-                published: pubs,
-            };
-            let eval_note = eval_note(members.first().map(|(_, r)| *r));
-            out.push(b.build(id, title, &eval_note));
-        }
+    for g in level_groups(runs) {
+        let paper_model = aliases
+            .get(&g.model)
+            .cloned()
+            .unwrap_or_else(|| g.model.clone());
+        let (key_columns, ours) = keyed_entries(&g.runs, labels(&g.runs));
+        let pubs: Vec<&PublishedRow> = published
+            .iter()
+            .filter(|p| same_model(&p.model, &paper_model))
+            .filter(|p| match (g.level, p.sparsity) {
+                _ if p.is_dense() => true,
+                (Level::Sparsity(s), Some(ps)) => (s - ps).abs() < 1e-9,
+                _ => false,
+            })
+            .collect();
+        let id = format!("main_{}_{}{}", slug(&g.model), g.level.slug(), g.suffix);
+        let title = format!("{}, {}", g.model, g.level.text());
+        let b = Builder {
+            conv,
+            dense: dense.get(&(g.model.clone(), g.sig.clone())).copied(),
+            key_columns,
+            ours,
+            published: pubs,
+        };
+        out.push(b.build(id, title, &eval_note(g.runs.first().copied())));
     }
     out
 }
 
-/// "Evaluation: tasks limited to N documents" etc., from the eval params of a run.
-fn eval_note(run: Option<&RunData>) -> String {
-    let Some(r) = run else { return String::new() };
-    let no_tasks = r
-        .param("eval.tasks")
-        .and_then(Value::as_array)
-        .is_some_and(|t| t.is_empty());
-    if no_tasks {
-        return String::new();
-    }
-    let mut parts = Vec::new();
-    if let Some(l) = r.param("eval.limit").and_then(Value::as_i64) {
-        parts.push(format!("first {l} documents per task"));
-    }
-    if let Some(f) = r.param("eval.fraction").and_then(Value::as_f64) {
-        parts.push(format!("a {f} fraction of each task"));
-    }
-    if let Some(s) = r.param("eval.seed").and_then(Value::as_i64) {
-        parts.push(format!("documents sampled with seed {s}"));
-    }
-    if parts.is_empty() {
-        "Zero-shot, full task sets.".into()
-    } else {
-        format!("Zero-shot, {}.", parts.join(", "))
-    }
+/// Our rows of `runs` (labelled `labels`) in table order: by method, label, then recovery
+/// ("w/o" first). With the key columns they need: "Recovery" when some run was recovered.
+fn keyed_entries<'a>(runs: &[&'a RunData], labels: Vec<String>) -> (Vec<String>, Vec<Entry<'a>>) {
+    let key_columns = recovery_columns(runs);
+    let mut ours: Vec<Entry> = labels
+        .into_iter()
+        .zip(recovery_cells(runs))
+        .zip(runs)
+        .map(|((label, rec), r)| Entry {
+            label,
+            keys: if key_columns.is_empty() {
+                Vec::new()
+            } else {
+                vec![rec]
+            },
+            run: r,
+        })
+        .collect();
+    ours.sort_by_cached_key(|e| {
+        (
+            method_rank(&method_of(e.run)),
+            e.label.clone(),
+            recovery_rank(&recovery_method(e.run)),
+            e.keys.clone(),
+        )
+    });
+    (key_columns, ours)
 }
 
 /// One table per model whose pruned runs span several sparsities: a row per method (and
@@ -819,16 +127,26 @@ pub fn sweep_tables(runs: &[RunData], conv: Convention) -> Vec<Table> {
                 .and_then(|d| average(&measure(d, conv), &seven).0)
         };
 
-        // label -> per level (ppl, avg, retention); later runs override earlier ones.
+        // (method, label, recovery) -> per level (ppl, avg, retention); later runs override
+        // earlier ones.
         let labels = labels(&pruned);
-        let mut cells: BTreeMap<(usize, String), Vec<[Option<f64>; 3]>> = BTreeMap::new();
+        let key_columns = recovery_columns(&pruned);
+        let recovery = recovery_cells(&pruned);
+        type RowKey = (usize, String, usize, String);
+        let mut cells: BTreeMap<RowKey, Vec<[Option<f64>; 3]>> = BTreeMap::new();
         let mut ppl_settings = BTreeSet::new();
         let mut measured_avg = Vec::new();
-        for (label, r) in labels.iter().zip(&pruned) {
+        for ((label, rec), r) in labels.iter().zip(recovery).zip(&pruned) {
             let Some(li) = level_of(r) else { continue };
             let m = measure(r, conv);
+            let key = (
+                method_rank(&method_of(r)),
+                label.clone(),
+                recovery_rank(&recovery_method(r)),
+                rec,
+            );
             let row = cells
-                .entry((method_rank(&method_of(r)), label.clone()))
+                .entry(key)
                 .or_insert_with(|| vec![[None; 3]; levels.len()]);
             if let Some(p) = m.ppl.get(names::PPL_WIKITEXT2) {
                 row[li][0] = Some(*p);
@@ -872,11 +190,12 @@ pub fn sweep_tables(runs: &[RunData], conv: Convention) -> Vec<Table> {
             }
             rows.push(Row {
                 label: "Dense".into(),
+                keys: vec!["-".to_string(); key_columns.len()],
                 source: None,
                 cells: c,
             });
         }
-        for ((_, label), per) in &cells {
+        for ((_, label, _, rec), per) in &cells {
             let mut c: Vec<Option<f64>> = per.iter().map(|x| x[0]).collect();
             for &i in &avg_levels {
                 c.push(per[i][1]);
@@ -884,6 +203,7 @@ pub fn sweep_tables(runs: &[RunData], conv: Convention) -> Vec<Table> {
             }
             rows.push(Row {
                 label: label.clone(),
+                keys: key_columns.iter().map(|_| rec.clone()).collect(),
                 source: None,
                 cells: c,
             });
@@ -907,6 +227,7 @@ pub fn sweep_tables(runs: &[RunData], conv: Convention) -> Vec<Table> {
         out.push(Table {
             id: format!("sweep_{}", slug(&model)),
             title: format!("{model}: every method across sparsities"),
+            key_columns,
             columns,
             rows,
             caption,
@@ -916,74 +237,95 @@ pub fn sweep_tables(runs: &[RunData], conv: Convention) -> Vec<Table> {
     out
 }
 
-/// "Vary one key, hold the rest": for every `prune.*` key (method and sparsity aside) that
-/// takes several values among runs equal in all other parameters.
+/// "Vary one key, hold the rest": for every `prune.*` key (method and sparsity aside) and
+/// every `recovery.*` key (method aside: see [`super::recovery::recovery_tables`]) that
+/// takes several values among runs equal in all other parameters. The recovery loss, a
+/// table of weights in the store (`recovery.loss.mse`, ...), counts as one key whose
+/// values are labels such as `mse` or `mse+0.5*cosine`.
 pub fn ablation_tables(runs: &[RunData], conv: Convention) -> Vec<Table> {
     let dense = dense_runs(runs);
-    let pruned: Vec<&RunData> = runs.iter().filter(|r| !r.is_dense()).collect();
-    let skip = ["prune.method", "prune.sparsity", "prune.target_layers"];
+    let pruned: Vec<(&RunData, BTreeMap<String, Value>)> = runs
+        .iter()
+        .filter(|r| !r.is_dense())
+        .map(|r| (r, collapsed_params(r)))
+        .collect();
     let keys: BTreeSet<&String> = pruned
         .iter()
-        .flat_map(|r| r.params.keys())
-        .filter(|k| k.starts_with("prune.") && !skip.contains(&k.as_str()))
+        .flat_map(|(_, p)| p.keys())
+        .filter(|k| is_ablation_key(k))
         .collect();
     let mut out = Vec::new();
     for key in keys {
-        let mut groups: BTreeMap<String, Vec<&RunData>> = BTreeMap::new();
-        for r in &pruned {
+        let mut groups: BTreeMap<String, Vec<(&RunData, Option<&Value>)>> = BTreeMap::new();
+        for (r, params) in &pruned {
             let rest: BTreeMap<&String, &Value> =
-                r.params.iter().filter(|(k, _)| *k != key).collect();
+                params.iter().filter(|(k, _)| *k != key).collect();
             groups
                 .entry(canonical_json(
                     &serde_json::to_value(rest).unwrap_or(Value::Null),
                 ))
                 .or_default()
-                .push(r);
+                .push((*r, params.get(key)));
         }
         for members in groups.values() {
             let distinct: BTreeSet<String> = members
                 .iter()
-                .map(|r| r.param(key).map(canonical_json).unwrap_or_default())
+                .map(|(_, v)| v.map(canonical_json).unwrap_or_default())
                 .collect();
             if distinct.len() < 2 {
                 continue;
             }
             let mut members = members.clone();
-            members.sort_by(|a, b| cmp_values(a.param(key), b.param(key)));
-            let Some(first) = members.first() else {
+            members.sort_by(|a, b| cmp_values(a.1, b.1));
+            let Some(&(first, _)) = members.first() else {
                 continue;
             };
             let model = first.model();
             let method = method_of(first);
             let level = Level::of(first);
-            let short = key.trim_start_matches("prune.");
+            // Equal within the group: recovery.method is never the varied key.
+            let recovery = recovery_method(first);
+            let recovered = recovery_rank(&recovery) > 0;
+            let short = key.strip_prefix("prune.").unwrap_or(key);
             let id = format!(
-                "ablation_{}_{}_{}_{}",
+                "ablation_{}_{}_{}_{}{}",
                 slug(short),
                 slug(&model),
                 slug(&method),
-                level.map(|l| l.slug()).unwrap_or_default()
+                level.map(|l| l.slug()).unwrap_or_default(),
+                if recovered {
+                    format!("_{}", slug(&recovery))
+                } else {
+                    String::new()
+                }
             );
             let title = format!(
-                "Ablation of {short}: {model}, {}, {}",
+                "Ablation of {short}: {model}, {}, {}{}",
                 method_label(&method),
-                level.map(|l| l.text()).unwrap_or_default()
+                level.map(|l| l.text()).unwrap_or_default(),
+                if recovered {
+                    format!(", {recovery} recovery")
+                } else {
+                    String::new()
+                }
             );
+            let member_runs: Vec<&RunData> = members.iter().map(|(r, _)| *r).collect();
+            let key_columns = recovery_columns(&member_runs);
             let ours = members
                 .iter()
-                .map(|r| {
-                    (
-                        format!(
-                            "{short}={}",
-                            r.param(key).map(value_text).unwrap_or_default()
-                        ),
-                        *r,
-                    )
+                .map(|(r, v)| Entry {
+                    label: format!("{short}={}", v.map(value_text).unwrap_or_default()),
+                    keys: key_columns
+                        .iter()
+                        .map(|_| recovery_name(&recovery_method(r)))
+                        .collect(),
+                    run: r,
                 })
                 .collect();
             let b = Builder {
                 conv,
                 dense: dense.get(&(model.clone(), eval_sig(first))).copied(),
+                key_columns,
                 ours,
                 published: vec![],
             };
@@ -997,11 +339,16 @@ pub fn ablation_tables(runs: &[RunData], conv: Convention) -> Vec<Table> {
     out
 }
 
-fn cmp_values(a: Option<&Value>, b: Option<&Value>) -> std::cmp::Ordering {
-    match (a.and_then(Value::as_f64), b.and_then(Value::as_f64)) {
-        (Some(x), Some(y)) => x.total_cmp(&y),
-        _ => a.map(value_text).cmp(&b.map(value_text)),
-    }
+/// Keys the one-key ablations vary: pruning settings other than the method and the level,
+/// and recovery settings other than the method.
+fn is_ablation_key(k: &str) -> bool {
+    let skip = [
+        "prune.method",
+        "prune.sparsity",
+        "prune.target_layers",
+        "recovery.method",
+    ];
+    (k.starts_with("prune.") || k.starts_with("recovery.")) && !skip.contains(&k)
 }
 
 /// The published rows alone: one table per (model, sparsity), with that model's dense rows.
@@ -1044,6 +391,7 @@ pub fn published_tables(published: &[PublishedRow], conv: Convention) -> Vec<Tab
             let b = Builder {
                 conv,
                 dense: None,
+                key_columns: Vec::new(),
                 ours: vec![],
                 published: g,
             };

@@ -46,6 +46,16 @@ pub mod names {
     pub const RUN_LAYERS: &str = "layers";
     pub const RUN_PRUNE_SECONDS: &str = "prune_seconds";
     pub const RUN_EVAL_SECONDS: &str = "eval_seconds";
+    /// Layers the prune removed.
+    pub const RUN_LAYERS_REMOVED: &str = "layers_removed";
+    /// Recovery (distill stage): wall time, training tokens in all, and their rate.
+    pub const RUN_RECOVERY_SECONDS: &str = "recovery_seconds";
+    pub const RUN_RECOVERY_TOKENS: &str = "recovery_tokens";
+    pub const RUN_RECOVERY_TOKENS_PER_S: &str = "recovery_tokens_per_s";
+    /// Per trained unit (context `layer=<i>`, or `unit=<k>` for the whole model): the
+    /// final training loss and the best validation loss.
+    pub const DISTILL_LOSS: &str = "distill_loss";
+    pub const DISTILL_VAL_LOSS: &str = "distill_val_loss";
 
     /// The seven zero-shot benchmarks of the paper, in the column order of its tables
     /// (the LLM-Pruner order).

@@ -114,6 +114,7 @@ const MIGRATIONS: &[&str] = &[
 pub mod kinds {
     pub const PRUNED_CHECKPOINT: &str = "pruned-checkpoint";
     pub const COME_JSON: &str = "come.json";
+    pub const DISTILL_JSON: &str = "distill.json";
     pub const RESULTS_JSON: &str = "results.json";
 }
 

@@ -1,0 +1,223 @@
+//! Assembling one results table from runs: the dense row, our rows, the published rows,
+//! their columns and the caption that states how every number was measured.
+
+use super::common::{average, items_text, measure, method_label, Measured};
+use super::paper::{same_model, PublishedRow};
+use super::table::{Col, Row, Table};
+use super::{Convention, RunData};
+use crate::track::names::{self, SEVEN_TASKS};
+
+/// One of our rows: its label, its key-column values and the run it shows.
+pub(super) struct Entry<'a> {
+    pub label: String,
+    pub keys: Vec<String>,
+    pub run: &'a RunData,
+}
+
+pub(super) struct Builder<'a> {
+    pub conv: Convention,
+    pub dense: Option<&'a RunData>,
+    /// Headers of the key columns (see [`Table::key_columns`]); the dense and published
+    /// rows show "-" there.
+    pub key_columns: Vec<String>,
+    pub ours: Vec<Entry<'a>>,
+    pub published: Vec<&'a PublishedRow>,
+}
+
+impl Builder<'_> {
+    /// The table: rows in the order dense, `ours`, published.
+    pub fn build(self, id: String, title: String, extra_caption: &str) -> Table {
+        let blank = vec!["-".to_string(); self.key_columns.len()];
+        let mut ours: Vec<(String, Measured)> = Vec::new();
+        let mut keys: Vec<Vec<String>> = Vec::new();
+        if let Some(d) = self.dense {
+            ours.push(("Dense".into(), measure(d, self.conv)));
+            keys.push(blank.clone());
+        }
+        for e in &self.ours {
+            ours.push((e.label.clone(), measure(e.run, self.conv)));
+            keys.push(e.keys.clone());
+        }
+        let order: Vec<&str> = SEVEN_TASKS.iter().copied().chain(["mmlu"]).collect();
+        let tasks: Vec<String> = order
+            .iter()
+            .filter(|t| {
+                ours.iter().any(|(_, m)| m.acc.contains_key(**t))
+                    || self.published.iter().any(|p| p.tasks.contains_key(**t))
+            })
+            .map(|t| t.to_string())
+            .collect();
+        let avg_tasks: Vec<String> = tasks
+            .iter()
+            .filter(|t| SEVEN_TASKS.contains(&t.as_str()))
+            .cloned()
+            .collect();
+        let ppl_cols: Vec<String> = [names::PPL_WIKITEXT2, names::PPL_C4]
+            .iter()
+            .filter(|p| {
+                ours.iter().any(|(_, m)| m.ppl.contains_key(**p))
+                    || self.published.iter().any(|r| {
+                        (**p == names::PPL_WIKITEXT2 && r.ppl_wikitext2.is_some())
+                            || (**p == names::PPL_C4 && r.ppl_c4.is_some())
+                    })
+            })
+            .map(|p| p.to_string())
+            .collect();
+        let has_se = ours.iter().any(|(_, m)| average(m, &avg_tasks).1.is_some());
+        let mut columns: Vec<Col> = tasks.iter().map(|t| Col::Task(t.clone())).collect();
+        if !avg_tasks.is_empty() {
+            columns.push(Col::Avg);
+            if has_se {
+                columns.push(Col::AvgSe);
+            }
+            columns.push(Col::Retention);
+        }
+        columns.extend(ppl_cols.iter().map(|p| Col::Ppl(p.clone())));
+
+        let dense_avg = self
+            .dense
+            .and_then(|_| ours.first())
+            .and_then(|(_, m)| average(m, &avg_tasks).0);
+        let mut rows = Vec::new();
+        let mut max_se: Option<f64> = None;
+        for ((label, m), keys) in ours.iter().zip(keys) {
+            let (avg, se) = average(m, &avg_tasks);
+            if let Some(s) = se {
+                max_se = Some(max_se.map_or(s, |x: f64| x.max(s)));
+            }
+            let cells = columns
+                .iter()
+                .map(|c| match c {
+                    Col::Task(t) => m.acc.get(t).map(|v| 100.0 * v.0),
+                    Col::Avg => avg,
+                    Col::AvgSe => se,
+                    Col::Retention => match (avg, dense_avg) {
+                        (Some(a), Some(d)) if d > 0.0 => Some(100.0 * a / d),
+                        _ => None,
+                    },
+                    Col::Ppl(p) => m.ppl.get(p).copied(),
+                    Col::At(..) | Col::RecoverySeconds | Col::DeltaAvg => None,
+                })
+                .collect();
+            rows.push(Row {
+                label: label.clone(),
+                keys,
+                source: None,
+                cells,
+            });
+        }
+        let mut footnotes: Vec<String> = Vec::new();
+        for p in &self.published {
+            let cite = p.citation();
+            let k = match footnotes.iter().position(|f| *f == cite) {
+                Some(i) => i + 1,
+                None => {
+                    footnotes.push(cite);
+                    footnotes.len()
+                }
+            };
+            // As reported, else computed from the averaged tasks when all are reported.
+            let avg_of = |r: &PublishedRow| {
+                let v: Option<Vec<f64>> =
+                    avg_tasks.iter().map(|t| r.tasks.get(t).copied()).collect();
+                r.avg.or(v
+                    .filter(|v| !v.is_empty())
+                    .map(|v| v.iter().sum::<f64>() / v.len() as f64))
+            };
+            let avg = avg_of(p);
+            // Retention against the same source's dense row, unless the source states it.
+            let dense_avg = self
+                .published
+                .iter()
+                .find(|d| d.is_dense() && d.source == p.source && same_model(&d.model, &p.model))
+                .and_then(|d| avg_of(d));
+            let retention = p.retention.or(match (avg, dense_avg) {
+                (Some(a), Some(d)) if d > 0.0 && !p.is_dense() => Some(100.0 * a / d),
+                _ => None,
+            });
+            let cells = columns
+                .iter()
+                .map(|c| match c {
+                    Col::Task(t) => p.tasks.get(t).copied(),
+                    Col::Avg => avg,
+                    Col::AvgSe => None,
+                    Col::Retention => retention,
+                    Col::Ppl(x) if x == names::PPL_WIKITEXT2 => p.ppl_wikitext2,
+                    Col::Ppl(x) if x == names::PPL_C4 => p.ppl_c4,
+                    Col::Ppl(_) | Col::At(..) | Col::RecoverySeconds | Col::DeltaAvg => None,
+                })
+                .collect();
+            let label = match p.sparsity {
+                Some(s) if !p.is_dense() => {
+                    format!("{} (s={s})", method_label(&p.method.to_lowercase()))
+                }
+                _ => method_label(&p.method.to_lowercase()),
+            };
+            rows.push(Row {
+                label,
+                keys: blank.clone(),
+                source: Some(k),
+                cells,
+            });
+        }
+
+        let mut caption = String::new();
+        if !extra_caption.is_empty() {
+            caption.push_str(extra_caption);
+            caption.push(' ');
+        }
+        if !tasks.is_empty() {
+            caption.push_str(&format!("{}.", self.conv.describe()));
+        }
+        let items = items_text(&ours, &tasks);
+        if !items.is_empty() {
+            caption.push_str(&format!(" Items per task: {items}."));
+        }
+        if !avg_tasks.is_empty() {
+            let labels: Vec<&str> = avg_tasks.iter().map(|t| names::task_label(t)).collect();
+            caption.push_str(&format!(
+                " Avg: mean accuracy over the {} tasks shown ({}), MMLU excluded",
+                avg_tasks.len(),
+                labels.join(", ")
+            ));
+            if has_se {
+                caption.push_str(&format!(
+                    "; ±Avg: its standard error, sqrt(Σ se_i²)/{} from the per-task standard errors",
+                    avg_tasks.len()
+                ));
+            }
+            match max_se {
+                Some(s) => caption.push_str(&format!(", at most {s:.2} points here.")),
+                None => caption.push('.'),
+            }
+            caption.push_str(" Ret.%: Avg as a percentage of the dense Avg.");
+        }
+        if !ppl_cols.is_empty() {
+            let settings: std::collections::BTreeSet<&str> = ours
+                .iter()
+                .flat_map(|(_, m)| m.ppl_setting.values().map(|s| s.as_str()))
+                .filter(|s| !s.is_empty())
+                .collect();
+            caption.push_str(" Perplexity: non-overlapping windows of the test text");
+            if !settings.is_empty() {
+                let list: Vec<&str> = settings.into_iter().collect();
+                caption.push_str(&format!(" ({})", list.join("; ")));
+            }
+            caption.push('.');
+        }
+        if !self.published.is_empty() {
+            caption.push_str(
+                " Published rows are copied from their sources (their own evaluation settings and metric; Avg and Ret.% as reported or, if absent, computed from the tasks shown).",
+            );
+        }
+        Table {
+            id,
+            title,
+            key_columns: self.key_columns,
+            columns,
+            rows,
+            caption: caption.trim().to_string(),
+            footnotes,
+        }
+    }
+}

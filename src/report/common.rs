@@ -1,0 +1,341 @@
+//! What the layouts share: what a run measured under a convention, its pruning level and
+//! method label, the dense reference runs, and caption fragments.
+
+use super::{Convention, RunData};
+use crate::experiment::canonical_json;
+use crate::prune::Method;
+use crate::track::names;
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Accuracies (fractions) with standard errors, perplexities and item counts of one run.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Measured {
+    pub acc: BTreeMap<String, (f64, Option<f64>)>,
+    pub ppl: BTreeMap<String, f64>,
+    /// How each perplexity was measured, e.g. "seqlen=2048, 4 windows".
+    pub ppl_setting: BTreeMap<String, String>,
+    pub n: BTreeMap<String, f64>,
+}
+
+pub(crate) fn measure(run: &RunData, conv: Convention) -> Measured {
+    let mut m = Measured::default();
+    for t in names::ALL_TASKS {
+        if let Some(x) = run.metric(t, conv.metric_for(t)) {
+            m.acc.insert(t.to_string(), (x.value, x.stderr));
+        }
+        if let Some(x) = run.metric(t, names::N) {
+            m.n.insert(t.to_string(), x.value);
+        }
+    }
+    for (task, name) in [
+        (names::WIKITEXT2, names::PPL_WIKITEXT2),
+        (names::C4, names::PPL_C4),
+    ] {
+        if let Some(x) = run.metric(task, name) {
+            m.ppl.insert(name.to_string(), x.value);
+            let mut setting = x.context.clone();
+            if let Some(n) = run.metric(task, names::N) {
+                setting = format!("{setting}, {} windows", n.value);
+            }
+            m.ppl_setting.insert(name.to_string(), setting);
+        }
+    }
+    m
+}
+
+/// Mean accuracy in percent over `tasks` (all must be present) and its standard error
+/// sqrt(sum se_i^2) / k in points (None if a stderr is missing).
+pub(crate) fn average(m: &Measured, tasks: &[String]) -> (Option<f64>, Option<f64>) {
+    if tasks.is_empty() {
+        return (None, None);
+    }
+    let vals: Option<Vec<(f64, Option<f64>)>> =
+        tasks.iter().map(|t| m.acc.get(t).copied()).collect();
+    let Some(vals) = vals else {
+        return (None, None);
+    };
+    let k = vals.len() as f64;
+    let avg = 100.0 * vals.iter().map(|v| v.0).sum::<f64>() / k;
+    let se: Option<f64> = vals
+        .iter()
+        .map(|v| v.1.map(|s| (100.0 * s).powi(2)))
+        .sum::<Option<f64>>()
+        .map(|s| s.sqrt() / k);
+    (Some(avg), se)
+}
+
+/// Parameters that identify the evaluation (everything under `eval.` and `runtime.`).
+pub(crate) fn eval_sig(run: &RunData) -> String {
+    let m: BTreeMap<&String, &Value> = run
+        .params
+        .iter()
+        .filter(|(k, _)| k.starts_with("eval.") || k.starts_with("runtime."))
+        .collect();
+    canonical_json(&serde_json::to_value(m).unwrap_or(Value::Null))
+}
+
+/// How much a pruned run removes: a sparsity or a target depth.
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd)]
+pub(crate) enum Level {
+    Sparsity(f64),
+    Layers(i64),
+}
+
+impl Level {
+    pub fn of(run: &RunData) -> Option<Level> {
+        if let Some(n) = run.param("prune.target_layers").and_then(Value::as_i64) {
+            return Some(Level::Layers(n));
+        }
+        run.param("prune.sparsity")
+            .and_then(Value::as_f64)
+            .map(Level::Sparsity)
+    }
+    pub fn text(&self) -> String {
+        match self {
+            Level::Sparsity(s) => format!("sparsity {s}"),
+            Level::Layers(n) => format!("{n} layers kept"),
+        }
+    }
+    pub fn slug(&self) -> String {
+        match self {
+            Level::Sparsity(s) => format!("s{s}"),
+            Level::Layers(n) => format!("L{n}"),
+        }
+    }
+    pub(super) fn same(&self, o: &Level) -> bool {
+        match (self, o) {
+            (Level::Sparsity(a), Level::Sparsity(b)) => (a - b).abs() < 1e-9,
+            (Level::Layers(a), Level::Layers(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+pub(crate) fn method_label(method: &str) -> String {
+    match method {
+        "come" => "CoMe",
+        "come-p" => "CoMe-P",
+        "shortgpt" => "ShortGPT",
+        "sleb" => "SLEB",
+        "reverse" => "Reverse",
+        "magnitude" => "Magnitude",
+        "magnitude+" => "Magnitude+",
+        "taylor" => "Taylor",
+        "taylor+" => "Taylor+",
+        "laco" => "LaCo",
+        "mka" => "MKA",
+        "slicegpt" => "SliceGPT",
+        "dense" => "Dense",
+        other => other,
+    }
+    .to_string()
+}
+
+pub(super) fn method_rank(method: &str) -> usize {
+    Method::ALL
+        .iter()
+        .position(|m| *m == method)
+        .unwrap_or(Method::ALL.len())
+}
+
+pub(crate) fn value_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "none".into(),
+        other => other.to_string(),
+    }
+}
+
+pub(super) fn method_of(run: &RunData) -> String {
+    run.param("prune.method")
+        .map(value_text)
+        .unwrap_or_else(|| "dense".into())
+}
+
+/// Row labels for pruned runs: the method, plus the `prune.*` keys (other than method,
+/// sparsity, target) whose values differ among `runs`.
+pub(crate) fn labels(runs: &[&RunData]) -> Vec<String> {
+    let skip = ["prune.method", "prune.sparsity", "prune.target_layers"];
+    let keys: BTreeSet<&String> = runs
+        .iter()
+        .flat_map(|r| r.params.keys())
+        .filter(|k| k.starts_with("prune.") && !skip.contains(&k.as_str()))
+        .collect();
+    let varying: Vec<&String> = keys
+        .into_iter()
+        .filter(|k| {
+            let vals: BTreeSet<String> = runs
+                .iter()
+                .map(|r| r.param(k).map(canonical_json).unwrap_or_default())
+                .collect();
+            vals.len() > 1
+        })
+        .collect();
+    runs.iter()
+        .map(|r| {
+            let base = method_label(&method_of(r));
+            let extra: Vec<String> = varying
+                .iter()
+                .map(|k| {
+                    format!(
+                        "{}={}",
+                        k.trim_start_matches("prune."),
+                        r.param(k).map(value_text).unwrap_or_default()
+                    )
+                })
+                .collect();
+            if extra.is_empty() {
+                base
+            } else {
+                format!("{base} ({})", extra.join(", "))
+            }
+        })
+        .collect()
+}
+
+pub(super) fn slug(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// The latest dense run per (model, evaluation signature).
+pub(super) fn dense_runs(runs: &[RunData]) -> BTreeMap<(String, String), &RunData> {
+    let mut out: BTreeMap<(String, String), &RunData> = BTreeMap::new();
+    for r in runs.iter().filter(|r| r.is_dense()) {
+        let key = (r.model(), eval_sig(r));
+        match out.get(&key) {
+            Some(prev) if (prev.finished.as_str(), prev.id) > (r.finished.as_str(), r.id) => {}
+            _ => {
+                out.insert(key, r);
+            }
+        }
+    }
+    out
+}
+/// "BoolQ 100, PIQA 100" or "100 each" from the `n` metrics of our rows.
+pub(super) fn items_text(ours: &[(String, Measured)], tasks: &[String]) -> String {
+    let mut per: Vec<(String, String)> = Vec::new();
+    for t in tasks {
+        let ns: BTreeSet<i64> = ours
+            .iter()
+            .filter_map(|(_, m)| m.n.get(t))
+            .map(|v| v.round() as i64)
+            .collect();
+        if ns.is_empty() {
+            continue;
+        }
+        let text = ns.iter().map(i64::to_string).collect::<Vec<_>>().join("/");
+        per.push((names::task_label(t).to_string(), text));
+    }
+    if per.is_empty() {
+        return String::new();
+    }
+    let all_same = per.iter().all(|(_, n)| *n == per[0].1);
+    if all_same && per.len() == tasks.len() && per.len() > 1 {
+        format!("{} each", per[0].1)
+    } else {
+        per.iter()
+            .map(|(t, n)| format!("{t} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+/// "Evaluation: tasks limited to N documents" etc., from the eval params of a run.
+pub(super) fn eval_note(run: Option<&RunData>) -> String {
+    let Some(r) = run else { return String::new() };
+    let no_tasks = r
+        .param("eval.tasks")
+        .and_then(Value::as_array)
+        .is_some_and(|t| t.is_empty());
+    if no_tasks {
+        return String::new();
+    }
+    let mut parts = Vec::new();
+    if let Some(l) = r.param("eval.limit").and_then(Value::as_i64) {
+        parts.push(format!("first {l} documents per task"));
+    }
+    if let Some(f) = r.param("eval.fraction").and_then(Value::as_f64) {
+        parts.push(format!("a {f} fraction of each task"));
+    }
+    if let Some(s) = r.param("eval.seed").and_then(Value::as_i64) {
+        parts.push(format!("documents sampled with seed {s}"));
+    }
+    if parts.is_empty() {
+        "Zero-shot, full task sets.".into()
+    } else {
+        format!("Zero-shot, {}.", parts.join(", "))
+    }
+}
+pub(super) fn cmp_values(a: Option<&Value>, b: Option<&Value>) -> std::cmp::Ordering {
+    match (a.and_then(Value::as_f64), b.and_then(Value::as_f64)) {
+        (Some(x), Some(y)) => x.total_cmp(&y),
+        _ => a.map(value_text).cmp(&b.map(value_text)),
+    }
+}
+
+/// The pruned runs of one model, evaluation setting and level: what a main table shows.
+pub(super) struct LevelGroup<'a> {
+    pub model: String,
+    /// [`eval_sig`] of every run in the group.
+    pub sig: String,
+    pub level: Level,
+    /// In store order.
+    pub runs: Vec<&'a RunData>,
+    /// Table id suffix: `_e<hash>` when the model was evaluated in several settings.
+    pub suffix: String,
+}
+
+/// Pruned runs grouped per (model, evaluation setting, level): by model and setting, then
+/// by level ascending.
+pub(super) fn level_groups(runs: &[RunData]) -> Vec<LevelGroup<'_>> {
+    let mut groups: BTreeMap<(String, String), Vec<(Level, &RunData)>> = BTreeMap::new();
+    for r in runs.iter().filter(|r| !r.is_dense()) {
+        if let Some(level) = Level::of(r) {
+            groups
+                .entry((r.model(), eval_sig(r)))
+                .or_default()
+                .push((level, r));
+        }
+    }
+    let evals_per_model = |model: &str| groups.keys().filter(|(m, _)| m == model).count();
+    let mut out = Vec::new();
+    for ((model, sig), members) in &groups {
+        let mut levels: Vec<Level> = Vec::new();
+        for (l, _) in members {
+            if !levels.iter().any(|x| x.same(l)) {
+                levels.push(*l);
+            }
+        }
+        levels.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+        let suffix = if evals_per_model(model) > 1 {
+            format!(
+                "_e{}",
+                &crate::experiment::hash_value(&Value::String(sig.clone()))[..6]
+            )
+        } else {
+            String::new()
+        };
+        for level in levels {
+            out.push(LevelGroup {
+                model: model.clone(),
+                sig: sig.clone(),
+                level,
+                runs: members
+                    .iter()
+                    .filter(|(l, _)| l.same(&level))
+                    .map(|(_, r)| *r)
+                    .collect(),
+                suffix: suffix.clone(),
+            });
+        }
+    }
+    out
+}

@@ -1,0 +1,50 @@
+//! The model stage: a Hugging Face checkpoint directory for a grid's [`ModelSource`]. A
+//! directory is used as it is; a GGUF or llama2.c file is imported once into a cache
+//! directory named after the source file's content hash, and reused afterwards.
+
+use crate::error::Result;
+use crate::grid::ModelSource;
+use crate::model::import::{write_checkpoint, ImportedCheckpoint};
+use crate::model::{gguf, llama2c};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+
+/// The first 12 hex digits of the sha256 of a file's bytes.
+pub fn short_hash(path: &Path) -> Result<String> {
+    let bytes = crate::error::read_file(path)?;
+    Ok(hex::encode(Sha256::digest(&bytes))[..12].to_string())
+}
+
+/// An HF directory for `source`: used as is, or imported once into `cache` (keyed by the
+/// source file's content hash) and reused. Returns (dir, reused).
+pub fn prepare_model(source: &ModelSource, cache: &Path, name: &str) -> Result<(PathBuf, bool)> {
+    type Build = Box<dyn Fn() -> Result<ImportedCheckpoint>>;
+    let (dir, build): (PathBuf, Build) = match source {
+        ModelSource::Path(p) => return Ok((p.clone(), true)),
+        ModelSource::Gguf(f) => {
+            let f2 = f.clone();
+            (
+                cache.join(format!("{name}-{}", short_hash(f)?)),
+                Box::new(move || gguf::import(&f2)),
+            )
+        }
+        ModelSource::Llama2c { model, tokenizer } => {
+            let (m, t) = (model.clone(), tokenizer.clone());
+            (
+                cache.join(format!("{name}-{}", short_hash(model)?)),
+                Box::new(move || llama2c::import(&m, &t)),
+            )
+        }
+    };
+    if dir.join("config.json").exists() {
+        return Ok((dir, true));
+    }
+    let tmp = dir.with_extension(format!("partial-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    write_checkpoint(&build()?, &tmp)?;
+    if std::fs::rename(&tmp, &dir).is_err() {
+        // Another process finished the same import first: keep theirs.
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    Ok((dir, false))
+}
