@@ -315,3 +315,100 @@ fn bad_recovery_fails_before_any_run() {
     ));
     assert!(e.contains("recovery needs a pruned model"), "{e}");
 }
+
+/// A grid of one recovered run on stories260K (hierarchical, 2 trained layers).
+fn write_recovery_grid(dir: &Path) -> PathBuf {
+    let models = come_repro::paths::models_dir();
+    let toml = format!(
+        r#"[base]
+model = "stories"
+[base.prune]
+method = "come"
+target_layers = 3
+calib = {{ nrows = 16, seqlen = 64, max_sequences = 2 }}
+[base.recovery]
+method = "hierarchical"
+tokens = 4096
+seqlen = 64
+val_tokens = 128
+[base.eval]
+tasks = ["piqa"]
+limit = 4
+ppl_seqlen = 64
+ppl_windows = 2
+[models]
+stories = {{ llama2c = "{m}/stories260K/stories260K.bin", tokenizer = "{m}/stories260K/tok512.bin" }}
+"#,
+        m = models.display()
+    );
+    let p = dir.join("grid.toml");
+    std::fs::write(&p, toml).unwrap();
+    p
+}
+
+fn metrics_of(db: &Path) -> BTreeMap<String, f64> {
+    let s = Store::open(db).unwrap();
+    let runs = s
+        .runs(&RunFilter {
+            status: Some(Status::Finished),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(runs.len(), 1);
+    s.metrics(runs[0].id)
+        .unwrap()
+        .into_iter()
+        .filter(|m| !m.key().ends_with("_seconds") && !m.key().ends_with("_per_s"))
+        .map(|m| (m.key(), m.value))
+        .collect()
+}
+
+#[test]
+fn grid_killed_during_distillation_resumes_to_the_uninterrupted_result() {
+    let d = tempfile::tempdir().unwrap();
+    let grid = write_recovery_grid(d.path());
+    // Uninterrupted, in its own store and cache.
+    let clean = d.path().join("clean");
+    std::fs::create_dir_all(&clean).unwrap();
+    let out = spawn(&clean, &grid, &clean.join("store.sqlite"))
+        .wait_with_output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Killed once the first layer is finished, then rerun.
+    let db = d.path().join("store.sqlite");
+    let mut child = spawn(d.path(), &grid, &db);
+    let distilled = d.path().join("cache/distilled");
+    let t0 = Instant::now();
+    let layer_done = || {
+        std::fs::read_dir(&distilled)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| {
+                std::fs::read_dir(e.path())
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .any(|f| f.file_name().to_string_lossy().ends_with(".json"))
+            })
+    };
+    while !layer_done() && t0.elapsed() < Duration::from_secs(180) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(layer_done(), "no layer finished within 180 s");
+    let _ = child.kill(); // SIGKILL, in the middle of the distill stage
+    let _ = child.wait();
+    assert!(
+        finished(&db).is_empty(),
+        "nothing may be finished after the kill"
+    );
+    let out = spawn(d.path(), &grid, &db).wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("finished earlier, resumed"), "{err}");
+    assert_eq!(metrics_of(&db), metrics_of(&clean.join("store.sqlite")));
+}

@@ -388,8 +388,12 @@ fn run_hashes_did_not_change_with_the_recovery_axis() {
         .iter()
         .map(|(n, h)| (n.to_string(), h.to_string()))
         .collect();
-    assert_eq!(got, want);
-    // ... and results/ci-baseline.json names exactly those runs.
+    // Runs added later (recovered ones) come after; the earlier ones keep their hashes.
+    assert_eq!(&got[..want.len().min(got.len())], &want[..]);
+    for (name, _) in &got[want.len()..] {
+        assert!(name.contains("recovery="), "unexpected new CI run {name}");
+    }
+    // ... and results/ci-baseline.json names exactly the grid's runs.
     let baseline: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string("results/ci-baseline.json").unwrap())
             .unwrap();
@@ -399,7 +403,7 @@ fn run_hashes_did_not_change_with_the_recovery_axis() {
         .keys()
         .map(String::as_str)
         .collect();
-    let mut expected: Vec<&str> = CI_HASHES.iter().map(|(n, _)| *n).collect();
+    let mut expected: Vec<&str> = got.iter().map(|(n, _)| n.as_str()).collect();
     names.sort();
     expected.sort();
     assert_eq!(names, expected);
