@@ -184,6 +184,12 @@ fn tiny_case(loss: LossKind) {
             diff <= 1e-5,
             "{name}: final weights {diff:.3e} from PyTorch's"
         );
+        // The update itself (final - initial) to 1e-4 relative L2: small enough that
+        // weight decay's share of it (about 5e-4 here) is checked too.
+        let init = &g.tensors[&format!("tiny.init.{name}")];
+        let (got, want) = (w - init, want - init);
+        let rel = (&got - &want).norm().double_value(&[]) / want.norm().double_value(&[]);
+        assert!(rel <= 1e-4, "{name}: update {rel:.3e} (relative L2) from PyTorch's");
     }
 }
 
