@@ -49,7 +49,7 @@ with tempfile.TemporaryDirectory() as tmp:
     out = Path(tmp) / "rec"
     cmd = [str(ROOT / "target/release/come-repro"), "distill", "--teacher", a.teacher,
            "--model", a.student, "--out", str(out), "--tokens", str(tokens),
-           "--seqlen", str(a.seqlen), "--val-tokens", "0", "--attach", "none",
+           "--seqlen", str(a.seqlen), "--val-tokens", "0", "--attach", "none", "--loss", "mse",
            "--threads", str(a.threads)]
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
@@ -76,10 +76,10 @@ for layer_idx, first, last in units:
     for p in params:
         p.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=2e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-3, foreach=False)
-    mask = torch.full((a.seqlen, a.seqlen), torch.finfo(torch.float32).min).triu(1)[None, None]
     t0 = time.perf_counter()
     for _ in range(a.steps):
-        o = layer(x, attention_mask=mask, position_ids=pos, position_embeddings=pe)
+        # No mask: transformers' SDPA path then runs causal attention (is_causal), as ours.
+        o = layer(x, attention_mask=None, position_ids=pos, position_embeddings=pe)
         o = o[0] if isinstance(o, tuple) else o
         loss = torch.mean((o - y) ** 2)
         loss.backward()
