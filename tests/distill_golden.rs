@@ -189,7 +189,10 @@ fn tiny_case(loss: LossKind) {
         let init = &g.tensors[&format!("tiny.init.{name}")];
         let (got, want) = (w - init, want - init);
         let rel = (&got - &want).norm().double_value(&[]) / want.norm().double_value(&[]);
-        assert!(rel <= 1e-4, "{name}: update {rel:.3e} (relative L2) from PyTorch's");
+        assert!(
+            rel <= 1e-4,
+            "{name}: update {rel:.3e} (relative L2) from PyTorch's"
+        );
     }
 }
 

@@ -154,18 +154,7 @@ pub fn train_lora(
     };
     let out = train::run(params, &sched, &mut obj, "LoRA", &mut on_step)?;
     let seconds = t0.elapsed().as_secs_f64();
-    let rec = LayerRecord {
-        layer: None,
-        originals: None,
-        steps,
-        tokens: steps * per_step,
-        train_loss: out.train_loss,
-        val_loss: out.val_loss,
-        best_step: out.best_step,
-        best_val_loss: out.best_val,
-        seconds,
-        tokens_per_s: (steps * per_step) as f64 / seconds.max(1e-9),
-    };
+    let rec = LayerRecord::from_outcome(None, None, steps, steps * per_step, out, seconds);
     let saved = adapter_tensors(student);
     let refs: Vec<(String, &Tensor)> = saved.iter().map(|(n, t)| (n.clone(), t)).collect();
     done.save("lora", &refs, &rec)?;

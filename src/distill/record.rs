@@ -63,6 +63,31 @@ pub struct DataRecord {
 
 pub const FILE: &str = "distill.json";
 
+impl LayerRecord {
+    /// The record of a unit that trained `steps` optimiser steps over `tokens` tokens.
+    pub fn from_outcome(
+        layer: Option<usize>,
+        originals: Option<(usize, usize)>,
+        steps: usize,
+        tokens: usize,
+        out: super::train::Outcome,
+        seconds: f64,
+    ) -> LayerRecord {
+        LayerRecord {
+            layer,
+            originals,
+            steps,
+            tokens,
+            train_loss: out.train_loss,
+            val_loss: out.val_loss,
+            best_step: out.best_step,
+            best_val_loss: out.best_val,
+            seconds,
+            tokens_per_s: tokens as f64 / seconds.max(1e-9),
+        }
+    }
+}
+
 impl DistillRecord {
     pub fn read(dir: &Path) -> Result<DistillRecord> {
         let p = dir.join(FILE);

@@ -231,18 +231,9 @@ fn run_worker(
         let out = train_layer(&job, &layer, steps, &mut on_step)?;
         let seconds = t0.elapsed().as_secs_f64();
         let tokens = steps * per_step;
-        let rec = LayerRecord {
-            layer: Some(unit.layer),
-            originals: Some((unit.first, unit.last)),
-            steps,
-            tokens,
-            train_loss: out.train_loss,
-            val_loss: out.val_loss,
-            best_step: out.best_step,
-            best_val_loss: out.best_val,
-            seconds,
-            tokens_per_s: tokens as f64 / seconds.max(1e-9),
-        };
+        let originals = Some((unit.first, unit.last));
+        let rec =
+            LayerRecord::from_outcome(Some(unit.layer), originals, steps, tokens, out, seconds);
         done.save(&unit_name(&unit), &layer.named_tensors(), &rec)?;
         let _ = tx.send(Msg::Done(k, Box::new(layer), rec));
     }
