@@ -212,8 +212,6 @@ pub struct RecoveryConfig {
     pub temperature: f64,
     /// kl_logits: positions sampled per sequence and step (None: every position).
     pub kl_positions: Option<usize>,
-    /// kl_logits: vocabulary rows per chunk of the LM head.
-    pub vocab_chunk: usize,
     /// Training tokens per layer (hierarchical) or for the whole model (lora, kd).
     pub tokens: usize,
     pub seqlen: usize,
@@ -257,7 +255,6 @@ impl Default for RecoveryConfig {
             loss: Losses::default(),
             temperature: 1.0,
             kl_positions: Some(256),
-            vocab_chunk: 8192,
             tokens: 65_536,
             seqlen: 2048,
             micro_batch: 1,
@@ -346,8 +343,8 @@ impl RecoveryConfig {
         if !(self.temperature.is_finite() && self.temperature > 0.0) {
             return bad(format!("temperature must be > 0, got {}", self.temperature));
         }
-        if self.kl_positions == Some(0) || self.vocab_chunk == 0 || self.eval_every == Some(0) {
-            return bad("kl_positions, vocab_chunk and eval_every must be at least 1".into());
+        if self.kl_positions == Some(0) || self.eval_every == Some(0) {
+            return bad("kl_positions and eval_every must be at least 1".into());
         }
         if self.method == RecoveryMethod::Lora {
             if self.lora_rank == 0 {
