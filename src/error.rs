@@ -98,3 +98,8 @@ pub fn read_file(path: impl AsRef<Path>) -> Result<Vec<u8>> {
 pub fn read_to_string(path: impl AsRef<Path>) -> Result<String> {
     std::fs::read_to_string(path.as_ref()).map_err(|e| Error::io(path, e))
 }
+
+/// Read and parse a JSON file, naming it in the error.
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    serde_json::from_str(&read_to_string(path)?).map_err(|e| Error::format(path, e.to_string()))
+}

@@ -26,9 +26,9 @@ impl Unit {
     }
 }
 
-/// The correspondence recorded in a pruned checkpoint's `come.json`.
-pub fn read_correspondence(dir: &Path) -> Result<Vec<Vec<usize>>> {
-    let p = dir.join("come.json");
+/// A pruned checkpoint's `come.json` (its correspondence, calibration and depth).
+pub fn read_pruned(dir: &Path) -> Result<crate::stages::prune::PruneRecord> {
+    let p = dir.join(crate::stages::prune::FILE);
     if !p.is_file() {
         return Err(Error::Invalid(format!(
             "{}: no come.json, so the layer correspondence of this pruned model is unknown; \
@@ -36,13 +36,7 @@ pub fn read_correspondence(dir: &Path) -> Result<Vec<Vec<usize>>> {
             dir.display()
         )));
     }
-    let v: serde_json::Value = serde_json::from_str(&crate::error::read_to_string(&p)?)
-        .map_err(|e| Error::format(&p, e.to_string()))?;
-    let corr = v
-        .pointer("/report/correspondence")
-        .ok_or_else(|| Error::format(&p, "no report.correspondence"))?;
-    serde_json::from_value(corr.clone())
-        .map_err(|e| Error::format(&p, format!("report.correspondence: {e}")))
+    crate::stages::prune::PruneRecord::read(dir)
 }
 
 /// Units of a correspondence over a teacher of `n_teacher` layers. Groups must be

@@ -2,7 +2,7 @@
 //! by the grid runner (metrics) and by resumption (finished layers).
 
 use super::config::RecoveryConfig;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -90,15 +90,11 @@ impl LayerRecord {
 
 impl DistillRecord {
     pub fn read(dir: &Path) -> Result<DistillRecord> {
-        let p = dir.join(FILE);
-        let s = crate::error::read_to_string(&p)?;
-        serde_json::from_str(&s).map_err(|e| Error::format(&p, e.to_string()))
+        crate::error::read_json(&dir.join(FILE))
     }
 
     pub fn write(&self, dir: &Path) -> Result<()> {
-        let p = dir.join(FILE);
-        let s = serde_json::to_string_pretty(self).map_err(|e| Error::Invalid(e.to_string()))?;
-        std::fs::write(&p, s + "\n").map_err(|e| Error::io(&p, e))
+        crate::model::save::write_json(&dir.join(FILE), self)
     }
 
     /// Final training loss of each trained unit, for the store.

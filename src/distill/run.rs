@@ -71,26 +71,16 @@ pub fn check_stop() -> Result<()> {
 /// The student's pruning facts that recovery needs, from its `come.json`.
 struct Pruned {
     corr: Vec<Vec<usize>>,
-    calib: Option<CalibConfig>,
-    layers_before: Option<usize>,
+    calib: CalibConfig,
+    layers_before: usize,
 }
 
 fn read_pruned(dir: &Path) -> Result<Pruned> {
-    let corr = plan::read_correspondence(dir)?;
-    let p = dir.join("come.json");
-    let v: serde_json::Value = serde_json::from_str(&crate::error::read_to_string(&p)?)
-        .map_err(|e| Error::format(&p, e.to_string()))?;
-    let calib = v
-        .pointer("/report/config/calib")
-        .and_then(|c| serde_json::from_value(c.clone()).ok());
-    let layers_before = v
-        .pointer("/report/target/layers_before")
-        .and_then(serde_json::Value::as_u64)
-        .map(|n| n as usize);
+    let r = plan::read_pruned(dir)?.report;
     Ok(Pruned {
-        corr,
-        calib,
-        layers_before,
+        corr: r.correspondence,
+        calib: r.config.calib,
+        layers_before: r.target.layers_before,
     })
 }
 
@@ -114,7 +104,8 @@ fn check_pair(t: &ModelConfig, student: &Model, pr: &Pruned, inp: &RecoverInputs
         )));
     }
     let n_teacher = t.num_hidden_layers as usize;
-    if let Some(n) = pr.layers_before.filter(|&n| n != n_teacher) {
+    if pr.layers_before != n_teacher {
+        let n = pr.layers_before;
         return Err(Error::Invalid(format!(
             "{} was pruned from a {n}-layer model, but the teacher {} has {n_teacher} layers",
             inp.student.display(),
@@ -166,7 +157,7 @@ pub fn recover(inp: &RecoverInputs, on: Sink) -> Result<DistillRecord> {
         RecoveryMethod::HierarchicalKd => cfg.tokens.max(kd_tokens),
         _ => cfg.tokens,
     };
-    let data = data::load(&tok, cfg, pr.calib.as_ref(), budget)?;
+    let data = data::load(&tok, cfg, Some(&pr.calib), budget)?;
     let teacher_digest = dir_digest(inp.teacher)?;
     let key = crate::experiment::hash_value(&serde_json::json!({
         "teacher": teacher_digest, "student": dir_digest(inp.student)?, "config": cfg,

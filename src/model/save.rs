@@ -18,7 +18,7 @@ pub const TOKENIZER_FILES: &[&str] = &[
 /// Shard size above which weights are split into several files (transformers' default).
 pub const DEFAULT_SHARD_BYTES: u64 = 5 << 30;
 
-pub fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
+pub fn write_json<T: serde::Serialize>(path: &Path, v: &T) -> Result<()> {
     let text = serde_json::to_string_pretty(v).map_err(|e| Error::Invalid(e.to_string()))?;
     std::fs::write(path, text + "\n").map_err(|e| Error::io(path, e))
 }

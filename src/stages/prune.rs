@@ -3,7 +3,7 @@
 //! atomically: it is built in a temporary sibling directory and renamed into place.
 
 use crate::calib::{self, CalibSet};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::model::load::{load_model, LoadOptions};
 use crate::model::save::save_model;
 use crate::model::tokenizer::Tokenizer;
@@ -39,16 +39,12 @@ pub struct PruneRecord {
 impl PruneRecord {
     /// Read `dir/come.json`.
     pub fn read(dir: &Path) -> Result<PruneRecord> {
-        let p = dir.join(FILE);
-        let s = crate::error::read_to_string(&p)?;
-        serde_json::from_str(&s).map_err(|e| Error::format(&p, e.to_string()))
+        crate::error::read_json(&dir.join(FILE))
     }
 
     /// Write `dir/come.json`.
     pub fn write(&self, dir: &Path) -> Result<()> {
-        let p = dir.join(FILE);
-        let s = serde_json::to_string_pretty(self).map_err(|e| Error::Invalid(e.to_string()))?;
-        std::fs::write(&p, s + "\n").map_err(|e| Error::io(&p, e))
+        crate::model::save::write_json(&dir.join(FILE), self)
     }
 }
 
