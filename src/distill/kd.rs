@@ -6,7 +6,7 @@
 use super::config::RecoveryConfig;
 use super::data::{visit_order, DataSet};
 use super::layer::layer_params;
-use super::loss::kl;
+use super::loss::{kl, sample_positions};
 use super::plan::Unit;
 use super::record::LayerRecord;
 use super::resume::{assign_layer, Partial};
@@ -16,7 +16,6 @@ use super::train::{self, Objective, Schedule};
 use crate::error::Result;
 use crate::model::forward::NoTap;
 use crate::model::Model;
-use crate::rng::SplitMix64;
 use std::time::Instant;
 use tch::{Kind, Tensor};
 
@@ -35,16 +34,6 @@ pub fn ids_batch(data: &DataSet, idx: &[usize], dev: tch::Device) -> Tensor {
         })
         .collect();
     Tensor::stack(&rows, 0).to_device(dev)
-}
-
-/// Sorted distinct positions (all when `k` is None or covers the sequence).
-pub fn sample_positions(t: usize, k: Option<usize>, seed: u64, dev: tch::Device) -> Option<Tensor> {
-    let k = k.filter(|&k| k < t)?;
-    let mut all: Vec<i64> = (0..t as i64).collect();
-    SplitMix64::new(seed).shuffle(&mut all);
-    let mut pick = all[..k].to_vec();
-    pick.sort_unstable();
-    Some(Tensor::from_slice(&pick).to_device(dev))
 }
 
 struct KdObjective<'a> {

@@ -10,7 +10,6 @@ use super::train::{self, Objective, Outcome, Schedule};
 use crate::error::Result;
 use crate::model::forward::{layer_forward, Context, NoTap};
 use crate::model::{Layer, ModelConfig};
-use crate::rng::SplitMix64;
 use tch::{Device, Tensor};
 
 /// Every tensor of a layer, as shallow handles (the optimiser updates them in place).
@@ -94,16 +93,11 @@ impl LayerObjective<'_, '_> {
     fn positions(&self, salt: u64) -> Option<Tensor> {
         let j = self.job;
         let t = j.states.seqlen;
-        let k = j.rc.kl_positions?;
-        if !j.rc.loss.0.contains_key(&LossKind::KlLogits) || k >= t {
+        if !j.rc.loss.0.contains_key(&LossKind::KlLogits) {
             return None;
         }
-        let mut all: Vec<i64> = (0..t as i64).collect();
-        SplitMix64::new(j.rc.seed ^ salt.wrapping_mul(0x9E37_79B9) ^ (j.unit.layer as u64) << 40)
-            .shuffle(&mut all);
-        let mut pick = all[..k].to_vec();
-        pick.sort_unstable();
-        Some(Tensor::from_slice(&pick).to_device(j.device))
+        let seed = j.rc.seed ^ salt.wrapping_mul(0x9E37_79B9) ^ (j.unit.layer as u64) << 40;
+        loss::sample_positions(t, j.rc.kl_positions, seed, j.device)
     }
 }
 

@@ -74,3 +74,13 @@ pub fn kl(s: &Tensor, y: &Tensor, temperature: f64) -> Tensor {
     let per = (p_log.exp() * (&p_log - q_log)).sum_dim_intlist(-1, false, Kind::Float);
     per.mean(Kind::Float) * (t * t)
 }
+
+/// Sorted distinct positions (all when `k` is None or covers the sequence).
+pub fn sample_positions(t: usize, k: Option<usize>, seed: u64, dev: tch::Device) -> Option<Tensor> {
+    let k = k.filter(|&k| k < t)?;
+    let mut all: Vec<i64> = (0..t as i64).collect();
+    crate::rng::SplitMix64::new(seed).shuffle(&mut all);
+    let mut pick = all[..k].to_vec();
+    pick.sort_unstable();
+    Some(Tensor::from_slice(&pick).to_device(dev))
+}
