@@ -119,6 +119,15 @@ impl Table {
         }
     }
 
+    /// A row's cells as text, in column order: label, key columns, source, values.
+    fn row_fields(&self, r: &Row, escape: fn(&str) -> String, source: String) -> Vec<String> {
+        let mut f = vec![escape(&r.label)];
+        f.extend(r.keys.iter().map(|k| escape(k)));
+        f.push(source);
+        f.extend(r.cells.iter().enumerate().map(|(c, v)| self.fmt(c, *v)));
+        f
+    }
+
     pub fn to_markdown(&self) -> String {
         let mut s = format!("### {}\n\n", self.title);
         let heads: Vec<String> = self.columns.iter().map(Col::header).collect();
@@ -137,23 +146,8 @@ impl Table {
             "--:|".repeat(heads.len())
         ));
         for r in &self.rows {
-            let cells: Vec<String> = r
-                .cells
-                .iter()
-                .enumerate()
-                .map(|(c, v)| self.fmt(c, *v))
-                .collect();
-            let keys: String = r
-                .keys
-                .iter()
-                .map(|k| format!("{} | ", md_escape(k)))
-                .collect();
-            s.push_str(&format!(
-                "| {} | {keys}{} | {} |\n",
-                md_escape(&r.label),
-                self.source_text(r),
-                cells.join(" | ")
-            ));
+            let fields = self.row_fields(r, md_escape, self.source_text(r));
+            s.push_str(&format!("| {} |\n", fields.join(" | ")));
         }
         s.push_str(&format!("\n{}\n", self.caption));
         for (i, f) in self.footnotes.iter().enumerate() {
@@ -197,23 +191,8 @@ impl Table {
             heads.join(" & ")
         ));
         for r in &self.rows {
-            let cells: Vec<String> = r
-                .cells
-                .iter()
-                .enumerate()
-                .map(|(c, v)| self.fmt(c, *v))
-                .collect();
-            let keys: String = r
-                .keys
-                .iter()
-                .map(|k| format!("{} & ", latex_escape(k)))
-                .collect();
-            s.push_str(&format!(
-                "{} & {keys}{} & {} \\\\\n",
-                latex_escape(&r.label),
-                latex_escape(&self.source_text(r)),
-                cells.join(" & ")
-            ));
+            let fields = self.row_fields(r, latex_escape, latex_escape(&self.source_text(r)));
+            s.push_str(&format!("{} \\\\\n", fields.join(" & ")));
         }
         s.push_str("\\bottomrule\n\\end{tabular}\n\\end{table}\n");
         s
