@@ -450,6 +450,9 @@ fn schema() -> Value {
         if let Some(Value::Object(e)) = m.get_mut("eval") {
             e.insert("ppl_c4".into(), Value::Bool(false));
         }
+        if let Some(Value::Object(c)) = m.get_mut("prune").and_then(|p| p.get_mut("calib")) {
+            c.insert("ids".into(), Value::String(String::new()));
+        }
     }
     v
 }
@@ -1050,7 +1053,14 @@ impl GridSpec {
                     assign.push((k.clone(), v.clone()));
                 }
             }
-            match Experiment::from_value(Value::Object(json)) {
+            // An ids file is part of the run's identity through its content hash.
+            let resolved = Experiment::from_value(Value::Object(json)).and_then(|mut exp| {
+                if let Some(p) = exp.prune.as_mut() {
+                    p.calib.resolve()?;
+                }
+                Ok(exp)
+            });
+            match resolved {
                 Ok(exp) => {
                     if !self.excluded(s, &exp, matched) {
                         kept.push((assign, exp));

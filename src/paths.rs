@@ -31,6 +31,12 @@ pub fn work_dir() -> PathBuf {
     from_env_or("COME_WORK", "work")
 }
 
+/// Decisions of other implementations to test against (`COME_REFERENCE`, default
+/// `../shared/reference`).
+pub fn reference_dir() -> PathBuf {
+    from_env_or("COME_REFERENCE", "../shared/reference")
+}
+
 pub fn wikitext2_test() -> PathBuf {
     data_dir().join("wikitext2/wikitext2_raw_test.txt")
 }

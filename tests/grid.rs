@@ -896,3 +896,34 @@ fn bad_recovery_settings_fail_before_any_run() {
     assert!(e.contains("grid.toml"), "{e}");
     assert!(e.contains("recovery needs a pruned model"), "{e}");
 }
+
+#[test]
+fn calibration_ids_files_are_hashed_by_content() {
+    let d = models_dir();
+    let ids = d.path().join("ids.json");
+    let body = format!(
+        "[base]\nmodel = \"m\"\n[base.prune]\ntarget_layers = 2\ncalib = {{ ids = \"{}\" }}\n",
+        ids.display()
+    );
+    std::fs::write(&ids, "[[1, 2, 3]]").unwrap();
+    let a = expand(d.path(), &body);
+    std::fs::write(&ids, "[[1, 2, 4]]").unwrap();
+    let b = expand(d.path(), &body);
+    assert_eq!(a.len(), 1);
+    assert_ne!(
+        a[0].hash, b[0].hash,
+        "a changed ids file must change the run"
+    );
+    std::fs::remove_file(&ids).unwrap();
+    let e = error_of(d.path(), &body);
+    assert!(e.contains("ids.json"), "{e}");
+    // The paper's NumPy shuffle is the default; the older one is still accepted.
+    let legacy = "[base]\nmodel = \"m\"\n[base.prune]\ntarget_layers = 2\ncalib = { shuffle = \"splitmix64\" }\n";
+    let paper = "[base]\nmodel = \"m\"\n[base.prune]\ntarget_layers = 2\n";
+    assert_ne!(
+        expand(d.path(), legacy)[0].hash,
+        expand(d.path(), paper)[0].hash
+    );
+    let e = error_of(d.path(), "[base]\nmodel = \"m\"\n[base.prune]\ntarget_layers = 2\ncalib = { shuffle = \"python\" }\n");
+    assert!(e.contains("python"), "{e}");
+}

@@ -346,15 +346,28 @@ const CI_HASHES: &[(&str, &str)] = &[
 ];
 
 #[test]
-fn run_hashes_did_not_change_with_the_recovery_axis() {
+fn run_hashes_did_not_change_with_the_recovery_axis_or_the_calibration_default() {
+    // The calibration recipe before the paper's NumPy shuffle became the default: stated
+    // explicitly, it still hashes as it did.
+    let mut legacy = PruneConfig::default();
+    legacy.calib.shuffle = come_repro::calib::Shuffle::Splitmix64;
+    legacy.calib.max_sequences = Some(8);
     let pruned = Experiment {
-        prune: Some(PruneConfig::default()),
+        prune: Some(legacy),
         ..Default::default()
     };
     assert_eq!(
         pruned.hash(),
         "2cb8f85b99626034104ca66c851feddac9d61b258b3ef1e6ac2d64e1febe30c1"
     );
+    let paper = Experiment {
+        prune: Some(PruneConfig::default()),
+        ..Default::default()
+    };
+    assert_ne!(paper.hash(), pruned.hash());
+    assert_eq!(Experiment::from_value(paper.to_value()).unwrap(), paper);
+    // A record written before the key existed reads back as the recipe it used.
+    assert_eq!(Experiment::from_value(pruned.to_value()).unwrap(), pruned);
     assert_eq!(
         Experiment::default().hash(),
         "7106689b32abed745189ec443475b4501bcbc48f9fdd0df6a7665b6e757ba79d"

@@ -5,7 +5,7 @@
 use super::common::{bar, note, RuntimeArgs};
 use anyhow::Result;
 use clap::Args;
-use come_repro::calib::CalibConfig;
+use come_repro::calib::{CalibConfig, Shuffle};
 use come_repro::prune::merge::{GqaMapping, NormMode};
 use come_repro::prune::score::Sensitivity;
 use come_repro::prune::{MergeOp, Method, PairScore, PruneConfig};
@@ -53,10 +53,18 @@ pub struct PruneArgs {
     pub calib_rows: usize,
     #[arg(long, default_value_t = 2048)]
     pub calib_seqlen: usize,
-    #[arg(long, default_value_t = 8)]
-    pub calib_seqs: usize,
+    /// Keep at most this many windows (default: every whole window, as the paper's code).
+    #[arg(long)]
+    pub calib_seqs: Option<usize>,
     #[arg(long, default_value_t = 10)]
     pub calib_seed: u64,
+    /// Row order before the first `--calib-rows` are taken: numpy is the paper's draw.
+    #[arg(long, value_enum, default_value_t = Shuffle::Numpy)]
+    pub calib_shuffle: Shuffle,
+    /// Explicit calibration token ids (JSON list of token-id lists, or a 2-d .npy array)
+    /// instead of the text recipe.
+    #[arg(long)]
+    pub calib_ids: Option<PathBuf>,
     /// Re-score from layer 0 every round instead of from the merge position.
     #[arg(long)]
     pub full_rescore: bool,
@@ -92,7 +100,10 @@ impl PruneArgs {
                 nrows: self.calib_rows,
                 seqlen: self.calib_seqlen,
                 seed: self.calib_seed,
-                max_sequences: Some(self.calib_seqs),
+                max_sequences: self.calib_seqs,
+                shuffle: self.calib_shuffle,
+                ids: self.calib_ids.clone(),
+                ids_sha256: None,
             },
             incremental: !self.full_rescore,
             seed: self.seed,

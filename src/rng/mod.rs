@@ -1,5 +1,8 @@
 //! A tiny, fully specified PRNG (splitmix64) so that shuffles and subsets are identical on
-//! every platform and every version of every dependency.
+//! every platform and every version of every dependency. [`numpy`] reproduces NumPy's
+//! `default_rng` permutation where a recipe depends on it.
+
+pub mod numpy;
 
 pub struct SplitMix64(u64);
 
