@@ -8,6 +8,9 @@
 #                            results/smollm2_dense_500.json within 0.2 points per metric
 #   cuda_bf16_full.json      bf16, --batch-size auto, all seven tasks on full splits +
 #                            WikiText-2 ppl (the speed the grids get on a GPU)
+#   prune_7b_shape.txt       CoMe 32 -> 22 on a random-init LLaMA-2-7B-shape model (bf16,
+#                            18 x 2048 random calibration ids): seconds per stage and round,
+#                            layer passes, host and device memory (goal: under 2 minutes)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -38,3 +41,4 @@ sys.exit(0 if worst <= 0.2 else 1)
 EOF
 time $bin eval --model "$model" --device cuda --dtype bf16 --batch-size auto --tasks all7 \
   --ppl wikitext2 --output "$out/cuda_bf16_full.json"
+time $bin bench prune --synthetic llama2-7b --device cuda --dtype bf16 | tee "$out/prune_7b_shape.txt"

@@ -301,6 +301,20 @@ fn prune_stage(
         names::RUN_LAYERS_REMOVED,
         rec.report.target.layers_removed as f64,
     ));
+    out.metrics.push(Metric::new(
+        "",
+        names::RUN_PRUNE_LAYER_PASSES,
+        rec.report.layer_passes as f64,
+    ));
+    out.metrics.push(Metric::new(
+        "",
+        names::RUN_CALIB_WINDOWS,
+        rec.report.calibration.n_sequences as f64,
+    ));
+    if let Some(rss) = rec.peak_rss_mib {
+        out.metrics
+            .push(Metric::new("", names::RUN_PRUNE_PEAK_RSS, rss));
+    }
     out.artifacts.push(Artifact::from_path(
         dir.join(stages::prune::FILE),
         kinds::COME_JSON,

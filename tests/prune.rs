@@ -284,6 +284,7 @@ fn calib(seqs: usize, len: usize) -> CalibSet {
         rows_used: 0,
         source: "<random>".into(),
         source_sha256: String::new(),
+        recipe: String::new(),
         deviation: String::new(),
     }
 }
@@ -432,4 +433,25 @@ fn bad_targets_are_clear_errors() {
     )
     .unwrap_err();
     assert!(e.to_string().contains("no_repeat"), "{e}");
+}
+
+#[test]
+fn one_shot_methods_need_at_most_one_pass() {
+    let base = tiny_config(json!({"num_hidden_layers": 8})).unwrap();
+    for (method, passes) in [
+        ("shortgpt", 8 * 3),
+        ("reverse", 0),
+        ("magnitude", 0),
+        ("taylor", 0),
+    ] {
+        let mut m = random_model(base.clone(), 14);
+        let cfg = PruneConfig {
+            method: Method::parse(method).unwrap(),
+            target_layers: Some(5),
+            ..Default::default()
+        };
+        let rep = prune(&mut m, calib(3, 16), &cfg, |_, _| {}).unwrap();
+        assert_eq!(rep.layer_passes, passes, "{method}");
+        assert_eq!(m.n_layers(), 5);
+    }
 }

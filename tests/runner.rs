@@ -358,7 +358,7 @@ fn metrics_of(db: &Path) -> BTreeMap<String, f64> {
     s.metrics(runs[0].id)
         .unwrap()
         .into_iter()
-        .filter(|m| !m.key().ends_with("_seconds") && !m.key().ends_with("_per_s"))
+        .filter(|m| !come_repro::track::names::is_machine_measurement(&m.key()))
         .map(|m| (m.key(), m.value))
         .collect()
 }

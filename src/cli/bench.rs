@@ -31,20 +31,10 @@ pub enum BenchCmd {
         #[command(flatten)]
         rt: RuntimeArgs,
     },
-    /// CoMe prune with incremental re-scoring vs a full recompute each round, side by side
-    /// (each in its own process, so peak RSS is measured separately).
-    Prune {
-        #[arg(long)]
-        model: PathBuf,
-        #[arg(long, default_value_t = 21)]
-        target_layers: usize,
-        #[arg(long, default_value_t = 8)]
-        calib_seqs: usize,
-        #[arg(long, default_value_t = 2048)]
-        calib_seqlen: usize,
-        #[arg(long)]
-        threads: Option<usize>,
-    },
+    /// Pruning cost: methods on a checkpoint (wall, layer passes, peak RSS, beside the
+    /// authors' code), or CoMe on a random-init model of a published shape
+    /// (`--synthetic llama2-7b [--layers N]`).
+    Prune(super::bench_prune::PruneBenchArgs),
     /// Zero-shot scoring of the same documents in several dtypes (default f32 vs bf16):
     /// speed, scores, and how far log-likelihoods and predictions move.
     Precision(super::bench_precision::PrecisionArgs),
@@ -70,13 +60,7 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
         } => forward(model, batch, seqlen, iters, hf, rounds, rt),
         BenchCmd::Load { model, rt } => load(model, rt),
         BenchCmd::Precision(a) => super::bench_precision::run(a),
-        BenchCmd::Prune {
-            model,
-            target_layers,
-            calib_seqs,
-            calib_seqlen,
-            threads,
-        } => prune(model, target_layers, calib_seqs, calib_seqlen, threads),
+        BenchCmd::Prune(a) => super::bench_prune::run(a),
     }
 }
 
@@ -211,77 +195,4 @@ fn load(dir: PathBuf, rt: RuntimeArgs) -> Result<()> {
         (peak - base.min(peak)) as f64 * 1024.0 / f32_bytes
     );
     Ok(())
-}
-
-fn prune(
-    model: PathBuf,
-    target: usize,
-    seqs: usize,
-    seqlen: usize,
-    threads: Option<usize>,
-) -> Result<()> {
-    let exe = std::env::current_exe().context("locating the come-repro binary")?;
-    let tmp = tempdir_in_work()?;
-    let mut rows = vec![];
-    for (label, full) in [("incremental", false), ("full recompute", true)] {
-        let out = tmp.join(if full { "full" } else { "incremental" });
-        let mut cmd = Command::new(&exe);
-        cmd.args(["prune", "--method", "come", "--force", "--model"])
-            .arg(&model)
-            .arg("--out")
-            .arg(&out);
-        cmd.args([
-            "--target-layers",
-            &target.to_string(),
-            "--calib-seqs",
-            &seqs.to_string(),
-        ]);
-        cmd.args(["--calib-seqlen", &seqlen.to_string()]);
-        if let Some(t) = threads {
-            cmd.args(["--threads", &t.to_string()]);
-        }
-        if full {
-            cmd.arg("--full-rescore");
-        }
-        let t0 = Instant::now();
-        let st = cmd.status().context("running come-repro prune")?;
-        if !st.success() {
-            bail!("come-repro prune ({label}) failed");
-        }
-        let wall = t0.elapsed().as_secs_f64();
-        let rec: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(out.join("come.json"))?)?;
-        rows.push((
-            label,
-            wall,
-            rec["report"]["seconds"].as_f64().unwrap_or(f64::NAN),
-            rec["report"]["layer_passes"].as_u64().unwrap_or(0),
-            rec["peak_rss_mib"].as_f64().unwrap_or(f64::NAN),
-            rec["report"]["correspondence"].clone(),
-        ));
-    }
-    println!(
-        "come prune {} -> {target} layers, {seqs} x {seqlen} calibration tokens:",
-        model.display()
-    );
-    println!(
-        "  {:<16} {:>9} {:>10} {:>13} {:>13}",
-        "re-scoring", "wall s", "prune s", "layer passes", "peak RSS MiB"
-    );
-    for (label, wall, secs, passes, rss, _) in &rows {
-        println!("  {label:<16} {wall:>9.1} {secs:>10.1} {passes:>13} {rss:>13.0}");
-    }
-    println!(
-        "  speed-up {:.2}x; same plan: {}",
-        rows[1].2 / rows[0].2,
-        rows[0].5 == rows[1].5
-    );
-    let _ = std::fs::remove_dir_all(&tmp);
-    Ok(())
-}
-
-fn tempdir_in_work() -> Result<PathBuf> {
-    let d = come_repro::paths::work_dir().join(format!("bench-prune-{}", std::process::id()));
-    std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
-    Ok(d)
 }

@@ -51,11 +51,6 @@ fn tolerance(tol: &Value, metric: &str) -> (f64, f64) {
     (abs, rel)
 }
 
-/// Metrics that are measurements of the machine, not of the model: never compared.
-fn is_timing(key: &str) -> bool {
-    key.ends_with("_seconds") || key.ends_with("_per_s")
-}
-
 pub fn run(a: CheckArgs) -> Result<()> {
     come_repro::runtime::set_threads(a.threads);
     let spec = GridSpec::load(&a.grid)?;
@@ -90,7 +85,7 @@ pub fn run(a: CheckArgs) -> Result<()> {
         };
         let m = current.entry(name.clone()).or_default();
         for x in store.metrics(row.id)? {
-            if !is_timing(&x.key()) {
+            if !come_repro::track::names::is_machine_measurement(&x.key()) {
                 m.insert(x.key(), x.value);
             }
         }

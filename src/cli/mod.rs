@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_precision;
+mod bench_prune;
 mod check;
 mod common;
 mod demo;

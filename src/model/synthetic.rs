@@ -92,3 +92,66 @@ pub fn random_model(config: ModelConfig, seed: i64) -> Model {
     let lm_head = (!c.tie_word_embeddings).then(|| w(c.vocab_size, h));
     Model::new(config.clone(), embed, layers, norm(h), lm_head)
 }
+
+/// Shapes of published models, for benchmarks at their scale without their weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Shape {
+    /// LLaMA-2-7B: 32 layers, hidden 4096, MLP 11008, 32 heads (MHA), vocab 32000.
+    #[value(name = "llama2-7b")]
+    Llama2_7b,
+}
+
+impl Shape {
+    /// The config, with `layers` layers instead of the model's own when given.
+    pub fn config(self, layers: Option<usize>) -> Result<ModelConfig> {
+        let (n, v) = match self {
+            Shape::Llama2_7b => (
+                32,
+                serde_json::json!({
+                    "hidden_size": 4096, "intermediate_size": 11008,
+                    "num_attention_heads": 32, "num_key_value_heads": 32,
+                    "vocab_size": 32000, "rms_norm_eps": 1e-5, "max_position_embeddings": 4096,
+                }),
+            ),
+        };
+        let mut v = v;
+        v["num_hidden_layers"] = layers.unwrap_or(n).into();
+        tiny_config(v)
+    }
+}
+
+/// Random weights of `config` drawn by libtorch on `device` in `kind` (seeded): fast at
+/// billions of parameters, where [`random_model`]'s CPU generator is not.
+pub fn random_model_on(
+    config: &ModelConfig,
+    device: tch::Device,
+    kind: tch::Kind,
+    seed: i64,
+) -> Model {
+    let _g = tch::no_grad_guard();
+    tch::manual_seed(seed);
+    let c = config;
+    let (h, i) = (c.hidden_size, c.intermediate_size);
+    let q = c.num_attention_heads * c.head_dim;
+    let kv = c.num_key_value_heads * c.head_dim;
+    let w = |o: i64, n: i64| Tensor::randn([o, n], (kind, device)) * (1.0 / (n as f64).sqrt());
+    let ones = |n: i64| Tensor::ones([n], (kind, device));
+    let layers = (0..c.num_hidden_layers)
+        .map(|_| Layer {
+            input_norm: ones(h),
+            q_proj: Linear::new(w(q, h), None),
+            k_proj: Linear::new(w(kv, h), None),
+            v_proj: Linear::new(w(kv, h), None),
+            o_proj: Linear::new(w(h, q), None),
+            q_norm: None,
+            k_norm: None,
+            post_norm: ones(h),
+            gate_proj: Linear::new(w(i, h), None),
+            up_proj: Linear::new(w(i, h), None),
+            down_proj: Linear::new(w(h, i), None),
+        })
+        .collect();
+    let embed = Tensor::randn([c.vocab_size, h], (kind, device));
+    let lm_head = (!c.tie_word_embeddings).then(|| w(c.vocab_size, h));
+    Model::new(config.clone(), embed, layers, ones(h), lm_head)
+}

@@ -2,7 +2,6 @@
 //! paper compares against. Each drives the shared [`Pruner`].
 
 use super::merge;
-use super::score::block_influence;
 use super::{best_pair, concat_pair, Method, PairScore, Pruner, Step};
 use crate::error::{Error, Result};
 use crate::model::Layer;
@@ -57,9 +56,8 @@ fn drop_all(p: &mut Pruner, mut victims: Vec<(usize, f64)>, what: &str) {
             t0,
         );
     }
-    // One-shot plans do not re-score; keep the state consistent for any caller anyway.
-    p.state.boundaries.truncate(1);
-    p.state.recompute_from(p.model, 0);
+    // One-shot plans end here: nothing re-scores the pruned model.
+    p.state.release();
 }
 
 /// CoMe-P: the pair by all-token angular distance, then the split r in {0, 1/G, .., 1}
@@ -69,7 +67,7 @@ pub fn come_p(p: &mut Pruner, target: usize) -> Result<()> {
     while p.model.n_layers() > target {
         let t0 = Instant::now();
         let (l, s) = best_pair(p, PairScore::SbiAll)?;
-        let bi_all = block_influence(&p.state);
+        let bi = vec![p.state.block_influence(l)?, p.state.block_influence(l + 1)?];
         let mut best: Option<(f64, f64, Layer, Option<merge::ConcatRecord>)> = None;
         for k in 0..=g {
             let r = k as f64 / g as f64;
@@ -81,7 +79,7 @@ pub fn come_p(p: &mut Pruner, target: usize) -> Result<()> {
                 let (layer, rec) = concat_pair(p, l, &[r, 1.0 - r])?;
                 (layer, Some(rec))
             };
-            let nll = p.state.nll_with(p.model, l, &[&cand], l + 2);
+            let nll = p.state.nll_with(p.model, l, &[&cand], l + 2)?;
             if best.as_ref().is_none_or(|b| nll < b.0) {
                 best = Some((nll, r, cand, rec));
             }
@@ -94,11 +92,11 @@ pub fn come_p(p: &mut Pruner, target: usize) -> Result<()> {
             [p.corr[l].clone(), p.corr[l + 1].clone()].concat(),
             Some(s),
         );
-        st.bi = vec![bi_all[l], bi_all[l + 1]];
+        st.bi = bi;
         st.ratio = Some(r);
         st.nll = Some(nll);
         st.concat = rec;
-        p.apply(l, 2, Some(layer));
+        p.apply(l, 2, Some(layer))?;
         p.record(st, t0);
     }
     Ok(())
@@ -106,7 +104,7 @@ pub fn come_p(p: &mut Pruner, target: usize) -> Result<()> {
 
 /// ShortGPT: drop the lowest-BI layers in one shot.
 pub fn shortgpt(p: &mut Pruner, target: usize) -> Result<()> {
-    let bi = block_influence(&p.state);
+    let bi = p.state.block_influences()?;
     let mut idx: Vec<usize> = (0..bi.len()).collect();
     idx.sort_by(|&a, &b| bi[a].total_cmp(&bi[b]));
     let k = p.model.n_layers() - target;
@@ -126,8 +124,12 @@ pub fn sleb(p: &mut Pruner, target: usize) -> Result<()> {
                 "SLEB keeps the first and last layers: cannot go below 2".into(),
             ));
         }
-        let (l, nll) = (1..n - 1)
-            .map(|l| (l, p.state.nll_with(p.model, l, &[], l + 1)))
+        let mut scored = vec![];
+        for l in 1..n - 1 {
+            scored.push((l, p.state.nll_with(p.model, l, &[], l + 1)?));
+        }
+        let (l, nll) = scored
+            .into_iter()
             .min_by(|a, b| a.1.total_cmp(&b.1))
             .ok_or_else(|| Error::Invalid("SLEB found no candidate".into()))?;
         let mut st = step(
@@ -137,7 +139,7 @@ pub fn sleb(p: &mut Pruner, target: usize) -> Result<()> {
             Some(nll),
         );
         st.nll = Some(nll);
-        p.apply(l, 1, None);
+        p.apply(l, 1, None)?;
         p.record(st, t0);
     }
     Ok(())
@@ -258,7 +260,13 @@ pub fn taylor(p: &mut Pruner, target: usize) -> Result<()> {
 
 /// Mean cosine similarity, over all calibration tokens, between the final hidden states of
 /// the model with a candidate merge and `reference`.
-fn final_similarity(p: &Pruner, at: usize, cand: &Layer, resume: usize, reference: &Tensor) -> f64 {
+fn final_similarity(
+    p: &Pruner,
+    at: usize,
+    cand: &Layer,
+    resume: usize,
+    reference: &Tensor,
+) -> Result<f64> {
     let (mut sum, mut count) = (0f64, 0i64);
     p.state.run_with(p.model, at, &[cand], resume, |c0, h| {
         let r = reference.narrow(0, c0, h.size()[0]);
@@ -269,8 +277,8 @@ fn final_similarity(p: &Pruner, at: usize, cand: &Layer, resume: usize, referenc
             .clamp_min(1e-12);
         sum += cos.sum(Kind::Double).double_value(&[]);
         count += cos.numel() as i64;
-    });
-    sum / count.max(1) as f64
+    })?;
+    Ok(sum / count.max(1) as f64)
 }
 
 /// LaCo: from the top down, fold `span` consecutive layers into one
@@ -278,7 +286,7 @@ fn final_similarity(p: &Pruner, at: usize, cand: &Layer, resume: usize, referenc
 /// dense model's (> threshold); step down `interval` after a merge, 1 otherwise. When a
 /// sweep ends short of the target the threshold is relaxed by 10% (recorded).
 pub fn laco(p: &mut Pruner, target: usize) -> Result<()> {
-    let reference = p.state.boundaries[p.state.boundaries.len() - 1].to_kind(Kind::Float);
+    let reference = p.state.boundary(p.model.n_layers())?.to_kind(Kind::Float);
     let span = p.cfg.laco_span.max(2);
     let mut threshold = p.cfg.laco_threshold;
     for _sweep in 0..50 {
@@ -295,7 +303,7 @@ pub fn laco(p: &mut Pruner, target: usize) -> Result<()> {
             }
             let src: Vec<&Layer> = p.model.layers[lu..lu + c].iter().collect();
             let cand = merge::laco(&src);
-            let sim = final_similarity(p, lu, &cand, lu + c, &reference);
+            let sim = final_similarity(p, lu, &cand, lu + c, &reference)?;
             if sim > threshold {
                 let originals = p.corr[lu..lu + c].concat();
                 let mut st = step(
@@ -305,7 +313,7 @@ pub fn laco(p: &mut Pruner, target: usize) -> Result<()> {
                     Some(sim),
                 );
                 st.nll = None;
-                p.apply(lu, c, Some(cand));
+                p.apply(lu, c, Some(cand))?;
                 p.record(st, t0);
                 l -= p.cfg.laco_interval.max(1) as i64;
             } else {
@@ -330,13 +338,12 @@ pub fn mka(p: &mut Pruner, target: usize) -> Result<()> {
     while p.model.n_layers() > target {
         let t0 = Instant::now();
         let pairs = super::eligible_pairs(p);
-        let (l, sim) = pairs
-            .iter()
-            .map(|&l| {
-                let a = &p.state.boundaries[l + 1];
-                let b = &p.state.boundaries[l + 2];
-                (l, 1.0 - super::score::angular_distance_raw(a, b))
-            })
+        let mut scored = vec![];
+        for l in pairs {
+            scored.push((l, 1.0 - p.state.layer_distance(l + 1)?));
+        }
+        let (l, sim) = scored
+            .into_iter()
             .max_by(|a, b| a.1.total_cmp(&b.1))
             .ok_or_else(|| {
                 Error::Invalid("MKA: no eligible pair left; set no_repeat = false".into())
@@ -353,7 +360,7 @@ pub fn mka(p: &mut Pruner, target: usize) -> Result<()> {
             Some(sim),
         );
         st.ratio = Some(alpha);
-        p.apply(l, 2, Some(layer));
+        p.apply(l, 2, Some(layer))?;
         p.record(st, t0);
     }
     Ok(())

@@ -5,14 +5,16 @@ pub mod baselines;
 pub mod merge;
 pub mod score;
 pub mod state;
+pub mod stats;
+pub mod store;
 
 use crate::calib::{CalibConfig, CalibSet};
 use crate::error::{Error, Result};
 use crate::model::{Layer, Model};
 use merge::{GqaMapping, NormMode, ShareOptions};
-use score::{angular_distance, block_influence, channel_scores, Sensitivity};
+use score::{channel_scores, Sensitivity};
 use serde::{Deserialize, Serialize};
-use state::CalibState;
+use state::{CalibState, Need};
 use std::time::Instant;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,6 +79,19 @@ impl Method {
                 )))
             }
         })
+    }
+    /// What the method needs from the calibration set: one-shot scores need one pass,
+    /// iterative methods re-score from stored boundaries.
+    pub fn need(self) -> Need {
+        match self {
+            Method::Reverse
+            | Method::Magnitude
+            | Method::MagnitudePlus
+            | Method::Taylor
+            | Method::TaylorPlus => Need::Ids,
+            Method::ShortGpt => Need::Scores,
+            Method::Come | Method::ComeP | Method::Sleb | Method::Laco | Method::Mka => Need::Full,
+        }
     }
     pub fn name(self) -> &'static str {
         match self {
@@ -277,6 +292,9 @@ pub struct PruneReport {
     pub params_before: i64,
     pub params_after: i64,
     pub layer_passes: usize,
+    /// Whether the calibration boundaries were kept on disk (see `prune::store`).
+    #[serde(default)]
+    pub state_on_disk: bool,
     pub seconds: f64,
 }
 
@@ -301,26 +319,32 @@ pub struct Pruner<'a> {
     pub state: CalibState,
     pub corr: Vec<Vec<usize>>,
     pub steps: Vec<Step>,
+    /// The depth the plan stops at.
+    pub target: usize,
     pub on_step: StepCallback<'a>,
 }
 
 impl Pruner<'_> {
     /// Replace layers `at..at + k` by `new` (None: delete them) and update the state.
-    pub fn apply(&mut self, at: usize, k: usize, new: Option<Layer>) {
+    pub fn apply(&mut self, at: usize, k: usize, new: Option<Layer>) -> Result<()> {
         let originals: Vec<usize> = self.corr[at..at + k].concat();
         match new {
             Some(layer) => {
                 self.model.layers.splice(at..at + k, [layer]);
                 self.corr.splice(at..at + k, [originals]);
-                self.state
-                    .after_merge(self.model, at, k - 1, self.cfg.incremental);
             }
             None => {
                 self.model.layers.drain(at..at + k);
                 self.corr.drain(at..at + k);
-                self.state
-                    .after_merge(self.model, at, k, self.cfg.incremental);
             }
+        }
+        if self.model.n_layers() > self.target {
+            self.state
+                .after_change(self.model, at, self.cfg.incremental)
+        } else {
+            // Nothing re-scores the final model.
+            self.state.release();
+            Ok(())
         }
     }
 
@@ -342,7 +366,16 @@ pub fn prune(
     let t0 = Instant::now();
     let target = target_layers(model, cfg)?;
     let params_before = model.num_params();
-    let state = CalibState::new(model, &calib.sequences, cfg.chunk)?;
+    // Channel statistics feed the concat merge only.
+    let concat =
+        cfg.method == Method::ComeP || (cfg.method == Method::Come && cfg.merge == MergeOp::Concat);
+    let kinds = if concat {
+        cfg.sensitivity.stat_kinds()
+    } else {
+        stats::StatKinds::default()
+    };
+    let state = CalibState::new(model, &calib.sequences, cfg.chunk, cfg.method.need(), kinds)?;
+    let state_on_disk = state.on_disk();
     let corr = (0..model.n_layers()).map(|i| vec![i]).collect();
     let mut p = Pruner {
         model,
@@ -350,6 +383,7 @@ pub fn prune(
         state,
         corr,
         steps: vec![],
+        target: target.target_layers,
         on_step: Box::new(on_step),
     };
     match cfg.method {
@@ -377,6 +411,7 @@ pub fn prune(
         params_before,
         params_after,
         layer_passes,
+        state_on_disk,
         seconds: t0.elapsed().as_secs_f64(),
     })
 }
@@ -388,20 +423,22 @@ pub fn eligible_pairs(p: &Pruner) -> Vec<usize> {
         .collect()
 }
 
-pub fn pair_score(p: &Pruner, l: usize, how: PairScore) -> f64 {
+pub fn pair_score(p: &Pruner, l: usize, how: PairScore) -> Result<f64> {
     match how {
-        PairScore::Sbi => angular_distance(&p.state, l, 2, false),
-        PairScore::SbiAll => angular_distance(&p.state, l, 2, true),
+        PairScore::Sbi => p.state.pair_distance(l, false),
+        PairScore::SbiAll => p.state.pair_distance(l, true),
         PairScore::Nll => p.state.nll_with(p.model, l, &[], l + 2),
     }
 }
 
 /// Pick the eligible pair with the smallest score.
 pub fn best_pair(p: &Pruner, how: PairScore) -> Result<(usize, f64)> {
-    let pairs = eligible_pairs(p);
-    pairs
-        .iter()
-        .map(|&l| (l, pair_score(p, l, how)))
+    let mut scored = vec![];
+    for l in eligible_pairs(p) {
+        scored.push((l, pair_score(p, l, how)?));
+    }
+    scored
+        .into_iter()
         .min_by(|a, b| a.1.total_cmp(&b.1))
         .ok_or_else(|| {
             Error::Invalid(format!(
@@ -416,8 +453,7 @@ fn progressive(p: &mut Pruner, target: usize) -> Result<()> {
     while p.model.n_layers() > target {
         let t0 = Instant::now();
         let (l, s) = best_pair(p, p.cfg.pair_score)?;
-        let bi_all = block_influence(&p.state);
-        let bi = vec![bi_all[l], bi_all[l + 1]];
+        let bi = vec![p.state.block_influence(l)?, p.state.block_influence(l + 1)?];
         let r = merge::shares(&bi, p.cfg.share);
         let originals = [p.corr[l].clone(), p.corr[l + 1].clone()].concat();
         let mut step = Step {
@@ -437,7 +473,7 @@ fn progressive(p: &mut Pruner, target: usize) -> Result<()> {
                 let (layer, rec) = concat_pair(p, l, &r)?;
                 step.action = format!("concat {l}+{}", l + 1);
                 step.concat = Some(rec);
-                p.apply(l, 2, Some(layer));
+                p.apply(l, 2, Some(layer))?;
             }
             MergeOp::Linear | MergeOp::LinearBi => {
                 let w = if p.cfg.merge == MergeOp::Linear {
@@ -447,13 +483,13 @@ fn progressive(p: &mut Pruner, target: usize) -> Result<()> {
                 };
                 let layer = merge::linear(&[&p.model.layers[l], &p.model.layers[l + 1]], &w)?;
                 step.action = format!("linear {l}+{} w={:.3}/{:.3}", l + 1, w[0], w[1]);
-                p.apply(l, 2, Some(layer));
+                p.apply(l, 2, Some(layer))?;
             }
             MergeOp::Drop => {
                 let victim = if bi[0] <= bi[1] { l } else { l + 1 };
                 step.action = format!("drop {victim} of {l}+{}", l + 1);
                 step.originals = p.corr[victim].clone();
-                p.apply(victim, 1, None);
+                p.apply(victim, 1, None)?;
             }
         }
         p.record(step, t0);

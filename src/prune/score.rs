@@ -1,7 +1,8 @@
-//! Scores from the calibration state: channel sensitivity (per MLP neuron and per KV head),
-//! block influence per layer, and pair scores for adjacent layers.
+//! Channel sensitivity (per MLP neuron and per KV head) from the calibration statistics.
+//! Layer and pair scores (block influence, angular distances) live with the calibration
+//! state that accumulates them.
 
-use super::state::{CalibState, LayerStats};
+use super::stats::LayerStats;
 use crate::error::{Error, Result};
 use crate::model::{Layer, ModelConfig};
 use serde::{Deserialize, Serialize};
@@ -28,6 +29,28 @@ pub enum Sensitivity {
 }
 
 impl Sensitivity {
+    /// The channel statistics this score reads.
+    pub fn stat_kinds(self) -> super::stats::StatKinds {
+        use super::stats::StatKinds;
+        match self {
+            Sensitivity::ActL1 | Sensitivity::Activation => StatKinds {
+                abs: true,
+                ..Default::default()
+            },
+            Sensitivity::L2 => StatKinds {
+                sq: true,
+                ..Default::default()
+            },
+            // MLP neurons keep the default (|a|) score.
+            Sensitivity::InputQk => StatKinds {
+                abs: true,
+                qk: true,
+                ..Default::default()
+            },
+            Sensitivity::Weight | Sensitivity::Random => StatKinds::default(),
+        }
+    }
+
     pub fn parse(s: &str) -> Result<Self> {
         serde_json::from_value(serde_json::Value::String(s.to_string())).map_err(|_| {
             Error::Invalid(format!(
@@ -116,45 +139,4 @@ pub fn channel_scores(
         mlp: to_vec(&mlp),
         kv: to_vec(&kv),
     }
-}
-
-fn cosine_rows(a: &Tensor, b: &Tensor) -> Tensor {
-    let a = a.to_kind(Kind::Float);
-    let b = b.to_kind(Kind::Float);
-    let dot = (&a * &b).sum_dim_intlist(-1, false, Kind::Double);
-    let na = a.square().sum_dim_intlist(-1, false, Kind::Double).sqrt();
-    let nb = b.square().sum_dim_intlist(-1, false, Kind::Double).sqrt();
-    (dot / (na * nb).clamp_min(1e-12)).clamp(-1.0, 1.0)
-}
-
-/// Block influence of every layer: 1 - cos(h_in, h_out) averaged over all tokens.
-pub fn block_influence(st: &CalibState) -> Vec<f64> {
-    (0..st.n_layers())
-        .map(|l| {
-            1.0 - cosine_rows(&st.boundaries[l], &st.boundaries[l + 1])
-                .mean(Kind::Double)
-                .double_value(&[])
-        })
-        .collect()
-}
-
-/// Angular distance arccos(cos(h_in of l, h_out of l + span - 1)) / pi, on the last token
-/// of each sequence (`all_tokens`: averaged over every token).
-pub fn angular_distance(st: &CalibState, l: usize, span: usize, all_tokens: bool) -> f64 {
-    let (a, b) = (&st.boundaries[l], &st.boundaries[l + span]);
-    let (a, b) = if all_tokens {
-        (a.shallow_clone(), b.shallow_clone())
-    } else {
-        (a.select(1, -1), b.select(1, -1))
-    };
-    (cosine_rows(&a, &b).arccos() / std::f64::consts::PI)
-        .mean(Kind::Double)
-        .double_value(&[])
-}
-
-/// Mean angular distance (arccos cos / pi) between two `[.., hidden]` tensors, all tokens.
-pub fn angular_distance_raw(a: &Tensor, b: &Tensor) -> f64 {
-    (cosine_rows(a, b).arccos() / std::f64::consts::PI)
-        .mean(Kind::Double)
-        .double_value(&[])
 }

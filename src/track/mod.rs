@@ -45,6 +45,16 @@ pub mod names {
     pub const RUN_PARAMS: &str = "params";
     pub const RUN_LAYERS: &str = "layers";
     pub const RUN_PRUNE_SECONDS: &str = "prune_seconds";
+    /// Layer forwards of one calibration window during pruning.
+    pub const RUN_PRUNE_LAYER_PASSES: &str = "prune_layer_passes";
+    pub const RUN_PRUNE_PEAK_RSS: &str = "prune_peak_rss_mib";
+    pub const RUN_CALIB_WINDOWS: &str = "calib_windows";
+
+    /// Metrics that measure the machine (time, rates, memory), not the model: never
+    /// compared between runs.
+    pub fn is_machine_measurement(key: &str) -> bool {
+        key.ends_with("_seconds") || key.ends_with("_per_s") || key.ends_with("_mib")
+    }
     pub const RUN_EVAL_SECONDS: &str = "eval_seconds";
     /// Layers the prune removed.
     pub const RUN_LAYERS_REMOVED: &str = "layers_removed";
