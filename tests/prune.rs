@@ -276,17 +276,7 @@ fn calib(seqs: usize, len: usize) -> CalibSet {
     let sequences: Vec<Vec<u32>> = (0..seqs)
         .map(|_| (0..len).map(|_| r.below(128) as u32).collect())
         .collect();
-    CalibSet {
-        n_sequences: seqs,
-        sequences,
-        seqlen: len,
-        rows_available: 0,
-        rows_used: 0,
-        source: "<random>".into(),
-        source_sha256: String::new(),
-        recipe: String::new(),
-        deviation: String::new(),
-    }
+    CalibSet::from_sequences(sequences, "<random>")
 }
 
 #[test]

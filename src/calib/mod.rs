@@ -117,6 +117,24 @@ pub struct CalibSet {
     pub deviation: String,
 }
 
+impl CalibSet {
+    /// A sample of token ids made elsewhere (an ids file, tests, benchmarks): no text rows
+    /// behind it. `source` says where the ids come from.
+    pub fn from_sequences(sequences: Vec<Vec<u32>>, source: &str) -> CalibSet {
+        CalibSet {
+            n_sequences: sequences.len(),
+            seqlen: sequences.first().map_or(0, Vec::len),
+            sequences,
+            rows_available: 0,
+            rows_used: 0,
+            source: source.into(),
+            source_sha256: String::new(),
+            recipe: format!("explicit token ids from {source}"),
+            deviation: "explicit ids: the sample is whatever the source holds".into(),
+        }
+    }
+}
+
 /// Indices (among the non-blank rows of the source, in file order) of the rows the
 /// calibration sample draws, in drawing order. Recovery uses it to train on other rows.
 /// Empty when the sample comes from an ids file (its rows are unknown).
@@ -161,15 +179,8 @@ fn from_ids(path: &Path, vocab: usize, cfg: &CalibConfig) -> Result<CalibSet> {
     let mut sequences = ids_file::read(path, vocab)?;
     sequences.truncate(keep(cfg, sequences.len()));
     Ok(CalibSet {
-        n_sequences: sequences.len(),
-        seqlen: sequences[0].len(),
-        sequences,
-        rows_available: 0,
-        rows_used: 0,
-        source: path.to_path_buf(),
         source_sha256: sha,
-        recipe: format!("explicit token ids from {}", path.display()),
-        deviation: "explicit ids: the sample is whatever the file holds".into(),
+        ..CalibSet::from_sequences(sequences, &path.display().to_string())
     })
 }
 

@@ -184,17 +184,7 @@ fn synthetic(shape: Shape, a: &PruneBenchArgs) -> Result<()> {
         .into_iter()
         .map(|r| r.into_iter().map(|x| x as u32).collect())
         .collect();
-    let calib = come_repro::calib::CalibSet {
-        n_sequences: seqs.len(),
-        seqlen: a.calib_seqlen as usize,
-        sequences: seqs,
-        rows_available: 0,
-        rows_used: 0,
-        source: "<random ids>".into(),
-        source_sha256: String::new(),
-        recipe: "uniform random token ids".into(),
-        deviation: String::new(),
-    };
+    let calib = come_repro::calib::CalibSet::from_sequences(seqs, "uniform random token ids");
     let cfg = PruneConfig {
         method: Method::Come,
         target_layers: Some(target),
