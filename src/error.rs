@@ -5,11 +5,11 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{path}: {source}")]
+    /// The cause is in the message, not chained as a source: `{:#}` would print it twice.
+    #[error("{path}: {cause}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The file exists but its bytes are not what the format says (truncated, corrupt).
     #[error("{path}: malformed file: {msg}")]
@@ -54,7 +54,7 @@ impl Error {
     pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.as_ref().to_path_buf(),
-            source,
+            cause: source,
         }
     }
     pub fn format(path: impl AsRef<Path>, msg: impl Into<String>) -> Self {

@@ -132,12 +132,11 @@ pub enum StoreError {
         found: i64,
         supported: i64,
     },
-    #[error("{path}: {op}: {source}")]
+    #[error("{path}: {op}: {cause}")]
     Sqlite {
         path: PathBuf,
         op: String,
-        #[source]
-        source: rusqlite::Error,
+        cause: rusqlite::Error,
     },
     #[error("{path}: {op}: the database stayed locked for {seconds:.0} s")]
     Busy {
@@ -157,11 +156,11 @@ pub enum StoreError {
     },
     #[error("{path}: {msg}")]
     Invalid { path: PathBuf, msg: String },
-    #[error("{path}: {source}")]
+    /// The cause is in the message, not chained as a source: `{:#}` would print it twice.
+    #[error("{path}: {cause}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{path}: export: {msg}")]
     Export { path: PathBuf, msg: String },
@@ -171,7 +170,7 @@ impl StoreError {
     fn is_busy(&self) -> bool {
         match self {
             StoreError::Sqlite {
-                source: rusqlite::Error::SqliteFailure(e, _),
+                cause: rusqlite::Error::SqliteFailure(e, _),
                 ..
             } => {
                 matches!(e.code, ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
@@ -317,7 +316,7 @@ impl Artifact {
 pub fn hash_file(path: &Path) -> Result<(String, i64)> {
     let io = |e| StoreError::Io {
         path: path.to_path_buf(),
-        source: e,
+        cause: e,
     };
     let mut f = std::fs::File::open(path).map_err(io)?;
     let mut h = Sha256::new();
@@ -349,7 +348,7 @@ fn hash_dir(dir: &Path) -> Result<(String, i64)> {
     let mut files = Vec::new();
     walk(dir, &mut files).map_err(|e| StoreError::Io {
         path: dir.to_path_buf(),
-        source: e,
+        cause: e,
     })?;
     files.sort();
     let mut h = Sha256::new();
@@ -481,7 +480,7 @@ impl Store {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| StoreError::Io {
                 path: dir.to_path_buf(),
-                source: e,
+                cause: e,
             })?;
         }
         match std::fs::metadata(&path) {
@@ -495,11 +494,11 @@ impl Store {
                 let mut head = [0u8; 16];
                 let mut f = std::fs::File::open(&path).map_err(|e| StoreError::Io {
                     path: path.clone(),
-                    source: e,
+                    cause: e,
                 })?;
                 let n = read_up_to(&mut f, &mut head).map_err(|e| StoreError::Io {
                     path: path.clone(),
-                    source: e,
+                    cause: e,
                 })?;
                 if n < 16 || &head != SQLITE_HEADER {
                     return Err(StoreError::NotSqlite { path });
@@ -1321,12 +1320,12 @@ fn create_file(path: &Path) -> Result<std::fs::File> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Io {
             path: dir.to_path_buf(),
-            source: e,
+            cause: e,
         })?;
     }
     std::fs::File::create(path).map_err(|e| StoreError::Io {
         path: path.to_path_buf(),
-        source: e,
+        cause: e,
     })
 }
 
@@ -1392,7 +1391,7 @@ fn classify(path: &Path, op: &str, e: rusqlite::Error) -> StoreError {
     StoreError::Sqlite {
         path: path.to_path_buf(),
         op: op.to_string(),
-        source: e,
+        cause: e,
     }
 }
 
