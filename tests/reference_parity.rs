@@ -100,6 +100,15 @@ fn reference_calib() -> CalibConfig {
     }
 }
 
+fn shortgpt_config() -> PruneConfig {
+    PruneConfig {
+        method: Method::ShortGpt,
+        target_layers: Some(21),
+        calib: reference_calib(),
+        ..Default::default()
+    }
+}
+
 fn come_config(target: usize) -> PruneConfig {
     PruneConfig {
         method: Method::Come,
@@ -173,12 +182,7 @@ fn come_first_round_matches_the_authors_code() {
 
 #[test]
 fn shortgpt_matches_the_authors_code_in_one_pass() {
-    let cfg = PruneConfig {
-        method: Method::ShortGpt,
-        target_layers: Some(21),
-        calib: reference_calib(),
-        ..Default::default()
-    };
+    let cfg = shortgpt_config();
     let (_, rep) = run(&cfg);
     let r = reference("shortgpt_t21.json");
     let mut ours: Vec<usize> = rep.steps.iter().flat_map(|s| s.originals.clone()).collect();
@@ -246,12 +250,7 @@ fn come_whole_run_matches_the_authors_code() {
 #[test]
 #[ignore = "148 windows of perplexity: minutes"]
 fn shortgpt_perplexity_matches_the_authors_code() {
-    let cfg = PruneConfig {
-        method: Method::ShortGpt,
-        target_layers: Some(21),
-        calib: reference_calib(),
-        ..Default::default()
-    };
+    let cfg = shortgpt_config();
     let (model, _) = run(&cfg);
     let ppl = wikitext_ppl(&model);
     let want = reference("shortgpt_t21.json")["wiki2_ppl_pruned"]
