@@ -54,6 +54,48 @@ impl Default for EvalConfig {
     }
 }
 
+impl EvalConfig {
+    pub fn subset(&self) -> crate::stages::Subset {
+        crate::stages::Subset {
+            limit: self.limit,
+            fraction: self.fraction,
+            seed: self.seed,
+        }
+    }
+
+    /// Counts and sizes in range (task names are checked where the data is found).
+    pub fn validate(&self) -> Result<()> {
+        self.subset().validate()?;
+        check_eval_sizes(self.mmlu_fewshot, self.ppl_seqlen, self.ppl_windows)
+    }
+}
+
+/// The ranges of the evaluation sizes, shared by grids and `come-repro eval`: MMLU's dev
+/// split has 5 examples per subject; a window needs a token to predict from; zero windows
+/// is no perplexity at all.
+pub fn check_eval_sizes(
+    mmlu_fewshot: usize,
+    ppl_seqlen: Option<usize>,
+    ppl_windows: Option<usize>,
+) -> Result<()> {
+    if mmlu_fewshot > 5 {
+        return Err(Error::Invalid(format!(
+            "`mmlu_fewshot` must be 0..=5 (MMLU's dev split has 5 examples per subject), got {mmlu_fewshot}"
+        )));
+    }
+    if let Some(n) = ppl_seqlen.filter(|&n| n < 2) {
+        return Err(Error::Invalid(format!(
+            "perplexity `seqlen` must be at least 2, got {n}"
+        )));
+    }
+    if ppl_windows == Some(0) {
+        return Err(Error::Invalid(
+            "perplexity `windows` must be at least 1 (leave it out for all)".into(),
+        ));
+    }
+    Ok(())
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RuntimeConfig {

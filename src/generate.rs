@@ -22,6 +22,20 @@ pub fn generate(model: &Model, prompt: &[u32], opts: &GenerateOptions) -> Result
             "cannot generate from an empty prompt".into(),
         ));
     }
+    if !(opts.temperature.is_finite() && opts.temperature >= 0.0) {
+        return Err(Error::Invalid(format!(
+            "temperature must be a number >= 0 (0: greedy), got {}",
+            opts.temperature
+        )));
+    }
+    let max = model.config.max_position_embeddings as usize;
+    if prompt.len().saturating_add(opts.max_new_tokens) > max {
+        return Err(Error::Invalid(format!(
+            "{} prompt tokens + {} new tokens exceed the model's max_position_embeddings ({max})",
+            prompt.len(),
+            opts.max_new_tokens
+        )));
+    }
     let _guard = tch::no_grad_guard();
     if opts.temperature > 0.0 {
         tch::manual_seed(opts.seed as i64);

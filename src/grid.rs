@@ -1184,34 +1184,22 @@ fn run_name(exp: &Experiment, assign: &Assign, varied: &[String]) -> String {
 
 /// Why a resolved run cannot run (checked before any run starts), if it cannot.
 fn run_problem(exp: &Experiment) -> Option<String> {
-    match &exp.prune {
-        Some(p) => {
-            let problem = match (p.target_layers, p.sparsity) {
-                (None, None) => {
-                    Some("a pruned run needs `prune.sparsity` or `prune.target_layers`".to_string())
-                }
-                (None, Some(x)) if !(x > 0.0 && x < 1.0) => {
-                    Some(format!("`prune.sparsity` must be in (0, 1), got {x}"))
-                }
-                (Some(0), _) => Some("`prune.target_layers` must be at least 1".to_string()),
-                _ => None,
-            };
-            if problem.is_some() {
-                return problem;
-            }
-        }
-        None if !exp.recovery.is_none() => {
-            return Some(format!(
-                "recovery needs a pruned model: `recovery.method = \"{}\"` without a `prune` table",
-                exp.recovery.method.name()
-            ));
-        }
-        None => {}
-    }
-    if exp.recovery.is_none() {
-        return None;
-    }
-    exp.recovery.validate().err().map(|e| e.to_string())
+    let checked = match &exp.prune {
+        Some(p) => p.validate(),
+        None if !exp.recovery.is_none() => Err(crate::error::Error::Invalid(format!(
+            "recovery needs a pruned model: `recovery.method = \"{}\"` without a `prune` table",
+            exp.recovery.method.name()
+        ))),
+        None => Ok(()),
+    };
+    checked
+        .and_then(|_| exp.eval.validate())
+        .and_then(|_| match exp.recovery.is_none() {
+            true => Ok(()),
+            false => exp.recovery.validate(),
+        })
+        .err()
+        .map(|e| e.to_string())
 }
 
 fn model_label(model: &str) -> String {

@@ -18,6 +18,8 @@ pub mod report;
 pub mod rng;
 pub mod runner;
 pub mod runtime;
+pub mod shard;
+pub mod slurm;
 pub mod stages;
 pub mod track;
 

@@ -19,7 +19,7 @@ use crate::model::tokenizer::Tokenizer;
 use crate::prune::PruneConfig;
 use crate::stages::{
     self, distill_checkpoint, evaluate, prepare_model, prune_checkpoint, EvalHooks, EvalInputs,
-    EvalOutcome, PplText, PruneRecord, Subset,
+    EvalOutcome, PplText, PruneRecord,
 };
 use crate::track::names;
 use crate::track::store::kinds;
@@ -65,6 +65,8 @@ pub struct RunnerOptions {
     /// Devices of the distillation workers, one worker each (`cpu`, `cuda:1`, ...);
     /// empty: the run's own `runtime.device`, once.
     pub devices: Vec<String>,
+    /// Only this part of the grid (a task of a job array).
+    pub shard: Option<crate::shard::Shard>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -77,8 +79,16 @@ pub struct Summary {
     pub interrupted: bool,
 }
 
-/// Runs selected by `--only` / `--filter`.
-pub fn select(runs: Vec<RunSpec>, opts: &RunnerOptions) -> Vec<RunSpec> {
+/// Runs selected by `--only` / `--filter`, then `--shard`.
+pub fn select(runs: Vec<RunSpec>, opts: &RunnerOptions) -> Result<Vec<RunSpec>> {
+    let runs = select_by_name_and_params(runs, opts);
+    match opts.shard {
+        Some(s) => crate::shard::select(runs, s),
+        None => Ok(runs),
+    }
+}
+
+fn select_by_name_and_params(runs: Vec<RunSpec>, opts: &RunnerOptions) -> Vec<RunSpec> {
     runs.into_iter()
         .filter(|r| opts.only.is_empty() || opts.only.iter().any(|o| r.name.contains(o.as_str())))
         .filter(|r| {
@@ -98,7 +108,7 @@ pub fn run_grid(
     opts: &RunnerOptions,
     progress: &mut dyn Progress,
 ) -> Result<Summary> {
-    let runs = select(spec.expand()?, opts);
+    let runs = select(spec.expand()?, opts)?;
     let store = Store::open(&opts.db)?;
     store.register(&runs)?;
     let env = crate::track::env::collect();
@@ -506,11 +516,7 @@ fn eval_stage(
     ));
     let inputs = EvalInputs {
         tasks: &tasks,
-        subset: Subset {
-            limit: e.limit,
-            fraction: e.fraction,
-            seed: e.seed,
-        },
+        subset: e.subset(),
         token_budget: e.token_budget.initial_tokens(model.device),
         add_special: true,
         ppl: &ppl,

@@ -96,7 +96,7 @@ fn prune_rejects_bad_targets_and_short_calibration() {
     let o = out.to_str().unwrap();
     fails_with(
         &["prune", "--model", m, "--out", o, "--sparsity", "1.5"],
-        &["sparsity must be in (0, 1)"],
+        &["`prune.sparsity` must be in (0, 1)"],
     );
     fails_with(
         &["prune", "--model", m, "--out", o, "--target-layers", "5"],

@@ -251,7 +251,23 @@ fn missing_tensor_and_shape_mismatch_and_extra_tensor() {
     std::fs::write(dir.path().join("config.json"), cfg.to_string()).unwrap();
     let e = err_of(dir.path());
     assert!(
-        e.contains("config does not describe") && e.contains("model.layers.3"),
+        e.contains("num_hidden_layers is 3, but the weights hold 4 layer(s)")
+            && e.contains("model.layers.3"),
+        "{e}"
+    );
+    // Extra: a tensor the config does not declare (a bias).
+    let bias = tch::Tensor::zeros([64], (tch::Kind::Float, tch::Device::Cpu));
+    let mut named = m.named_tensors();
+    named.push(("model.layers.0.mlp.down_proj.bias".to_string(), &bias));
+    write_weights(dir.path(), &named, u64::MAX).unwrap();
+    std::fs::write(
+        dir.path().join("config.json"),
+        m.current_config().to_json().to_string(),
+    )
+    .unwrap();
+    let e = err_of(dir.path());
+    assert!(
+        e.contains("config does not describe") && e.contains("down_proj.bias"),
         "{e}"
     );
 }

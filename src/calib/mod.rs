@@ -90,6 +90,28 @@ impl CalibConfig {
             .unwrap_or_else(|| crate::paths::data_dir().join("calibration/wikitext2_train_5k.txt"))
     }
 
+    /// Ranges that no text or ids file can make right, checked before anything is read.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Invalid(format!("calibration: {m}")));
+        if self.ids.is_none() {
+            if self.nrows == 0 {
+                return bad("`nrows` must be at least 1".into());
+            }
+            if self.seqlen < 2 {
+                return bad(format!(
+                    "`seqlen` must be at least 2 tokens, got {}",
+                    self.seqlen
+                ));
+            }
+        }
+        if self.max_sequences == Some(0) {
+            return bad(
+                "`max_sequences` must be at least 1 (leave it out for every window)".into(),
+            );
+        }
+        Ok(())
+    }
+
     /// Record the content hash of an `ids` file (an error when it cannot be read).
     pub fn resolve(&mut self) -> Result<()> {
         if let Some(p) = &self.ids {

@@ -32,7 +32,7 @@ pub struct PrecisionArgs {
     pub batch_size: BatchSize,
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    #[arg(long)]
+    #[arg(long, value_parser = super::common::at_least_one)]
     pub threads: Option<usize>,
     /// Also write the comparison as JSON here.
     #[arg(long)]

@@ -27,7 +27,7 @@ pub struct CheckArgs {
     /// Write the current metrics as the new baseline instead of comparing.
     #[arg(long)]
     pub update: bool,
-    #[arg(long)]
+    #[arg(long, value_parser = super::common::at_least_one)]
     pub threads: Option<usize>,
     /// Only runs whose name contains this (repeatable).
     #[arg(long)]
@@ -65,13 +65,14 @@ pub fn run(a: CheckArgs) -> Result<()> {
         filter: vec![],
         threads: a.threads,
         devices: vec![],
+        shard: None,
     };
     let sum = run_grid(&spec, &opts, &mut Bars::new())?;
     if !sum.failed.is_empty() {
         bail!("{} run(s) failed: {:?}", sum.failed.len(), sum.failed);
     }
     let store = Store::open(&db)?;
-    let hashes: BTreeMap<String, String> = come_repro::runner::select(spec.expand()?, &opts)
+    let hashes: BTreeMap<String, String> = come_repro::runner::select(spec.expand()?, &opts)?
         .into_iter()
         .map(|r| (r.hash, r.name))
         .collect();
@@ -124,8 +125,7 @@ pub fn run(a: CheckArgs) -> Result<()> {
             "tolerance": tol,
             "runs": runs,
         });
-        std::fs::write(&a.baseline, serde_json::to_string_pretty(&v)? + "\n")
-            .with_context(|| format!("writing {}", a.baseline.display()))?;
+        come_repro::model::save::write_json(&a.baseline, &v)?;
         println!(
             "baseline {} updated: {} runs",
             a.baseline.display(),

@@ -20,7 +20,7 @@ pub struct RuntimeArgs {
     #[arg(long, default_value = "f32")]
     pub dtype: String,
     /// libtorch intra-op threads (default: all cores).
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one)]
     pub threads: Option<usize>,
 }
 
@@ -31,6 +31,16 @@ impl RuntimeArgs {
             device: runtime::parse_device(&self.device)?,
             dtype: runtime::parse_dtype(&self.dtype)?,
         })
+    }
+}
+
+/// A count that must be at least 1 (threads, workers): 0 is refused by clap with the
+/// flag's name rather than read as "default".
+pub fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
     }
 }
 

@@ -102,6 +102,14 @@ pub fn expand_tasks(tasks: &[String]) -> Result<Vec<String>> {
 
 pub fn run(a: EvalArgs) -> Result<()> {
     let tasks = expand_tasks(&a.tasks)?;
+    let subset = Subset {
+        limit: a.limit,
+        fraction: a.fraction,
+        seed: a.seed,
+    };
+    subset.validate()?;
+    let ppl_seqlen = (!a.ppl.is_empty()).then_some(a.seqlen);
+    come_repro::experiment::check_eval_sizes(a.mmlu_fewshot, ppl_seqlen, a.max_windows)?;
     // Perplexity texts are read (and checked) before the model loads, like task data.
     let mut corpora: Vec<PplText> = vec![];
     for spec in &a.ppl {
@@ -136,11 +144,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
     let budget = a.batch_size.initial_tokens(model.device);
     let inputs = EvalInputs {
         tasks: &data,
-        subset: Subset {
-            limit: a.limit,
-            fraction: a.fraction,
-            seed: a.seed,
-        },
+        subset,
         token_budget: budget,
         add_special: !a.no_special_tokens,
         ppl: &corpora,
@@ -170,8 +174,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
     };
     if let Some(out) = &a.output {
         let v = lm_eval_json(&results, &ppl, &info);
-        std::fs::write(out, serde_json::to_string_pretty(&v)? + "\n")
-            .with_context(|| format!("writing {}", out.display()))?;
+        come_repro::model::save::write_json(out, &v)?;
         eprintln!("wrote {}", out.display());
     }
     if let Some(path) = &a.samples {
@@ -182,7 +185,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
                 lines.push('\n');
             }
         }
-        std::fs::write(path, lines).with_context(|| format!("writing {}", path.display()))?;
+        come_repro::model::save::write_atomically(path, lines.as_bytes())?;
     }
     Ok(())
 }

@@ -14,9 +14,19 @@ use std::sync::atomic::Ordering;
 pub struct GridArgs {
     /// Grid spec (TOML).
     pub file: PathBuf,
-    /// Run store (SQLite).
-    #[arg(long, default_value = "results/come.sqlite")]
-    pub db: PathBuf,
+    /// Run store (SQLite) [default: results/come.sqlite, or with --shard
+    /// results/shards/<grid>-<I>-of-<N>.sqlite].
+    #[arg(long)]
+    pub db: Option<PathBuf>,
+    /// Run only part I of N of the grid (0 <= I < N), e.g. `--shard
+    /// $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT`; runs sharing a pruned checkpoint
+    /// stay in one part.
+    #[arg(long)]
+    pub shard: Option<come_repro::shard::Shard>,
+    /// Show how many runs are finished, running, failed or pending in the store and in
+    /// every shard store of this grid, and which shards to resubmit; run nothing.
+    #[arg(long, conflicts_with = "dry_run")]
+    pub status: bool,
     /// Cache of imported and pruned checkpoints.
     #[arg(long, default_value = "results/cache")]
     pub cache: PathBuf,
@@ -32,13 +42,15 @@ pub struct GridArgs {
     /// Only runs whose parameter KEY equals VALUE, e.g. `--filter prune.method=come`.
     #[arg(long, value_parser = parse_filter)]
     pub filter: Vec<(String, String)>,
-    #[arg(long)]
+    #[arg(long, value_parser = super::common::at_least_one)]
     pub threads: Option<usize>,
     /// Devices of the distillation workers, one worker each (`--devices cuda:0,cuda:1`,
     /// or the flag repeated; `cpu,cpu` runs two CPU workers); default: each run's
     /// `runtime.device`.
     #[arg(long, value_delimiter = ',')]
     pub devices: Vec<String>,
+    #[command(flatten)]
+    pub slurm: super::grid_slurm::SlurmArgs,
 }
 
 fn parse_filter(s: &str) -> Result<(String, String), String> {
@@ -47,9 +59,21 @@ fn parse_filter(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("expected KEY=VALUE, got `{s}`"))
 }
 
+impl GridArgs {
+    /// The store this invocation writes.
+    pub fn db(&self) -> PathBuf {
+        match (&self.db, self.shard) {
+            (Some(db), _) => db.clone(),
+            (None, Some(s)) => s.default_db(&self.file),
+            (None, None) => PathBuf::from(come_repro::track::store::DEFAULT_PATH),
+        }
+    }
+}
+
 pub fn options(a: &GridArgs) -> RunnerOptions {
     RunnerOptions {
-        db: a.db.clone(),
+        db: a.db(),
+        shard: a.shard,
         cache_dir: a.cache.clone(),
         force: a.force,
         only: a.only.clone(),
@@ -141,10 +165,16 @@ pub fn run(a: GridArgs) -> Result<()> {
     come_repro::runtime::set_threads(a.threads);
     let spec = GridSpec::load(&a.file)?;
     let opts = options(&a);
+    if a.status {
+        return super::grid_status::show(&a, &spec);
+    }
+    if a.slurm.slurm {
+        return super::grid_slurm::submit(&a, &spec);
+    }
     if a.dry_run {
-        let runs = select(spec.expand()?, &opts);
-        let store = if a.db.exists() {
-            Some(Store::open(&a.db)?)
+        let runs = select(spec.expand()?, &opts)?;
+        let store = if opts.db.exists() {
+            Some(Store::open(&opts.db)?)
         } else {
             None
         };
@@ -164,7 +194,7 @@ pub fn run(a: GridArgs) -> Result<()> {
         println!("{done} finished, {} to run", runs.len() - done);
         return Ok(());
     }
-    install_ctrlc(a.db.clone());
+    install_ctrlc(opts.db.clone());
     let mut bars = Bars::new();
     let t0 = std::time::Instant::now();
     let sum = run_grid(&spec, &opts, &mut bars)

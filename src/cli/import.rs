@@ -68,15 +68,7 @@ pub fn import_into(
         );
     }
     let ck = build()?;
-    let tmp = out.with_extension("partial");
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).with_context(|| format!("removing {}", tmp.display()))?;
-    }
-    write_checkpoint(&ck, &tmp).with_context(|| format!("writing {}", tmp.display()))?;
-    if out.exists() {
-        std::fs::remove_dir_all(out).with_context(|| format!("removing {}", out.display()))?;
-    }
-    std::fs::rename(&tmp, out)
-        .with_context(|| format!("renaming {} to {}", tmp.display(), out.display()))?;
+    come_repro::stages::write_dir_atomically(out, |tmp| write_checkpoint(&ck, tmp))
+        .with_context(|| format!("writing {}", out.display()))?;
     Ok(())
 }

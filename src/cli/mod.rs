@@ -10,6 +10,8 @@ mod distill;
 mod eval;
 mod generate;
 mod grid;
+mod grid_slurm;
+mod grid_status;
 mod import;
 mod prune;
 mod runs;

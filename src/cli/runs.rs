@@ -31,6 +31,15 @@ pub enum RunsCmd {
         #[arg(long, default_value = "results/come.sqlite")]
         db: PathBuf,
     },
+    /// Fold shard stores into one: runs deduplicated by hash, a finished copy wins over
+    /// an unfinished one, finished copies whose metrics differ are reported (exit 1) and
+    /// the target's kept. Merging twice adds nothing.
+    Merge {
+        #[arg(required = true)]
+        shards: Vec<PathBuf>,
+        #[arg(long)]
+        into: PathBuf,
+    },
     /// One row per (run, metric) with the parameters as columns.
     Export {
         #[arg(long, default_value = "results/come.sqlite")]
@@ -42,8 +51,45 @@ pub enum RunsCmd {
     },
 }
 
+/// Merge `shards` into the store at `into`, printing what each merge did; conflicts are
+/// an error after every shard is merged.
+pub fn merge(shards: &[PathBuf], into: &std::path::Path) -> Result<Store> {
+    let target = Store::open(into)?;
+    let mut conflicts = 0;
+    for sh in shards {
+        let r = target.merge_from(sh)?;
+        println!(
+            "{}: {} added, {} replaced unfinished, {} unchanged, {} conflicting",
+            sh.display(),
+            r.added,
+            r.replaced,
+            r.unchanged,
+            r.conflicts.len()
+        );
+        for c in &r.conflicts {
+            println!(
+                "  conflict: {} ({}): {}",
+                c.name,
+                &c.hash[..12.min(c.hash.len())],
+                c.differences.join("; ")
+            );
+        }
+        conflicts += r.conflicts.len();
+    }
+    if conflicts > 0 {
+        bail!(
+            "{conflicts} run(s) finished in two stores with different metrics; {} kept its copies",
+            into.display()
+        );
+    }
+    Ok(target)
+}
+
 pub fn run(cmd: RunsCmd) -> Result<()> {
     match cmd {
+        RunsCmd::Merge { shards, into } => {
+            merge(&shards, &into)?;
+        }
         RunsCmd::Ls { db, status, name } => {
             let s = Store::open(&db)?;
             let status = match status {

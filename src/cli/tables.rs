@@ -8,8 +8,10 @@ use std::path::PathBuf;
 
 #[derive(Args)]
 pub struct TablesArgs {
+    /// Run store; several (`--db a --db b`, e.g. the shard stores of a grid) are merged
+    /// into a temporary store first.
     #[arg(long, default_value = "results/come.sqlite")]
-    pub db: PathBuf,
+    pub db: Vec<PathBuf>,
     /// Restrict to the runs of this grid (default: every finished run in the store).
     #[arg(long)]
     pub grid: Option<PathBuf>,
@@ -24,13 +26,19 @@ pub struct TablesArgs {
 }
 
 pub fn run(a: TablesArgs) -> Result<()> {
-    if !a.db.exists() {
-        bail!(
-            "{} does not exist: run `come-repro grid ...` first",
-            a.db.display()
-        );
+    for db in &a.db {
+        if !db.exists() {
+            bail!(
+                "{} does not exist: run `come-repro grid ...` first",
+                db.display()
+            );
+        }
     }
-    let store = Store::open(&a.db)?;
+    let merged = tempfile::tempdir()?;
+    let store = match a.db.as_slice() {
+        [one] => Store::open(one)?,
+        many => super::runs::merge(many, &merged.path().join("merged.sqlite"))?,
+    };
     let published = if a.paper.exists() {
         paper::load_dir(&a.paper)?
     } else {

@@ -350,6 +350,12 @@ impl RecoveryConfig {
             if self.lora_rank == 0 {
                 return bad("lora_rank must be at least 1".into());
             }
+            if !(self.lora_alpha.is_finite() && self.lora_alpha > 0.0) {
+                return bad(format!(
+                    "lora_alpha must be a positive number, got {}",
+                    self.lora_alpha
+                ));
+            }
             if !(0.0..1.0).contains(&self.lora_dropout) {
                 return bad(format!(
                     "lora_dropout must be in [0, 1), got {}",

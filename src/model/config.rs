@@ -71,14 +71,114 @@ pub struct ModelConfig {
     pub raw: Value,
 }
 
-fn get_i64(raw: &Value, key: &str) -> Option<i64> {
-    raw.get(key).and_then(Value::as_i64)
+/// Upper bounds on sizes read from a config, far above any released model, so that a
+/// corrupt or hostile value is refused before anything is sized from it (and products of
+/// two sizes cannot overflow).
+pub mod bounds {
+    pub const HIDDEN: i64 = 1 << 20;
+    pub const INTERMEDIATE: i64 = 1 << 22;
+    pub const LAYERS: i64 = 1 << 12;
+    pub const HEADS: i64 = 1 << 12;
+    pub const HEAD_DIM: i64 = 1 << 14;
+    pub const VOCAB: i64 = 1 << 24;
+    pub const POSITIONS: i64 = 1 << 26;
 }
-fn get_f64(raw: &Value, key: &str) -> Option<f64> {
-    raw.get(key).and_then(Value::as_f64)
+
+/// Typed reads of config.json keys. An absent key takes transformers' default; a key that
+/// is present with the wrong type, `null` where null means nothing, or a value out of
+/// range is an error naming the key, never silently replaced.
+struct Keys<'a> {
+    raw: &'a Value,
+    path: &'a Path,
 }
-fn get_bool(raw: &Value, key: &str) -> Option<bool> {
-    raw.get(key).and_then(Value::as_bool)
+
+impl Keys<'_> {
+    fn err(&self, msg: String) -> Error {
+        Error::config(self.path, msg)
+    }
+
+    /// An integer in `range`; None when absent. `null` counts as absent only if
+    /// `null_is_absent` (keys such as `head_dim` or `sliding_window` where transformers
+    /// reads null as "not set").
+    fn int_in(
+        &self,
+        key: &str,
+        range: std::ops::RangeInclusive<i64>,
+        null_is_absent: bool,
+    ) -> Result<Option<i64>> {
+        let v = match self.raw.get(key) {
+            None => return Ok(None),
+            Some(Value::Null) if null_is_absent => return Ok(None),
+            Some(v) => v,
+        };
+        match v.as_i64() {
+            Some(n) if range.contains(&n) => Ok(Some(n)),
+            _ => Err(self.err(format!(
+                "`{key}` must be an integer in {}..={}, got {v}",
+                range.start(),
+                range.end()
+            ))),
+        }
+    }
+
+    fn required_int(&self, key: &str, range: std::ops::RangeInclusive<i64>) -> Result<i64> {
+        self.int_in(key, range, false)?
+            .ok_or_else(|| self.err(format!("missing integer key `{key}`")))
+    }
+
+    /// A finite number accepted by `ok` (described by `what`); None when absent.
+    fn num(&self, key: &str, ok: fn(f64) -> bool, what: &str) -> Result<Option<f64>> {
+        num_at(self.raw, key, ok, what).map_err(|m| self.err(m))
+    }
+
+    fn flag(&self, key: &str) -> Result<Option<bool>> {
+        match self.raw.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(v) => Err(self.err(format!("`{key}` must be true or false, got {v}"))),
+        }
+    }
+
+    /// `bos_token_id` / `eos_token_id`: null or absent, one id or a list of ids, each a
+    /// valid index into the vocabulary.
+    fn token_ids(&self, key: &str, vocab: i64) -> Result<Vec<i64>> {
+        let bad = |v: &Value| {
+            self.err(format!(
+                "`{key}` must be a token id in 0..{vocab} (or a list of them), got {v}"
+            ))
+        };
+        let one = |v: &Value| {
+            v.as_i64()
+                .filter(|n| (0..vocab).contains(n))
+                .ok_or_else(|| bad(v))
+        };
+        match self.raw.get(key) {
+            None | Some(Value::Null) => Ok(vec![]),
+            Some(Value::Array(a)) => a.iter().map(one).collect(),
+            Some(v) => Ok(vec![one(v)?]),
+        }
+    }
+}
+
+fn positive(x: f64) -> bool {
+    x > 0.0
+}
+
+/// `obj[key]` as a finite number accepted by `ok`; None when absent. The error message
+/// names the key.
+fn num_at(
+    obj: &Value,
+    key: &str,
+    ok: fn(f64) -> bool,
+    what: &str,
+) -> std::result::Result<Option<f64>, String> {
+    match obj.get(key) {
+        None => Ok(None),
+        Some(v) => match v.as_f64() {
+            Some(x) if x.is_finite() && ok(x) => Ok(Some(x)),
+            _ => Err(format!("`{key}` must be {what}, got {v}")),
+        },
+    }
 }
 
 impl ModelConfig {
@@ -90,71 +190,22 @@ impl ModelConfig {
     }
 
     pub fn from_json(raw: Value, path: &Path) -> Result<Self> {
-        let err = |msg: String| Error::config(path, msg);
         if !raw.is_object() {
-            return Err(err("config.json must be a JSON object".into()));
+            return Err(Error::config(path, "config.json must be a JSON object"));
         }
-        let model_type = raw
-            .get("model_type")
-            .and_then(Value::as_str)
-            .ok_or_else(|| err("missing string key `model_type`".into()))?;
-        let family = Family::from_model_type(model_type).ok_or_else(|| {
-            Error::unsupported(
-                path,
-                format!(
-                    "model_type `{model_type}` (supported: llama, smollm, mistral, qwen2, qwen3)"
-                ),
-            )
-        })?;
-        let req = |key: &str| -> Result<i64> {
-            let v =
-                get_i64(&raw, key).ok_or_else(|| err(format!("missing integer key `{key}`")))?;
-            if v <= 0 {
-                return Err(err(format!("`{key}` must be positive, got {v}")));
-            }
-            Ok(v)
-        };
-        let hidden_size = req("hidden_size")?;
-        let intermediate_size = req("intermediate_size")?;
-        let num_hidden_layers = get_i64(&raw, "num_hidden_layers")
-            .ok_or_else(|| err("missing integer key `num_hidden_layers`".into()))?;
-        if num_hidden_layers < 1 {
-            return Err(err(format!(
-                "`num_hidden_layers` must be >= 1, got {num_hidden_layers}"
-            )));
-        }
-        let num_attention_heads = req("num_attention_heads")?;
-        let num_key_value_heads =
-            get_i64(&raw, "num_key_value_heads").unwrap_or(num_attention_heads);
-        if num_key_value_heads <= 0 || num_attention_heads % num_key_value_heads != 0 {
-            return Err(err(format!(
-                "num_attention_heads ({num_attention_heads}) must be a multiple of num_key_value_heads ({num_key_value_heads})"
-            )));
-        }
-        let head_dim = match raw.get("head_dim") {
-            Some(Value::Null) | None => {
-                if hidden_size % num_attention_heads != 0 {
-                    return Err(err(format!(
-                        "hidden_size ({hidden_size}) is not divisible by num_attention_heads ({num_attention_heads}) and no head_dim is given"
-                    )));
-                }
-                hidden_size / num_attention_heads
-            }
+        let k = Keys { raw: &raw, path };
+        let family = family_of(&raw, path)?;
+        let hidden_size = k.required_int("hidden_size", 1..=bounds::HIDDEN)?;
+        let intermediate_size = k.required_int("intermediate_size", 1..=bounds::INTERMEDIATE)?;
+        let num_hidden_layers = k.required_int("num_hidden_layers", 1..=bounds::LAYERS)?;
+        let (num_attention_heads, num_key_value_heads, head_dim) = heads(&k, hidden_size)?;
+        let vocab_size = k.required_int("vocab_size", 1..=bounds::VOCAB)?;
+        let act = match raw.get("hidden_act") {
+            None => "silu",
             Some(v) => v
-                .as_i64()
-                .filter(|d| *d > 0)
-                .ok_or_else(|| err(format!("`head_dim` must be a positive integer, got {v}")))?,
+                .as_str()
+                .ok_or_else(|| k.err(format!("`hidden_act` must be a string, got {v}")))?,
         };
-        if head_dim % 2 != 0 {
-            return Err(err(format!(
-                "head_dim must be even for RoPE, got {head_dim}"
-            )));
-        }
-        let vocab_size = req("vocab_size")?;
-        let act = raw
-            .get("hidden_act")
-            .and_then(Value::as_str)
-            .unwrap_or("silu");
         if act != "silu" {
             return Err(Error::unsupported(
                 path,
@@ -168,36 +219,32 @@ impl ModelConfig {
             Some(v) => parse_rope_scaling(Some(v), path)?,
             None => parse_rope_scaling(rope_params, path)?,
         };
-        let rope_theta = get_f64(&raw, "rope_theta")
-            .or_else(|| rope_params.and_then(|p| get_f64(p, "rope_theta")))
-            .unwrap_or(10000.0);
-        let attention_bias = get_bool(&raw, "attention_bias").unwrap_or(false);
+        // A null top-level `rope_theta` defers to `rope_parameters` when that has one.
+        let top_theta = match raw.get("rope_theta") {
+            Some(Value::Null) if rope_params.is_some_and(|p| p.get("rope_theta").is_some()) => None,
+            _ => k.num("rope_theta", positive, "a positive number")?,
+        };
+        let rope_theta = match top_theta {
+            Some(t) => t,
+            None => rope_params
+                .map(|p| num_at(p, "rope_theta", positive, "a positive number"))
+                .transpose()
+                .map_err(|m| k.err(format!("rope_parameters: {m}")))?
+                .flatten()
+                .unwrap_or(10000.0),
+        };
+        let attention_bias = k.flag("attention_bias")?.unwrap_or(false);
         let (qkv_bias, o_bias) = match family {
             Family::Qwen2 => (true, false),
-            Family::Qwen3 => (attention_bias, attention_bias),
-            Family::Llama | Family::Mistral => (attention_bias, attention_bias),
+            Family::Qwen3 | Family::Llama | Family::Mistral => (attention_bias, attention_bias),
         };
-        let sliding_window = match family {
-            Family::Mistral => get_i64(&raw, "sliding_window"),
-            Family::Qwen2 | Family::Qwen3 => {
-                if get_bool(&raw, "use_sliding_window").unwrap_or(false) {
-                    // Qwen applies the window only from `max_window_layers` on; we refuse
-                    // rather than silently apply it everywhere.
-                    return Err(Error::unsupported(
-                        path,
-                        "use_sliding_window = true for Qwen models",
-                    ));
-                }
-                None
-            }
-            Family::Llama => None,
-        };
-        let eos_token_ids = match raw.get("eos_token_id") {
-            Some(Value::Number(n)) => n.as_i64().into_iter().collect(),
-            Some(Value::Array(a)) => a.iter().filter_map(Value::as_i64).collect(),
-            _ => vec![],
-        };
-        let default_tie = false;
+        let sliding_window = sliding_window(&k, family)?;
+        let rms_norm_eps = k
+            .num("rms_norm_eps", positive, "a positive number")?
+            .unwrap_or(1e-6);
+        let max_position_embeddings = k
+            .int_in("max_position_embeddings", 1..=bounds::POSITIONS, false)?
+            .unwrap_or(2048);
         Ok(ModelConfig {
             family,
             hidden_size,
@@ -207,18 +254,18 @@ impl ModelConfig {
             num_key_value_heads,
             head_dim,
             vocab_size,
-            rms_norm_eps: get_f64(&raw, "rms_norm_eps").unwrap_or(1e-6),
+            rms_norm_eps,
             rope_theta,
             rope_scaling,
-            max_position_embeddings: get_i64(&raw, "max_position_embeddings").unwrap_or(2048),
-            tie_word_embeddings: get_bool(&raw, "tie_word_embeddings").unwrap_or(default_tie),
+            max_position_embeddings,
+            tie_word_embeddings: k.flag("tie_word_embeddings")?.unwrap_or(false),
             qkv_bias,
             o_bias,
-            mlp_bias: get_bool(&raw, "mlp_bias").unwrap_or(false),
+            mlp_bias: k.flag("mlp_bias")?.unwrap_or(false),
             qk_norm: family == Family::Qwen3,
             sliding_window,
-            bos_token_id: get_i64(&raw, "bos_token_id"),
-            eos_token_ids,
+            bos_token_id: k.token_ids("bos_token_id", vocab_size)?.first().copied(),
+            eos_token_ids: k.token_ids("eos_token_id", vocab_size)?,
             raw,
         })
     }
@@ -269,6 +316,63 @@ impl ModelConfig {
     }
 }
 
+fn family_of(raw: &Value, path: &Path) -> Result<Family> {
+    let model_type = raw
+        .get("model_type")
+        .and_then(Value::as_str)
+        .ok_or_else(|| Error::config(path, "missing string key `model_type`"))?;
+    Family::from_model_type(model_type).ok_or_else(|| {
+        Error::unsupported(
+            path,
+            format!("model_type `{model_type}` (supported: llama, smollm, mistral, qwen2, qwen3)"),
+        )
+    })
+}
+
+/// Query heads, key/value heads and the head dimension, checked against each other.
+fn heads(k: &Keys, hidden_size: i64) -> Result<(i64, i64, i64)> {
+    let n_heads = k.required_int("num_attention_heads", 1..=bounds::HEADS)?;
+    let n_kv = k
+        .int_in("num_key_value_heads", 1..=bounds::HEADS, true)?
+        .unwrap_or(n_heads);
+    if n_heads % n_kv != 0 {
+        return Err(k.err(format!(
+            "num_attention_heads ({n_heads}) must be a multiple of num_key_value_heads ({n_kv})"
+        )));
+    }
+    let head_dim = match k.int_in("head_dim", 1..=bounds::HEAD_DIM, true)? {
+        Some(d) => d,
+        None if hidden_size % n_heads == 0 => hidden_size / n_heads,
+        None => {
+            return Err(k.err(format!(
+                "hidden_size ({hidden_size}) is not divisible by num_attention_heads ({n_heads}) and no head_dim is given"
+            )))
+        }
+    };
+    if head_dim % 2 != 0 {
+        return Err(k.err(format!("head_dim must be even for RoPE, got {head_dim}")));
+    }
+    Ok((n_heads, n_kv, head_dim))
+}
+
+fn sliding_window(k: &Keys, family: Family) -> Result<Option<i64>> {
+    match family {
+        Family::Mistral => k.int_in("sliding_window", 1..=bounds::POSITIONS, true),
+        Family::Qwen2 | Family::Qwen3 => {
+            if k.flag("use_sliding_window")?.unwrap_or(false) {
+                // Qwen applies the window only from `max_window_layers` on; we refuse
+                // rather than silently apply it everywhere.
+                return Err(Error::unsupported(
+                    k.path,
+                    "use_sliding_window = true for Qwen models",
+                ));
+            }
+            Ok(None)
+        }
+        Family::Llama => Ok(None),
+    }
+}
+
 fn parse_rope_scaling(v: Option<&Value>, path: &Path) -> Result<RopeScaling> {
     let v = match v {
         None | Some(Value::Null) => return Ok(RopeScaling::None),
@@ -280,12 +384,14 @@ fn parse_rope_scaling(v: Option<&Value>, path: &Path) -> Result<RopeScaling> {
         .and_then(Value::as_str)
         .unwrap_or("");
     let num = |key: &str| -> Result<f64> {
-        v.get(key).and_then(Value::as_f64).ok_or_else(|| {
-            Error::config(
-                path,
-                format!("rope_scaling of type `{kind}` needs number `{key}`"),
-            )
-        })
+        num_at(v, key, positive, "a positive number")
+            .map_err(|m| Error::config(path, format!("rope_scaling: {m}")))?
+            .ok_or_else(|| {
+                Error::config(
+                    path,
+                    format!("rope_scaling of type `{kind}` needs number `{key}`"),
+                )
+            })
     };
     match kind {
         "default" => Ok(RopeScaling::None),

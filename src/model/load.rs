@@ -126,6 +126,7 @@ impl Default for LoadOptions {
 pub fn load_model(dir: &Path, opts: LoadOptions) -> Result<Model> {
     let config = ModelConfig::from_file(&dir.join("config.json"))?;
     let w = WeightFiles::open(dir)?;
+    check_depth(&config, &w, dir)?;
     let (dev, kind) = (opts.device, opts.dtype);
     let c = &config;
     let (h, i) = (c.hidden_size, c.intermediate_size);
@@ -138,7 +139,7 @@ pub fn load_model(dir: &Path, opts: LoadOptions) -> Result<Model> {
         Ok(t)
     };
     let embed = get("model.embed_tokens.weight".into(), &[c.vocab_size, h])?;
-    let mut layers = Vec::with_capacity(c.num_hidden_layers as usize);
+    let mut layers = Vec::new();
     for l in 0..c.num_hidden_layers {
         let p = format!("model.layers.{l}.");
         let mut lin = |name: &str, out: i64, inp: i64, bias: bool| -> Result<Linear> {
@@ -205,4 +206,37 @@ pub fn load_model(dir: &Path, opts: LoadOptions) -> Result<Model> {
         ));
     }
     Ok(Model::new(config, embed, layers, norm, lm_head))
+}
+
+/// The config's depth against the layers the weights hold, checked before anything is
+/// sized from the config: a corrupt `num_hidden_layers` is named as such instead of
+/// surfacing as the first missing tensor (or an allocation of that many layers).
+fn check_depth(c: &ModelConfig, w: &WeightFiles, dir: &Path) -> Result<()> {
+    let indices: BTreeSet<i64> = w
+        .names()
+        .filter_map(|n| {
+            n.strip_prefix("model.layers.")?
+                .split('.')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    let held = indices.len() as i64;
+    let contiguous = indices.iter().copied().eq(0..held);
+    if held != c.num_hidden_layers || !contiguous {
+        let range = match (indices.first(), indices.last()) {
+            (Some(a), Some(b)) => format!("model.layers.{a} .. model.layers.{b}"),
+            _ => "none".into(),
+        };
+        return Err(Error::config(
+            dir.join("config.json"),
+            format!(
+                "num_hidden_layers is {}, but the weights hold {held} layer(s) ({range}{})",
+                c.num_hidden_layers,
+                if contiguous { "" } else { ", not contiguous" }
+            ),
+        ));
+    }
+    Ok(())
 }

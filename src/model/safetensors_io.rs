@@ -112,19 +112,28 @@ impl SafetensorsFile {
                 .filter(|a| a.len() == 2)
                 .and_then(|a| Some((a[0].as_u64()?, a[1].as_u64()?)))
                 .ok_or_else(|| bad(format!("tensor `{name}` has bad data_offsets")))?;
-            let elem = dtype_kind(&dtype).map(|(_, s)| s).unwrap_or(0) as u64;
-            let numel: u64 = shape.iter().map(|d| *d as u64).product();
-            if elem > 0 && offs.1.checked_sub(offs.0) != Some(numel * elem) {
+            let elem = dtype_kind(&dtype).map(|(_, s)| s as u64).ok_or_else(|| {
+                bad(format!(
+                    "tensor `{name}` has dtype `{dtype}`, which is not read here (F32, F16, BF16, F64, I64, I32, I8, U8, BOOL)"
+                ))
+            })?;
+            let bytes = shape
+                .iter()
+                .try_fold(elem, |acc, &d| acc.checked_mul(d as u64))
+                .filter(|&b| b <= file_len);
+            if bytes.is_none() || offs.1.checked_sub(offs.0) != bytes {
                 return Err(bad(format!(
                     "tensor `{name}`: data_offsets {offs:?} do not match shape {shape:?} of {dtype}"
                 )));
             }
-            let (start, end) = (data_start + offs.0, data_start + offs.1);
-            if end > file_len {
+            // offs.1 is checked alone first so that the sums below cannot overflow.
+            if offs.1 > file_len || data_start + offs.1 > file_len {
                 return Err(bad(format!(
-                    "tensor `{name}` ends at byte {end} but the file has {file_len} bytes (truncated)"
+                    "tensor `{name}` ends at byte {} but the file has {file_len} bytes (truncated)",
+                    data_start.saturating_add(offs.1)
                 )));
             }
+            let (start, end) = (data_start + offs.0, data_start + offs.1);
             ranges.push((start, end));
             tensors.insert(
                 name.clone(),
@@ -207,12 +216,23 @@ pub fn write(path: &Path, tensors: &[(String, &Tensor)]) -> Result<()> {
         hbytes.push(b' ');
     }
     let tmp = path.with_extension("safetensors.partial");
-    let f = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    let written = write_file(&tmp, &hbytes, tensors);
+    if written.is_err() {
+        // A full disk must not leave a partial file behind.
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
+    Ok(())
+}
+
+fn write_file(tmp: &Path, hbytes: &[u8], tensors: &[(String, &Tensor)]) -> Result<()> {
+    let f = File::create(tmp).map_err(|e| Error::io(tmp, e))?;
     let mut w = BufWriter::with_capacity(1 << 22, f);
-    let io = |e| Error::io(&tmp, e);
+    let io = |e| Error::io(tmp, e);
     w.write_all(&(hbytes.len() as u64).to_le_bytes())
         .map_err(io)?;
-    w.write_all(&hbytes).map_err(io)?;
+    w.write_all(hbytes).map_err(io)?;
     let mut buf = Vec::new();
     for (_, t) in tensors {
         let t = t.to_device(Device::Cpu).contiguous();
@@ -223,7 +243,5 @@ pub fn write(path: &Path, tensors: &[(String, &Tensor)]) -> Result<()> {
         w.write_all(&buf).map_err(io)?;
     }
     w.flush().map_err(io)?;
-    drop(w);
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
     Ok(())
 }

@@ -23,8 +23,12 @@ impl Tokenizer {
                 ),
             ));
         }
-        let inner =
-            tokenizers::Tokenizer::from_file(&path).map_err(|e| Error::tokenizer(&path, e))?;
+        // The JSON is checked first: tokenizers 0.21 panics (instead of returning an
+        // error) on some malformed documents, e.g. one cut inside its `decoder`.
+        let text = crate::error::read_to_string(&path)?;
+        serde_json::from_str::<serde::de::IgnoredAny>(&text)
+            .map_err(|e| Error::format(&path, format!("not valid JSON: {e}")))?;
+        let inner: tokenizers::Tokenizer = text.parse().map_err(|e| Error::tokenizer(&path, e))?;
         // BOS/EOS: tokenizer_config.json first (what transformers uses), then config.json.
         let mut bos_id = None;
         let mut eos_ids = vec![];

@@ -207,6 +207,44 @@ impl Default for PruneConfig {
     }
 }
 
+impl PruneConfig {
+    /// What can be checked without the model: a target is set and in range, the search
+    /// settings and the calibration recipe are usable. The target against the model's
+    /// depth is checked by [`target_layers`].
+    pub fn validate(&self) -> Result<()> {
+        match (self.target_layers, self.sparsity) {
+            (None, None) => {
+                return Err(Error::Invalid(
+                    "a pruned run needs `prune.sparsity` or `prune.target_layers`".into(),
+                ))
+            }
+            (Some(0), _) => {
+                return Err(Error::Invalid(
+                    "`prune.target_layers` must be at least 1".into(),
+                ))
+            }
+            (None, Some(x)) if !(x > 0.0 && x < 1.0) => {
+                return Err(Error::Invalid(format!(
+                    "`prune.sparsity` must be in (0, 1), got {x}"
+                )))
+            }
+            _ => {}
+        }
+        if self.comep_grid == 0 {
+            return Err(Error::Invalid(
+                "`prune.comep_grid` must be at least 1 (G + 1 candidate ratios)".into(),
+            ));
+        }
+        if !(self.laco_threshold.is_finite() && (-1.0..=1.0).contains(&self.laco_threshold)) {
+            return Err(Error::Invalid(format!(
+                "`prune.laco_threshold` is a cosine similarity in [-1, 1], got {}",
+                self.laco_threshold
+            )));
+        }
+        self.calib.validate()
+    }
+}
+
 /// How the target depth was derived.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TargetMapping {

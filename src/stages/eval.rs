@@ -22,6 +22,44 @@ pub struct Subset {
     pub seed: Option<u64>,
 }
 
+impl Subset {
+    /// Zero documents, or a fraction outside (0, 1], is a typo, not a request: refuse it
+    /// rather than score nothing (NaN accuracies) or the whole split.
+    pub fn validate(&self) -> Result<()> {
+        if self.limit == Some(0) {
+            return Err(Error::Invalid(
+                "`limit` must be at least 1 document (leave it out for all)".into(),
+            ));
+        }
+        if let Some(f) = self.fraction {
+            if !(f > 0.0 && f <= 1.0) {
+                return Err(Error::Invalid(format!(
+                    "`fraction` must be in (0, 1], got {f}"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Sizes checked before any scoring: nothing is scored that would end as a NaN, and no
+/// window is longer than the positions the model was trained for.
+fn check_inputs(model: &Model, inp: &EvalInputs) -> Result<()> {
+    inp.subset.validate()?;
+    if inp.ppl.is_empty() {
+        return Ok(());
+    }
+    crate::experiment::check_eval_sizes(0, Some(inp.ppl_seqlen), inp.ppl_windows)?;
+    let max = model.config.max_position_embeddings;
+    if inp.ppl_seqlen as i64 > max {
+        return Err(Error::Invalid(format!(
+            "perplexity seqlen {} exceeds the model's max_position_embeddings ({max})",
+            inp.ppl_seqlen
+        )));
+    }
+    Ok(())
+}
+
 /// A perplexity corpus and its text, already read.
 #[derive(Debug, Clone)]
 pub struct PplText {
@@ -95,6 +133,7 @@ pub fn evaluate(
     inp: &EvalInputs,
     hooks: &mut dyn EvalHooks,
 ) -> Result<EvalOutcome> {
+    check_inputs(model, inp)?;
     let mut opts = EvalOptions {
         score: ScoreOptions {
             max_length: model.config.max_position_embeddings.max(1) as usize,

@@ -41,7 +41,10 @@ pub fn prepare_model(source: &ModelSource, cache: &Path, name: &str) -> Result<(
     }
     let tmp = dir.with_extension(format!("partial-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
-    write_checkpoint(&build()?, &tmp)?;
+    if let Err(e) = build().and_then(|ck| write_checkpoint(&ck, &tmp)) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
     if std::fs::rename(&tmp, &dir).is_err() {
         // Another process finished the same import first: keep theirs.
         let _ = std::fs::remove_dir_all(&tmp);

@@ -65,6 +65,7 @@ impl PruneJob {
     /// Load `base`, check the target depth, then sample the calibration text.
     pub fn prepare(base: &Path, cfg: &PruneConfig, load: LoadOptions) -> Result<PruneJob> {
         let t0 = Instant::now();
+        cfg.validate()?;
         let model = load_model(base, load)?;
         let tok = Tokenizer::from_dir(base)?;
         // The target is checked before the (slow) calibration pass.

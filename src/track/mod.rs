@@ -3,8 +3,10 @@
 //! the metric naming every writer and reader shares ([`names`]).
 
 pub mod env;
+pub mod merge;
 pub mod store;
 
+pub use merge::{Conflict, MergeReport};
 pub use store::{
     Artifact, Claim, Metric, RunDiff, RunFilter, RunRow, StageRecord, StageStatus, Status, Store,
     StoreError,

@@ -544,6 +544,21 @@ impl Store {
         classify(&self.path, op, e)
     }
 
+    // For sibling modules that extend the store (merge).
+    pub(super) fn sql_err(&self, op: &str, e: rusqlite::Error) -> StoreError {
+        self.err(op, e)
+    }
+    pub(super) fn connection(&self) -> &Connection {
+        &self.conn
+    }
+    pub(super) fn write_tx<T>(
+        &self,
+        op: &str,
+        f: impl FnMut(&Transaction) -> Result<T>,
+    ) -> Result<T> {
+        self.write(op, f)
+    }
+
     fn init(&self) -> Result<()> {
         // One read transaction, so that a concurrent first-time migration is seen whole.
         let (app, version, tables) = self.retry("read the store header", |c| {

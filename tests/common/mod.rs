@@ -2,6 +2,8 @@
 //! build under cargo's integration-test temp dir.
 #![allow(dead_code)]
 
+pub mod gguf_writer;
+
 use come_repro::model::import::write_checkpoint;
 use come_repro::model::{gguf, llama2c};
 use std::path::PathBuf;

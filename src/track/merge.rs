@@ -1,0 +1,236 @@
+//! Merging run stores: the stores written by the shards of a grid (one per array task, as
+//! SQLite should not be shared over a network file system) are folded into one.
+//!
+//! Runs are matched by hash. A run the target lacks is copied with its parameters,
+//! metrics, artifacts, environment and stages; a finished run replaces an unfinished copy;
+//! two finished copies with the same metrics are one run; two finished copies whose
+//! metrics differ are reported and the target's is kept. Merging the same shard twice
+//! therefore changes nothing. A copied `running` run becomes `interrupted`: no process
+//! owns it in the target.
+
+use super::store::{Result, Status, Store, StoreError, SCHEMA_VERSION};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
+use std::path::Path;
+
+/// What one merge did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MergeReport {
+    /// Runs the target did not have.
+    pub added: usize,
+    /// Unfinished runs of the target replaced by a finished copy.
+    pub replaced: usize,
+    /// Runs already in the target as they are in the shard (or better: finished there).
+    pub unchanged: usize,
+    /// Finished in both with different metrics: the target's copy is kept.
+    pub conflicts: Vec<Conflict>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Conflict {
+    pub hash: String,
+    pub name: String,
+    /// `task/name: target value vs shard value`, for each metric that differs.
+    pub differences: Vec<String>,
+}
+
+/// The columns of `runs` copied as they are (everything but the id).
+const RUN_COPY: &str =
+    "hash, name, subgrid, status, config, created, started, finished, heartbeat, error, pid, host, attempts";
+
+/// Child tables and their columns besides `run_id`.
+const CHILDREN: &[(&str, &str)] = &[
+    ("params", "key, value"),
+    ("metrics", "task, name, value, stderr, context, step"),
+    ("artifacts", "path, sha256, kind, bytes"),
+    ("environment", "key, value"),
+    (
+        "stages",
+        "stage, status, seconds, cache_key, output, updated",
+    ),
+];
+
+type Metrics = Vec<(String, String, String, i64, f64, Option<f64>)>;
+
+impl Store {
+    /// Fold the store at `shard` into this one (see the module documentation), in one
+    /// transaction. A shard of another schema version, or not a run store, is refused.
+    pub fn merge_from(&self, shard: &Path) -> Result<MergeReport> {
+        check_shard(shard)?;
+        let op = format!("merge {}", shard.display());
+        let att = |e| self.sql_err(&op, e);
+        self.connection()
+            .execute("ATTACH DATABASE ?1 AS shard", [shard.to_string_lossy()])
+            .map_err(att)?;
+        let report = self.write_tx(&op, |tx| self.merge_attached(tx, &op));
+        let detached = self
+            .connection()
+            .execute("DETACH DATABASE shard", [])
+            .map_err(|e| self.sql_err(&op, e));
+        let report = report?;
+        detached?;
+        Ok(report)
+    }
+
+    fn merge_attached(&self, tx: &Transaction, op: &str) -> Result<MergeReport> {
+        let e = |e| self.sql_err(op, e);
+        let mut runs = tx
+            .prepare("SELECT id, hash, name, status FROM shard.runs ORDER BY id")
+            .map_err(e)?;
+        let rows: Vec<(i64, String, String, String)> = runs
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .map_err(e)?
+            .collect::<rusqlite::Result<_>>()
+            .map_err(e)?;
+        let mut rep = MergeReport::default();
+        for (sid, hash, name, status) in rows {
+            let finished = status == Status::Finished.as_str();
+            let target: Option<(i64, String)> = tx
+                .query_row(
+                    "SELECT id, status FROM runs WHERE hash = ?1",
+                    [&hash],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()
+                .map_err(e)?;
+            match target {
+                None => {
+                    copy_run(tx, sid, None).map_err(e)?;
+                    rep.added += 1;
+                }
+                Some((tid, ts)) if ts != Status::Finished.as_str() && finished => {
+                    copy_run(tx, sid, Some(tid)).map_err(e)?;
+                    rep.replaced += 1;
+                }
+                Some((tid, ts)) if ts == Status::Finished.as_str() && finished => {
+                    let (a, b) = (metrics(tx, "main", tid), metrics(tx, "shard", sid));
+                    let (a, b) = (a.map_err(e)?, b.map_err(e)?);
+                    if a == b {
+                        rep.unchanged += 1;
+                    } else {
+                        rep.conflicts.push(Conflict {
+                            hash,
+                            name,
+                            differences: differences(&a, &b),
+                        });
+                    }
+                }
+                Some(_) => rep.unchanged += 1,
+            }
+        }
+        Ok(rep)
+    }
+}
+
+/// The shard must be a run store of this schema version; it is opened read-only.
+fn check_shard(shard: &Path) -> Result<()> {
+    let invalid = |msg: String| StoreError::Invalid {
+        path: shard.to_path_buf(),
+        msg,
+    };
+    if !shard.is_file() {
+        return Err(invalid("no such run store".into()));
+    }
+    let c = Connection::open_with_flags(shard, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|e| invalid(format!("cannot open: {e}")))?;
+    let app: i32 = c
+        .pragma_query_value(None, "application_id", |r| r.get(0))
+        .map_err(|e| invalid(format!("not a readable SQLite database: {e}")))?;
+    let version: i64 = c
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(|e| invalid(format!("not a readable SQLite database: {e}")))?;
+    if app != super::store::APPLICATION_ID {
+        return Err(StoreError::Foreign {
+            path: shard.to_path_buf(),
+            found: app,
+        });
+    }
+    if version != SCHEMA_VERSION {
+        return Err(invalid(format!(
+            "store schema version {version}, this binary merges version {SCHEMA_VERSION}: \
+             open it once with the come-repro that matches it (`runs ls --db`) to upgrade, \
+             or merge with that binary"
+        )));
+    }
+    Ok(())
+}
+
+/// Copy shard run `sid` into the target: as a new run, or over run `tid` (whose
+/// children are replaced).
+fn copy_run(tx: &Transaction, sid: i64, tid: Option<i64>) -> rusqlite::Result<()> {
+    let id = match tid {
+        Some(tid) => {
+            for (t, _) in CHILDREN {
+                tx.execute(&format!("DELETE FROM {t} WHERE run_id = ?1"), [tid])?;
+            }
+            let sets: Vec<String> = RUN_COPY
+                .split(", ")
+                .filter(|c| *c != "hash")
+                .map(|c| format!("{c} = (SELECT {c} FROM shard.runs WHERE id = ?1)"))
+                .collect();
+            tx.execute(
+                &format!("UPDATE runs SET {} WHERE id = ?2", sets.join(", ")),
+                params![sid, tid],
+            )?;
+            tid
+        }
+        None => {
+            tx.execute(
+                &format!(
+                    "INSERT INTO runs ({RUN_COPY}) SELECT {RUN_COPY} FROM shard.runs WHERE id = ?1"
+                ),
+                [sid],
+            )?;
+            tx.last_insert_rowid()
+        }
+    };
+    // Nobody owns a copied run while it claims to be running.
+    tx.execute(
+        "UPDATE runs SET status = 'interrupted', pid = NULL, host = NULL WHERE id = ?1 AND status = 'running'",
+        [id],
+    )?;
+    for (t, cols) in CHILDREN {
+        tx.execute(
+            &format!("INSERT INTO {t} (run_id, {cols}) SELECT ?1, {cols} FROM shard.{t} WHERE run_id = ?2"),
+            params![id, sid],
+        )?;
+    }
+    Ok(())
+}
+
+fn metrics(tx: &Transaction, db: &str, id: i64) -> rusqlite::Result<Metrics> {
+    let mut st = tx.prepare(&format!(
+        "SELECT task, name, context, step, value, stderr FROM {db}.metrics WHERE run_id = ?1 \
+         ORDER BY task, name, context, step"
+    ))?;
+    let rows = st.query_map([id], |r| {
+        let name: String = r.get(1)?;
+        Ok((r.get(0)?, name, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+    })?;
+    let all: Metrics = rows.collect::<rusqlite::Result<_>>()?;
+    // Timings and memory measure the machine, not the result.
+    Ok(all
+        .into_iter()
+        .filter(|m| !crate::track::names::is_machine_measurement(&m.1))
+        .collect())
+}
+
+fn differences(a: &Metrics, b: &Metrics) -> Vec<String> {
+    let key = |m: &(String, String, String, i64, f64, Option<f64>)| {
+        (m.0.clone(), m.1.clone(), m.2.clone(), m.3)
+    };
+    let am: std::collections::BTreeMap<_, _> = a.iter().map(|m| (key(m), m.4)).collect();
+    let bm: std::collections::BTreeMap<_, _> = b.iter().map(|m| (key(m), m.4)).collect();
+    let mut out = vec![];
+    for k in am
+        .keys()
+        .chain(bm.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+    {
+        let (x, y) = (am.get(k), bm.get(k));
+        if x != y {
+            let show = |v: Option<&f64>| v.map_or("absent".to_string(), |v| v.to_string());
+            out.push(format!("{}/{}: {} vs {}", k.0, k.1, show(x), show(y)));
+        }
+    }
+    out
+}

@@ -1,0 +1,243 @@
+//! Grids split over the tasks of a job array: `grid --shard I/N` runs its part into its own
+//! store, `runs merge` folds the shard stores into one (idempotent, finished beats
+//! unfinished, conflicts reported), and the merged store equals a one-process run's.
+
+use come_repro::grid::GridSpec;
+use come_repro::shard::{assign, Shard};
+use come_repro::track::{RunFilter, Status, Store};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+mod common;
+
+const BIN: &str = env!("CARGO_BIN_EXE_come-repro");
+
+fn run_in(dir: &Path, args: &[&str]) -> Output {
+    let data = std::fs::canonicalize(come_repro::paths::data_dir()).unwrap();
+    Command::new(BIN)
+        .args(args)
+        .current_dir(dir)
+        .env("COME_DATA", data)
+        .output()
+        .unwrap()
+}
+
+fn ok(o: Output) -> String {
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.status.success(), "{text}");
+    text
+}
+
+/// dense + CoMe, ShortGPT and SLEB to 3 layers, CoMe also with recovery: the recovered run
+/// shares CoMe's pruned checkpoint and must land in its shard.
+fn write_grid(dir: &Path) -> PathBuf {
+    let toml = format!(
+        r#"dense = true
+[base]
+model = "{}"
+[base.prune]
+target_layers = 3
+calib = {{ nrows = 16, seqlen = 64, max_sequences = 2 }}
+[base.eval]
+tasks = ["piqa"]
+limit = 4
+ppl_seqlen = 64
+ppl_windows = 2
+[grids.methods]
+axes = {{ "prune.method" = ["come", "shortgpt", "sleb"] }}
+[grids.recovered]
+base = {{ prune = {{ method = "come" }}, recovery = {{ method = "hierarchical", tokens = 256, seqlen = 64, val_tokens = 128 }} }}
+"#,
+        common::stories().display()
+    );
+    let p = dir.join("g.toml");
+    std::fs::write(&p, toml).unwrap();
+    p
+}
+
+/// (task, name, value) of a run's result metrics, sorted.
+type Results = Vec<(String, String, String)>;
+
+/// hash -> (status, result metrics) of every run.
+fn contents(db: &Path) -> BTreeMap<String, (Status, Results)> {
+    let s = Store::open(db).unwrap();
+    s.runs(&RunFilter::default())
+        .unwrap()
+        .into_iter()
+        .map(|r| {
+            let mut m: Results = s
+                .metrics(r.id)
+                .unwrap()
+                .into_iter()
+                .filter(|m| !come_repro::track::names::is_machine_measurement(&m.name))
+                .map(|m| (m.task, m.name, format!("{:?}", m.value)))
+                .collect();
+            m.sort();
+            (r.hash, (r.status, m))
+        })
+        .collect()
+}
+
+#[test]
+fn shards_keep_shared_checkpoints_together() {
+    let d = tempfile::tempdir().unwrap();
+    let runs = GridSpec::load(write_grid(d.path()))
+        .unwrap()
+        .expand()
+        .unwrap();
+    assert_eq!(runs.len(), 5);
+    for n in 1..=4 {
+        let of = assign(&runs, n).unwrap();
+        assert_eq!(of, assign(&runs, n).unwrap(), "not deterministic");
+        let mut by_prune: BTreeMap<String, BTreeSet<usize>> = BTreeMap::new();
+        for (r, s) in runs.iter().zip(&of) {
+            assert!(*s < n);
+            if let Some(h) = r.experiment.prune_hash() {
+                by_prune.entry(h).or_default().insert(*s);
+            }
+        }
+        assert!(by_prune.values().all(|s| s.len() == 1), "{n}: {by_prune:?}");
+    }
+    // Bad shard specs are refused by the parser.
+    for bad in ["3/3", "1/0", "x/2", "2", "-1/2"] {
+        assert!(bad.parse::<Shard>().is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn three_shards_merged_equal_one_process() {
+    let d = tempfile::tempdir().unwrap();
+    let grid = write_grid(d.path());
+    let g = grid.to_str().unwrap();
+    let one = d.path().join("one.sqlite");
+    ok(run_in(
+        d.path(),
+        &["grid", g, "--db", one.to_str().unwrap()],
+    ));
+    for i in 0..3 {
+        ok(run_in(d.path(), &["grid", g, "--shard", &format!("{i}/3")]));
+    }
+    let shard_db = |i: usize| d.path().join(format!("results/shards/g-{i}-of-3.sqlite"));
+    let total: usize = (0..3).map(|i| contents(&shard_db(i)).len()).sum();
+    assert_eq!(total, 5, "every run in exactly one shard store");
+    let status = ok(run_in(d.path(), &["grid", g, "--status"]));
+    assert!(status.contains("5 of 5 run(s) finished"), "{status}");
+    assert!(!status.contains("with work left"), "{status}");
+
+    let merged = d.path().join("merged.sqlite");
+    let m = merged.to_str().unwrap();
+    let shards: Vec<String> = (0..3).map(|i| shard_db(i).display().to_string()).collect();
+    let mut args = vec!["runs", "merge"];
+    args.extend(shards.iter().map(String::as_str));
+    args.extend(["--into", m]);
+    let first = ok(run_in(d.path(), &args));
+    assert!(first.contains("conflicting"), "{first}");
+    let again = ok(run_in(d.path(), &args));
+    assert!(
+        !again.contains(" 1 added") && again.matches("0 added").count() == 3,
+        "{again}"
+    );
+    assert_eq!(
+        contents(&merged),
+        contents(&one),
+        "merged shards differ from one process"
+    );
+
+    // Tables straight from the shard stores.
+    let mut t = vec!["tables", "--grid", g, "--out"];
+    let out = d.path().join("tables");
+    t.push(out.to_str().unwrap());
+    for s in &shards {
+        t.extend(["--db", s.as_str()]);
+    }
+    ok(run_in(d.path(), &t));
+    assert!(std::fs::read_dir(&out).unwrap().count() > 0);
+}
+
+#[test]
+fn merge_edge_cases() {
+    let d = tempfile::tempdir().unwrap();
+    let grid = write_grid(d.path());
+    let g = grid.to_str().unwrap();
+    let full = d.path().join("full.sqlite");
+    ok(run_in(
+        d.path(),
+        &["grid", g, "--db", full.to_str().unwrap(), "--only", "dense"],
+    ));
+    let runs = GridSpec::load(&grid).unwrap().expand().unwrap();
+    let dense = runs.iter().find(|r| r.name.ends_with("dense")).unwrap();
+
+    // A shard whose copy of the dense run was interrupted: merged first, it arrives as
+    // interrupted (nobody owns it); the finished copy then replaces it.
+    let partial = d.path().join("partial.sqlite");
+    {
+        let s = Store::open(&partial).unwrap();
+        s.register(std::slice::from_ref(dense)).unwrap();
+        s.claim(dense, false).unwrap();
+    }
+    let target = d.path().join("target.sqlite");
+    let t = target.to_str().unwrap();
+    ok(run_in(
+        d.path(),
+        &["runs", "merge", partial.to_str().unwrap(), "--into", t],
+    ));
+    assert_eq!(contents(&target)[&dense.hash].0, Status::Interrupted);
+    let r = ok(run_in(
+        d.path(),
+        &["runs", "merge", full.to_str().unwrap(), "--into", t],
+    ));
+    assert!(r.contains("1 replaced unfinished"), "{r}");
+    assert_eq!(contents(&target)[&dense.hash], contents(&full)[&dense.hash]);
+    // The unfinished copy merged again changes nothing.
+    ok(run_in(
+        d.path(),
+        &["runs", "merge", partial.to_str().unwrap(), "--into", t],
+    ));
+    assert_eq!(contents(&target)[&dense.hash].0, Status::Finished);
+
+    // Two finished copies with different metrics: reported, exit 1, the target's kept.
+    let other = d.path().join("other.sqlite");
+    std::fs::copy(&full, &other).unwrap();
+    let c = rusqlite::Connection::open(&other).unwrap();
+    c.execute(
+        "UPDATE metrics SET value = value + 0.25 WHERE name = 'acc'",
+        [],
+    )
+    .unwrap();
+    drop(c);
+    let before = contents(&target);
+    let o = run_in(
+        d.path(),
+        &["runs", "merge", other.to_str().unwrap(), "--into", t],
+    );
+    let text = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("conflict") && text.contains("piqa/acc"),
+        "{text}"
+    );
+    assert_eq!(contents(&target), before);
+
+    // A store of another schema version is refused, naming it.
+    let newer = d.path().join("newer.sqlite");
+    std::fs::copy(&full, &newer).unwrap();
+    let c = rusqlite::Connection::open(&newer).unwrap();
+    c.pragma_update(None, "user_version", 99).unwrap();
+    drop(c);
+    let o = run_in(
+        d.path(),
+        &["runs", "merge", newer.to_str().unwrap(), "--into", t],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("newer.sqlite") && err.contains("schema version 99"),
+        "{err}"
+    );
+    assert_eq!(contents(&target), before);
+}
