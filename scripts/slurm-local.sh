@@ -63,6 +63,9 @@ SlurmdTimeout=30
 InactiveLimit=0
 MinJobAge=300
 KillWait=5
+# Tasks that do not ask for memory get a CPU's share instead of the whole node, so
+# several array tasks run side by side.
+DefMemPerCPU=$(( mem / cpus ))
 NodeName=$host CPUs=$cpus RealMemory=$mem State=UNKNOWN
 PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP
 EOF

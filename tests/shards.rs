@@ -148,6 +148,21 @@ fn three_shards_merged_equal_one_process() {
         "merged shards differ from one process"
     );
 
+    // `check` straight from the shard stores, against a baseline of the one-process run.
+    let base = d.path().join("baseline.json");
+    let b = base.to_str().unwrap();
+    let o = one.to_str().unwrap();
+    ok(run_in(
+        d.path(),
+        &["check", "--grid", g, "--baseline", b, "--db", o, "--update"],
+    ));
+    let mut c = vec!["check", "--grid", g, "--baseline", b];
+    for s in &shards {
+        c.extend(["--db", s.as_str()]);
+    }
+    let checked = ok(run_in(d.path(), &c));
+    assert!(checked.contains("check passed"), "{checked}");
+
     // Tables straight from the shard stores.
     let mut t = vec!["tables", "--grid", g, "--out"];
     let out = d.path().join("tables");

@@ -18,9 +18,11 @@ pub struct CheckArgs {
     pub grid: PathBuf,
     #[arg(long)]
     pub baseline: PathBuf,
-    /// Store to run into (default: a fresh temporary one, so nothing is reused).
+    /// Store to run into (default: a fresh temporary one, so nothing is reused). Several
+    /// (`--db A --db B`, e.g. the shard stores of a Slurm run) are merged into a temporary
+    /// store first; runs finished there are compared, not recomputed.
     #[arg(long)]
-    pub db: Option<PathBuf>,
+    pub db: Vec<PathBuf>,
     /// Checkpoint cache (default: a fresh temporary one, so every stage is recomputed).
     #[arg(long)]
     pub cache: Option<PathBuf>,
@@ -55,12 +57,18 @@ pub fn run(a: CheckArgs) -> Result<()> {
     come_repro::runtime::set_threads(a.threads);
     let spec = GridSpec::load(&a.grid)?;
     let tmp = come_repro::paths::work_dir().join(format!("check-{}", std::process::id()));
-    let db = a.db.clone().unwrap_or_else(|| tmp.join("check.sqlite"));
+    let db = match a.db.as_slice() {
+        [] => tmp.join("check.sqlite"),
+        [one] => one.clone(),
+        many => super::runs::merge(many, &tmp.join("merged.sqlite"))?
+            .path()
+            .to_path_buf(),
+    };
     let cache = a.cache.clone().unwrap_or_else(|| tmp.join("cache"));
     let opts = RunnerOptions {
         db: db.clone(),
         cache_dir: cache,
-        force: a.db.is_none(),
+        force: a.db.is_empty(),
         only: a.only.clone(),
         filter: vec![],
         threads: a.threads,
