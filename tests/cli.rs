@@ -186,3 +186,37 @@ fn generate_works_and_rejects_a_missing_model() {
 fn strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
+
+#[test]
+fn bench_latency_prints_the_speedup_table() {
+    let m = common::stories();
+    let m = m.to_str().unwrap();
+    let args = [
+        "bench",
+        "latency",
+        "--model",
+        m,
+        "--model",
+        m,
+        "--prompt-len",
+        "16",
+        "--new-tokens",
+        "4",
+        "--repeats",
+        "1",
+    ];
+    let out = run(&args);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(text.matches("| 5 | 0.3 |").count(), 2, "{text}");
+    assert!(text.contains("1.00x"), "{text}");
+    // Longer than the model's positions: refused.
+    fails_with(
+        &["bench", "latency", "--model", m, "--prompt-len", "600"],
+        &["max_position_embeddings (512)"],
+    );
+}

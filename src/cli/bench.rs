@@ -38,6 +38,9 @@ pub enum BenchCmd {
     /// Zero-shot scoring of the same documents in several dtypes (default f32 vs bf16):
     /// speed, scores, and how far log-likelihoods and predictions move.
     Precision(super::bench_precision::PrecisionArgs),
+    /// Prefill and decode tokens/s at batch 1 (KV-cached, warm, median of repeats) of
+    /// several checkpoints, with the speed-up over the first (the dense model).
+    Latency(super::bench_latency::LatencyArgs),
     /// Peak resident memory of loading a checkpoint, against its f32 size.
     Load {
         #[arg(long)]
@@ -61,6 +64,7 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
         BenchCmd::Load { model, rt } => load(model, rt),
         BenchCmd::Precision(a) => super::bench_precision::run(a),
         BenchCmd::Prune(a) => super::bench_prune::run(a),
+        BenchCmd::Latency(a) => super::bench_latency::run(a),
     }
 }
 
