@@ -2,18 +2,7 @@
 //! (or argument) and the problem, a non-zero exit, and no partial output left behind.
 
 mod common;
-
-use std::process::{Command, Output};
-
-const BIN: &str = env!("CARGO_BIN_EXE_come-repro");
-
-fn run(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .unwrap()
-}
+use common::bin::run;
 
 fn fails_with(args: &[&str], wants: &[&str]) {
     let out = run(args);

@@ -431,15 +431,7 @@ fn mutate_line(line: &str, key: usize, v: Option<Value>, at: usize, ch: char) ->
     out.into_iter().collect()
 }
 
-const TASKS: &[&str] = &[
-    "piqa",
-    "hellaswag",
-    "winogrande",
-    "arc_easy",
-    "arc_challenge",
-    "boolq",
-    "openbookqa",
-];
+const TASKS: &[&str] = &come_repro::track::names::SEVEN_TASKS;
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(160))]

@@ -3,21 +3,11 @@
 //! a NaN result, or an hour of unintended work.
 
 mod common;
+use common::bin::run;
 
 use come_repro::model::config::ModelConfig;
 use serde_json::{json, Value};
 use std::path::Path;
-use std::process::{Command, Output};
-
-const BIN: &str = env!("CARGO_BIN_EXE_come-repro");
-
-fn run(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .unwrap()
-}
 
 /// Fails cleanly (exit 1 or clap's 2, no panic, no signal) with every `wants` in stderr.
 fn fails_with(args: &[&str], wants: &[&str]) {

@@ -4,34 +4,12 @@
 
 use come_repro::grid::GridSpec;
 use come_repro::shard::{assign, Shard};
-use come_repro::track::{RunFilter, Status, Store};
+use come_repro::track::{Status, Store};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 mod common;
-
-const BIN: &str = env!("CARGO_BIN_EXE_come-repro");
-
-fn run_in(dir: &Path, args: &[&str]) -> Output {
-    let data = std::fs::canonicalize(come_repro::paths::data_dir()).unwrap();
-    Command::new(BIN)
-        .args(args)
-        .current_dir(dir)
-        .env("COME_DATA", data)
-        .output()
-        .unwrap()
-}
-
-fn ok(o: Output) -> String {
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert!(o.status.success(), "{text}");
-    text
-}
+use common::bin::{ok, run_in, store_results};
 
 /// dense + CoMe, ShortGPT and SLEB to 3 layers, CoMe also with recovery: the recovered run
 /// shares CoMe's pruned checkpoint and must land in its shard.
@@ -58,29 +36,6 @@ base = {{ prune = {{ method = "come" }}, recovery = {{ method = "hierarchical", 
     let p = dir.join("g.toml");
     std::fs::write(&p, toml).unwrap();
     p
-}
-
-/// (task, name, value) of a run's result metrics, sorted.
-type Results = Vec<(String, String, String)>;
-
-/// hash -> (status, result metrics) of every run.
-fn contents(db: &Path) -> BTreeMap<String, (Status, Results)> {
-    let s = Store::open(db).unwrap();
-    s.runs(&RunFilter::default())
-        .unwrap()
-        .into_iter()
-        .map(|r| {
-            let mut m: Results = s
-                .metrics(r.id)
-                .unwrap()
-                .into_iter()
-                .filter(|m| !come_repro::track::names::is_machine_measurement(&m.name))
-                .map(|m| (m.task, m.name, format!("{:?}", m.value)))
-                .collect();
-            m.sort();
-            (r.hash, (r.status, m))
-        })
-        .collect()
 }
 
 #[test]
@@ -123,7 +78,7 @@ fn three_shards_merged_equal_one_process() {
         ok(run_in(d.path(), &["grid", g, "--shard", &format!("{i}/3")]));
     }
     let shard_db = |i: usize| d.path().join(format!("results/shards/g-{i}-of-3.sqlite"));
-    let total: usize = (0..3).map(|i| contents(&shard_db(i)).len()).sum();
+    let total: usize = (0..3).map(|i| store_results(&shard_db(i)).len()).sum();
     assert_eq!(total, 5, "every run in exactly one shard store");
     let status = ok(run_in(d.path(), &["grid", g, "--status"]));
     assert!(status.contains("5 of 5 run(s) finished"), "{status}");
@@ -143,8 +98,8 @@ fn three_shards_merged_equal_one_process() {
         "{again}"
     );
     assert_eq!(
-        contents(&merged),
-        contents(&one),
+        store_results(&merged),
+        store_results(&one),
         "merged shards differ from one process"
     );
 
@@ -201,19 +156,22 @@ fn merge_edge_cases() {
         d.path(),
         &["runs", "merge", partial.to_str().unwrap(), "--into", t],
     ));
-    assert_eq!(contents(&target)[&dense.hash].0, Status::Interrupted);
+    assert_eq!(store_results(&target)[&dense.hash].0, Status::Interrupted);
     let r = ok(run_in(
         d.path(),
         &["runs", "merge", full.to_str().unwrap(), "--into", t],
     ));
     assert!(r.contains("1 replaced unfinished"), "{r}");
-    assert_eq!(contents(&target)[&dense.hash], contents(&full)[&dense.hash]);
+    assert_eq!(
+        store_results(&target)[&dense.hash],
+        store_results(&full)[&dense.hash]
+    );
     // The unfinished copy merged again changes nothing.
     ok(run_in(
         d.path(),
         &["runs", "merge", partial.to_str().unwrap(), "--into", t],
     ));
-    assert_eq!(contents(&target)[&dense.hash].0, Status::Finished);
+    assert_eq!(store_results(&target)[&dense.hash].0, Status::Finished);
 
     // Two finished copies with different metrics: reported, exit 1, the target's kept.
     let other = d.path().join("other.sqlite");
@@ -225,7 +183,7 @@ fn merge_edge_cases() {
     )
     .unwrap();
     drop(c);
-    let before = contents(&target);
+    let before = store_results(&target);
     let o = run_in(
         d.path(),
         &["runs", "merge", other.to_str().unwrap(), "--into", t],
@@ -236,7 +194,7 @@ fn merge_edge_cases() {
         text.contains("conflict") && text.contains("piqa/acc"),
         "{text}"
     );
-    assert_eq!(contents(&target), before);
+    assert_eq!(store_results(&target), before);
 
     // A store of another schema version is refused, naming it.
     let newer = d.path().join("newer.sqlite");
@@ -254,5 +212,5 @@ fn merge_edge_cases() {
         err.contains("newer.sqlite") && err.contains("schema version 99"),
         "{err}"
     );
-    assert_eq!(contents(&target), before);
+    assert_eq!(store_results(&target), before);
 }

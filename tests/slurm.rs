@@ -2,15 +2,13 @@
 //! `scripts/slurm-local.sh` starts (scripts/test.sh starts it before the tests). Without a
 //! cluster these tests fail and say how to start one; they are never skipped.
 
-use come_repro::track::{RunFilter, Status, Store};
-use std::collections::BTreeMap;
+use come_repro::track::Status;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 mod common;
-
-const BIN: &str = env!("CARGO_BIN_EXE_come-repro");
+use common::bin::{ok, run_in, store_results, store_runs};
 
 fn cluster_up() {
     let out = Command::new("sinfo").args(["-h", "-o", "%T"]).output();
@@ -26,26 +24,6 @@ fn cluster_up() {
         "no Slurm cluster is up here ({out:?}): start one with scripts/slurm-local.sh \
          (scripts/test.sh does this before the tests)"
     );
-}
-
-fn run_in(dir: &Path, args: &[&str]) -> Output {
-    let data = std::fs::canonicalize(come_repro::paths::data_dir()).unwrap();
-    Command::new(BIN)
-        .args(args)
-        .current_dir(dir)
-        .env("COME_DATA", data)
-        .output()
-        .unwrap()
-}
-
-fn ok(o: Output) -> String {
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert!(o.status.success(), "{text}");
-    text
 }
 
 /// Four stories260K runs; `limit` sets how long each one evaluates.
@@ -70,6 +48,23 @@ axes = {{ "prune.method" = ["come", "shortgpt", "sleb"] }}
     let p = dir.join("g.toml");
     std::fs::write(&p, toml).unwrap();
     p
+}
+
+/// Submit grid `g` as an array of `shards` tasks; returns the job id.
+fn submit(dir: &Path, g: &str, shards: usize) -> String {
+    let n = shards.to_string();
+    let args = [
+        "grid",
+        g,
+        "--slurm",
+        "--shards",
+        &n,
+        "--cpus-per-task",
+        "1",
+        "--mem",
+        "1500",
+    ];
+    job_id(&ok(run_in(dir, &args)))
 }
 
 fn job_id(submit_output: &str) -> String {
@@ -100,36 +95,6 @@ fn wait_for(job: &str, limit: Duration) {
     }
 }
 
-/// (task, name, value) of a run's result metrics, sorted.
-type Results = Vec<(String, String, String)>;
-/// hash -> (status, attempts, finished time, result metrics).
-type Runs = BTreeMap<String, (Status, i64, Option<String>, Results)>;
-
-fn runs_of(db: &Path) -> Runs {
-    let s = Store::open(db).unwrap();
-    s.runs(&RunFilter::default())
-        .unwrap()
-        .into_iter()
-        .map(|r| {
-            let mut m: Vec<_> = s
-                .metrics(r.id)
-                .unwrap()
-                .into_iter()
-                .filter(|m| !come_repro::track::names::is_machine_measurement(&m.name))
-                .map(|m| (m.task, m.name, format!("{:?}", m.value)))
-                .collect();
-            m.sort();
-            (r.hash, (r.status, r.attempts, r.finished, m))
-        })
-        .collect()
-}
-
-fn results_only(r: &Runs) -> BTreeMap<String, (Status, Results)> {
-    r.iter()
-        .map(|(h, (s, _, _, m))| (h.clone(), (*s, m.clone())))
-        .collect()
-}
-
 fn merge(dir: &Path, n: usize) -> PathBuf {
     let merged = dir.join("merged.sqlite");
     let shards: Vec<String> = (0..n)
@@ -149,21 +114,7 @@ fn job_array_of_three_shards_equals_one_process() {
     let d = tempfile::tempdir().unwrap();
     let grid = write_grid(d.path(), 4);
     let g = grid.to_str().unwrap();
-    let submitted = ok(run_in(
-        d.path(),
-        &[
-            "grid",
-            g,
-            "--slurm",
-            "--shards",
-            "3",
-            "--cpus-per-task",
-            "1",
-            "--mem",
-            "1500",
-        ],
-    ));
-    let job = job_id(&submitted);
+    let job = submit(d.path(), g, 3);
     wait_for(&job, Duration::from_secs(600));
     let status = ok(run_in(d.path(), &["grid", g, "--status"]));
     assert!(status.contains("4 of 4 run(s) finished"), "{status}");
@@ -173,10 +124,7 @@ fn job_array_of_three_shards_equals_one_process() {
         d.path(),
         &["grid", g, "--db", one.to_str().unwrap()],
     ));
-    assert_eq!(
-        results_only(&runs_of(&merged)),
-        results_only(&runs_of(&one))
-    );
+    assert_eq!(store_results(&merged), store_results(&one));
 }
 
 /// A task cancelled while it runs, then its index resubmitted: every run finishes, the
@@ -187,26 +135,13 @@ fn cancelled_task_resumes_when_resubmitted() {
     let d = tempfile::tempdir().unwrap();
     let grid = write_grid(d.path(), 120);
     let g = grid.to_str().unwrap();
-    let submitted = ok(run_in(
-        d.path(),
-        &[
-            "grid",
-            g,
-            "--slurm",
-            "--shards",
-            "2",
-            "--cpus-per-task",
-            "1",
-            "--mem",
-            "1500",
-        ],
-    ));
-    let job = job_id(&submitted);
+    let job = submit(d.path(), g, 2);
     let shard1 = d.path().join("results/shards/g-1-of-2.sqlite");
     // Cancel task 1 once one of its runs is running.
     let t0 = Instant::now();
     loop {
-        let running = shard1.exists() && runs_of(&shard1).values().any(|r| r.0 == Status::Running);
+        let running =
+            shard1.exists() && store_runs(&shard1).values().any(|r| r.0 == Status::Running);
         if running {
             break;
         }
@@ -219,8 +154,8 @@ fn cancelled_task_resumes_when_resubmitted() {
         .unwrap();
     assert!(st.success());
     wait_for(&job, Duration::from_secs(600));
-    let s0 = runs_of(&d.path().join("results/shards/g-0-of-2.sqlite"));
-    let before1 = runs_of(&shard1);
+    let s0 = store_runs(&d.path().join("results/shards/g-0-of-2.sqlite"));
+    let before1 = store_runs(&shard1);
     assert!(
         before1.values().any(|r| r.0 != Status::Finished),
         "task 1 finished before it was cancelled: {before1:?}"
@@ -241,7 +176,7 @@ fn cancelled_task_resumes_when_resubmitted() {
     );
     let job2 = String::from_utf8_lossy(&out.stdout).trim().to_string();
     wait_for(&job2, Duration::from_secs(600));
-    let after1 = runs_of(&shard1);
+    let after1 = store_runs(&shard1);
     assert!(
         after1.values().all(|r| r.0 == Status::Finished),
         "{after1:?}"
@@ -259,11 +194,11 @@ fn cancelled_task_resumes_when_resubmitted() {
         }
     }
     assert_eq!(
-        runs_of(&d.path().join("results/shards/g-0-of-2.sqlite")),
+        store_runs(&d.path().join("results/shards/g-0-of-2.sqlite")),
         s0
     );
     let merged = merge(d.path(), 2);
-    let all = runs_of(&merged);
+    let all = store_runs(&merged);
     assert_eq!(all.len(), 4);
     assert!(all.values().all(|r| r.0 == Status::Finished));
 }

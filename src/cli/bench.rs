@@ -68,7 +68,7 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
     }
 }
 
-fn median(v: &mut [f64]) -> f64 {
+pub(super) fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
 }

@@ -38,11 +38,6 @@ struct Timing {
     decode_s: f64,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
 fn sync(m: &Model) {
     if let tch::Device::Cuda(i) = m.device {
         tch::Cuda::synchronize(i as i64);
@@ -93,8 +88,8 @@ fn time(m: &Model, a: &LatencyArgs) -> Result<Timing> {
         d.push(y);
     }
     Ok(Timing {
-        prefill_s: median(p),
-        decode_s: median(d),
+        prefill_s: super::bench::median(&mut p),
+        decode_s: super::bench::median(&mut d),
     })
 }
 

@@ -30,14 +30,20 @@ fn shard_stores(grid: &std::path::Path) -> Vec<(Shard, PathBuf)> {
     out
 }
 
-/// Counts of each status (absent runs are pending) of `runs` in `store`.
-fn counts(store: &Store, runs: &[&RunSpec]) -> Result<BTreeMap<&'static str, usize>> {
+/// Counts of each status (absent runs are pending) of `runs` in `store`; the hashes of
+/// the finished ones are added to `finished`.
+fn counts(
+    store: &Store,
+    runs: &[&RunSpec],
+    finished: &mut std::collections::BTreeSet<String>,
+) -> Result<BTreeMap<&'static str, usize>> {
     let mut c = BTreeMap::new();
     for r in runs {
-        let st = store
-            .run_by_hash(&r.hash)?
-            .map_or("pending", |row| row.status.as_str());
-        *c.entry(st).or_insert(0) += 1;
+        let st = store.run_by_hash(&r.hash)?.map(|row| row.status);
+        if st == Some(Status::Finished) {
+            finished.insert(r.hash.clone());
+        }
+        *c.entry(st.map_or("pending", |s| s.as_str())).or_insert(0) += 1;
     }
     Ok(c)
 }
@@ -70,11 +76,8 @@ pub fn show(a: &GridArgs, spec: &GridSpec) -> Result<()> {
             .unwrap_or_else(|| PathBuf::from(come_repro::track::store::DEFAULT_PATH));
     if main.exists() {
         let s = Store::open(&main)?;
-        println!(
-            "{}",
-            line(&main.display().to_string(), &counts(&s, &all)?, all.len())
-        );
-        remember_finished(&s, &all, &mut finished_anywhere)?;
+        let c = counts(&s, &all, &mut finished_anywhere)?;
+        println!("{}", line(&main.display().to_string(), &c, all.len()));
     }
     let mut resubmit: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
     let stores = shard_stores(&a.file);
@@ -98,12 +101,11 @@ pub fn show(a: &GridArgs, spec: &GridSpec) -> Result<()> {
             .map(|(r, _)| r)
             .collect();
         let s = Store::open(&path)?;
-        let c = counts(&s, &mine)?;
+        let c = counts(&s, &mine, &mut finished_anywhere)?;
         println!("{}", line(&path.display().to_string(), &c, mine.len()));
         if c.get(Status::Finished.as_str()).copied().unwrap_or(0) < mine.len() {
             resubmit.entry(shard.count).or_default().push(shard.index);
         }
-        remember_finished(&s, &mine, &mut finished_anywhere)?;
     }
     println!(
         "{} of {} run(s) finished in at least one store",
@@ -118,19 +120,6 @@ pub fn show(a: &GridArgs, spec: &GridSpec) -> Result<()> {
             list.join(", "),
             list.join(",")
         );
-    }
-    Ok(())
-}
-
-fn remember_finished(
-    s: &Store,
-    runs: &[&RunSpec],
-    seen: &mut std::collections::BTreeSet<String>,
-) -> Result<()> {
-    for r in runs {
-        if s.run_by_hash(&r.hash)?.map(|row| row.status) == Some(Status::Finished) {
-            seen.insert(r.hash.clone());
-        }
     }
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! build under cargo's integration-test temp dir.
 #![allow(dead_code)]
 
+pub mod bin;
 pub mod gguf_writer;
 
 use come_repro::model::import::write_checkpoint;
