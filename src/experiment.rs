@@ -29,6 +29,10 @@ pub struct EvalConfig {
     /// serialised form when false, so hashes of runs made before it existed still match.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub ppl_c4: bool,
+    /// Also time prefill and decode at batch 1 (see [`crate::eval::latency`]): tables
+    /// gain speed-up columns. Left out of the serialised form when false (old hashes).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub latency: bool,
     /// Padded tokens per scoring batch, or `"auto"` (sized for the device). Either backs
     /// off when a batch runs out of memory.
     pub token_budget: crate::eval::batching::BatchSize,
@@ -49,6 +53,7 @@ impl Default for EvalConfig {
             ppl_seqlen: Some(2048),
             ppl_windows: None,
             ppl_c4: false,
+            latency: false,
             token_budget: crate::eval::batching::BatchSize::default(),
         }
     }

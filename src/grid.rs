@@ -16,6 +16,7 @@
 //! ppl_windows = 8
 //! token_budget = "auto"     # padded tokens per forward, or a number; backs off on OOM
 //! # ppl_c4 = true           # C4 validation perplexity too (your copy, via COME_C4)
+//! # latency = true          # batch-1 prefill/decode tokens/s; tables gain speed-ups
 //! [base.runtime]
 //! dtype = "f32"
 //!
@@ -449,6 +450,7 @@ fn schema() -> Value {
         // Opt-in keys that the serialised default leaves out (to keep old hashes).
         if let Some(Value::Object(e)) = m.get_mut("eval") {
             e.insert("ppl_c4".into(), Value::Bool(false));
+            e.insert("latency".into(), Value::Bool(false));
         }
         if let Some(Value::Object(c)) = m.get_mut("prune").and_then(|p| p.get_mut("calib")) {
             c.insert("ids".into(), Value::String(String::new()));

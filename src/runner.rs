@@ -10,6 +10,7 @@
 
 use crate::distill::{DistillRecord, Event, RecoveryConfig};
 use crate::error::{Error, Result};
+use crate::eval::latency::LatencySpec;
 use crate::eval::ppl_corpus::Corpus;
 use crate::eval::tasks::{load_task, TaskSource};
 use crate::experiment::Experiment;
@@ -51,7 +52,7 @@ pub trait Progress {
 pub struct Quiet;
 impl Progress for Quiet {}
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct RunnerOptions {
     pub db: PathBuf,
     /// Where imported and pruned checkpoints are cached.
@@ -62,11 +63,26 @@ pub struct RunnerOptions {
     /// Only runs whose flattened params match every `key=value`.
     pub filter: Vec<(String, String)>,
     pub threads: Option<usize>,
-    /// Devices of the distillation workers, one worker each (`cpu`, `cuda:1`, ...);
-    /// empty: the run's own `runtime.device`, once.
-    pub devices: Vec<String>,
+    /// Devices of the distillation workers within one run, one worker each (`cpu`,
+    /// `cuda:1`, ...); empty: the run's device, once.
+    pub distill_devices: Vec<String>,
     /// Only this part of the grid (a task of a job array).
     pub shard: Option<crate::shard::Shard>,
+    /// Run every stage on this device instead of the run's `runtime.device` (a grid
+    /// worker's device). Not part of the run's identity: a result does not depend on
+    /// which of a node's devices computed it.
+    pub device: Option<String>,
+    /// Try the runs of this part of the grid first, then the others (a grid worker's own
+    /// part: workers start on disjoint groups of runs sharing a pruned checkpoint and
+    /// then help with what is left).
+    pub prefer: Option<crate::shard::Shard>,
+}
+
+impl RunnerOptions {
+    /// The device runs execute on: the worker's, else the run's own.
+    pub fn device_for<'a>(&'a self, exp: &'a Experiment) -> &'a str {
+        self.device.as_deref().unwrap_or(&exp.runtime.device)
+    }
 }
 
 #[derive(Debug, Default, Clone)]
@@ -108,7 +124,15 @@ pub fn run_grid(
     opts: &RunnerOptions,
     progress: &mut dyn Progress,
 ) -> Result<Summary> {
-    let runs = select(spec.expand()?, opts)?;
+    let mut runs = select(spec.expand()?, opts)?;
+    if let Some(p) = opts.prefer {
+        let part = crate::shard::assign(&runs, p.count)?;
+        let mut tagged: Vec<(bool, RunSpec)> =
+            part.into_iter().map(|k| k != p.index).zip(runs).collect();
+        // Stable: the grid's order within each half.
+        tagged.sort_by_key(|(other, _)| *other);
+        runs = tagged.into_iter().map(|(_, r)| r).collect();
+    }
     let store = Store::open(&opts.db)?;
     store.register(&runs)?;
     let env = crate::track::env::collect();
@@ -137,7 +161,7 @@ pub fn run_grid(
         let mut env = env.clone();
         env.insert("threads".into(), tch::get_num_threads().to_string());
         let exp = &run.experiment;
-        env.insert("device".into(), device_description(&exp.runtime.device));
+        env.insert("device".into(), device_description(opts.device_for(exp)));
         if let Some(p) = &exp.prune {
             env.insert("seed.prune".into(), p.seed.to_string());
             env.insert("seed.calibration".into(), p.calib.seed.to_string());
@@ -243,7 +267,7 @@ fn execute(
 ) -> Result<(Vec<Metric>, Vec<Artifact>)> {
     let exp = &run.experiment;
     let lo = LoadOptions {
-        device: crate::runtime::parse_device(&exp.runtime.device)?,
+        device: crate::runtime::parse_device(opts.device_for(exp))?,
         dtype: crate::runtime::parse_dtype(&exp.runtime.dtype)?,
     };
     let ctx = Ctx { id, store, opts };
@@ -288,6 +312,7 @@ fn prune_stage(
     let key = exp.prune_hash().unwrap_or_default();
     let dir = ctx.opts.cache_dir.join("pruned").join(&key[..16]);
     stage(ctx.store, ctx.id, "prune", Some(key.clone()), || {
+        let _lock = ctx.lock(&dir)?;
         let reused = dir.join(stages::prune::FILE).exists();
         if !reused {
             prune_checkpoint(base, pc, lo, &dir, |done, what| {
@@ -346,8 +371,9 @@ fn distill_stage(
     let key = stages::distill::cache_key(exp)
         .ok_or_else(|| Error::Invalid("recovery needs a pruned model (set `prune`)".into()))?;
     let dir = ctx.opts.cache_dir.join("distilled").join(&key[..16]);
-    let devices = ctx.devices(exp)?;
+    let devices = ctx.devices(lo)?;
     stage(ctx.store, ctx.id, "distill", Some(key.clone()), || {
+        let _lock = ctx.lock(&dir)?;
         let reused = dir.join(crate::distill::record::FILE).exists();
         if !reused {
             let job = DistillJob {
@@ -373,14 +399,26 @@ fn distill_stage(
 }
 
 impl Ctx<'_> {
-    /// Devices of the distillation workers: [`RunnerOptions::devices`], else the run's
-    /// own device once.
-    fn devices(&self, exp: &Experiment) -> Result<Vec<tch::Device>> {
-        if self.opts.devices.is_empty() {
-            return Ok(vec![crate::runtime::parse_device(&exp.runtime.device)?]);
+    /// The cache entry `dir` for this run alone, keeping the run's heartbeat fresh while
+    /// another worker builds it.
+    fn lock(&self, dir: &Path) -> Result<stages::EntryLock> {
+        let mut last = Instant::now();
+        stages::lock_entry(dir, || {
+            if last.elapsed() >= HEARTBEAT {
+                let _ = self.store.heartbeat(self.id);
+                last = Instant::now();
+            }
+        })
+    }
+
+    /// Devices of the distillation workers: [`RunnerOptions::distill_devices`], else the
+    /// run's device once.
+    fn devices(&self, lo: LoadOptions) -> Result<Vec<tch::Device>> {
+        if self.opts.distill_devices.is_empty() {
+            return Ok(vec![lo.device]);
         }
         self.opts
-            .devices
+            .distill_devices
             .iter()
             .map(|d| crate::runtime::parse_device(d))
             .collect()
@@ -522,6 +560,7 @@ fn eval_stage(
         ppl: &ppl,
         ppl_seqlen: e.ppl_seqlen.unwrap_or(0),
         ppl_windows: e.ppl_windows,
+        latency: e.latency.then(LatencySpec::default),
     };
     let t0 = Instant::now();
     let result = stage(ctx.store, ctx.id, "eval", None, || {
@@ -613,6 +652,15 @@ fn eval_metrics(r: &EvalOutcome) -> Vec<Metric> {
             Metric::new(task, metric, res.ppl).with_context(format!("seqlen={}", res.seqlen)),
         );
         metrics.push(Metric::new(task, names::N, res.windows as f64));
+    }
+    if let Some(l) = &r.latency {
+        let ctx = l.spec.context();
+        for (name, v) in [
+            (names::RUN_PREFILL_TOKENS_PER_S, l.prefill_tokens_per_s()),
+            (names::RUN_DECODE_TOKENS_PER_S, l.decode_tokens_per_s()),
+        ] {
+            metrics.push(Metric::new("", name, v).with_context(ctx.clone()));
+        }
     }
     metrics
 }

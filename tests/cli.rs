@@ -209,3 +209,64 @@ fn bench_latency_prints_the_speedup_table() {
         &["max_position_embeddings (512)"],
     );
 }
+
+/// `eval.latency = true`: every run records prefill and decode tokens/s (the prompt fitted
+/// to stories260K's 512 positions), and the main table gains speed-up columns against the
+/// dense run, 1.00 on the dense row itself.
+#[test]
+fn grid_latency_gives_speedup_columns() {
+    let d = tempfile::tempdir().unwrap();
+    let toml = format!(
+        r#"dense = true
+[base]
+model = "{}"
+[base.prune]
+method = "come"
+target_layers = 3
+calib = {{ nrows = 16, seqlen = 64, max_sequences = 2 }}
+[base.eval]
+tasks = ["piqa"]
+limit = 2
+ppl_seqlen = 64
+ppl_windows = 1
+latency = true
+"#,
+        common::stories().display()
+    );
+    let g = d.path().join("lat.toml");
+    std::fs::write(&g, toml).unwrap();
+    let g = g.to_str().unwrap();
+    common::bin::ok(common::bin::run_in(d.path(), &["grid", g]));
+    let s = come_repro::track::Store::open(d.path().join("results/come.sqlite")).unwrap();
+    let runs = s.runs(&Default::default()).unwrap();
+    assert_eq!(runs.len(), 2);
+    for r in &runs {
+        let m = s.metrics(r.id).unwrap();
+        for name in ["prefill_tokens_per_s", "decode_tokens_per_s"] {
+            let x = m.iter().find(|x| x.name == name).expect(name);
+            assert!(x.value > 0.0 && x.value.is_finite(), "{name} {}", x.value);
+            assert_eq!(x.context, "prompt=448,new=64");
+        }
+    }
+    let out = d.path().join("tables");
+    common::bin::ok(common::bin::run_in(
+        d.path(),
+        &["tables", "--grid", g, "--out", out.to_str().unwrap()],
+    ));
+    let md = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            let n = p.file_name().unwrap().to_string_lossy().to_string();
+            n.starts_with("main_") && n.ends_with(".md")
+        })
+        .expect("a main table");
+    let text = std::fs::read_to_string(md).unwrap();
+    assert!(
+        text.contains("Prefill ×") && text.contains("Decode ×"),
+        "{text}"
+    );
+    let dense = text.lines().find(|l| l.starts_with("| Dense")).unwrap();
+    assert!(dense.trim_end().ends_with("| 1.00 | 1.00 |"), "{dense}");
+    assert!(text.contains("prompt=448,new=64"), "{text}");
+}

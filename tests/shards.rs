@@ -214,3 +214,70 @@ fn merge_edge_cases() {
     );
     assert_eq!(store_results(&target), before);
 }
+
+/// `--devices cpu,cpu`: two worker processes share one store; both run, no run is done
+/// twice, the shared CoMe checkpoint is pruned once, and the results equal one process's.
+#[test]
+fn two_cpu_workers_equal_one_process() {
+    let d = tempfile::tempdir().unwrap();
+    let grid = write_grid(d.path());
+    let g = grid.to_str().unwrap();
+    let one = d.path().join("one.sqlite");
+    ok(run_in(
+        d.path(),
+        &["grid", g, "--db", one.to_str().unwrap(), "--threads", "1"],
+    ));
+    let two = d.path().join("two.sqlite");
+    let log = ok(run_in(
+        d.path(),
+        &[
+            "grid",
+            g,
+            "--db",
+            two.to_str().unwrap(),
+            "--devices",
+            "cpu,cpu",
+            "--threads",
+            "1",
+            "--cache",
+            "cache2",
+        ],
+    ));
+    assert!(
+        log.contains("worker 0: cpu") && log.contains("worker 1: cpu"),
+        "{log}"
+    );
+    assert_eq!(
+        store_results(&two),
+        store_results(&one),
+        "two workers differ from one process"
+    );
+    let s = Store::open(&two).unwrap();
+    let rows = s.runs(&Default::default()).unwrap();
+    assert_eq!(rows.len(), 5);
+    assert!(
+        rows.iter().all(|r| r.attempts == 1),
+        "a run was claimed twice"
+    );
+    let pids: BTreeSet<Option<i64>> = rows.iter().map(|r| r.pid).collect();
+    assert_eq!(pids.len(), 2, "both workers ran runs: {pids:?}");
+    // Every prune stage computed at most once per checkpoint.
+    let mut built: BTreeMap<String, usize> = BTreeMap::new();
+    for r in &rows {
+        for st in s.stages(r.id).unwrap() {
+            if st.stage == "prune" && st.status == come_repro::track::StageStatus::Finished {
+                *built.entry(st.cache_key.clone().unwrap()).or_default() += 1;
+            }
+        }
+    }
+    assert_eq!(built.len(), 3, "{built:?}");
+    assert!(built.values().all(|&n| n == 1), "{built:?}");
+
+    // Bad device names and --force are refused before any worker starts.
+    let o = run_in(d.path(), &["grid", g, "--devices", "cpu,gpu7"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("gpu7"), "{err}");
+    let o = run_in(d.path(), &["grid", g, "--devices", "cpu,cpu", "--force"]);
+    assert_eq!(o.status.code(), Some(1));
+}

@@ -68,10 +68,7 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
     }
 }
 
-pub(super) fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
+use come_repro::eval::latency::median;
 
 fn forward(
     dir: PathBuf,

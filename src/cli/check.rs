@@ -72,8 +72,7 @@ pub fn run(a: CheckArgs) -> Result<()> {
         only: a.only.clone(),
         filter: vec![],
         threads: a.threads,
-        devices: vec![],
-        shard: None,
+        ..Default::default()
     };
     let sum = run_grid(&spec, &opts, &mut Bars::new())?;
     if !sum.failed.is_empty() {

@@ -6,6 +6,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use come_repro::eval::batching::BatchSize;
 use come_repro::eval::harness::TaskResult;
+use come_repro::eval::latency::LatencySpec;
 use come_repro::eval::perplexity::PplResult;
 use come_repro::eval::ppl_corpus::Corpus;
 use come_repro::eval::results::{lm_eval_json, table, RunInfo};
@@ -65,6 +66,10 @@ pub struct EvalArgs {
     /// Also write per-document log-likelihoods (JSONL) here.
     #[arg(long)]
     pub samples: Option<PathBuf>,
+    /// Also time prefill (512-token prompt) and decode (64 tokens) at batch 1, warm,
+    /// median of 5 (the prompt shortened to fit a shorter context).
+    #[arg(long)]
+    pub latency: bool,
     #[command(flatten)]
     pub rt: RuntimeArgs,
 }
@@ -150,15 +155,26 @@ pub fn run(a: EvalArgs) -> Result<()> {
         ppl: &corpora,
         ppl_seqlen: a.seqlen,
         ppl_windows: a.max_windows,
+        latency: a.latency.then(LatencySpec::default),
     };
-    let out = evaluate(&model, &tok, &inputs, &mut Printer::default())?;
-    let ppl: Vec<(String, PplResult)> = out
+    let outcome = evaluate(&model, &tok, &inputs, &mut Printer::default())?;
+    let ppl: Vec<(String, PplResult)> = outcome
         .ppl
         .iter()
         .map(|p| (p.corpus.name(), p.result.clone()))
         .collect();
-    let results = out.tasks;
+    let results = outcome.tasks;
     println!("{}", table(&results, &ppl));
+    if let Some(l) = &outcome.latency {
+        println!(
+            "latency (batch 1, prompt {}, {} decoded, median of {}): prefill {:.0} tok/s, decode {:.1} tok/s",
+            l.spec.prompt_len,
+            l.spec.new_tokens,
+            l.spec.repeats,
+            l.prefill_tokens_per_s(),
+            l.decode_tokens_per_s()
+        );
+    }
     let info = RunInfo {
         model: a.model.display().to_string(),
         model_args: format!("pretrained={},dtype={}", a.model.display(), a.rt.dtype),
@@ -168,12 +184,23 @@ pub fn run(a: EvalArgs) -> Result<()> {
         seed: a.seed,
         batch_size: a.batch_size,
         token_budget: budget,
-        final_token_budget: out.final_token_budget,
+        final_token_budget: outcome.final_token_budget,
         threads: tch::get_num_threads() as usize,
         seconds: t_all.elapsed().as_secs_f64(),
     };
     if let Some(out) = &a.output {
-        let v = lm_eval_json(&results, &ppl, &info);
+        let mut v = lm_eval_json(&results, &ppl, &info);
+        if let (Some(l), Some(obj)) = (&outcome.latency, v.as_object_mut()) {
+            obj.insert(
+                "latency".into(),
+                serde_json::json!({
+                    "prompt_len": l.spec.prompt_len, "new_tokens": l.spec.new_tokens,
+                    "repeats": l.spec.repeats,
+                    "prefill_tokens_per_s": l.prefill_tokens_per_s(),
+                    "decode_tokens_per_s": l.decode_tokens_per_s(),
+                }),
+            );
+        }
         come_repro::model::save::write_json(out, &v)?;
         eprintln!("wrote {}", out.display());
     }

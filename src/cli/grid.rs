@@ -44,11 +44,24 @@ pub struct GridArgs {
     pub filter: Vec<(String, String)>,
     #[arg(long, value_parser = super::common::at_least_one)]
     pub threads: Option<usize>,
-    /// Devices of the distillation workers, one worker each (`--devices cuda:0,cuda:1`,
-    /// or the flag repeated; `cpu,cpu` runs two CPU workers); default: each run's
+    /// One worker process per device, all claiming runs from the same store
+    /// (`--devices cuda:0,cuda:1`, or the flag repeated; `cpu,cpu` runs two CPU workers
+    /// with half the threads each). Every stage of a run executes on its worker's
+    /// device; the run hash does not change. Default: one process, each run on its
     /// `runtime.device`.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', conflicts_with_all = ["status", "dry_run", "worker_device"])]
     pub devices: Vec<String>,
+    /// Devices of the distillation workers within one run (CoMe-mp: merged layers
+    /// trained in parallel), e.g. `--distill-devices cuda:0,cuda:1`; default: the run's
+    /// device.
+    #[arg(long, value_delimiter = ',')]
+    pub distill_devices: Vec<String>,
+    /// Set by `--devices` for each worker it starts: this worker's device.
+    #[arg(long, hide = true)]
+    pub worker_device: Option<String>,
+    /// Set by `--devices` for each worker it starts: the part of the grid it tries first.
+    #[arg(long, hide = true)]
+    pub worker_prefer: Option<come_repro::shard::Shard>,
     #[command(flatten)]
     pub slurm: super::grid_slurm::SlurmArgs,
 }
@@ -79,7 +92,9 @@ pub fn options(a: &GridArgs) -> RunnerOptions {
         only: a.only.clone(),
         filter: a.filter.clone(),
         threads: a.threads,
-        devices: a.devices.clone(),
+        distill_devices: a.distill_devices.clone(),
+        device: a.worker_device.clone(),
+        prefer: a.worker_prefer,
     }
 }
 
@@ -193,6 +208,9 @@ pub fn run(a: GridArgs) -> Result<()> {
         }
         println!("{done} finished, {} to run", runs.len() - done);
         return Ok(());
+    }
+    if !a.devices.is_empty() {
+        return super::grid_workers::run(&a);
     }
     install_ctrlc(opts.db.clone());
     let mut bars = Bars::new();

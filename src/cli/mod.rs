@@ -13,6 +13,7 @@ mod generate;
 mod grid;
 mod grid_slurm;
 mod grid_status;
+mod grid_workers;
 mod import;
 mod prune;
 mod runs;

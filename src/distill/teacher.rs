@@ -120,6 +120,11 @@ impl TeacherStates {
             };
             return Ok((st, false));
         };
+        // Grid workers sharing the cache compute one entry once; a temp dir is ours alone.
+        let _lock = match tmp {
+            None => Some(crate::stages::lock_entry(&dir, || {})?),
+            Some(_) => None,
+        };
         let cached = dir.join("complete").is_file();
         if !cached {
             write_states(

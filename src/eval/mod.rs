@@ -2,6 +2,7 @@
 
 pub mod batching;
 pub mod harness;
+pub mod latency;
 pub mod loglik;
 pub mod perplexity;
 pub mod ppl_corpus;

@@ -3,7 +3,7 @@
 
 use super::common::{average, items_text, measure, method_label, Measured};
 use super::paper::{same_model, PublishedRow};
-use super::table::{Col, Row, Table};
+use super::table::{Col, Phase, Row, Table};
 use super::{Convention, RunData};
 use crate::track::names::{self, SEVEN_TASKS};
 
@@ -73,6 +73,13 @@ impl Builder<'_> {
             columns.push(Col::Retention);
         }
         columns.extend(ppl_cols.iter().map(|p| Col::Ppl(p.clone())));
+        let dense_latency = self
+            .dense
+            .and_then(|_| ours.first())
+            .and_then(|(_, m)| m.latency.clone());
+        if dense_latency.is_some() && ours.iter().skip(1).any(|(_, m)| m.latency.is_some()) {
+            columns.extend([Col::SpeedUp(Phase::Prefill), Col::SpeedUp(Phase::Decode)]);
+        }
 
         let dense_avg = self
             .dense
@@ -96,6 +103,10 @@ impl Builder<'_> {
                         _ => None,
                     },
                     Col::Ppl(p) => m.ppl.get(p).copied(),
+                    Col::SpeedUp(phase) => match (&m.latency, &dense_latency) {
+                        (Some(l), Some(d)) => l.speedup(d, *phase),
+                        _ => None,
+                    },
                     Col::At(..) | Col::RecoverySeconds | Col::DeltaAvg => None,
                 })
                 .collect();
@@ -144,7 +155,11 @@ impl Builder<'_> {
                     Col::Retention => retention,
                     Col::Ppl(x) if x == names::PPL_WIKITEXT2 => p.ppl_wikitext2,
                     Col::Ppl(x) if x == names::PPL_C4 => p.ppl_c4,
-                    Col::Ppl(_) | Col::At(..) | Col::RecoverySeconds | Col::DeltaAvg => None,
+                    Col::Ppl(_)
+                    | Col::At(..)
+                    | Col::RecoverySeconds
+                    | Col::DeltaAvg
+                    | Col::SpeedUp(_) => None,
                 })
                 .collect();
             let label = match p.sparsity {
@@ -204,6 +219,17 @@ impl Builder<'_> {
                 caption.push_str(&format!(" ({})", list.join("; ")));
             }
             caption.push('.');
+        }
+        if let Some(l) = columns
+            .iter()
+            .any(|c| matches!(c, Col::SpeedUp(_)))
+            .then_some(dense_latency.as_ref())
+            .flatten()
+        {
+            caption.push_str(&format!(
+                " Prefill × / Decode ×: tokens/s at batch 1 ({}; KV-cached decode, warm, median of repeats) over the dense model's on the same machine.",
+                l.context
+            ));
         }
         if !self.published.is_empty() {
             caption.push_str(

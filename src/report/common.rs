@@ -16,6 +16,29 @@ pub(crate) struct Measured {
     /// How each perplexity was measured, e.g. "seqlen=2048, 4 windows".
     pub ppl_setting: BTreeMap<String, String>,
     pub n: BTreeMap<String, f64>,
+    /// Batch-1 prefill and decode tokens/s, and the shape they were timed at.
+    pub latency: Option<Latency>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Latency {
+    pub prefill: f64,
+    pub decode: f64,
+    pub context: String,
+}
+
+impl Latency {
+    /// Tokens/s of `kind` relative to `base`, when both were timed at the same shape.
+    pub fn speedup(&self, base: &Latency, kind: super::table::Phase) -> Option<f64> {
+        if self.context != base.context {
+            return None;
+        }
+        let (a, b) = match kind {
+            super::table::Phase::Prefill => (self.prefill, base.prefill),
+            super::table::Phase::Decode => (self.decode, base.decode),
+        };
+        (b > 0.0).then(|| a / b)
+    }
 }
 
 pub(crate) fn measure(run: &RunData, conv: Convention) -> Measured {
@@ -40,6 +63,15 @@ pub(crate) fn measure(run: &RunData, conv: Convention) -> Measured {
             }
             m.ppl_setting.insert(name.to_string(), setting);
         }
+    }
+    let pre = run.metric("", names::RUN_PREFILL_TOKENS_PER_S);
+    let dec = run.metric("", names::RUN_DECODE_TOKENS_PER_S);
+    if let (Some(p), Some(d)) = (pre, dec) {
+        m.latency = Some(Latency {
+            prefill: p.value,
+            decode: d.value,
+            context: p.context.clone(),
+        });
     }
     m
 }

@@ -25,6 +25,15 @@ pub enum Col {
     /// Avg minus the Avg of a reference row (recovery tables: the same method without
     /// recovery), in points.
     DeltaAvg,
+    /// Batch-1 tokens/s relative to the dense model's (`eval.latency`).
+    SpeedUp(Phase),
+}
+
+/// The phase of generation a speed-up is measured in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Prefill,
+    Decode,
 }
 
 impl Col {
@@ -40,6 +49,8 @@ impl Col {
             Col::At(c, level) => format!("{} @ {level}", c.header()),
             Col::RecoverySeconds => "Rec. s".into(),
             Col::DeltaAvg => "Δ Avg".into(),
+            Col::SpeedUp(Phase::Prefill) => "Prefill ×".into(),
+            Col::SpeedUp(Phase::Decode) => "Decode ×".into(),
         }
     }
     fn decimals(&self) -> usize {

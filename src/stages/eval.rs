@@ -1,10 +1,11 @@
 //! The eval stage: zero-shot tasks scored as lm-evaluation-harness does, then perplexity
-//! on each corpus, on a model already loaded. Task data and corpus texts are read by the
+//! on each corpus, then (if asked) prefill and decode latency, on a model already loaded. Task data and corpus texts are read by the
 //! caller (before the model loads, so bad input fails fast); what is printed or stored
 //! is the caller's too, through [`EvalHooks`].
 
 use crate::error::{Error, Result};
 use crate::eval::harness::{evaluate_task, EvalOptions, TaskResult};
+use crate::eval::latency::{measure, Latency, LatencySpec};
 use crate::eval::loglik::ScoreOptions;
 use crate::eval::perplexity::{perplexity, PplResult};
 use crate::eval::ppl_corpus::Corpus;
@@ -89,6 +90,8 @@ pub struct EvalInputs<'a> {
     pub ppl_seqlen: usize,
     /// Windows scored per corpus (None: the corpus default: all, or 256 for C4).
     pub ppl_windows: Option<usize>,
+    /// Also time prefill and decode (the prompt shortened to fit a short context).
+    pub latency: Option<LatencySpec>,
 }
 
 /// One corpus's perplexity.
@@ -106,6 +109,7 @@ pub struct EvalOutcome {
     pub ppl: Vec<PplOutcome>,
     /// The token budget in effect at the end (below the initial one after a back-off).
     pub final_token_budget: usize,
+    pub latency: Option<Latency>,
 }
 
 /// What the caller sees while the stage runs; every method has a no-op default.
@@ -167,10 +171,20 @@ pub fn evaluate(
         hooks.ppl_done(&r);
         ppl.push(r);
     }
+    let latency = match inp.latency {
+        Some(spec) => {
+            hooks.proceed()?;
+            hooks.progress("latency", 0, 0);
+            let max = model.config.max_position_embeddings.max(0) as usize;
+            Some(measure(model, spec.fitted(max)?)?)
+        }
+        None => None,
+    };
     Ok(EvalOutcome {
         tasks,
         ppl,
         final_token_budget: opts.score.token_budget,
+        latency,
     })
 }
 

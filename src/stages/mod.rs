@@ -24,12 +24,14 @@
 
 pub mod distill;
 pub mod eval;
+pub mod lock;
 pub mod model;
 pub mod prune;
 
 pub use crate::distill::DistillRecord;
 pub use distill::distill_checkpoint;
 pub use eval::{evaluate, EvalHooks, EvalInputs, EvalOutcome, PplOutcome, PplText, Subset};
+pub use lock::{lock_entry, EntryLock};
 pub use model::prepare_model;
 pub use prune::{prune_checkpoint, PruneJob, PruneRecord};
 

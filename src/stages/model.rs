@@ -39,6 +39,11 @@ pub fn prepare_model(source: &ModelSource, cache: &Path, name: &str) -> Result<(
     if dir.join("config.json").exists() {
         return Ok((dir, true));
     }
+    // Another worker may be importing the same file: wait for it, then reuse.
+    let _lock = super::lock_entry(&dir, || {})?;
+    if dir.join("config.json").exists() {
+        return Ok((dir, true));
+    }
     let tmp = dir.with_extension(format!("partial-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     if let Err(e) = build().and_then(|ck| write_checkpoint(&ck, &tmp)) {

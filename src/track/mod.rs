@@ -58,6 +58,9 @@ pub mod names {
         key.ends_with("_seconds") || key.ends_with("_per_s") || key.ends_with("_mib")
     }
     pub const RUN_EVAL_SECONDS: &str = "eval_seconds";
+    /// Latency at batch 1 (`eval.latency`), context `prompt=<P>,new=<N>`.
+    pub const RUN_PREFILL_TOKENS_PER_S: &str = "prefill_tokens_per_s";
+    pub const RUN_DECODE_TOKENS_PER_S: &str = "decode_tokens_per_s";
     /// Layers the prune removed.
     pub const RUN_LAYERS_REMOVED: &str = "layers_removed";
     /// Recovery (distill stage): wall time, training tokens in all, and their rate.
