@@ -208,6 +208,26 @@ impl Default for PruneConfig {
 }
 
 impl PruneConfig {
+    /// Whether the setting `key` (a path under `prune`, e.g. `merge`, `calib.nrows`) can
+    /// change what this config's method does: labels and tables name only those (a
+    /// ShortGPT row does not show `merge = concat`).
+    pub fn uses(&self, key: &str) -> bool {
+        use Method::*;
+        let m = self.method;
+        let concat = m == ComeP || (m == Come && self.merge == MergeOp::Concat);
+        match key.split('.').next().unwrap_or(key) {
+            "calib" | "chunk" => !matches!(m, Reverse | Magnitude | MagnitudePlus),
+            "merge" | "pair_score" | "share" => m == Come,
+            "sensitivity" | "norm" | "gqa_mapping" | "seed" => concat,
+            "no_repeat" => matches!(m, Come | ComeP),
+            "incremental" => matches!(m, Come | ComeP | Sleb | Laco | Mka),
+            "comep_grid" => m == ComeP,
+            "laco_span" | "laco_interval" | "laco_threshold" => m == Laco,
+            "protect_first" | "protect_last" => matches!(m, MagnitudePlus | TaylorPlus),
+            _ => true,
+        }
+    }
+
     /// What can be checked without the model: a target is set and in range, the search
     /// settings and the calibration recipe are usable. The target against the model's
     /// depth is checked by [`target_layers`].

@@ -185,8 +185,31 @@ pub(super) fn method_of(run: &RunData) -> String {
         .unwrap_or_else(|| "dense".into())
 }
 
+/// What a run's method reads of its prune settings (see [`crate::prune::PruneConfig::uses`]);
+/// everything when the method is unknown to this build.
+fn uses(run: &RunData, key: &str) -> bool {
+    let method = run
+        .param("prune.method")
+        .and_then(|v| serde_json::from_value::<crate::prune::Method>(v.clone()).ok());
+    let Some(method) = method else {
+        return true;
+    };
+    let merge = run
+        .param("prune.merge")
+        .and_then(|v| serde_json::from_value::<crate::prune::MergeOp>(v.clone()).ok())
+        .unwrap_or_default();
+    let cfg = crate::prune::PruneConfig {
+        method,
+        merge,
+        ..Default::default()
+    };
+    cfg.uses(key.trim_start_matches("prune."))
+}
+
 /// Row labels for pruned runs: the method, plus the `prune.*` keys (other than method,
-/// sparsity, target) whose values differ among `runs`.
+/// sparsity, target) whose values differ among `runs` and which the run's method uses
+/// ("ShortGPT", not "ShortGPT (merge=concat)"). Labels that would coincide name every
+/// differing key, and as a last resort the run hash, so no two runs share one.
 pub(crate) fn labels(runs: &[&RunData]) -> Vec<String> {
     let skip = ["prune.method", "prune.sparsity", "prune.target_layers"];
     let keys: BTreeSet<&String> = runs
@@ -204,26 +227,65 @@ pub(crate) fn labels(runs: &[&RunData]) -> Vec<String> {
             vals.len() > 1
         })
         .collect();
-    runs.iter()
-        .map(|r| {
-            let base = method_label(&method_of(r));
-            let extra: Vec<String> = varying
-                .iter()
-                .map(|k| {
-                    format!(
-                        "{}={}",
-                        k.trim_start_matches("prune."),
-                        r.param(k).map(value_text).unwrap_or_default()
-                    )
-                })
-                .collect();
-            if extra.is_empty() {
-                base
-            } else {
-                format!("{base} ({})", extra.join(", "))
-            }
+    let label = |r: &RunData, relevant_only: bool| {
+        let base = method_label(&method_of(r));
+        let extra: Vec<String> = varying
+            .iter()
+            .filter(|k| !relevant_only || uses(r, k))
+            .map(|k| {
+                format!(
+                    "{}={}",
+                    k.trim_start_matches("prune."),
+                    r.param(k).map(value_text).unwrap_or_default()
+                )
+            })
+            .collect();
+        if extra.is_empty() {
+            base
+        } else {
+            format!("{base} ({})", extra.join(", "))
+        }
+    };
+    let mut out: Vec<String> = runs.iter().map(|r| label(r, true)).collect();
+    // Two pruned models at one level with one label differ only in keys their method
+    // ignores: tell them apart by every varying key.
+    let count = |v: &[String], l: &str| v.iter().filter(|x| *x == l).count();
+    let prune_params = |r: &RunData| -> Vec<(String, String)> {
+        r.params
+            .iter()
+            .filter(|(k, _)| k.starts_with("prune."))
+            .map(|(k, v)| (k.clone(), canonical_json(v)))
+            .collect()
+    };
+    let level = |r: &RunData| {
+        (
+            r.param("prune.sparsity").map(canonical_json),
+            r.param("prune.target_layers").map(canonical_json),
+        )
+    };
+    // Runs of one pruned model (e.g. with and without recovery) rightly share a label.
+    let clash: Vec<bool> = (0..runs.len())
+        .map(|i| {
+            (0..runs.len()).any(|j| {
+                j != i
+                    && out[j] == out[i]
+                    && level(runs[i]) == level(runs[j])
+                    && prune_params(runs[i]) != prune_params(runs[j])
+            })
         })
-        .collect()
+        .collect();
+    for (i, r) in runs.iter().enumerate() {
+        if clash[i] {
+            out[i] = label(r, false);
+        }
+    }
+    let full = out.clone();
+    for (i, r) in runs.iter().enumerate() {
+        if clash[i] && count(&full, &full[i]) > 1 {
+            out[i] = format!("{} [{}]", full[i], &r.hash[..r.hash.len().min(8)]);
+        }
+    }
+    out
 }
 
 pub(super) fn slug(s: &str) -> String {

@@ -14,7 +14,9 @@
 //!   recovery time and the change in Avg (see [`recovery`]); the other layouts gain a
 //!   Recovery column when a run of theirs was recovered;
 //! - tables of the published rows alone (so they show even for models we cannot run);
-//! - SVG plots of average accuracy and perplexity against sparsity, one line per method.
+//! - figures (SVG and PNG): line charts of average accuracy and perplexity against the
+//!   pruning level, one line per variant, or bar charts where the runs share one level
+//!   (see [`plot`]).
 //!
 //! Each table is written as Markdown, CSV and LaTeX; `index.md` collects the Markdown.
 //! Captions state the metric convention ([`Convention`]), the number of items per task
@@ -233,7 +235,12 @@ pub fn write_report(store: &Store, opts: &ReportOptions) -> Result<ReportSummary
     }
     for (name, svg) in &plots {
         write(dir, name, svg, &mut summary.files)?;
-        index.push_str(&format!("![{name}]({name})\n\n"));
+        // The same chart as PNG (terminal image viewers, GitHub, PDFs).
+        let png_name = name.replace(".svg", ".png");
+        let png = dir.join(&png_name);
+        crate::model::save::write_atomically(&png, &plot::raster::png(svg, 2.0)?)?;
+        summary.files.push(png);
+        index.push_str(&format!("![{name}]({png_name})\n\n"));
     }
     write(dir, "index.md", &index, &mut summary.files)?;
     Ok(summary)
