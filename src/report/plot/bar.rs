@@ -154,14 +154,17 @@ impl BarChart {
                 );
                 end = end.max(z);
             }
-            text(
-                &mut values,
-                end + 6.0,
-                yc + 4.0,
-                "start",
-                "value",
-                &Self::value_label(b),
+            // A white plate under the value: a halo alone lets the reference line show
+            // between the glyphs.
+            let label = Self::value_label(b);
+            let _ = writeln!(
+                values,
+                r#"<rect x="{:.1}" y="{:.1}" width="{:.1}" height="16" fill="white" fill-opacity="0.9"/>"#,
+                end + 4.0,
+                yc - 8.0,
+                text_width(&label, FONT_SIZE) + 4.0
             );
+            text(&mut values, end + 6.0, yc + 4.0, "start", "value", &label);
         }
         let _ = writeln!(
             s,
