@@ -49,10 +49,13 @@ pub struct TextBox {
 
 /// Every text element of `svg` with its rendered bounding box.
 pub fn text_boxes(svg: &str) -> Result<Vec<TextBox>> {
-    let t = tree(svg)?;
+    Ok(boxes_of(&tree(svg)?))
+}
+
+fn boxes_of(t: &usvg::Tree) -> Vec<TextBox> {
     let mut out = Vec::new();
     collect(t.root(), &mut out);
-    Ok(out)
+    out
 }
 
 fn collect(g: &usvg::Group, out: &mut Vec<TextBox>) {
@@ -76,7 +79,7 @@ fn collect(g: &usvg::Group, out: &mut Vec<TextBox>) {
 pub fn text_outside(svg: &str) -> Result<Vec<String>> {
     let t = tree(svg)?;
     let (w, h) = (t.size().width(), t.size().height());
-    Ok(text_boxes(svg)?
+    Ok(boxes_of(&t)
         .into_iter()
         .filter(|b| b.bbox.0 < 0.0 || b.bbox.1 < 0.0 || b.bbox.2 > w || b.bbox.3 > h)
         .map(|b| format!("{}: {:?} outside {w}x{h}", b.text, b.bbox))
