@@ -9,8 +9,9 @@ data files through the local task configs in benches/lm_eval_tasks/.
 Installs what it needs into the running interpreter when missing (lm-eval 0.4.13 and
 `accelerate`, which lm-eval's HF backend imports but does not declare; `--no-install` to
 refuse); not run by CI. lm-eval runs once per `--lm-eval-batch-sizes` entry (default
-1, 8 and auto) and the comparison is against its fastest. Prints wall time, tokens/s and
-every task's acc / acc_norm for both, and their difference.
+1, 8 and auto) and the comparison is against its fastest. Prints wall time, tokens/s,
+come-repro's time breakdown (`eval`'s profile) and every task's acc / acc_norm for both,
+and their difference.
 Workload tokens are counted the same way for both: the sum over requests of the request's
 input length (context + continuation - 1), which is what a one-request-per-row evaluator
 feeds the model; come-repro's own forwarded tokens (after prefix sharing) are shown too.
@@ -146,6 +147,17 @@ def main():
     print(f"{'speed-up':22}{their_wall / ours_wall:>13.2f}x")
     for wall, bs, _ in runs:
         print(f"{'  lm-eval batch ' + bs:22}{'':>14}{wall:>17.1f}s")
+    prof = ours["come_repro"].get("profile")
+    if prof:
+        tot = prof["total"]
+        print("\ncome-repro time breakdown (seconds; tokens through the layers):")
+        print(f"  model load {prof['model_load_s']:.1f}, tokenize {tot['tokenize_s']:.1f}, "
+              f"inputs {tot['inputs_s']:.1f}, forward {tot['forward_s']:.1f}, head {tot['head_s']:.1f}, "
+              f"other {tot['other_s']:.1f}")
+        print(f"  {tot['forwarded_tokens']} tokens forwarded, {tot['padded_tokens']} with padding, "
+              f"{tot['forwards']} forwards of {tot['rows'] / max(tot['forwards'], 1):.1f} rows, "
+              f"head at {tot['head_positions']} positions")
+        print(f"  layers: {tot['forwarded_tokens'] / max(tot['forward_s'], 1e-9):.0f} tok/s")
     print(f"\n{'task':16}{'metric':10}{'come-repro':>12}{'lm-eval':>10}{'diff (pt)':>11}")
     worst = 0.0
     for t in TASKS:
@@ -172,6 +184,7 @@ def main():
             "come_repro_wall_s": ours_wall, "lm_eval_wall_s": their_wall,
             "workload_tokens": work, "come_repro_forwarded_tokens": fwd,
             "speedup": their_wall / ours_wall, "scores": rows, "max_diff_points": worst,
+            "come_repro_profile": prof,
         }, indent=1) + "\n")
 
 

@@ -5,7 +5,12 @@
 #   precision_cuda.txt/json  f32 vs bf16 on CUDA, 500 docs of each of the seven tasks:
 #                            speed, scores, log-likelihood shift, changed predictions
 #   cuda_f32.json            f32 on CUDA, the same 500 docs: must equal the CPU reference
-#                            results/smollm2_dense_500.json within 0.2 points per metric
+#                            results/smollm2_dense_500.json within 0.2 points per metric.
+#                            On CUDA scoring takes the cached-context layout (contexts once
+#                            through the fused causal kernel, continuations against their
+#                            cached keys/values; CPU takes the packed tries), so this checks
+#                            that layout against the CPU's; the time breakdown is in the
+#                            JSON (come_repro.profile) and printed as profile_cuda_*.txt
 #   cuda_bf16_full.json      bf16, --batch-size auto, all seven tasks on full splits +
 #                            WikiText-2 ppl (the speed the grids get on a GPU)
 #   prune_7b_shape.txt       CoMe 32 -> 22 on a random-init LLaMA-2-7B-shape model (bf16,
@@ -25,7 +30,8 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out
 
 $bin bench precision --model "$model" --device cuda --limit 500 --dtypes f32,bf16 \
   --output "$out/precision_cuda.json" | tee "$out/precision_cuda.txt"
-$bin eval --model "$model" --device cuda --tasks all7 --limit 500 --output "$out/cuda_f32.json"
+$bin eval --model "$model" --device cuda --tasks all7 --limit 500 --output "$out/cuda_f32.json" \
+  2>&1 | tee "$out/profile_cuda_f32.txt"
 .venv/bin/python - "$out/cuda_f32.json" results/smollm2_dense_500.json <<'EOF'
 import json, sys
 gpu, cpu = (json.load(open(p))["results"] for p in sys.argv[1:3])
@@ -40,5 +46,5 @@ print(f"largest difference {worst:.2f} points")
 sys.exit(0 if worst <= 0.2 else 1)
 EOF
 time $bin eval --model "$model" --device cuda --dtype bf16 --batch-size auto --tasks all7 \
-  --ppl wikitext2 --output "$out/cuda_bf16_full.json"
+  --ppl wikitext2 --output "$out/cuda_bf16_full.json" 2>&1 | tee "$out/profile_cuda_bf16_full.txt"
 time $bin bench prune --synthetic llama2-7b --device cuda --dtype bf16 | tee "$out/prune_7b_shape.txt"

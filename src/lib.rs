@@ -11,6 +11,7 @@ pub mod eval;
 pub mod experiment;
 pub mod generate;
 pub mod grid;
+pub mod heap;
 pub mod model;
 pub mod paths;
 pub mod prune;

@@ -544,7 +544,13 @@ fn eval_stage(
             ppl.push(PplText::read(Corpus::C4(crate::paths::c4_validation()))?);
         }
     }
+    let t_load = Instant::now();
     let (model, tok) = (load_model(model_dir, lo)?, Tokenizer::from_dir(model_dir)?);
+    out.metrics.push(Metric::new(
+        "",
+        names::RUN_EVAL_LOAD_SECONDS,
+        t_load.elapsed().as_secs_f64(),
+    ));
     out.metrics
         .push(Metric::new("", names::RUN_LAYERS, model.n_layers() as f64));
     out.metrics.push(Metric::new(
@@ -641,6 +647,20 @@ fn eval_metrics(r: &EvalOutcome) -> Vec<Metric> {
             metrics.push(x);
         }
         metrics.push(Metric::new(&t.task, names::N, t.n_docs as f64));
+        let p = &t.profile;
+        for (name, v) in [
+            (names::PROFILE_TOKENIZE_SECONDS, p.tokenize_s),
+            (names::PROFILE_INPUTS_SECONDS, p.inputs_s),
+            (names::PROFILE_FORWARD_SECONDS, p.forward_s),
+            (names::PROFILE_HEAD_SECONDS, p.head_s),
+            (names::PROFILE_OTHER_SECONDS, p.other_s),
+            (names::TOKENS_FORWARDED, p.forwarded_tokens as f64),
+            (names::TOKENS_PADDED, p.padded_tokens as f64),
+            (names::HEAD_POSITIONS, p.head_positions as f64),
+            (names::FORWARDS, p.forwards as f64),
+        ] {
+            metrics.push(Metric::new(&t.task, name, v));
+        }
     }
     for p in &r.ppl {
         let (task, metric) = match p.corpus {

@@ -247,6 +247,18 @@ latency = true
             assert!(x.value > 0.0 && x.value.is_finite(), "{name} {}", x.value);
             assert_eq!(x.context, "prompt=448,new=64");
         }
+        // The scoring profile is stored per task, the model load per run.
+        let get = |task: &str, name: &str| {
+            m.iter()
+                .find(|x| x.task == task && x.name == name)
+                .unwrap_or_else(|| panic!("{task}/{name} missing"))
+                .value
+        };
+        let fwd = get("piqa", "tokens_forwarded");
+        assert!(fwd > 0.0 && get("piqa", "tokens_padded") >= fwd);
+        assert!(get("piqa", "forwards") >= 1.0 && get("piqa", "head_positions") > 0.0);
+        assert!(get("piqa", "profile_forward_seconds") > 0.0);
+        assert!(get("", "eval_load_seconds") > 0.0);
     }
     let out = d.path().join("tables");
     common::bin::ok(common::bin::run_in(

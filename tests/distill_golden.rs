@@ -60,6 +60,7 @@ fn context(config: &ModelConfig, t: i64) -> Context {
         sin,
         mask: AttnMask::Causal,
         valid: None,
+        unpadded: None,
     }
 }
 

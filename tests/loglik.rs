@@ -1,15 +1,86 @@
-//! Packed (prefix-trie) log-likelihood scoring must equal scoring each request as its own
-//! sequence, which is what lm-evaluation-harness computes.
+//! Log-likelihood scoring, in both layouts (cached context, packed tries), must equal
+//! scoring each request as its own sequence, which is what lm-evaluation-harness
+//! computes: per choice within 1e-5 nats, and the same greedy flags.
 
-use come_repro::eval::loglik::{score_documents, ScoreOptions, TokenRequest};
+mod common;
+
+use come_repro::eval::loglik::{
+    score_documents, score_documents_in, ScoreLayout, ScoreOptions, TokenRequest,
+};
+use come_repro::eval::profile::ScoreProfile;
+use come_repro::model::load::{load_model, LoadOptions};
 use come_repro::model::synthetic::{random_model, tiny_config};
 use come_repro::model::Model;
 use proptest::prelude::*;
 use serde_json::json;
 use tch::{Kind, Tensor};
 
+/// f32 models: summing a few tokens' log-probabilities of magnitude 5-20 nats, batch
+/// shapes alone move results by some 1e-5 (libtorch's kernels block differently).
+const TOL_F32: f64 = 1e-4;
+/// f64 models: what is left is the layout's own error.
+const TOL_F64: f64 = 1e-5;
+
 thread_local! {
+    // Grouped-query attention: 4 query heads over 2 key/value heads.
     static MODEL: Model = random_model(tiny_config(json!({})).unwrap(), 21);
+}
+
+/// `m` with f64 weights (saved and loaded back).
+fn in_f64(m: &Model, name: &str) -> Model {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    come_repro::model::save::save_model(m, &dir, None).unwrap();
+    load_model(
+        &dir,
+        LoadOptions {
+            dtype: Kind::Double,
+            ..LoadOptions::default()
+        },
+    )
+    .unwrap()
+}
+
+/// Scores `docs` in `layout` and compares every choice with separate sequences.
+fn check(
+    m: &Model,
+    layout: ScoreLayout,
+    docs: &[Vec<TokenRequest>],
+    budget: usize,
+    max_length: usize,
+) -> Result<(), String> {
+    let tol = if m.dtype == Kind::Double {
+        TOL_F64
+    } else {
+        TOL_F32
+    };
+    let mut opts = ScoreOptions {
+        max_length,
+        token_budget: budget,
+    };
+    let mut prof = ScoreProfile::default();
+    let got = score_documents_in(layout, m, docs, &mut opts, &mut prof, |_| {})
+        .map_err(|e| e.to_string())?;
+    for (d, doc) in docs.iter().enumerate() {
+        if got[d].len() != doc.len() {
+            return Err(format!(
+                "doc {d}: {} scores for {} requests",
+                got[d].len(),
+                doc.len()
+            ));
+        }
+        for (r, req) in doc.iter().enumerate() {
+            let (lp, greedy) = naive(m, req, max_length);
+            let g = got[d][r];
+            if (g.logprob - lp).abs() > tol || g.is_greedy != greedy {
+                return Err(format!(
+                    "{layout:?} doc {d} req {r}: {} / {} vs separate {lp} / {greedy}",
+                    g.logprob, g.is_greedy
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The definition: one sequence per request, left-truncated to max_length + 1 tokens.
@@ -24,11 +95,8 @@ fn naive(m: &Model, r: &TokenRequest, max_length: usize) -> (f64, bool) {
         whole.drain(..whole.len() - max_length - 1);
     }
     let input = Tensor::from_slice(&whole[..whole.len() - 1]).unsqueeze(0);
-    let logp = m
-        .forward(&input, None)
-        .unwrap()
-        .log_softmax(-1, Kind::Float)
-        .squeeze_dim(0);
+    let logp = m.forward(&input, None).unwrap();
+    let logp = logp.log_softmax(-1, logp.kind()).squeeze_dim(0);
     let n = r.continuation.len().min(whole.len() - 1);
     let t = whole.len() - 1;
     let (mut lp, mut greedy) = (0.0, true);
@@ -78,17 +146,10 @@ proptest! {
         max_length in prop::sample::select(vec![8usize, 20, 64]),
     ) {
         MODEL.with(|m| -> Result<(), TestCaseError> {
-        let mut opts = ScoreOptions { max_length, token_budget: budget };
-        let got = score_documents(m, &docs, &mut opts, |_| {}).unwrap();
-        for (d, doc) in docs.iter().enumerate() {
-            prop_assert_eq!(got[d].len(), doc.len());
-            for (r, req) in doc.iter().enumerate() {
-                let (lp, greedy) = naive(m, req, max_length);
-                prop_assert!((got[d][r].logprob - lp).abs() < 1e-4, "doc {} req {}: {} vs {}", d, r, got[d][r].logprob, lp);
-                prop_assert_eq!(got[d][r].is_greedy, greedy);
+            for layout in [ScoreLayout::Cached, ScoreLayout::Packed] {
+                check(m, layout, &docs, budget, max_length).map_err(TestCaseError::fail)?;
             }
-        }
-        Ok(())
+            Ok(())
         })?;
     }
 }
@@ -103,5 +164,93 @@ fn empty_continuation_is_an_error() {
         max_length: 64,
         token_budget: 64,
     };
-    MODEL.with(|m| assert!(score_documents(m, &docs, &mut opts, |_| {}).is_err()));
+    let mut prof = ScoreProfile::default();
+    MODEL.with(|m| assert!(score_documents(m, &docs, &mut opts, &mut prof, |_| {}).is_err()));
+}
+
+/// Documents that exercise the cached path's edges, over a vocabulary of `vocab`:
+/// contexts longer than a whole batch, one-token continuations (BoolQ's " yes"/" no",
+/// which end at the context and have no branch at all), answers sharing first tokens,
+/// WinoGrande-like contexts that differ near the end, requests that share no first token
+/// (no trunk), and a document of one request.
+fn edge_docs(vocab: u32) -> Vec<Vec<TokenRequest>> {
+    let seq = |seed: u32, n: usize| -> Vec<u32> {
+        (0..n as u32)
+            .map(|i| (seed.wrapping_mul(2_654_435_761).wrapping_add(i * 40_503) >> 7) % vocab)
+            .collect()
+    };
+    let req = |context: Vec<u32>, continuation: Vec<u32>| TokenRequest {
+        context,
+        continuation,
+    };
+    let long = seq(1, 300);
+    let mid = seq(2, 90);
+    let mut wino_a = seq(3, 40);
+    let mut wino_b = wino_a.clone();
+    wino_a.extend(seq(4, 3));
+    wino_b.extend(seq(5, 2));
+    vec![
+        // Longer than one batch, with multi-token answers.
+        vec![
+            req(long.clone(), seq(10, 7)),
+            req(long.clone(), seq(11, 12)),
+            req(long.clone(), seq(12, 1)),
+        ],
+        // One-token continuations.
+        vec![req(mid.clone(), vec![3]), req(mid.clone(), vec![9])],
+        vec![
+            req(long[..200].to_vec(), vec![5]),
+            req(long[..200].to_vec(), vec![6]),
+        ],
+        // Answers sharing their first tokens.
+        vec![
+            req(mid.clone(), [seq(20, 3), seq(21, 5)].concat()),
+            req(mid.clone(), [seq(20, 3), seq(22, 2)].concat()),
+            req(mid.clone(), seq(23, 4)),
+        ],
+        // Contexts that differ before the scored part (partial scoring).
+        vec![req(wino_a, seq(30, 6)), req(wino_b, seq(30, 6))],
+        // No common first token.
+        vec![req(vec![1, 2, 3], seq(40, 4)), req(vec![4, 5], seq(41, 3))],
+        // A single request.
+        vec![req(seq(50, 17), seq(51, 9))],
+    ]
+}
+
+#[test]
+fn cached_context_equals_separate_sequences_on_a_tiny_gqa_model() {
+    MODEL.with(|m32| {
+        let m = in_f64(m32, "tiny-gqa-f64");
+        let docs = edge_docs(128);
+        for budget in [64, 4096] {
+            for layout in [ScoreLayout::Cached, ScoreLayout::Packed] {
+                check(&m, layout, &docs, budget, 512).unwrap();
+                check(m32, layout, &docs, budget, 512).unwrap();
+            }
+        }
+        // Left truncation to a short max_length (requests then share less).
+        check(&m, ScoreLayout::Cached, &docs, 128, 48).unwrap();
+    });
+}
+
+#[test]
+fn cached_context_equals_separate_sequences_on_stories260k() {
+    let dir = common::stories();
+    let m = load_model(
+        &dir,
+        LoadOptions {
+            dtype: Kind::Double,
+            ..LoadOptions::default()
+        },
+    )
+    .unwrap();
+    let m32 = load_model(&dir, LoadOptions::default()).unwrap();
+    assert!(m.config.num_key_value_heads < m.config.num_attention_heads);
+    let docs = edge_docs(m.config.vocab_size as u32);
+    for budget in [64, 4096] {
+        for layout in [ScoreLayout::Cached, ScoreLayout::Packed] {
+            check(&m, layout, &docs, budget, 512).unwrap();
+            check(&m32, layout, &docs, budget, 512).unwrap();
+        }
+    }
 }

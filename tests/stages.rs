@@ -254,6 +254,24 @@ fn eval_stage_scores_tasks_and_corpora_through_its_hooks() {
     assert_eq!(seen.progress["piqa"], (3, 3));
     assert_eq!(seen.progress["wikitext2"], (2, 2));
     assert!(out.tasks.iter().all(|t| t.n_docs == 3));
+    // The time breakdown adds up: every document's tokens went through the layers (some
+    // padding on top), the head ran at most once per scored token, and the phases fit in
+    // the task's wall time.
+    for t in &out.tasks {
+        let p = &t.profile;
+        assert_eq!(t.tokens_forwarded, p.forwarded_tokens);
+        assert!(
+            p.forwarded_tokens > 0 && p.padded_tokens >= p.forwarded_tokens,
+            "{p:?}"
+        );
+        assert!(p.forwards >= 1 && p.rows >= 3, "{p:?}");
+        assert!(
+            p.head_positions > 0 && p.head_positions <= t.tokens_scored,
+            "{p:?}"
+        );
+        assert!(p.forward_s > 0.0 && p.head_s > 0.0, "{p:?}");
+        assert!(p.timed_s() <= t.seconds + 1e-6, "{p:?} vs {}", t.seconds);
+    }
     assert_eq!(out.ppl[0].result.windows, 2);
     assert!(out.ppl[0].result.ppl.is_finite());
     assert_eq!(out.final_token_budget, 4096);

@@ -9,6 +9,7 @@ use come_repro::eval::harness::TaskResult;
 use come_repro::eval::latency::LatencySpec;
 use come_repro::eval::perplexity::PplResult;
 use come_repro::eval::ppl_corpus::Corpus;
+use come_repro::eval::profile::ScoreProfile;
 use come_repro::eval::results::{lm_eval_json, table, RunInfo};
 use come_repro::eval::tasks::{known_tasks, load_task, TaskSource};
 use come_repro::stages::{evaluate, EvalHooks, EvalInputs, PplOutcome, PplText, Subset};
@@ -146,6 +147,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
         .collect::<Result<_, _>>()?;
     let t_all = Instant::now();
     let (model, tok) = load(&a.model, &a.rt)?;
+    let load_seconds = t_all.elapsed().as_secs_f64();
     let budget = a.batch_size.initial_tokens(model.device);
     let inputs = EvalInputs {
         tasks: &data,
@@ -164,6 +166,16 @@ pub fn run(a: EvalArgs) -> Result<()> {
         .map(|p| (p.corpus.name(), p.result.clone()))
         .collect();
     let results = outcome.tasks;
+    if !results.is_empty() {
+        let mut total = ScoreProfile::default();
+        for r in &results {
+            total.add(&r.profile);
+        }
+        eprintln!(
+            "model load {load_seconds:.1}s; scoring: {}",
+            total.summary()
+        );
+    }
     println!("{}", table(&results, &ppl));
     if let Some(l) = &outcome.latency {
         println!(
@@ -186,6 +198,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
         token_budget: budget,
         final_token_budget: outcome.final_token_budget,
         threads: tch::get_num_threads() as usize,
+        load_seconds,
         seconds: t_all.elapsed().as_secs_f64(),
     };
     if let Some(out) = &a.output {
@@ -267,6 +280,7 @@ impl EvalHooks for Printer {
             r.tokens_forwarded as f64 / r.seconds.max(1e-9),
             summary.join(", ")
         );
+        eprintln!("{:>14}  {}", "", r.profile.summary());
     }
 
     fn ppl_done(&mut self, p: &PplOutcome) {

@@ -194,6 +194,7 @@ fn run_worker(
         sin: w.sin,
         mask: AttnMask::Causal,
         valid: None,
+        unpadded: None,
     };
     for (k, unit, layer) in w.jobs {
         let label = unit.label();

@@ -4,6 +4,7 @@
 //! n - 1, divided by sqrt(n)).
 
 use super::loglik::{encode_pair, score_documents, ScoreOptions, TokenRequest};
+use super::profile::ScoreProfile;
 use super::tasks::{Metric, TaskData};
 use crate::error::Result;
 use crate::model::tokenizer::Tokenizer;
@@ -47,6 +48,8 @@ pub struct TaskResult {
     pub tokens_scored: usize,
     pub tokens_forwarded: usize,
     pub seconds: f64,
+    /// Where the task's time went.
+    pub profile: ScoreProfile,
     #[serde(skip)]
     pub docs: Vec<DocResult>,
 }
@@ -120,6 +123,7 @@ pub fn evaluate_task(
     mut on_progress: impl FnMut(usize, usize),
 ) -> Result<TaskResult> {
     let t0 = Instant::now();
+    let mut profile = ScoreProfile::default();
     let docs: Vec<&super::tasks::Doc> = indices.iter().filter_map(|&i| task.docs.get(i)).collect();
     let reqs: Vec<Vec<TokenRequest>> = docs
         .iter()
@@ -130,15 +134,12 @@ pub fn evaluate_task(
                 .collect::<Result<Vec<_>>>()
         })
         .collect::<Result<_>>()?;
+    profile.tokenize_s = t0.elapsed().as_secs_f64();
     let tokens_scored: usize = reqs.iter().flatten().map(|r| r.continuation.len()).sum();
-    let mut forwarded = 0;
     let total = docs.len();
-    let scores = score_documents(model, &reqs, &mut opts.score, |done| {
+    let scores = score_documents(model, &reqs, &mut opts.score, &mut profile, |done| {
         on_progress(done, total)
     })?;
-    for r in &reqs {
-        forwarded += super::loglik::packed_len(r, opts.score.max_length);
-    }
     let mut results = Vec::with_capacity(docs.len());
     for (d, s) in docs.iter().zip(&scores) {
         let ll: Vec<f64> = s.iter().map(|x| x.logprob).collect();
@@ -162,6 +163,8 @@ pub fn evaluate_task(
         groups,
         categories,
     } = summarize(&task.metrics, &results);
+    let seconds = t0.elapsed().as_secs_f64();
+    profile.other_s = (seconds - profile.timed_s()).max(0.0);
     Ok(TaskResult {
         task: task.name.clone(),
         n_docs_total: task.docs.len(),
@@ -172,8 +175,9 @@ pub fn evaluate_task(
         categories,
         files: task.files.clone(),
         tokens_scored,
-        tokens_forwarded: forwarded,
-        seconds: t0.elapsed().as_secs_f64(),
+        tokens_forwarded: profile.forwarded_tokens,
+        seconds,
+        profile,
         docs: results,
     })
 }

@@ -2,9 +2,12 @@
 
 pub mod batching;
 pub mod harness;
+pub mod head;
 pub mod latency;
 pub mod loglik;
 pub mod perplexity;
 pub mod ppl_corpus;
+pub mod prefix_cache;
+pub mod profile;
 pub mod results;
 pub mod tasks;

@@ -19,6 +19,8 @@ pub struct RunInfo {
     pub token_budget: usize,
     pub final_token_budget: usize,
     pub threads: usize,
+    /// Loading the model (and tokenizer) before the first task.
+    pub load_seconds: f64,
     pub seconds: f64,
 }
 
@@ -112,6 +114,14 @@ pub fn lm_eval_json(tasks: &[TaskResult], ppl: &[(String, PplResult)], info: &Ru
     }
     let forwarded: usize = tasks.iter().map(|t| t.tokens_forwarded).sum();
     let task_seconds: f64 = tasks.iter().map(|t| t.seconds).sum();
+    let mut total = super::profile::ScoreProfile::default();
+    for t in tasks {
+        total.add(&t.profile);
+    }
+    let per_task: Map<String, Value> = tasks
+        .iter()
+        .map(|t| (t.task.clone(), json!(t.profile)))
+        .collect();
     let mut out = json!({
         "results": results,
         "groups": groups,
@@ -141,6 +151,11 @@ pub fn lm_eval_json(tasks: &[TaskResult], ppl: &[(String, PplResult)], info: &Ru
             "tokens_forwarded": forwarded,
             "task_seconds": task_seconds,
             "tokens_per_second": forwarded as f64 / task_seconds.max(1e-9),
+            "profile": {
+                "model_load_s": info.load_seconds,
+                "total": total,
+                "tasks": per_task,
+            },
         },
     });
     if !ppl.is_empty() {

@@ -64,6 +64,78 @@ pub struct Context {
     pub sin: Tensor,
     pub mask: AttnMask,
     pub valid: Option<Tensor>,
+    /// Set when hidden states hold only real tokens (`[1, T, hidden]`): the layers'
+    /// projections then skip padding, and attention alone runs on the padded rows.
+    pub unpadded: Option<Unpadded>,
+}
+
+/// Where each of `T` real tokens sits in the padded `[rows, width]` layout attention
+/// runs on. Projections and MLPs cost per token, attention per row, so a batch of rows
+/// of unequal length pays for its padding in attention only.
+pub struct Unpadded {
+    rows: i64,
+    width: i64,
+    /// Per padded slot: its token, or `T` (a zero row) for padding.
+    slot_token: Tensor,
+    /// Per token: its padded slot.
+    token_slot: Tensor,
+}
+
+impl Unpadded {
+    /// `lens[r]` real tokens in row `r`, in row order: row r's tokens are the next
+    /// `lens[r]` of the flat sequence.
+    pub fn new(lens: &[usize], device: tch::Device) -> Unpadded {
+        let width = lens.iter().copied().max().unwrap_or(0).max(1);
+        let total: usize = lens.iter().sum();
+        let mut slot_token = vec![total as i64; lens.len() * width];
+        let mut token_slot = Vec::with_capacity(total);
+        for (r, &len) in lens.iter().enumerate() {
+            for i in 0..len {
+                slot_token[r * width + i] = token_slot.len() as i64;
+                token_slot.push((r * width + i) as i64);
+            }
+        }
+        Unpadded {
+            rows: lens.len() as i64,
+            width: width as i64,
+            slot_token: Tensor::from_slice(&slot_token).to_device(device),
+            token_slot: Tensor::from_slice(&token_slot).to_device(device),
+        }
+    }
+
+    pub fn rows(&self) -> i64 {
+        self.rows
+    }
+
+    pub fn width(&self) -> i64 {
+        self.width
+    }
+
+    /// Flat index (into `[rows * width]`) of each real token.
+    pub fn token_slots(&self) -> &Tensor {
+        &self.token_slot
+    }
+
+    /// `[1, heads, T, d]` -> `[rows, heads, width, d]` (padding slots zero).
+    fn pad(&self, x: &Tensor) -> Tensor {
+        let s = x.size();
+        let (h, d) = (s[1], s[3]);
+        let flat = x.squeeze_dim(0).transpose(0, 1); // [T, h, d]
+        let flat = Tensor::cat(&[flat, Tensor::zeros([1, h, d], (x.kind(), x.device()))], 0);
+        flat.index_select(0, &self.slot_token)
+            .view([self.rows, self.width, h, d])
+            .transpose(1, 2)
+    }
+
+    /// `[rows, heads, width, d]` -> `[1, T, heads * d]`.
+    fn unpad(&self, x: &Tensor) -> Tensor {
+        let s = x.size();
+        let (h, d) = (s[1], s[3]);
+        x.transpose(1, 2)
+            .reshape([self.rows * self.width, h * d])
+            .index_select(0, &self.token_slot)
+            .unsqueeze(0)
+    }
 }
 
 /// Keys and values of earlier tokens, per layer, for incremental decoding.
@@ -92,10 +164,12 @@ impl KvCache {
     }
 }
 
-/// RMSNorm as transformers computes it: statistics in f32, result cast back, then scaled.
+/// RMSNorm as transformers computes it: statistics in f32 (f64 for an f64 model), result
+/// cast back, then scaled.
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Tensor {
     let d = *x.size().last().unwrap_or(&1);
-    if x.kind() == Kind::Float && weight.kind() == Kind::Float {
+    let wide = matches!(x.kind(), Kind::Float | Kind::Double);
+    if wide && weight.kind() == x.kind() {
         return x.rms_norm([d], Some(weight), eps);
     }
     let x32 = x.to_kind(Kind::Float);
@@ -184,6 +258,7 @@ impl Model {
             sin: sin.to_kind(self.dtype),
             mask: attn,
             valid,
+            unpadded: None,
         })
     }
 
@@ -201,6 +276,30 @@ impl Model {
             sin: sin.to_kind(self.dtype),
             mask: AttnMask::Explicit(mask.to_device(self.device)),
             valid: valid.map(|v| v.to_device(self.device)),
+            unpadded: None,
+        }
+    }
+
+    /// A context for unpadded hidden states (`[1, T, hidden]`, see [`Unpadded`]):
+    /// positions `[1, T]` per real token, and the attention mask on the padded layout
+    /// (`[rows, 1, width, past + width]`, bool or additive), or causal when None (each
+    /// row's real tokens first, then padding, which causal attention keeps out).
+    pub fn context_unpadded(
+        &self,
+        positions: &Tensor,
+        mask: Option<Tensor>,
+        layout: Unpadded,
+    ) -> Context {
+        let (cos, sin) = self.rope_cos_sin(&positions.to_device(self.device));
+        Context {
+            cos: cos.to_kind(self.dtype),
+            sin: sin.to_kind(self.dtype),
+            mask: match mask {
+                Some(m) => AttnMask::Explicit(m.to_device(self.device)),
+                None => AttnMask::Causal,
+            },
+            valid: None,
+            unpadded: Some(layout),
         }
     }
 
@@ -356,9 +455,14 @@ pub fn attention_block(
         k = rms_norm(&k, w, eps);
     }
     tap.qk(idx, &q, &k, ctx.valid.as_ref());
-    let q = rope::apply(&q.transpose(1, 2), &ctx.cos, &ctx.sin);
+    let mut q = rope::apply(&q.transpose(1, 2), &ctx.cos, &ctx.sin);
     let mut k = rope::apply(&k.transpose(1, 2), &ctx.cos, &ctx.sin);
     let mut v = v;
+    if let Some(u) = &ctx.unpadded {
+        q = u.pad(&q);
+        k = u.pad(&k);
+        v = u.pad(&v);
+    }
     if let Some((ck, cv)) = cache {
         if let (Some(pk), Some(pv)) = (ck.as_ref(), cv.as_ref()) {
             k = Tensor::cat(&[pk, &k], 2);
@@ -373,7 +477,10 @@ pub fn attention_block(
         AttnMask::Explicit(m) => (Some(m), false),
     };
     let attn = sdpa(&q, &k, &v, mask, causal, nh != nkv);
-    let attn = attn.transpose(1, 2).reshape([b, t, nh * hd]);
+    let attn = match &ctx.unpadded {
+        Some(u) => u.unpad(&attn),
+        None => attn.transpose(1, 2).reshape([b, t, nh * hd]),
+    };
     tap.attn_pre_o(idx, &attn, ctx.valid.as_ref());
     layer.o_proj.forward(&attn)
 }
@@ -388,7 +495,16 @@ pub fn mlp_block(
     tap: &mut dyn Tap,
 ) -> Tensor {
     let hn = rms_norm(h, &layer.post_norm, c.rms_norm_eps);
-    let act = layer.gate_proj.forward(&hn).silu() * layer.up_proj.forward(&hn);
+    let mut gate = layer.gate_proj.forward(&hn);
+    let act = if gate.requires_grad() {
+        gate.silu() * layer.up_proj.forward(&hn)
+    } else {
+        // Inference: in place, saving two [tokens, intermediate] buffers per layer
+        // (fresh large buffers cost page faults on CPU).
+        let _ = gate.silu_();
+        gate *= layer.up_proj.forward(&hn);
+        gate
+    };
     tap.mlp_pre_down(idx, &act, ctx.valid.as_ref());
     layer.down_proj.forward(&act)
 }

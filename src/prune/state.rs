@@ -160,7 +160,7 @@ impl CalibState {
         for c0 in (0..n).step_by(self.chunk as usize) {
             let cn = self.chunk.min(n - c0);
             self.run_chunk(model, start, c0, cn, &mut lasts[..], first_last)?;
-            super::store::trim_heap();
+            crate::heap::trim();
         }
         self.layer_passes += (nl - start) * n as usize;
         for l in lasts {
@@ -223,6 +223,7 @@ impl CalibState {
             sin: self.ctx.sin.narrow(0, 0, rows),
             mask: crate::model::forward::AttnMask::Causal,
             valid: None,
+            unpadded: None,
         })
     }
 

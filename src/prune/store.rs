@@ -191,20 +191,3 @@ fn bytes_of_mut(t: &mut Tensor) -> &mut [u8] {
     // tensor is freshly allocated by the caller and shares its storage with nothing).
     unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut u8, n) }
 }
-
-/// Give freed heap memory back to the system. libtorch's CPU tensors come from malloc; a
-/// calibration pass frees megabyte-sized activations in a pattern that leaves glibc's
-/// arenas holding gigabytes (measured: a one-pass ShortGPT on SmolLM2 peaked at 3.0 GB
-/// without, 0.7 GB with a fixed mmap threshold).
-pub fn trim_heap() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        extern "C" {
-            fn malloc_trim(pad: usize) -> i32;
-        }
-        // SAFETY: glibc's malloc_trim takes a byte count and only releases free memory.
-        unsafe {
-            malloc_trim(0);
-        }
-    }
-}

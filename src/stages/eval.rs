@@ -138,6 +138,7 @@ pub fn evaluate(
     hooks: &mut dyn EvalHooks,
 ) -> Result<EvalOutcome> {
     check_inputs(model, inp)?;
+    let _heap = crate::heap::KeepLargeBlocks::new();
     let mut opts = EvalOptions {
         score: ScoreOptions {
             max_length: model.config.max_position_embeddings.max(1) as usize,

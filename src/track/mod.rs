@@ -58,6 +58,17 @@ pub mod names {
         key.ends_with("_seconds") || key.ends_with("_per_s") || key.ends_with("_mib")
     }
     pub const RUN_EVAL_SECONDS: &str = "eval_seconds";
+    pub const RUN_EVAL_LOAD_SECONDS: &str = "eval_load_seconds";
+    /// Per task: the scoring profile's phases (seconds) and shapes (counts).
+    pub const PROFILE_TOKENIZE_SECONDS: &str = "profile_tokenize_seconds";
+    pub const PROFILE_INPUTS_SECONDS: &str = "profile_inputs_seconds";
+    pub const PROFILE_FORWARD_SECONDS: &str = "profile_forward_seconds";
+    pub const PROFILE_HEAD_SECONDS: &str = "profile_head_seconds";
+    pub const PROFILE_OTHER_SECONDS: &str = "profile_other_seconds";
+    pub const TOKENS_FORWARDED: &str = "tokens_forwarded";
+    pub const TOKENS_PADDED: &str = "tokens_padded";
+    pub const HEAD_POSITIONS: &str = "head_positions";
+    pub const FORWARDS: &str = "forwards";
     /// Latency at batch 1 (`eval.latency`), context `prompt=<P>,new=<N>`.
     pub const RUN_PREFILL_TOKENS_PER_S: &str = "prefill_tokens_per_s";
     pub const RUN_DECODE_TOKENS_PER_S: &str = "decode_tokens_per_s";
