@@ -126,20 +126,18 @@ pub(super) fn score(
         }
         let group = &order[start..end];
         let mut kept: HashMap<usize, Kept> = HashMap::new();
-        run_trunks(
+        let mut step = Step {
             model,
-            &splits,
-            group,
-            budget,
-            prof,
-            &mut kept,
-            &mut got,
-            |n| {
-                done += n;
-                on_progress(done)
-            },
-        )?;
-        run_branches(model, &splits, group, budget, prof, &kept, &mut got, |n| {
+            splits: &splits,
+            budget: &mut *budget,
+            prof: &mut *prof,
+            got: &mut got,
+        };
+        run_trunks(&mut step, group, &mut kept, |n| {
+            done += n;
+            on_progress(done)
+        })?;
+        run_branches(&mut step, group, &kept, |n| {
             done += n;
             on_progress(done)
         })?;
@@ -192,19 +190,26 @@ fn in_batches(
     Ok(())
 }
 
+/// What one group's passes share: the model, every document's split, the batch budget
+/// (shrunk on out-of-memory), the profile, and the scores filled in so far.
+struct Step<'a> {
+    model: &'a Model,
+    splits: &'a [Split],
+    budget: &'a mut usize,
+    prof: &'a mut ScoreProfile,
+    got: &'a mut TokenScores,
+}
+
 /// Forwards the group's trunks, scores what they predict, and keeps the caches of the
 /// documents that have branches. `finished(n)` reports documents with nothing left.
-#[allow(clippy::too_many_arguments)]
 fn run_trunks(
-    model: &Model,
-    splits: &[Split],
+    st: &mut Step,
     group: &[usize],
-    budget: &mut usize,
-    prof: &mut ScoreProfile,
     kept: &mut HashMap<usize, Kept>,
-    got: &mut TokenScores,
     mut finished: impl FnMut(usize),
 ) -> Result<()> {
+    let (model, splits) = (st.model, st.splits);
+    let (budget, prof, got) = (&mut *st.budget, &mut *st.prof, &mut *st.got);
     let with_trunk: Vec<usize> = group
         .iter()
         .copied()
@@ -268,17 +273,14 @@ fn run_trunks(
 }
 
 /// Forwards the group's branches against their documents' kept trunk caches.
-#[allow(clippy::too_many_arguments)]
 fn run_branches(
-    model: &Model,
-    splits: &[Split],
+    st: &mut Step,
     group: &[usize],
-    budget: &mut usize,
-    prof: &mut ScoreProfile,
     kept: &HashMap<usize, Kept>,
-    got: &mut TokenScores,
     mut finished: impl FnMut(usize),
 ) -> Result<()> {
+    let (model, splits) = (st.model, st.splits);
+    let (budget, prof, got) = (&mut *st.budget, &mut *st.prof, &mut *st.got);
     let mut with_branch: Vec<usize> = group
         .iter()
         .copied()
