@@ -167,10 +167,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
         .collect();
     let results = outcome.tasks;
     if !results.is_empty() {
-        let mut total = ScoreProfile::default();
-        for r in &results {
-            total.add(&r.profile);
-        }
+        let total = ScoreProfile::total(results.iter().map(|r| &r.profile));
         eprintln!(
             "model load {load_seconds:.1}s; scoring: {}",
             total.summary()

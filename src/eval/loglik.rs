@@ -13,8 +13,8 @@
 
 use super::batching::{self, catch_oom};
 use super::profile::{Lap, ScoreProfile};
+use super::rows::{Rows, TrieRow};
 use crate::error::{Error, Result};
-use crate::model::forward::{NoTap, Unpadded};
 use crate::model::tokenizer::Tokenizer;
 use crate::model::Model;
 use std::collections::HashMap;
@@ -283,45 +283,18 @@ fn score_batch(
 ) -> Result<Vec<Vec<Score>>> {
     let mut lap = Lap::start(model.device);
     let b = rows.len();
-    let lens: Vec<usize> = rows.iter().map(|r| r.tokens.len()).collect();
-    let n = lens.iter().copied().max().unwrap_or(1).max(1);
-    let mut ids: Vec<i64> = Vec::with_capacity(lens.iter().sum());
-    let mut pos: Vec<i64> = Vec::with_capacity(ids.capacity());
-    let mut mask = vec![f32::NEG_INFINITY; b * n * n];
-    for (r, row) in rows.iter().enumerate() {
-        ids.extend(&row.tokens);
-        pos.extend(&row.depth);
-        let m = &mut mask[r * n * n..(r + 1) * n * n];
-        for i in 0..n {
-            if i < row.tokens.len() {
-                // A node sees its parent's view plus itself (parents precede children).
-                let par = row.parent[i];
-                if par >= 0 {
-                    let (before, after) = m.split_at_mut(i * n);
-                    let prow = &before[par as usize * n..par as usize * n + n];
-                    after[..n].copy_from_slice(prow);
-                }
-            }
-            m[i * n + i] = 0.0; // padding sees only itself (no empty softmax row)
-        }
-    }
+    let tries: Vec<TrieRow> = rows
+        .iter()
+        .map(|r| TrieRow {
+            tokens: &r.tokens,
+            parent: &r.parent,
+            depth: &r.depth,
+            sees: 0,
+        })
+        .collect();
+    let inputs = Rows::tries(&tries, 0);
+    let h = inputs.forward(model, None, &mut lap, prof)?;
     let dev = model.device;
-    let total = ids.len() as i64;
-    let ids_t = Tensor::from_slice(&ids).view([1, total]).to_device(dev);
-    let pos_t = Tensor::from_slice(&pos).view([1, total]);
-    let mask_t = Tensor::from_slice(&mask)
-        .view([b as i64, 1, n as i64, n as i64])
-        .to_device(dev)
-        .to_kind(model.dtype);
-    let ctx = model.context_unpadded(&pos_t, Some(mask_t), Unpadded::new(&lens, dev));
-    prof.inputs_s += lap.lap();
-    let h = model.embed_tokens(&ids_t)?;
-    let h = model.run_layers(h, 0..model.n_layers(), &ctx, &mut NoTap, None);
-    prof.forward_s += lap.lap();
-    prof.forwards += 1;
-    prof.rows += b;
-    prof.padded_tokens += b * n;
-    prof.forwarded_tokens += ids.len();
     // Norm, head and log-softmax only at the scored positions, each once.
     let mut node_row: HashMap<i64, usize> = HashMap::new();
     let mut flat_idx = vec![];
@@ -341,7 +314,7 @@ fn score_batch(
         offset += row.tokens.len();
     }
     let hsel = h
-        .view([total, -1])
+        .view([offset as i64, -1])
         .index_select(0, &Tensor::from_slice(&flat_idx).to_device(dev));
     let scored = super::head::score_pairs(model, &hsel, &pairs)?;
     prof.head_s += lap.lap();

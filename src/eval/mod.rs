@@ -10,4 +10,5 @@ pub mod ppl_corpus;
 pub mod prefix_cache;
 pub mod profile;
 pub mod results;
+mod rows;
 pub mod tasks;

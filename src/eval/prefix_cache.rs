@@ -14,8 +14,9 @@ use super::batching::{self, catch_oom};
 use super::head::{score_pairs, Pair};
 use super::loglik::{Packed, Score};
 use super::profile::{Lap, ScoreProfile};
+use super::rows::{Rows, TrieRow};
 use crate::error::{Error, Result};
-use crate::model::forward::{KvCache, NoTap, Unpadded};
+use crate::model::forward::KvCache;
 use crate::model::Model;
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -218,38 +219,18 @@ fn run_trunks(
     let longest = |d: usize| splits[d].trunk.len();
     in_batches(&with_trunk, longest, budget, usize::MAX, |batch| {
         let mut lap = Lap::start(model.device);
-        let (b, n) = (batch.len(), longest(batch[0]));
-        let lens: Vec<usize> = batch.iter().map(|&d| longest(d)).collect();
-        let ids: Vec<i64> = batch
-            .iter()
-            .flat_map(|&d| splits[d].trunk.clone())
-            .collect();
-        let pos: Vec<i64> = lens.iter().flat_map(|&l| 0..l as i64).collect();
-        let total = ids.len() as i64;
-        let ids = Tensor::from_slice(&ids)
-            .view([1, total])
-            .to_device(model.device);
-        let pos = Tensor::from_slice(&pos).view([1, total]);
-        // No mask: in the padded layout each row's padding follows its real tokens, so
-        // causal attention keeps it out.
-        let ctx = model.context_unpadded(&pos, None, Unpadded::new(&lens, model.device));
+        let inputs = Rows::causal(batch.iter().map(|&d| splits[d].trunk.as_slice()));
         let keep = batch.iter().any(|&d| !splits[d].tokens.is_empty());
         let mut cache = keep.then(|| KvCache::new(model.n_layers()));
-        prof.inputs_s += lap.lap();
-        let h = model.embed_tokens(&ids)?;
-        let h = model.run_layers(h, 0..model.n_layers(), &ctx, &mut NoTap, cache.as_mut());
-        prof.forward_s += lap.lap();
-        let targets = collect_pairs(splits, batch, &lens, |node| match node {
+        let h = inputs.forward(model, cache.as_mut(), &mut lap, prof)?;
+        let lens = inputs.lens();
+        let targets = collect_pairs(splits, batch, lens, |node| match node {
             Node::Trunk(i) => Some(i),
             Node::Branch(_) => None,
         });
         let scores = head(model, &h, &targets, prof)?;
         prof.head_s += lap.lap();
-        // Nothing above changed any state: commit now.
-        prof.forwards += 1;
-        prof.rows += b;
-        prof.padded_tokens += b * n;
-        prof.forwarded_tokens += total as usize;
+        // Nothing above changed any state but the profile: commit now.
         store(got, &targets.slots, &scores);
         let cache = cache.map(Rc::new);
         let mut ended = 0;
@@ -290,79 +271,37 @@ fn run_branches(
     let longest = |d: usize| splits[d].tokens.len();
     in_batches(&with_branch, longest, budget, MAX_BRANCH_ROWS, |batch| {
         let mut lap = Lap::start(model.device);
-        let (b, n) = (batch.len(), longest(batch[0]));
         let past = batch
             .iter()
             .map(|&d| splits[d].trunk.len())
             .max()
             .unwrap_or(0);
-        let (ids, pos, mask) = branch_inputs(splits, batch, n, past);
-        let dev = model.device;
-        let lens: Vec<usize> = batch.iter().map(|&d| longest(d)).collect();
-        let total = ids.len() as i64;
-        let ids = Tensor::from_slice(&ids).view([1, total]).to_device(dev);
-        let pos = Tensor::from_slice(&pos).view([1, total]);
-        let mask = Tensor::from_slice(&mask)
-            .view([b as i64, 1, n as i64, (past + n) as i64])
-            .to_device(dev)
-            .to_kind(model.dtype);
-        let ctx = model.context_unpadded(&pos, Some(mask), Unpadded::new(&lens, dev));
+        let tries: Vec<TrieRow> = batch
+            .iter()
+            .map(|&d| {
+                let s = &splits[d];
+                TrieRow {
+                    tokens: &s.tokens,
+                    parent: &s.parent,
+                    depth: &s.depth,
+                    sees: s.trunk.len(),
+                }
+            })
+            .collect();
+        let inputs = Rows::tries(&tries, past);
         let mut cache = gather_cache(model, splits, batch, kept, past)?;
-        prof.inputs_s += lap.lap();
-        let h = model.embed_tokens(&ids)?;
-        let h = model.run_layers(h, 0..model.n_layers(), &ctx, &mut NoTap, cache.as_mut());
-        prof.forward_s += lap.lap();
-        let targets = collect_pairs(splits, batch, &lens, |node| match node {
+        let h = inputs.forward(model, cache.as_mut(), &mut lap, prof)?;
+        let lens = inputs.lens();
+        let targets = collect_pairs(splits, batch, lens, |node| match node {
             Node::Branch(i) => Some(i),
             Node::Trunk(_) => None,
         });
         let scores = head(model, &h, &targets, prof)?;
         prof.head_s += lap.lap();
-        prof.forwards += 1;
-        prof.rows += b;
-        prof.padded_tokens += b * n;
-        prof.forwarded_tokens += total as usize;
         store(got, &targets.slots, &scores);
         finished(batch.len());
         Ok(())
     })
-}
-
-/// Ids and positions (real tokens only, row after row) and the additive attention mask (`[B, 1, n, past + n]`, 0 = attend,
-/// -inf = not) of a batch of branches: a branch node sees its document's whole trunk
-/// (cache columns `0..trunk`) and its own ancestors. Padding queries see only themselves
-/// so no softmax row is empty.
-fn branch_inputs(
-    splits: &[Split],
-    batch: &[usize],
-    n: usize,
-    past: usize,
-) -> (Vec<i64>, Vec<i64>, Vec<f32>) {
-    let (b, w) = (batch.len(), past + n);
-    let mut ids = vec![];
-    let mut pos = vec![];
-    let mut mask = vec![f32::NEG_INFINITY; b * n * w];
-    for (r, &d) in batch.iter().enumerate() {
-        let s = &splits[d];
-        ids.extend(&s.tokens);
-        pos.extend(&s.depth);
-        let m = &mut mask[r * n * w..(r + 1) * n * w];
-        for i in 0..n {
-            if i < s.tokens.len() {
-                let par = s.parent[i];
-                if par >= 0 {
-                    // Parents precede children: copy the parent's view.
-                    let (before, after) = m.split_at_mut(i * w);
-                    let prow = &before[par as usize * w..(par as usize + 1) * w];
-                    after[..w].copy_from_slice(prow);
-                } else {
-                    m[i * w..i * w + s.trunk.len()].fill(0.0);
-                }
-            }
-            m[i * w + past + i] = 0.0;
-        }
-    }
-    (ids, pos, mask)
 }
 
 /// Each layer's kept keys and values for the batch's documents, right-padded to `past`

@@ -44,6 +44,15 @@ impl ScoreProfile {
         self.forwards += o.forwards;
     }
 
+    /// Several tasks' profiles added up.
+    pub fn total<'a>(parts: impl IntoIterator<Item = &'a ScoreProfile>) -> ScoreProfile {
+        let mut t = ScoreProfile::default();
+        for p in parts {
+            t.add(p);
+        }
+        t
+    }
+
     pub fn timed_s(&self) -> f64 {
         self.tokenize_s + self.inputs_s + self.forward_s + self.head_s
     }

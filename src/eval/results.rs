@@ -114,10 +114,7 @@ pub fn lm_eval_json(tasks: &[TaskResult], ppl: &[(String, PplResult)], info: &Ru
     }
     let forwarded: usize = tasks.iter().map(|t| t.tokens_forwarded).sum();
     let task_seconds: f64 = tasks.iter().map(|t| t.seconds).sum();
-    let mut total = super::profile::ScoreProfile::default();
-    for t in tasks {
-        total.add(&t.profile);
-    }
+    let total = super::profile::ScoreProfile::total(tasks.iter().map(|t| &t.profile));
     let per_task: Map<String, Value> = tasks
         .iter()
         .map(|t| (t.task.clone(), json!(t.profile)))

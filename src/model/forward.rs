@@ -103,19 +103,6 @@ impl Unpadded {
         }
     }
 
-    pub fn rows(&self) -> i64 {
-        self.rows
-    }
-
-    pub fn width(&self) -> i64 {
-        self.width
-    }
-
-    /// Flat index (into `[rows * width]`) of each real token.
-    pub fn token_slots(&self) -> &Tensor {
-        &self.token_slot
-    }
-
     /// `[1, heads, T, d]` -> `[rows, heads, width, d]` (padding slots zero).
     fn pad(&self, x: &Tensor) -> Tensor {
         let s = x.size();
