@@ -254,3 +254,82 @@ fn cached_context_equals_separate_sequences_on_stories260k() {
         }
     }
 }
+
+/// A vocabulary of several head tiles (the CPU head works in tiles of 4096 entries, the
+/// last one partial): log-probabilities and greedy flags still equal a full log-softmax.
+#[test]
+fn head_tiles_equal_a_full_log_softmax() {
+    let m32 = random_model(tiny_config(json!({"vocab_size": 10_000})).unwrap(), 5);
+    let m = in_f64(&m32, "tiny-10k-vocab-f64");
+    // Targets in every tile, including the last entry of the vocabulary.
+    let mut docs = edge_docs(10_000);
+    docs.push(vec![
+        TokenRequest {
+            context: vec![7, 4_100, 9_999],
+            continuation: vec![9_999, 0, 4_095, 4_096, 8_192],
+        },
+        TokenRequest {
+            context: vec![7, 4_100, 9_999],
+            continuation: vec![8_191],
+        },
+    ]);
+    for layout in [ScoreLayout::Cached, ScoreLayout::Packed] {
+        check(&m, layout, &docs, 4096, 512).unwrap();
+        check(&m32, layout, &docs, 4096, 512).unwrap();
+    }
+}
+
+#[test]
+fn a_target_outside_the_vocabulary_is_an_error() {
+    MODEL.with(|m| {
+        let h = Tensor::zeros([2, m.config.hidden_size], (Kind::Float, tch::Device::Cpu));
+        let vocab = m.config.vocab_size;
+        for bad in [vocab, -1] {
+            let e = come_repro::eval::head::score_pairs(m, &h, &[(0, 1), (1, bad)])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(&bad.to_string()) && e.contains("vocabulary"),
+                "{e}"
+            );
+        }
+    });
+}
+
+/// More positions than one head block (1024 rows on CPU), several pairs per row, targets
+/// in every tile: each pair equals the full log-softmax of its row.
+#[test]
+fn head_blocks_and_tiles_equal_a_full_log_softmax() {
+    let m = random_model(tiny_config(json!({"vocab_size": 10_000})).unwrap(), 6);
+    head_check(&m);
+    head_check(&load_model(&common::smollm2(), LoadOptions::default()).unwrap());
+}
+
+fn head_check(m: &Model) {
+    let v = m.config.vocab_size;
+    let rows = 2_500;
+    let h = Tensor::randn(
+        [rows, m.config.hidden_size],
+        (Kind::Float, tch::Device::Cpu),
+    );
+    let pairs: Vec<(usize, i64)> = (0..rows as usize)
+        .rev()
+        .flat_map(|r| {
+            [
+                (r, (r as i64 * 7_919) % v),
+                (r, (r as i64 * 104_729 + 3) % v),
+            ]
+        })
+        .collect();
+    let got = come_repro::eval::head::score_pairs(m, &h, &pairs).unwrap();
+    let logp = m.lm_head(&m.final_norm(&h)).log_softmax(-1, Kind::Float);
+    let argmax = logp.argmax(-1, false);
+    for (&(r, t), &(lp, greedy)) in pairs.iter().zip(&got) {
+        let want = logp.double_value(&[r as i64, t]);
+        assert!(
+            (lp - want).abs() < 1e-4,
+            "row {r} target {t}: {lp} vs {want}"
+        );
+        assert_eq!(greedy, argmax.int64_value(&[r as i64]) == t, "row {r}");
+    }
+}

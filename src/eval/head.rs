@@ -2,18 +2,24 @@
 //! the positions whose next token some request scores. Several requests often score the
 //! same position (every answer's first token follows the same context), so each position
 //! is computed once and each (position, target) pair reads its row.
+//!
+//! On CPU the logits are computed in tiles of the vocabulary with an online
+//! log-sum-exp: a `[rows, 4096]` block stays in cache between the matmul and the
+//! reductions, and the matmul runs on many rows at once. One `[128, 49k]` block per call
+//! (the previous layout) ran the matmul at about half the layers' rate; tiles measured
+//! about 35 % faster for the whole head (`bench eval` prints the head's seconds). On a GPU
+//! the whole vocabulary is one tile.
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::Model;
 use tch::{Device, Kind, Tensor};
 
-/// Positions per head call. The logits block is `[chunk, vocab]` f32. On CPU it stays
-/// under 24 MiB, so its buffers are reused from the heap (see `crate::heap`) rather than
-/// mapped and faulted in anew per chunk (128 rows for SmolLM2's 49k vocabulary; the
-/// matmul's speed hardly changes between 128 and 512 rows there). On a GPU 1024 rows
-/// keep the device busy (0.5 GiB for a 128k vocabulary).
-const CHUNK_BYTES_CPU: i64 = 24 << 20;
-const CHUNK_CUDA: i64 = 1024;
+/// Positions per block and vocabulary entries per tile, per device. The CPU block is
+/// `[1024, 4096]` f32 = 16 MiB, under the heap's mapping threshold (see `crate::heap`),
+/// so its buffers are reused rather than faulted in anew.
+const ROWS_CPU: i64 = 1024;
+const VOCAB_TILE_CPU: i64 = 4096;
+const ROWS_CUDA: i64 = 1024;
 
 /// A (row of `hidden`, target token) pair to score.
 pub type Pair = (usize, i64);
@@ -24,64 +30,120 @@ pub fn score_pairs(model: &Model, hidden: &Tensor, pairs: &[Pair]) -> Result<Vec
         return Ok(vec![]);
     }
     let dev = model.device;
-    let vocab = model.config.vocab_size.max(1);
-    let chunk = if dev.is_cuda() {
-        CHUNK_CUDA
+    let vocab = model.head_weight().size()[0];
+    if let Some(&(_, t)) = pairs.iter().find(|p| !(0..vocab).contains(&p.1)) {
+        return Err(Error::Invalid(format!(
+            "target token {t} is outside the vocabulary [0, {vocab})"
+        )));
+    }
+    let (block, tile) = if dev.is_cuda() {
+        (ROWS_CUDA, vocab)
     } else {
-        (CHUNK_BYTES_CPU / (4 * vocab)).clamp(16, 512)
+        (ROWS_CPU, VOCAB_TILE_CPU.min(vocab))
     };
     let rows = hidden.size()[0];
     let normed = model.final_norm(hidden);
-    let (mut lps, mut maxes) = (vec![], vec![]);
-    // Pairs sorted by row, so each chunk of rows reads a contiguous run of pairs.
+    // Pairs sorted by row, so each block of rows reads a contiguous run of pairs.
     let mut order: Vec<usize> = (0..pairs.len()).collect();
     order.sort_by_key(|&i| pairs[i].0);
+    let mut out = vec![(0.0, false); pairs.len()];
     let mut at = 0;
     let mut s0 = 0;
     while s0 < rows {
-        let k = chunk.min(rows - s0);
-        let logits = model.lm_head(&normed.narrow(0, s0, k));
+        let k = block.min(rows - s0);
+        let end = order[at..]
+            .iter()
+            .position(|&i| pairs[i].0 as i64 >= s0 + k)
+            .map_or(order.len(), |p| at + p);
+        let mine = &order[at..end];
+        if !mine.is_empty() {
+            let scored = score_block(model, &normed.narrow(0, s0, k), s0, pairs, mine, tile)?;
+            for (&i, r) in mine.iter().zip(scored) {
+                out[i] = r;
+            }
+        }
+        at = end;
+        s0 += k;
+    }
+    Ok(out)
+}
+
+/// One block of rows starting at `s0`: `mine` are the pairs (indices into `pairs`) whose
+/// row lies in it, in row order.
+fn score_block(
+    model: &Model,
+    normed: &Tensor,
+    s0: i64,
+    pairs: &[Pair],
+    mine: &[usize],
+    tile: i64,
+) -> Result<Vec<(f64, bool)>> {
+    let dev = model.device;
+    let weight = model.head_weight();
+    let vocab = weight.size()[0];
+    let local: Vec<i64> = mine.iter().map(|&i| pairs[i].0 as i64 - s0).collect();
+    let local_t = Tensor::from_slice(&local).to_device(dev);
+    // Per tile: its maximum, argmax and sum of exp(logit - max) per row, and the logits
+    // of the targets that fall in it.
+    let (mut maxes, mut args, mut sums) = (vec![], vec![], vec![]);
+    let mut picked = vec![];
+    let mut picked_of: Vec<usize> = vec![];
+    let mut v0 = 0;
+    while v0 < vocab {
+        let n = tile.min(vocab - v0);
+        let logits = normed.linear::<&Tensor>(&weight.narrow(0, v0, n), None);
         // Half-precision logits are upcast for the log-softmax; f64 stays f64.
         let logits = match logits.kind() {
             Kind::Double => logits,
             _ => logits.to_kind(Kind::Float),
         };
-        // logsumexp as libtorch computes it (max, then log-sum-exp of the shifted
-        // values), keeping the max's index as the argmax.
         let (mx, arg) = logits.max_dim(-1, true);
         let mut shifted = &logits - &mx;
         let _ = shifted.exp_();
-        let lse = shifted.sum_dim_intlist(-1, false, Kind::Float).log() + mx.squeeze_dim(-1);
+        sums.push(shifted.sum_dim_intlist(-1, false, logits.kind()));
         drop(shifted);
-        let vocab = logits.size()[1];
-        let end = order[at..]
+        maxes.push(mx.squeeze_dim(-1));
+        args.push(arg.squeeze_dim(-1) + v0);
+        let (flat, which): (Vec<i64>, Vec<usize>) = mine
             .iter()
-            .position(|&i| pairs[i].0 as i64 >= s0 + k)
-            .map_or(order.len(), |p| at + p);
-        let flat: Vec<i64> = order[at..end]
-            .iter()
-            .map(|&i| (pairs[i].0 as i64 - s0) * vocab + pairs[i].1)
-            .collect();
-        let local: Vec<i64> = order[at..end]
-            .iter()
-            .map(|&i| pairs[i].0 as i64 - s0)
-            .collect();
-        let flat = Tensor::from_slice(&flat).to_device(dev);
-        let local = Tensor::from_slice(&local).to_device(dev);
-        lps.push(logits.view([-1]).index_select(0, &flat) - lse.index_select(0, &local));
-        maxes.push(arg.squeeze_dim(-1).index_select(0, &local));
-        at = end;
-        s0 += k;
+            .enumerate()
+            .filter(|(_, &i)| (v0..v0 + n).contains(&pairs[i].1))
+            .map(|(j, &i)| ((pairs[i].0 as i64 - s0) * n + pairs[i].1 - v0, j))
+            .unzip();
+        if !flat.is_empty() {
+            let flat = Tensor::from_slice(&flat).to_device(dev);
+            picked.push(logits.view([-1]).index_select(0, &flat));
+            picked_of.extend(which);
+        }
+        v0 += n;
     }
-    let lp = Vec::<f64>::try_from(
-        Tensor::cat(&lps, 0)
+    // log-sum-exp over the tiles, in f64: max over tiles M, then log(sum_t s_t e^(m_t - M)) + M.
+    let maxes = Tensor::stack(&maxes, 1).to_kind(Kind::Double);
+    let sums = Tensor::stack(&sums, 1).to_kind(Kind::Double);
+    let (top, top_tile) = maxes.max_dim(1, true);
+    let lse = ((maxes - &top).exp() * sums)
+        .sum_dim_intlist(1, false, Kind::Double)
+        .log()
+        + top.squeeze_dim(1);
+    // The first tile holding the maximum gives the argmax, as a single max over the whole
+    // vocabulary would (it returns the first of equal maxima).
+    let argmax = Tensor::stack(&args, 1)
+        .gather(1, &top_tile, false)
+        .squeeze_dim(1);
+    let lse = Vec::<f64>::try_from(lse.index_select(0, &local_t).to_device(Device::Cpu))?;
+    let argmax = Vec::<i64>::try_from(argmax.index_select(0, &local_t).to_device(Device::Cpu))?;
+    let target = Vec::<f64>::try_from(
+        Tensor::cat(&picked, 0)
             .to_kind(Kind::Double)
             .to_device(Device::Cpu),
     )?;
-    let am = Vec::<i64>::try_from(Tensor::cat(&maxes, 0).to_device(Device::Cpu))?;
-    let mut out = vec![(0.0, false); pairs.len()];
-    for (k, &i) in order.iter().enumerate() {
-        out[i] = (lp[k], am[k] == pairs[i].1);
+    let mut logit = vec![0.0; mine.len()];
+    for (&j, t) in picked_of.iter().zip(target) {
+        logit[j] = t;
     }
-    Ok(out)
+    Ok(mine
+        .iter()
+        .enumerate()
+        .map(|(j, &i)| (logit[j] - lse[j], argmax[j] == pairs[i].1))
+        .collect())
 }

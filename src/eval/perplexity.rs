@@ -3,11 +3,12 @@
 //! 1..seqlen from its own prefix; ppl = exp(total NLL / predicted tokens). With equal
 //! windows this equals the usual exp(mean of per-window mean losses).
 
+use super::head::{score_pairs, Pair};
 use crate::error::{Error, Result};
 use crate::model::forward::NoTap;
 use crate::model::Model;
 use serde::Serialize;
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct PplResult {
@@ -19,29 +20,21 @@ pub struct PplResult {
     pub stream_tokens: usize,
 }
 
-/// Positions scored per LM-head call: bounds the `[chunk, vocab]` logits buffer.
-const HEAD_CHUNK: i64 = 512;
-
 /// Sum of next-token NLL over one batch of windows `[B, S]` (each window independent).
 fn window_nll(model: &Model, ids: &Tensor) -> Result<(f64, i64)> {
     let h = model.forward_hidden(ids, None, &mut NoTap)?;
-    let (b, s) = (h.size()[0], h.size()[1]);
-    let h = model.final_norm(&h.narrow(1, 0, s - 1));
-    let targets = ids.narrow(1, 1, s - 1).to_device(h.device());
-    let mut total = 0f64;
-    let mut start = 0;
-    while start < s - 1 {
-        let n = HEAD_CHUNK.min(s - 1 - start);
-        let logits = model.lm_head(&h.narrow(1, start, n)).to_kind(Kind::Float);
-        let logp = logits.log_softmax(-1, Kind::Float);
-        let tgt = targets.narrow(1, start, n).unsqueeze(-1);
-        let nll = -logp
-            .gather(-1, &tgt, false)
-            .sum(Kind::Double)
-            .double_value(&[]);
-        total += nll;
-        start += n;
-    }
+    let (b, s, d) = (h.size()[0], h.size()[1], h.size()[2]);
+    let h = h.narrow(1, 0, s - 1).reshape([b * (s - 1), d]);
+    let ids = Vec::<i64>::try_from(ids.to_device(tch::Device::Cpu).reshape([-1]))?;
+    let pairs: Vec<Pair> = (0..b as usize)
+        .flat_map(|w| (1..s as usize).map(move |i| (w, i)))
+        .enumerate()
+        .map(|(row, (w, i))| (row, ids[w * s as usize + i]))
+        .collect();
+    let total = -score_pairs(model, &h, &pairs)?
+        .iter()
+        .map(|(lp, _)| lp)
+        .sum::<f64>();
     Ok((total, b * (s - 1)))
 }
 
