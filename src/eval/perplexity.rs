@@ -20,22 +20,29 @@ pub struct PplResult {
     pub stream_tokens: usize,
 }
 
-/// Sum of next-token NLL over one batch of windows `[B, S]` (each window independent).
-fn window_nll(model: &Model, ids: &Tensor) -> Result<(f64, i64)> {
-    let h = model.forward_hidden(ids, None, &mut NoTap)?;
-    let (b, s, d) = (h.size()[0], h.size()[1], h.size()[2]);
-    let h = h.narrow(1, 0, s - 1).reshape([b * (s - 1), d]);
-    let ids = Vec::<i64>::try_from(ids.to_device(tch::Device::Cpu).reshape([-1]))?;
-    let pairs: Vec<Pair> = (0..b as usize)
-        .flat_map(|w| (1..s as usize).map(move |i| (w, i)))
+/// Sum of next-token NLL over `ids`, whole windows of `seqlen` tokens laid end to end
+/// (each window independent), and the number of predicted tokens.
+fn window_nll(model: &Model, ids: &[i64], seqlen: usize) -> Result<(f64, i64)> {
+    let windows = ids.len() / seqlen;
+    let x = Tensor::from_slice(ids).view([windows as i64, seqlen as i64]);
+    let h = model.forward_hidden(&x, None, &mut NoTap)?;
+    let d = h.size()[2];
+    let predicted = windows * (seqlen - 1);
+    let h = h
+        .narrow(1, 0, seqlen as i64 - 1)
+        .reshape([predicted as i64, d]);
+    // Row w * (seqlen - 1) + i of `h` predicts token i + 1 of window w.
+    let pairs: Vec<Pair> = ids
+        .chunks_exact(seqlen)
+        .flat_map(|w| &w[1..])
         .enumerate()
-        .map(|(row, (w, i))| (row, ids[w * s as usize + i]))
+        .map(|(row, &t)| (row, t))
         .collect();
     let total = -score_pairs(model, &h, &pairs)?
         .iter()
         .map(|(lp, _)| lp)
         .sum::<f64>();
-    Ok((total, b * (s - 1)))
+    Ok((total, predicted as i64))
 }
 
 /// Perplexity of `model` over `tokens`. `on_window` is called after each batch with the
@@ -69,8 +76,7 @@ pub fn perplexity(
             .iter()
             .map(|&t| t as i64)
             .collect();
-        let ids = Tensor::from_slice(&slice).view([nb as i64, seqlen as i64]);
-        let (s, c) = window_nll(model, &ids)?;
+        let (s, c) = window_nll(model, &slice, seqlen)?;
         nll += s;
         count += c;
         done += nb;
