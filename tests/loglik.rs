@@ -296,6 +296,22 @@ fn a_target_outside_the_vocabulary_is_an_error() {
     });
 }
 
+/// Ties: a zero hidden state gives every logit the same value, and a single argmax over
+/// the vocabulary returns the first entry, so only target 0 is greedy, not the first
+/// entry of a later tile nor a later entry of the first tile.
+#[test]
+fn the_first_of_tied_maxima_is_the_greedy_token() {
+    let m = random_model(tiny_config(json!({"vocab_size": 10_000})).unwrap(), 7);
+    let h = Tensor::zeros([2, m.config.hidden_size], (Kind::Float, tch::Device::Cpu));
+    let pairs = [(0, 0), (0, 1), (0, 4_096), (1, 8_192), (1, 9_999), (1, 0)];
+    let got = come_repro::eval::head::score_pairs(&m, &h, &pairs).unwrap();
+    let uniform = -(10_000f64).ln();
+    for (&(r, t), &(lp, greedy)) in pairs.iter().zip(&got) {
+        assert!((lp - uniform).abs() < 1e-6, "row {r} target {t}: {lp}");
+        assert_eq!(greedy, t == 0, "row {r} target {t}");
+    }
+}
+
 /// More positions than one head block (1024 rows on CPU), several pairs per row, targets
 /// in every tile: each pair equals the full log-softmax of its row.
 #[test]

@@ -83,67 +83,71 @@ fn score_block(
     let vocab = weight.size()[0];
     let local: Vec<i64> = mine.iter().map(|&i| pairs[i].0 as i64 - s0).collect();
     let local_t = Tensor::from_slice(&local).to_device(dev);
-    // Per tile: its maximum, argmax and sum of exp(logit - max) per row, and the logits
-    // of the targets that fall in it.
-    let (mut maxes, mut args, mut sums) = (vec![], vec![], vec![]);
-    let mut picked = vec![];
+    // Per tile: its maximum and sum of exp(logit - max) per row, the logits of the
+    // targets that fall in it, and the first argmax of the tile's rows that have such a
+    // target (an argmax over every row cost as much as the rest of the reductions).
+    let (mut maxes, mut sums) = (vec![], vec![]);
+    let (mut picked, mut local_arg) = (vec![], vec![]);
     let mut picked_of: Vec<usize> = vec![];
+    let mut tile_of: Vec<i64> = vec![];
     let mut v0 = 0;
     while v0 < vocab {
         let n = tile.min(vocab - v0);
         let logits = normed.linear::<&Tensor>(&weight.narrow(0, v0, n), None);
         // Half-precision logits are upcast for the log-softmax; f64 stays f64.
-        let logits = match logits.kind() {
+        let mut logits = match logits.kind() {
             Kind::Double => logits,
             _ => logits.to_kind(Kind::Float),
         };
-        let (mx, arg) = logits.max_dim(-1, true);
-        let mut shifted = &logits - &mx;
-        let _ = shifted.exp_();
-        sums.push(shifted.sum_dim_intlist(-1, false, logits.kind()));
-        drop(shifted);
-        maxes.push(mx.squeeze_dim(-1));
-        args.push(arg.squeeze_dim(-1) + v0);
-        let (flat, which): (Vec<i64>, Vec<usize>) = mine
+        let mx = logits.amax([-1i64].as_slice(), true);
+        let (rows, which): (Vec<i64>, Vec<usize>) = mine
             .iter()
             .enumerate()
             .filter(|(_, &i)| (v0..v0 + n).contains(&pairs[i].1))
-            .map(|(j, &i)| ((pairs[i].0 as i64 - s0) * n + pairs[i].1 - v0, j))
+            .map(|(j, &i)| (pairs[i].0 as i64 - s0, j))
             .unzip();
-        if !flat.is_empty() {
-            let flat = Tensor::from_slice(&flat).to_device(dev);
-            picked.push(logits.view([-1]).index_select(0, &flat));
+        if !rows.is_empty() {
+            let rows = logits.index_select(0, &Tensor::from_slice(&rows).to_device(dev));
+            let targets: Vec<i64> = which.iter().map(|&j| pairs[mine[j]].1 - v0).collect();
+            let targets = Tensor::from_slice(&targets).to_device(dev).unsqueeze(1);
+            picked.push(rows.gather(1, &targets, false).squeeze_dim(1));
+            local_arg.push(rows.argmax(-1, false) + v0);
+            tile_of.extend(std::iter::repeat_n(maxes.len() as i64, which.len()));
             picked_of.extend(which);
         }
+        // The logits are not read again: exp(logit - max) in place.
+        let _ = logits.g_sub_(&mx);
+        let _ = logits.exp_();
+        sums.push(logits.sum_dim_intlist(-1, false, logits.kind()));
+        maxes.push(mx.squeeze_dim(-1));
         v0 += n;
     }
     // log-sum-exp over the tiles, in f64: max over tiles M, then log(sum_t s_t e^(m_t - M)) + M.
     let maxes = Tensor::stack(&maxes, 1).to_kind(Kind::Double);
     let sums = Tensor::stack(&sums, 1).to_kind(Kind::Double);
-    let (top, top_tile) = maxes.max_dim(1, true);
-    let lse = ((maxes - &top).exp() * sums)
+    let (top, top_tile) = maxes.max_dim(1, false);
+    let lse = ((maxes - top.unsqueeze(1)).exp() * sums)
         .sum_dim_intlist(1, false, Kind::Double)
         .log()
-        + top.squeeze_dim(1);
-    // The first tile holding the maximum gives the argmax, as a single max over the whole
-    // vocabulary would (it returns the first of equal maxima).
-    let argmax = Tensor::stack(&args, 1)
-        .gather(1, &top_tile, false)
-        .squeeze_dim(1);
+        + top;
     let lse = Vec::<f64>::try_from(lse.index_select(0, &local_t).to_device(Device::Cpu))?;
-    let argmax = Vec::<i64>::try_from(argmax.index_select(0, &local_t).to_device(Device::Cpu))?;
+    let top_tile = Vec::<i64>::try_from(top_tile.index_select(0, &local_t).to_device(Device::Cpu))?;
     let target = Vec::<f64>::try_from(
         Tensor::cat(&picked, 0)
             .to_kind(Kind::Double)
             .to_device(Device::Cpu),
     )?;
+    let arg = Vec::<i64>::try_from(Tensor::cat(&local_arg, 0).to_device(Device::Cpu))?;
+    // A target is the argmax over the whole vocabulary when it is its tile's first
+    // argmax and its tile is the first holding the maximum: a single max over the
+    // vocabulary returns the first of equal maxima.
     let mut logit = vec![0.0; mine.len()];
-    for (&j, t) in picked_of.iter().zip(target) {
+    let mut greedy = vec![false; mine.len()];
+    for (((&j, t), a), tile) in picked_of.iter().zip(target).zip(arg).zip(tile_of) {
         logit[j] = t;
+        greedy[j] = a == pairs[mine[j]].1 && tile == top_tile[j];
     }
-    Ok(mine
-        .iter()
-        .enumerate()
-        .map(|(j, &i)| (logit[j] - lse[j], argmax[j] == pairs[i].1))
+    Ok((0..mine.len())
+        .map(|j| (logit[j] - lse[j], greedy[j]))
         .collect())
 }

@@ -222,12 +222,11 @@ fn run_trunks(
         let inputs = Rows::causal(batch.iter().map(|&d| splits[d].trunk.as_slice()));
         let keep = batch.iter().any(|&d| !splits[d].tokens.is_empty());
         let mut cache = keep.then(|| KvCache::new(model.n_layers()));
-        let h = inputs.forward(model, cache.as_mut(), &mut lap, prof)?;
-        let lens = inputs.lens();
-        let targets = collect_pairs(splits, batch, lens, |node| match node {
+        let targets = collect_pairs(splits, batch, inputs.lens(), |node| match node {
             Node::Trunk(i) => Some(i),
             Node::Branch(_) => None,
         });
+        let h = inputs.forward(model, cache.as_mut(), &targets.rows, &mut lap, prof)?;
         let scores = head(model, &h, &targets, prof)?;
         prof.head_s += lap.lap();
         // Nothing above changed any state but the profile: commit now.
@@ -290,12 +289,11 @@ fn run_branches(
             .collect();
         let inputs = Rows::tries(&tries, past);
         let mut cache = gather_cache(model, splits, batch, kept, past)?;
-        let h = inputs.forward(model, cache.as_mut(), &mut lap, prof)?;
-        let lens = inputs.lens();
-        let targets = collect_pairs(splits, batch, lens, |node| match node {
+        let targets = collect_pairs(splits, batch, inputs.lens(), |node| match node {
             Node::Branch(i) => Some(i),
             Node::Trunk(_) => None,
         });
+        let h = inputs.forward(model, cache.as_mut(), &targets.rows, &mut lap, prof)?;
         let scores = head(model, &h, &targets, prof)?;
         prof.head_s += lap.lap();
         store(got, &targets.slots, &scores);
@@ -350,8 +348,9 @@ fn gather_cache(
     Ok(Some(out))
 }
 
-/// The head's work for one batch: unique rows of `h` (`[1, T, hidden]`, real tokens row
-/// after row) and, per (position, target) pair, where its score goes.
+/// The head's work for one batch: the unique positions it reads (indices into the
+/// batch's tokens laid end to end, grouped by row) and, per (position, target) pair,
+/// where its score goes.
 struct Targets {
     rows: Vec<i64>,
     pairs: Vec<Pair>,
@@ -391,7 +390,7 @@ fn collect_pairs(
     t
 }
 
-/// Scores `t`'s pairs from hidden states `h` (`[1, T, hidden]`).
+/// Scores `t`'s pairs from the hidden states at its positions (`[positions, hidden]`).
 fn head(
     model: &Model,
     h: &Tensor,
@@ -401,11 +400,8 @@ fn head(
     if t.pairs.is_empty() {
         return Ok(vec![]);
     }
-    let rows = h
-        .view([-1, *h.size().last().unwrap_or(&1)])
-        .index_select(0, &Tensor::from_slice(&t.rows).to_device(model.device));
     prof.head_positions += t.rows.len();
-    score_pairs(model, &rows, &t.pairs)
+    score_pairs(model, h, &t.pairs)
 }
 
 fn store(got: &mut TokenScores, slots: &[(usize, usize, usize)], scores: &[(f64, bool)]) {

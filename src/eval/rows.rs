@@ -3,8 +3,9 @@
 //! with its profile counts. Shared by both scoring layouts.
 
 use super::profile::{Lap, ScoreProfile};
-use crate::error::Result;
-use crate::model::forward::{KvCache, NoTap, Unpadded};
+use crate::error::{Error, Result};
+use crate::model::forward::{KvCache, Unpadded};
+use crate::model::kept::KeptQueries;
 use crate::model::Model;
 use tch::Tensor;
 
@@ -91,19 +92,22 @@ impl Rows {
         &self.lens
     }
 
-    /// Hidden states after the last layer, `[1, T, hidden]`, with `cache` (when given)
-    /// in front of every row and filled with the rows' keys and values. Time goes to
-    /// `prof` (inputs since `lap`'s last reading, then the layers), with the counts.
+    /// Hidden states after the last layer at the tokens `keep` (indices into the rows'
+    /// tokens laid end to end, grouped by row), `[S, hidden]`: the last layer runs at those
+    /// tokens only (see [`crate::model::kept`]). `cache` (when given) is in front of every
+    /// row and takes the rows' keys and values. Time goes to `prof` (inputs since `lap`'s
+    /// last reading, then the layers), with the counts.
     pub fn forward(
         &self,
         model: &Model,
         cache: Option<&mut KvCache>,
+        keep: &[i64],
         lap: &mut Lap,
         prof: &mut ScoreProfile,
     ) -> Result<Tensor> {
         let dev = model.device;
         let (b, total) = (self.lens.len(), self.ids.len());
-        let n = self.lens.iter().copied().max().unwrap_or(1).max(1);
+        let n = self.width();
         let ids = Tensor::from_slice(&self.ids)
             .view([1, total as i64])
             .to_device(dev);
@@ -115,14 +119,71 @@ impl Rows {
                 .to_kind(model.dtype)
         });
         let ctx = model.context_unpadded(&pos, mask, Unpadded::new(&self.lens, dev));
+        let kept = self.kept(model, keep)?;
         prof.inputs_s += lap.lap();
         let h = model.embed_tokens(&ids)?;
-        let h = model.run_layers(h, 0..model.n_layers(), &ctx, &mut NoTap, cache);
+        let h = model.run_layers_kept(h, &ctx, &kept, cache)?;
         prof.forward_s += lap.lap();
         prof.forwards += 1;
         prof.rows += b;
         prof.padded_tokens += b * n;
         prof.forwarded_tokens += total;
-        Ok(h)
+        Ok(h.squeeze_dim(0))
+    }
+
+    fn width(&self) -> usize {
+        self.lens.iter().copied().max().unwrap_or(1).max(1)
+    }
+
+    /// The last layer's queries at `keep`: per kept token, its row of this forward's mask
+    /// (causal rows: every earlier token of the row and itself).
+    fn kept(&self, model: &Model, keep: &[i64]) -> Result<KeptQueries> {
+        let (rows, n) = (self.lens.len(), self.width());
+        let w = self.past + n;
+        let mut start = Vec::with_capacity(rows);
+        let mut at = 0;
+        for &len in &self.lens {
+            start.push(at);
+            at += len;
+        }
+        let mut per_row = vec![0usize; rows];
+        let mut row_of = Vec::with_capacity(keep.len());
+        let mut r = 0;
+        for &t in keep {
+            let t = usize::try_from(t).unwrap_or(usize::MAX);
+            while r < rows && t >= start[r] + self.lens[r] {
+                r += 1;
+            }
+            if r == rows || t < start[r] {
+                return Err(Error::Invalid(format!(
+                    "internal: kept token {t} is out of range or out of row order"
+                )));
+            }
+            per_row[r] += 1;
+            row_of.push(r);
+        }
+        let wq = per_row.iter().copied().max().unwrap_or(0).max(1);
+        let mut mask = vec![f32::NEG_INFINITY; rows * wq * w];
+        let mut filled = vec![0usize; rows];
+        for (&t, &r) in keep.iter().zip(&row_of) {
+            let i = t as usize - start[r];
+            let dst = &mut mask[(r * wq + filled[r]) * w..][..w];
+            match &self.mask {
+                Some(m) => dst.copy_from_slice(&m[(r * n + i) * w..][..w]),
+                None => dst[..=self.past + i].fill(0.0),
+            }
+            filled[r] += 1;
+        }
+        // Padding queries see one key, so no softmax row is empty; their outputs are dropped.
+        for (r, &f) in filled.iter().enumerate() {
+            for j in f..wq {
+                mask[(r * wq + j) * w] = 0.0;
+            }
+        }
+        let positions: Vec<i64> = keep.iter().map(|&t| self.pos[t as usize]).collect();
+        let mask = Tensor::from_slice(&mask)
+            .view([rows as i64, 1, wq as i64, w as i64])
+            .to_kind(model.dtype);
+        Ok(model.kept_queries(keep, &positions, &per_row, mask))
     }
 }

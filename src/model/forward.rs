@@ -4,7 +4,7 @@
 //! MLP activation before `down_proj`) instead of the model storing anything.
 
 use super::config::ModelConfig;
-use super::layer::Layer;
+use super::layer::{Layer, Linear};
 use super::{rope, Model};
 use crate::error::{Error, Result};
 use tch::{Kind, Tensor};
@@ -103,11 +103,11 @@ impl Unpadded {
         }
     }
 
-    /// `[1, heads, T, d]` -> `[rows, heads, width, d]` (padding slots zero).
-    fn pad(&self, x: &Tensor) -> Tensor {
+    /// `[1, T, heads, d]` -> `[rows, heads, width, d]` (padding slots zero).
+    pub(super) fn pad(&self, x: &Tensor) -> Tensor {
         let s = x.size();
-        let (h, d) = (s[1], s[3]);
-        let flat = x.squeeze_dim(0).transpose(0, 1); // [T, h, d]
+        let (h, d) = (s[2], s[3]);
+        let flat = x.squeeze_dim(0); // [T, h, d]
         let flat = Tensor::cat(&[flat, Tensor::zeros([1, h, d], (x.kind(), x.device()))], 0);
         flat.index_select(0, &self.slot_token)
             .view([self.rows, self.width, h, d])
@@ -115,7 +115,7 @@ impl Unpadded {
     }
 
     /// `[rows, heads, width, d]` -> `[1, T, heads * d]`.
-    fn unpad(&self, x: &Tensor) -> Tensor {
+    pub(super) fn unpad(&self, x: &Tensor) -> Tensor {
         let s = x.size();
         let (h, d) = (s[1], s[3]);
         x.transpose(1, 2)
@@ -428,28 +428,61 @@ pub fn attention_block(
     let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
     let eps = c.rms_norm_eps;
     let xn = rms_norm(x, &layer.input_norm, eps);
-    let mut q = layer.q_proj.forward(&xn).view([b, t, nh, hd]);
-    let mut k = layer.k_proj.forward(&xn).view([b, t, nkv, hd]);
-    let v = layer
-        .v_proj
-        .forward(&xn)
-        .view([b, t, nkv, hd])
-        .transpose(1, 2);
-    if let Some(w) = &layer.q_norm {
-        q = rms_norm(&q, w, eps);
-    }
-    if let Some(w) = &layer.k_norm {
-        k = rms_norm(&k, w, eps);
-    }
+    let q = heads(&layer.q_proj, layer.q_norm.as_ref(), &xn, nh, hd, eps);
+    let k = heads(&layer.k_proj, layer.k_norm.as_ref(), &xn, nkv, hd, eps);
+    let v = heads(&layer.v_proj, None, &xn, nkv, hd, eps);
     tap.qk(idx, &q, &k, ctx.valid.as_ref());
-    let mut q = rope::apply(&q.transpose(1, 2), &ctx.cos, &ctx.sin);
-    let mut k = rope::apply(&k.transpose(1, 2), &ctx.cos, &ctx.sin);
-    let mut v = v;
-    if let Some(u) = &ctx.unpadded {
-        q = u.pad(&q);
-        k = u.pad(&k);
-        v = u.pad(&v);
+    let layout = ctx.unpadded.as_ref();
+    let q = attention_layout(&rope::apply(&q, &ctx.cos, &ctx.sin), layout);
+    let k = attention_layout(&rope::apply(&k, &ctx.cos, &ctx.sin), layout);
+    let (k, v) = through_cache(k, attention_layout(&v, layout), cache);
+    let (mask, causal) = match &ctx.mask {
+        AttnMask::Causal => (None, true),
+        AttnMask::Full => (None, false),
+        AttnMask::Explicit(m) => (Some(m), false),
+    };
+    let attn = sdpa(&q, &k, &v, mask, causal, nh != nkv);
+    let attn = match layout {
+        Some(u) => u.unpad(&attn),
+        None => attn.transpose(1, 2).reshape([b, t, nh * hd]),
+    };
+    tap.attn_pre_o(idx, &attn, ctx.valid.as_ref());
+    layer.o_proj.forward(&attn)
+}
+
+/// A projection of `x` (`[B, T, in]`) split into `n` heads, `[B, T, n, head_dim]`, with
+/// its per-head norm (Qwen3) when it has one.
+pub(super) fn heads(
+    lin: &Linear,
+    norm: Option<&Tensor>,
+    x: &Tensor,
+    n: i64,
+    hd: i64,
+    eps: f64,
+) -> Tensor {
+    let s = x.size();
+    let y = lin.forward(x).view([s[0], s[1], n, hd]);
+    match norm {
+        Some(w) => rms_norm(&y, w, eps),
+        None => y,
     }
+}
+
+/// `[B, T, heads, d]` -> attention's `[B, heads, T, d]`, on the padded rows when the
+/// hidden states are unpadded.
+pub(super) fn attention_layout(x: &Tensor, unpadded: Option<&Unpadded>) -> Tensor {
+    match unpadded {
+        Some(u) => u.pad(x),
+        None => x.transpose(1, 2),
+    }
+}
+
+/// Keys and values behind the cached ones, and the cache extended with them.
+pub(super) fn through_cache(
+    mut k: Tensor,
+    mut v: Tensor,
+    cache: Option<(&mut Option<Tensor>, &mut Option<Tensor>)>,
+) -> (Tensor, Tensor) {
     if let Some((ck, cv)) = cache {
         if let (Some(pk), Some(pv)) = (ck.as_ref(), cv.as_ref()) {
             k = Tensor::cat(&[pk, &k], 2);
@@ -458,18 +491,7 @@ pub fn attention_block(
         *ck = Some(k.shallow_clone());
         *cv = Some(v.shallow_clone());
     }
-    let (mask, causal) = match &ctx.mask {
-        AttnMask::Causal => (None, true),
-        AttnMask::Full => (None, false),
-        AttnMask::Explicit(m) => (Some(m), false),
-    };
-    let attn = sdpa(&q, &k, &v, mask, causal, nh != nkv);
-    let attn = match &ctx.unpadded {
-        Some(u) => u.unpad(&attn),
-        None => attn.transpose(1, 2).reshape([b, t, nh * hd]),
-    };
-    tap.attn_pre_o(idx, &attn, ctx.valid.as_ref());
-    layer.o_proj.forward(&attn)
+    (k, v)
 }
 
 /// The MLP branch of a layer (post-attention norm through `down_proj`), without the residual.
@@ -499,7 +521,7 @@ pub fn mlp_block(
 /// Scaled dot-product attention; grouped-query heads share their key/value head
 /// (query head h reads kv head h / n_rep, the Hugging Face layout), which libtorch's
 /// `enable_gqa` does without materialising repeated keys and values.
-fn sdpa(
+pub(super) fn sdpa(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,

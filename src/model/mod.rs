@@ -6,6 +6,7 @@ pub mod forward;
 pub mod gguf;
 pub mod gguf_tokenizer;
 pub mod import;
+pub mod kept;
 pub mod layer;
 pub mod llama2c;
 pub mod load;

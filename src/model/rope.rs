@@ -51,20 +51,25 @@ impl Rope {
         }
     }
 
-    /// cos and sin tables `[B, 1, T, head_dim]` (f32) for integer positions `[B, T]`.
+    /// cos and sin tables `[B, T, 1, head_dim]` (f32) for integer positions `[B, T]`. The
+    /// sin table carries rotate-half's sign: its first half is negated, so that
+    /// `rotate_half(x) * sin` becomes `swap_halves(x) * sin`, the same numbers (negation is
+    /// exact) for one kernel less.
     pub fn cos_sin(&self, positions: &Tensor) -> (Tensor, Tensor) {
         let pos = positions.to_kind(Kind::Float).unsqueeze(-1); // [B,T,1]
         let freqs = pos * self.inv_freq.view([1, 1, -1]); // [B,T,d/2]
-        let emb = Tensor::cat(&[&freqs, &freqs], -1).unsqueeze(1);
-        (emb.cos(), emb.sin())
+        let emb = Tensor::cat(&[&freqs, &freqs], -1).unsqueeze(2);
+        let sin = freqs.sin();
+        let signed = Tensor::cat(&[&sin.neg(), &sin], -1).unsqueeze(2);
+        (emb.cos(), signed)
     }
 }
 
-/// `x * cos + rotate_half(x) * sin`, with x `[B, H, T, D]`.
+/// `x * cos + rotate_half(x) * sin` with x `[B, T, H, D]` and the tables of
+/// [`Rope::cos_sin`]. Works in the projections' own layout (contiguous), before heads
+/// are moved in front of tokens for attention.
 pub fn apply(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
     let d = x.size()[3];
-    let x1 = x.narrow(3, 0, d / 2);
-    let x2 = x.narrow(3, d / 2, d / 2);
-    let rotated = Tensor::cat(&[&x2.neg(), &x1], 3);
-    x * cos + rotated * sin
+    let swapped = Tensor::cat(&[x.narrow(3, d / 2, d / 2), x.narrow(3, 0, d / 2)], 3);
+    x * cos + swapped * sin
 }
