@@ -101,7 +101,7 @@ fn prune_rejects_bad_targets_and_short_calibration() {
     };
     fails_with(
         &strs(&prune3("--method", "foo".into())),
-        &["unknown method `foo`"],
+        &["invalid value 'foo' for '--method", "come-p", "magnitude+"],
     );
     let short = d.path().join("short.txt");
     std::fs::write(&short, "just a few words\n").unwrap();

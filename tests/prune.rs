@@ -283,14 +283,19 @@ fn calib(seqs: usize, len: usize) -> CalibSet {
 fn every_method_reaches_the_target_with_a_consistent_correspondence() {
     let base = tiny_config(json!({"num_hidden_layers": 8})).unwrap();
     for method in Method::ALL {
-        for merge in ["concat", "linear", "linear-bi", "drop"] {
-            if *method != "come" && merge != "concat" {
+        for merge in [
+            MergeOp::Concat,
+            MergeOp::Linear,
+            MergeOp::LinearBi,
+            MergeOp::Drop,
+        ] {
+            if *method != "come" && merge != MergeOp::Concat {
                 continue;
             }
             let mut m = random_model(base.clone(), 14);
             let cfg = PruneConfig {
                 method: Method::parse(method).unwrap(),
-                merge: MergeOp::parse(merge).unwrap(),
+                merge,
                 target_layers: Some(5),
                 comep_grid: 4,
                 protect_first: 1,
@@ -298,8 +303,8 @@ fn every_method_reaches_the_target_with_a_consistent_correspondence() {
                 ..Default::default()
             };
             let rep = prune(&mut m, calib(2, 16), &cfg, |_, _| {})
-                .unwrap_or_else(|e| panic!("{method}/{merge}: {e}"));
-            assert_eq!(m.n_layers(), 5, "{method}/{merge}");
+                .unwrap_or_else(|e| panic!("{method}/{merge:?}: {e}"));
+            assert_eq!(m.n_layers(), 5, "{method}/{merge:?}");
             assert_eq!(rep.correspondence.len(), 5);
             let mut all: Vec<usize> = rep.correspondence.concat();
             let n_kept = all.len();
@@ -312,11 +317,12 @@ fn every_method_reaches_the_target_with_a_consistent_correspondence() {
             );
             assert!(all.windows(2).all(|w| w[0] < w[1]) && *all.last().unwrap() < 8);
             // Merges keep every original layer; drops lose some.
-            let merges = matches!(*method, "come" | "come-p" | "laco" | "mka") && merge != "drop";
+            let merges =
+                matches!(*method, "come" | "come-p" | "laco" | "mka") && merge != MergeOp::Drop;
             if merges && *method != "come-p" {
                 assert_eq!(
                     n_kept, 8,
-                    "{method}/{merge} should keep all originals: {:?}",
+                    "{method}/{merge:?} should keep all originals: {:?}",
                     rep.correspondence
                 );
             }

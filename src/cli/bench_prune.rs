@@ -36,8 +36,13 @@ pub struct PruneBenchArgs {
     #[arg(long)]
     pub layers: Option<usize>,
     /// Methods to time on a checkpoint.
-    #[arg(long, value_delimiter = ',', default_value = "come,shortgpt")]
-    pub methods: Vec<String>,
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "come,shortgpt"
+    )]
+    pub methods: Vec<Method>,
     /// Target depth (default: 21 on a checkpoint; 22/32 of the depth on a synthetic model).
     #[arg(long)]
     pub target_layers: Option<usize>,
@@ -101,8 +106,8 @@ fn on_checkpoint(model: &Path, a: &PruneBenchArgs) -> Result<()> {
         "disk",
         "authors' wall s"
     );
-    for name in &a.methods {
-        let method = Method::parse(name)?;
+    for &method in &a.methods {
+        let name = method.name();
         let out = tmp.join(name);
         let mut cmd = Command::new(&exe);
         cmd.args(["prune", "--force", "--method", name, "--model"])

@@ -19,28 +19,26 @@ pub struct PruneArgs {
     pub model: PathBuf,
     #[arg(long)]
     pub out: PathBuf,
-    /// come, come-p, shortgpt, sleb, reverse, magnitude, magnitude+, taylor, taylor+, laco, mka.
-    #[arg(long, default_value = "come")]
-    pub method: String,
-    /// For the CoMe schedule: concat, linear, linear-bi or drop.
-    #[arg(long, default_value = "concat")]
-    pub merge: String,
+    #[arg(long, value_enum, default_value_t = Method::Come)]
+    pub method: Method,
+    /// The merge operation of the CoMe schedule.
+    #[arg(long, value_enum, default_value_t = MergeOp::Concat)]
+    pub merge: MergeOp,
     #[arg(long, conflicts_with = "target_layers")]
     pub sparsity: Option<f64>,
     #[arg(long)]
     pub target_layers: Option<usize>,
-    /// act-l1, activation, weight, l2, input-qk, random.
-    #[arg(long, default_value = "act-l1")]
-    pub sensitivity: String,
-    /// sbi, sbi-all or nll.
-    #[arg(long, default_value = "sbi")]
-    pub pair_score: String,
-    /// mean (reference) or fold.
-    #[arg(long, default_value = "mean")]
-    pub norm: String,
+    /// Channel importance (act-l1 is the paper's).
+    #[arg(long, value_enum, default_value_t = Sensitivity::ActL1)]
+    pub sensitivity: Sensitivity,
+    #[arg(long, value_enum, default_value_t = PairScore::Sbi)]
+    pub pair_score: PairScore,
+    /// Merged RMSNorm weights: mean (reference) or fold.
+    #[arg(long, value_enum, default_value_t = NormMode::Mean)]
+    pub norm: NormMode,
     /// hf (correct) or reference (the reference code's GQA head rule).
-    #[arg(long, default_value = "hf")]
-    pub gqa_mapping: String,
+    #[arg(long, value_enum, default_value_t = GqaMapping::Hf)]
+    pub gqa_mapping: GqaMapping,
     /// Allow merging already merged layers.
     #[arg(long)]
     pub allow_repeat: bool,
@@ -77,22 +75,17 @@ pub struct PruneArgs {
     pub rt: RuntimeArgs,
 }
 
-fn parse<T: serde::de::DeserializeOwned>(what: &str, s: &str) -> Result<T> {
-    serde_json::from_value(serde_json::Value::String(s.into()))
-        .map_err(|_| anyhow::anyhow!("unknown {what} `{s}`"))
-}
-
 impl PruneArgs {
     pub fn config(&self) -> Result<PruneConfig> {
         Ok(PruneConfig {
-            method: Method::parse(&self.method)?,
-            merge: MergeOp::parse(&self.merge)?,
+            method: self.method,
+            merge: self.merge,
             target_layers: self.target_layers,
             sparsity: self.sparsity,
-            sensitivity: Sensitivity::parse(&self.sensitivity)?,
-            pair_score: parse::<PairScore>("pair score (sbi, sbi-all, nll)", &self.pair_score)?,
-            norm: parse::<NormMode>("norm (mean, fold)", &self.norm)?,
-            gqa_mapping: parse::<GqaMapping>("gqa mapping (hf, reference)", &self.gqa_mapping)?,
+            sensitivity: self.sensitivity,
+            pair_score: self.pair_score,
+            norm: self.norm,
+            gqa_mapping: self.gqa_mapping,
             no_repeat: !self.allow_repeat,
             comep_grid: self.comep_grid,
             calib: CalibConfig {

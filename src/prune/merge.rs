@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 /// How the merged layer's RMSNorm weights are formed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum NormMode {
     /// Plain mean of the sources' norm weights (reference).
@@ -23,7 +23,7 @@ pub enum NormMode {
 }
 
 /// Which query heads travel with a kept KV head.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum GqaMapping {
     /// Query head h reads KV head h / n_rep (Hugging Face layout): correct.

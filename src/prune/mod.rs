@@ -17,31 +17,44 @@ use serde::{Deserialize, Serialize};
 use state::{CalibState, Need};
 use std::time::Instant;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Serialised (configs, stores) and spelt on the command line by the same names; `name`
+/// and `ALL` list them too (a test keeps the four in step).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 pub enum Method {
     /// Progressive pair merging (CoMe's schedule) with the merge operation of `merge`.
     #[serde(rename = "come")]
+    #[value(name = "come")]
     Come,
     /// CoMe-P: per pair, the channel split chosen by calibration NLL.
     #[serde(rename = "come-p")]
+    #[value(name = "come-p", alias = "comep")]
     ComeP,
     #[serde(rename = "shortgpt")]
+    #[value(name = "shortgpt")]
     ShortGpt,
     #[serde(rename = "sleb")]
+    #[value(name = "sleb")]
     Sleb,
     #[serde(rename = "reverse")]
+    #[value(name = "reverse")]
     Reverse,
     #[serde(rename = "magnitude")]
+    #[value(name = "magnitude")]
     Magnitude,
     #[serde(rename = "magnitude+")]
+    #[value(name = "magnitude+", alias = "magnitude-plus")]
     MagnitudePlus,
     #[serde(rename = "taylor")]
+    #[value(name = "taylor")]
     Taylor,
     #[serde(rename = "taylor+")]
+    #[value(name = "taylor+", alias = "taylor-plus")]
     TaylorPlus,
     #[serde(rename = "laco")]
+    #[value(name = "laco")]
     Laco,
     #[serde(rename = "mka")]
+    #[value(name = "mka")]
     Mka,
 }
 
@@ -59,25 +72,13 @@ impl Method {
         "laco",
         "mka",
     ];
+    /// A method by its name (or one of the command line's aliases).
     pub fn parse(s: &str) -> Result<Method> {
-        Ok(match s {
-            "come" => Method::Come,
-            "come-p" | "comep" => Method::ComeP,
-            "shortgpt" => Method::ShortGpt,
-            "sleb" => Method::Sleb,
-            "reverse" => Method::Reverse,
-            "magnitude" => Method::Magnitude,
-            "magnitude+" | "magnitude-plus" => Method::MagnitudePlus,
-            "taylor" => Method::Taylor,
-            "taylor+" | "taylor-plus" => Method::TaylorPlus,
-            "laco" => Method::Laco,
-            "mka" => Method::Mka,
-            other => {
-                return Err(Error::Invalid(format!(
-                    "unknown method `{other}` (known: {})",
-                    Method::ALL.join(", ")
-                )))
-            }
+        <Method as clap::ValueEnum>::from_str(s, false).map_err(|_| {
+            Error::Invalid(format!(
+                "unknown method `{s}` (known: {})",
+                Method::ALL.join(", ")
+            ))
         })
     }
     /// What the method needs from the calibration set: one-shot scores need one pass,
@@ -111,7 +112,7 @@ impl Method {
 }
 
 /// The operation applied to the pair the CoMe schedule picks (the paper's ablation axis).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum MergeOp {
     #[default]
@@ -124,18 +125,8 @@ pub enum MergeOp {
     Drop,
 }
 
-impl MergeOp {
-    pub fn parse(s: &str) -> Result<MergeOp> {
-        serde_json::from_value(serde_json::Value::String(s.into())).map_err(|_| {
-            Error::Invalid(format!(
-                "unknown merge `{s}` (expected concat, linear, linear-bi, drop)"
-            ))
-        })
-    }
-}
-
 /// How adjacent pairs are ranked for merging (smallest first).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum PairScore {
     /// Angular distance between the pair's input and output on the last token (reference).
@@ -580,4 +571,42 @@ pub fn concat_pair(p: &Pruner, l: usize, r: &[f64]) -> Result<(Layer, merge::Con
         r,
         merge::ConcatOptions::same_shape(c, p.cfg.norm, p.cfg.gqa_mapping),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::ValueEnum;
+
+    /// The name a choice has on the command line is the one it has in configs and stores.
+    fn same_names<T: ValueEnum + Serialize>() -> Vec<String> {
+        T::value_variants()
+            .iter()
+            .map(|v| {
+                let cli = v.to_possible_value().unwrap().get_name().to_string();
+                assert_eq!(serde_json::to_value(v).unwrap(), cli.as_str());
+                cli
+            })
+            .collect()
+    }
+
+    #[test]
+    fn command_line_and_config_names_agree() {
+        let methods = same_names::<Method>();
+        assert_eq!(methods, Method::ALL);
+        for (m, name) in Method::value_variants().iter().zip(&methods) {
+            assert_eq!(m.name(), name);
+            assert_eq!(Method::parse(name).unwrap(), *m);
+        }
+        assert_eq!(Method::parse("comep").unwrap(), Method::ComeP);
+        assert!(Method::parse("foo")
+            .unwrap_err()
+            .to_string()
+            .contains("come-p"));
+        same_names::<MergeOp>();
+        same_names::<PairScore>();
+        same_names::<merge::NormMode>();
+        same_names::<merge::GqaMapping>();
+        same_names::<score::Sensitivity>();
+    }
 }

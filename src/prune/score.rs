@@ -3,13 +3,12 @@
 //! state that accumulates them.
 
 use super::stats::LayerStats;
-use crate::error::{Error, Result};
 use crate::model::{Layer, ModelConfig};
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 /// How a channel's importance is measured (the paper's is `act-l1`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Sensitivity {
     /// mean |activation| x L1 norm of the output projection's column (paper/reference).
@@ -49,14 +48,6 @@ impl Sensitivity {
             },
             Sensitivity::Weight | Sensitivity::Random => StatKinds::default(),
         }
-    }
-
-    pub fn parse(s: &str) -> Result<Self> {
-        serde_json::from_value(serde_json::Value::String(s.to_string())).map_err(|_| {
-            Error::Invalid(format!(
-                "unknown sensitivity `{s}` (expected act-l1, activation, weight, l2, input-qk, random)"
-            ))
-        })
     }
 }
 
