@@ -165,10 +165,10 @@ pub(crate) fn method_label(method: &str) -> String {
 }
 
 pub(super) fn method_rank(method: &str) -> usize {
-    Method::ALL
+    Method::all()
         .iter()
-        .position(|m| *m == method)
-        .unwrap_or(Method::ALL.len())
+        .position(|m| m.name() == method)
+        .unwrap_or(Method::all().len())
 }
 
 pub(crate) fn value_text(v: &Value) -> String {
