@@ -12,6 +12,10 @@ refuse); not run by CI. lm-eval runs once per `--lm-eval-batch-sizes` entry (def
 1, 8 and auto) and the comparison is against its fastest. Prints wall time, tokens/s,
 come-repro's time breakdown (`eval`'s profile) and every task's acc / acc_norm for both,
 and their difference.
+On a non-Intel CPU come-repro gives MKL its Intel kernels (src/mkl_dispatch.rs);
+`--mkl-both-ways` also runs come-repro with `COME_MKL_VENDOR_CHECK=1` (MKL's own choice)
+and lm-eval's fastest batch size with the same override (a preloaded shim built with
+`cc`), so the speed-up can be read like for like as well.
 Workload tokens are counted the same way for both: the sum over requests of the request's
 input length (context + continuation - 1), which is what a one-request-per-row evaluator
 feeds the model; come-repro's own forwarded tokens (after prefix sharing) are shown too.
@@ -31,14 +35,17 @@ ROOT = Path(__file__).resolve().parents[1]
 TASKS = ["piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "boolq", "openbookqa"]
 
 
-def run_ours(args, out: Path) -> float:
+def run_ours(args, out: Path, keep_mkl_check: bool = False) -> float:
+    env = dict(os.environ)
+    if keep_mkl_check:
+        env["COME_MKL_VENDOR_CHECK"] = "1"
     cmd = [
         str(ROOT / "target/release/come-repro"), "eval", "--model", args.model,
         "--tasks", ",".join(TASKS), "--limit", str(args.limit), "--threads", str(args.threads),
         "--output", str(out),
     ]
     t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, cwd=ROOT)
+    subprocess.run(cmd, check=True, cwd=ROOT, env=env)
     return time.perf_counter() - t0
 
 
@@ -90,6 +97,27 @@ def run_lm_eval(args, batch_size):
     return res, wall, lm_eval.__version__
 
 
+# MKL's vendor check answered "Intel", as come-repro's binary does (src/mkl_dispatch.rs).
+MKL_SHIM = "int mkl_serv_intel_cpu_true(void) { return 1; }\n"
+
+
+def run_lm_eval_mkl_forced(args, batch_size, d: Path):
+    """lm-eval in a child process with the MKL shim preloaded (it must be loaded before
+    libtorch, so not in this process)."""
+    src, lib, out = d / "mkl_shim.c", d / "libmkl_shim.so", d / "forced.json"
+    src.write_text(MKL_SHIM)
+    subprocess.run(["cc", "-shared", "-fPIC", "-O2", "-o", str(lib), str(src)], check=True)
+    cmd = [
+        sys.executable, __file__, "--model", args.model, "--limit", str(args.limit),
+        "--threads", str(args.threads), "--lm-eval-max-batch-size",
+        str(args.lm_eval_max_batch_size), "--no-install",
+        "--worker-batch-size", batch_size, "--worker-out", str(out),
+    ]
+    subprocess.run(cmd, check=True, env=dict(os.environ, LD_PRELOAD=str(lib)))
+    data = json.loads(out.read_text())
+    return data["results"], data["wall"]
+
+
 def workload_tokens(res, tokenizer) -> int:
     """Sum of input lengths over all requests, encoded as lm-eval encodes them."""
     total = 0
@@ -118,20 +146,39 @@ def main():
     ap.add_argument("--no-install", action="store_true",
                     help="fail instead of installing lm-eval / accelerate when missing")
     ap.add_argument("--out", default=None, help="write the comparison as JSON here")
+    ap.add_argument("--mkl-both-ways", action="store_true",
+                    help="also time come-repro with MKL's own vendor check and lm-eval "
+                         "with MKL's Intel kernels forced")
+    ap.add_argument("--worker-batch-size", help=argparse.SUPPRESS)
+    ap.add_argument("--worker-out", help=argparse.SUPPRESS)
     args = ap.parse_args()
     os.environ.setdefault("TQDM_DISABLE", "1")
     ensure_deps(not args.no_install)
+    if args.worker_batch_size:
+        res, wall, version = run_lm_eval(args, args.worker_batch_size)
+        Path(args.worker_out).write_text(
+            json.dumps({"results": res["results"], "wall": wall, "version": version}, default=str))
+        return 0
 
     with tempfile.TemporaryDirectory() as d:
         ours_path = Path(d) / "ours.json"
         ours_wall = run_ours(args, ours_path)
         ours = json.loads(ours_path.read_text())
+        kept = None
+        if args.mkl_both_ways:
+            kept_wall = run_ours(args, ours_path, keep_mkl_check=True)
+            kept = (kept_wall, json.loads(ours_path.read_text()))
     runs = []
     for bs in [b.strip() for b in args.lm_eval_batch_sizes.split(",") if b.strip()]:
         res, wall, version = run_lm_eval(args, bs)
         print(f"lm-eval batch size {bs}: {wall:.1f} s", flush=True)
         runs.append((wall, bs, res))
     their_wall, best_bs, theirs = min(runs, key=lambda r: r[0])
+    forced = None
+    if args.mkl_both_ways:
+        with tempfile.TemporaryDirectory() as d:
+            forced = run_lm_eval_mkl_forced(args, best_bs, Path(d))
+        print(f"lm-eval batch size {best_bs}, MKL Intel kernels forced: {forced[1]:.1f} s")
 
     from transformers import AutoTokenizer
 
@@ -147,6 +194,12 @@ def main():
     print(f"{'speed-up':22}{their_wall / ours_wall:>13.2f}x")
     for wall, bs, _ in runs:
         print(f"{'  lm-eval batch ' + bs:22}{'':>14}{wall:>17.1f}s")
+    if kept and forced:
+        print(f"\nlike for like, MKL's kernel choice the same on both sides:")
+        print(f"{'  MKL vendor check':22}{kept[0]:>14.1f}{their_wall:>18.1f}"
+              f"{their_wall / kept[0]:>8.2f}x")
+        print(f"{'  MKL Intel kernels':22}{ours_wall:>14.1f}{forced[1]:>18.1f}"
+              f"{forced[1] / ours_wall:>8.2f}x")
     prof = ours["come_repro"].get("profile")
     if prof:
         tot = prof["total"]
@@ -168,9 +221,14 @@ def main():
             if a is None or b is None:
                 continue
             diff = 100 * (a - b)
-            # Every batch size must agree, not only the fastest.
-            for _, _, other in runs:
-                o = other["results"].get(f"cr_{t}", {}).get(key)
+            # Every batch size (and MKL setting) must agree, not only the fastest.
+            others = [o["results"] for _, _, o in runs] + ([forced[0]] if forced else [])
+            for other in others:
+                o = other.get(f"cr_{t}", {}).get(key)
+                if o is not None:
+                    worst = max(worst, abs(100 * (a - o)))
+            if kept:
+                o = kept[1]["results"].get(t, {}).get(key)
                 if o is not None:
                     worst = max(worst, abs(100 * (a - o)))
             rows.append({"task": t, "metric": m, "come_repro": a, "lm_eval": b})
@@ -185,6 +243,12 @@ def main():
             "workload_tokens": work, "come_repro_forwarded_tokens": fwd,
             "speedup": their_wall / ours_wall, "scores": rows, "max_diff_points": worst,
             "come_repro_profile": prof,
+            "mkl_both_ways": None if not (kept and forced) else {
+                "come_repro_vendor_check_wall_s": kept[0],
+                "lm_eval_intel_kernels_wall_s": forced[1],
+                "speedup_vendor_check": their_wall / kept[0],
+                "speedup_intel_kernels": forced[1] / ours_wall,
+            },
         }, indent=1) + "\n")
 
 

@@ -12,6 +12,7 @@ pub mod experiment;
 pub mod generate;
 pub mod grid;
 pub mod heap;
+pub mod mkl_dispatch;
 pub mod model;
 pub mod paths;
 pub mod prune;

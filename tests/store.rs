@@ -243,6 +243,7 @@ fn environment_stages_register_and_queries() {
         "git.sha",
         "git.dirty",
         "libtorch.version",
+        "mkl.cpu_dispatch",
         "host",
         "cpus",
     ] {

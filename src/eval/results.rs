@@ -144,6 +144,7 @@ pub fn lm_eval_json(tasks: &[TaskResult], ppl: &[(String, PplResult)], info: &Ru
             "version": env!("CARGO_PKG_VERSION"),
             "model": info.model,
             "threads": info.threads,
+            "mkl_cpu_dispatch": crate::mkl_dispatch::describe(),
             "token_budget": {"initial": info.token_budget, "final": info.final_token_budget},
             "tokens_forwarded": forwarded,
             "task_seconds": task_seconds,

@@ -8,7 +8,8 @@ use std::process::Command;
 
 /// Keys: `crate.version`, `git.sha`, `git.dirty` (true/false), `libtorch.dir`,
 /// `libtorch.version` (from `torch/version.py` beside the libtorch libraries, else the
-/// `build-version` file of a plain libtorch download), `torch.threads`, `host`, `os`,
+/// `build-version` file of a plain libtorch download), `torch.threads`,
+/// `mkl.cpu_dispatch` (see [`crate::mkl_dispatch::describe`]), `host`, `os`,
 /// `arch`, `cpus`. A value that cannot be found is "unknown".
 pub fn collect() -> BTreeMap<String, String> {
     let mut m = BTreeMap::new();
@@ -32,6 +33,10 @@ pub fn collect() -> BTreeMap<String, String> {
             .unwrap_or_else(|| "unknown".into()),
     );
     m.insert("torch.threads".into(), tch::get_num_threads().to_string());
+    m.insert(
+        "mkl.cpu_dispatch".into(),
+        crate::mkl_dispatch::describe().into(),
+    );
     m.insert("host".into(), hostname());
     m.insert("os".into(), std::env::consts::OS.into());
     m.insert("arch".into(), std::env::consts::ARCH.into());
