@@ -10,6 +10,13 @@
 //! CPU at hand. Measured on a 2-core AMD EPYC (Zen 3): SmolLM2 scoring's layers 18 %
 //! and its LM head 30 % faster, log-likelihoods within 5e-5 nats of MKL's own choice, no
 //! score changed. `COME_MKL_VENDOR_CHECK=1` restores MKL's own check.
+//!
+//! MKL's Intel kernels split the inner dimension of skinny products across threads, so a
+//! result could depend on the thread count (stories260K's 64-wide products differed by
+//! 1e-5 between 1 and 2 threads), and a Slurm shard on one CPU would not reproduce a run
+//! on two. [`reproducible_across_threads`] asks MKL for its strict reproducible mode,
+//! which keeps products bitwise equal at any thread count (no speed lost that we could
+//! measure on SmolLM2 scoring).
 
 use std::os::raw::c_int;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,6 +31,18 @@ static ASKED: AtomicBool = AtomicBool::new(false);
 fn answer() -> bool {
     static ANSWER: OnceLock<bool> = OnceLock::new();
     *ANSWER.get_or_init(|| decide(std::env::var(KEEP_CHECK_ENV).ok().as_deref(), is_intel()))
+}
+
+/// MKL's variable for its reproducibility mode, read when MKL first runs.
+pub const CBWR_ENV: &str = "MKL_CBWR";
+
+/// Set MKL's strict reproducible mode (`MKL_CBWR=AUTO,STRICT`) unless the user chose a
+/// mode. Call before anything runs on libtorch and before threads start (it sets a
+/// process environment variable).
+pub fn reproducible_across_threads() {
+    if std::env::var_os(CBWR_ENV).is_none() {
+        std::env::set_var(CBWR_ENV, "AUTO,STRICT");
+    }
 }
 
 /// The answer for a value of [`KEEP_CHECK_ENV`] and the CPU's vendor.

@@ -252,7 +252,16 @@ fn smollm2_case(loss: LossKind) {
         Some(&head),
         loss,
     );
-    close("loss", &losses, &run["losses"], 1e-5);
+    // The hidden-state KL is a small difference of large terms (0.039 here): a matrix
+    // product kernel other than the generator's, such as MKL's Intel kernels that the
+    // binary uses on AMD CPUs (src/mkl_dispatch.rs), moves it by 5e-5 relative, while the
+    // other losses stay within 1e-5. A wrong temperature or reduction moves it by percents.
+    let loss_rel = if loss == LossKind::KlHidden {
+        2e-4
+    } else {
+        1e-5
+    };
+    close("loss", &losses, &run["losses"], loss_rel);
     close("lr", &lrs, &run["lrs"], 1e-12);
     close("grad norm", &norms, &run["grad_norms_pre_clip"], 1e-4);
     for ((name, w), (_, w0)) in layer.named_tensors().into_iter().zip(&init) {

@@ -9,7 +9,7 @@ use std::process::Command;
 /// Keys: `crate.version`, `git.sha`, `git.dirty` (true/false), `libtorch.dir`,
 /// `libtorch.version` (from `torch/version.py` beside the libtorch libraries, else the
 /// `build-version` file of a plain libtorch download), `torch.threads`,
-/// `mkl.cpu_dispatch` (see [`crate::mkl_dispatch::describe`]), `host`, `os`,
+/// `mkl.cpu_dispatch` (see [`crate::mkl_dispatch::describe`]), `mkl.cbwr`, `host`, `os`,
 /// `arch`, `cpus`. A value that cannot be found is "unknown".
 pub fn collect() -> BTreeMap<String, String> {
     let mut m = BTreeMap::new();
