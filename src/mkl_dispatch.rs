@@ -33,18 +33,6 @@ fn answer() -> bool {
     *ANSWER.get_or_init(|| decide(std::env::var(KEEP_CHECK_ENV).ok().as_deref(), is_intel()))
 }
 
-/// MKL's variable for its reproducibility mode, read when MKL first runs.
-pub const CBWR_ENV: &str = "MKL_CBWR";
-
-/// Set MKL's strict reproducible mode (`MKL_CBWR=AUTO,STRICT`) unless the user chose a
-/// mode. Call before anything runs on libtorch and before threads start (it sets a
-/// process environment variable).
-pub fn reproducible_across_threads() {
-    if std::env::var_os(CBWR_ENV).is_none() {
-        std::env::set_var(CBWR_ENV, "AUTO,STRICT");
-    }
-}
-
 /// The answer for a value of [`KEEP_CHECK_ENV`] and the CPU's vendor.
 fn decide(keep_env: Option<&str>, intel: bool) -> bool {
     let keep = keep_env.is_some_and(|v| v.trim() == "1");
@@ -88,6 +76,18 @@ pub fn describe() -> &'static str {
         (true, _) => "intel",
         (false, true) => "forced",
         (false, false) => "vendor-check",
+    }
+}
+
+/// MKL's variable for its reproducibility mode, read when MKL first runs.
+pub const CBWR_ENV: &str = "MKL_CBWR";
+
+/// Set MKL's strict reproducible mode (`MKL_CBWR=AUTO,STRICT`) unless the user chose a
+/// mode. Call before anything runs on libtorch and before threads start (it sets a
+/// process environment variable).
+pub fn reproducible_across_threads() {
+    if std::env::var_os(CBWR_ENV).is_none() {
+        std::env::set_var(CBWR_ENV, "AUTO,STRICT");
     }
 }
 
