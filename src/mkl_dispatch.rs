@@ -69,8 +69,15 @@ fn is_intel() -> bool {
     }
 }
 
-/// For the run environment: `intel` (MKL's own choice), `forced` (a non-Intel CPU given
-/// MKL's Intel kernels) or `vendor-check` (a non-Intel CPU left to MKL's check).
+/// What a run records of MKL's settings: `cpu_dispatch` (see [`describe`]) and `cbwr`
+/// (the reproducibility mode in effect, `unset` for MKL's default).
+pub fn settings() -> [(&'static str, String); 2] {
+    let cbwr = std::env::var(CBWR_ENV).unwrap_or_else(|_| "unset".into());
+    [("cpu_dispatch", describe().into()), ("cbwr", cbwr)]
+}
+
+/// `intel` (MKL's own choice), `forced` (a non-Intel CPU given MKL's Intel kernels) or
+/// `vendor-check` (a non-Intel CPU left to MKL's check).
 pub fn describe() -> &'static str {
     match (is_intel(), answer()) {
         (true, _) => "intel",

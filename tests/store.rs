@@ -244,6 +244,7 @@ fn environment_stages_register_and_queries() {
         "git.dirty",
         "libtorch.version",
         "mkl.cpu_dispatch",
+        "mkl.cbwr",
         "host",
         "cpus",
     ] {

@@ -144,7 +144,10 @@ pub fn lm_eval_json(tasks: &[TaskResult], ppl: &[(String, PplResult)], info: &Ru
             "version": env!("CARGO_PKG_VERSION"),
             "model": info.model,
             "threads": info.threads,
-            "mkl_cpu_dispatch": crate::mkl_dispatch::describe(),
+            "mkl": crate::mkl_dispatch::settings()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), Value::from(v)))
+                .collect::<Map<String, Value>>(),
             "token_budget": {"initial": info.token_budget, "final": info.final_token_budget},
             "tokens_forwarded": forwarded,
             "task_seconds": task_seconds,

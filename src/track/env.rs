@@ -9,7 +9,7 @@ use std::process::Command;
 /// Keys: `crate.version`, `git.sha`, `git.dirty` (true/false), `libtorch.dir`,
 /// `libtorch.version` (from `torch/version.py` beside the libtorch libraries, else the
 /// `build-version` file of a plain libtorch download), `torch.threads`,
-/// `mkl.cpu_dispatch` (see [`crate::mkl_dispatch::describe`]), `mkl.cbwr`, `host`, `os`,
+/// `mkl.cpu_dispatch` and `mkl.cbwr` (see [`crate::mkl_dispatch::settings`]), `host`, `os`,
 /// `arch`, `cpus`. A value that cannot be found is "unknown".
 pub fn collect() -> BTreeMap<String, String> {
     let mut m = BTreeMap::new();
@@ -33,10 +33,9 @@ pub fn collect() -> BTreeMap<String, String> {
             .unwrap_or_else(|| "unknown".into()),
     );
     m.insert("torch.threads".into(), tch::get_num_threads().to_string());
-    m.insert(
-        "mkl.cpu_dispatch".into(),
-        crate::mkl_dispatch::describe().into(),
-    );
+    for (k, v) in crate::mkl_dispatch::settings() {
+        m.insert(format!("mkl.{k}"), v);
+    }
     m.insert("host".into(), hostname());
     m.insert("os".into(), std::env::consts::OS.into());
     m.insert("arch".into(), std::env::consts::ARCH.into());
