@@ -181,9 +181,18 @@ fn tiny_case(loss: LossKind) {
     for (name, w) in layer.named_tensors() {
         let want = &g.tensors[&format!("tiny.{}.final.{name}", loss.name())];
         let diff = (w - want).abs().max().double_value(&[]);
+        // The generator's own float32 run is this far from its float64 rerun: AdamW's
+        // first steps amplify rounding in elements whose gradient is near zero (1.4e-5 on
+        // kl_logits' down_proj), so another float32 implementation, or the same one on
+        // other matrix kernels (AVX-512 against AVX2), may be as far. Twice that, and at
+        // least 1e-5.
+        let noise = run["f32_vs_f64"]["per_tensor"][name.as_str()]["max_abs_diff_final"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{name}: the golden has no float32 noise figure"));
+        let tol = (2.0 * noise).max(1e-5);
         assert!(
-            diff <= 1e-5,
-            "{name}: final weights {diff:.3e} from PyTorch's"
+            diff <= tol,
+            "{name}: final weights {diff:.3e} from PyTorch's (tolerance {tol:.1e})"
         );
         // The update itself (final - initial) to 1e-4 relative L2: small enough that
         // weight decay's share of it (about 5e-4 here) is checked too.
