@@ -108,10 +108,17 @@ impl Unpadded {
         let s = x.size();
         let (h, d) = (s[2], s[3]);
         let flat = x.squeeze_dim(0); // [T, h, d]
-        let flat = Tensor::cat(&[flat, Tensor::zeros([1, h, d], (x.kind(), x.device()))], 0);
-        flat.index_select(0, &self.slot_token)
-            .view([self.rows, self.width, h, d])
-            .transpose(1, 2)
+        let padded = if flat.requires_grad() {
+            // Differentiable: gather from the tokens with a zero row appended.
+            let zero = Tensor::zeros([1, h, d], (x.kind(), x.device()));
+            Tensor::cat(&[flat, zero], 0).index_select(0, &self.slot_token)
+        } else {
+            // Inference: scatter the tokens into zeros, without first copying them all.
+            let mut z = Tensor::zeros([self.rows * self.width, h, d], (x.kind(), x.device()));
+            let _ = z.index_copy_(0, &self.token_slot, &flat);
+            z
+        };
+        padded.view([self.rows, self.width, h, d]).transpose(1, 2)
     }
 
     /// `[rows, heads, width, d]` -> `[1, T, heads * d]`.
@@ -408,9 +415,20 @@ pub fn layer_forward(
     tap: &mut dyn Tap,
     cache: Option<(&mut Option<Tensor>, &mut Option<Tensor>)>,
 ) -> Tensor {
-    let h = x + attention_block(c, layer, idx, x, ctx, tap, cache);
+    let h = residual(x, attention_block(c, layer, idx, x, ctx, tap, cache));
     let out = mlp_block(c, layer, idx, &h, ctx, tap);
-    h + out
+    residual(&h, out)
+}
+
+/// `x + branch`. At inference the sum goes into the branch's fresh output (the same
+/// numbers: addition commutes), sparing a hidden-sized buffer per add.
+pub(super) fn residual(x: &Tensor, mut branch: Tensor) -> Tensor {
+    let same = branch.size() == x.size() && branch.kind() == x.kind();
+    if x.requires_grad() || branch.requires_grad() || !same {
+        return x + branch;
+    }
+    branch += x;
+    branch
 }
 
 /// The attention branch of a layer (input norm through `o_proj`), without the residual.

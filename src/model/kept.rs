@@ -115,7 +115,7 @@ fn layer_at_kept(
     );
     let q = kept.layout.pad(&rope::apply(&q, &kept.cos, &kept.sin));
     let attn = forward::sdpa(&q, &k, &v, Some(&kept.mask), false, nh != nkv);
-    let h = xk + layer.o_proj.forward(&kept.layout.unpad(&attn));
+    let h = forward::residual(&xk, layer.o_proj.forward(&kept.layout.unpad(&attn)));
     let out = forward::mlp_block(c, layer, idx, &h, ctx, &mut NoTap);
-    h + out
+    forward::residual(&h, out)
 }
