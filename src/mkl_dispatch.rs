@@ -78,7 +78,7 @@ pub fn settings() -> [(&'static str, String); 2] {
 
 /// `intel` (MKL's own choice), `forced` (a non-Intel CPU given MKL's Intel kernels) or
 /// `vendor-check` (a non-Intel CPU left to MKL's check).
-pub fn describe() -> &'static str {
+fn describe() -> &'static str {
     match (is_intel(), answer()) {
         (true, _) => "intel",
         (false, true) => "forced",

@@ -75,8 +75,6 @@ pub struct Context {
 pub struct Unpadded {
     rows: i64,
     width: i64,
-    /// Per padded slot: its token, or `T` (a zero row) for padding.
-    slot_token: Tensor,
     /// Per token: its padded slot.
     token_slot: Tensor,
 }
@@ -86,19 +84,14 @@ impl Unpadded {
     /// `lens[r]` of the flat sequence.
     pub fn new(lens: &[usize], device: tch::Device) -> Unpadded {
         let width = lens.iter().copied().max().unwrap_or(0).max(1);
-        let total: usize = lens.iter().sum();
-        let mut slot_token = vec![total as i64; lens.len() * width];
-        let mut token_slot = Vec::with_capacity(total);
-        for (r, &len) in lens.iter().enumerate() {
-            for i in 0..len {
-                slot_token[r * width + i] = token_slot.len() as i64;
-                token_slot.push((r * width + i) as i64);
-            }
-        }
+        let token_slot: Vec<i64> = lens
+            .iter()
+            .enumerate()
+            .flat_map(|(r, &len)| (0..len).map(move |i| (r * width + i) as i64))
+            .collect();
         Unpadded {
             rows: lens.len() as i64,
             width: width as i64,
-            slot_token: Tensor::from_slice(&slot_token).to_device(device),
             token_slot: Tensor::from_slice(&token_slot).to_device(device),
         }
     }
@@ -107,17 +100,9 @@ impl Unpadded {
     pub(super) fn pad(&self, x: &Tensor) -> Tensor {
         let s = x.size();
         let (h, d) = (s[2], s[3]);
-        let flat = x.squeeze_dim(0); // [T, h, d]
-        let padded = if flat.requires_grad() {
-            // Differentiable: gather from the tokens with a zero row appended.
-            let zero = Tensor::zeros([1, h, d], (x.kind(), x.device()));
-            Tensor::cat(&[flat, zero], 0).index_select(0, &self.slot_token)
-        } else {
-            // Inference: scatter the tokens into zeros, without first copying them all.
-            let mut z = Tensor::zeros([self.rows * self.width, h, d], (x.kind(), x.device()));
-            let _ = z.index_copy_(0, &self.token_slot, &flat);
-            z
-        };
+        // Tokens scattered into zeros (differentiable too: the zeros are no leaf).
+        let mut padded = Tensor::zeros([self.rows * self.width, h, d], (x.kind(), x.device()));
+        let _ = padded.index_copy_(0, &self.token_slot, &x.squeeze_dim(0));
         padded.view([self.rows, self.width, h, d]).transpose(1, 2)
     }
 
