@@ -255,6 +255,105 @@ fn cached_context_equals_separate_sequences_on_stories260k() {
     }
 }
 
+/// Documents that share prefixes with each other (a task's common opening, twin
+/// sentences, a duplicated document, one-token answers): the batch's shared nodes run
+/// once ([`ScoreLayout::Packed`]'s shared forward) and every score still equals separate
+/// sequences'.
+fn shared_docs(vocab: u32) -> Vec<Vec<TokenRequest>> {
+    let tok = |i: u32| (i.wrapping_mul(2_654_435_761) >> 9) % vocab;
+    let opening: Vec<u32> = (0..6).map(tok).collect();
+    let mut docs = vec![];
+    for d in 0..24u32 {
+        let mut ctx = opening.clone();
+        ctx.extend((0..(3 + d % 11)).map(|i| tok(100 + d * 31 + i)));
+        let twin = d % 4 == 1;
+        let conts: Vec<Vec<u32>> = (0..(1 + d % 4))
+            .map(|c| {
+                (0..(1 + (c + d) % 5))
+                    .map(|i| tok(900 + d * 7 + c * 3 + i))
+                    .collect()
+            })
+            .collect();
+        let reqs: Vec<TokenRequest> = conts
+            .iter()
+            .enumerate()
+            .map(|(c, cont)| {
+                let mut context = ctx.clone();
+                if twin {
+                    context.push(tok(5000 + c as u32));
+                }
+                TokenRequest {
+                    context,
+                    continuation: cont.clone(),
+                }
+            })
+            .collect();
+        if d % 6 == 0 {
+            docs.push(reqs.clone());
+        }
+        docs.push(reqs);
+    }
+    docs
+}
+
+#[test]
+fn prefixes_shared_across_documents_equal_separate_sequences() {
+    let dir = common::stories();
+    let m = load_model(
+        &dir,
+        LoadOptions {
+            dtype: Kind::Double,
+            ..LoadOptions::default()
+        },
+    )
+    .unwrap();
+    let m32 = load_model(&dir, LoadOptions::default()).unwrap();
+    let docs = shared_docs(m.config.vocab_size as u32);
+    for budget in [96, 4096] {
+        check(&m, ScoreLayout::Packed, &docs, budget, 512).unwrap();
+        check(&m32, ScoreLayout::Packed, &docs, budget, 512).unwrap();
+    }
+    // The sharing happened: fewer tokens forwarded than the documents' own tries hold.
+    let own_nodes: usize = docs
+        .iter()
+        .map(|d| {
+            let mut prefixes = std::collections::HashSet::new();
+            for r in d {
+                let whole: Vec<u32> = r.context.iter().chain(&r.continuation).copied().collect();
+                for n in 1..whole.len() {
+                    prefixes.insert(whole[..n].to_vec());
+                }
+            }
+            prefixes.len()
+        })
+        .sum();
+    let mut opts = ScoreOptions {
+        max_length: 512,
+        token_budget: 4096,
+    };
+    let mut prof = ScoreProfile::default();
+    score_documents_in(
+        ScoreLayout::Packed,
+        &m32,
+        &docs,
+        &mut opts,
+        &mut prof,
+        |_| {},
+    )
+    .unwrap();
+    assert!(
+        prof.forwarded_tokens + 100 < own_nodes,
+        "{} forwarded of {own_nodes}",
+        prof.forwarded_tokens
+    );
+    MODEL.with(|tiny| {
+        let docs = shared_docs(tiny.config.vocab_size as u32);
+        let t64 = in_f64(tiny, "tiny-gqa-f64-shared");
+        check(&t64, ScoreLayout::Packed, &docs, 4096, 512).unwrap();
+        check(&t64, ScoreLayout::Packed, &docs, 4096, 12).unwrap();
+    });
+}
+
 /// A vocabulary of several head tiles (the CPU head works in tiles of 4096 entries, the
 /// last one partial): log-probabilities and greedy flags still equal a full log-softmax.
 #[test]

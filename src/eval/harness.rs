@@ -3,7 +3,7 @@
 //! choice's character length), and their standard errors (sample standard deviation with
 //! n - 1, divided by sqrt(n)).
 
-use super::loglik::{encode_pair, score_documents, ScoreOptions, TokenRequest};
+use super::loglik::{encode_pair, score_documents, Score, ScoreOptions, TokenRequest};
 use super::profile::ScoreProfile;
 use super::tasks::{Metric, TaskData};
 use crate::error::Result;
@@ -113,6 +113,54 @@ pub struct EvalOptions {
     pub add_special: bool,
 }
 
+/// A task's documents with their requests tokenised, ready to score.
+pub struct PreparedTask<'a> {
+    task: &'a TaskData,
+    docs: Vec<&'a super::tasks::Doc>,
+    pub requests: Vec<Vec<TokenRequest>>,
+    /// Continuation tokens over all requests.
+    tokens_scored: usize,
+    tokenize_s: f64,
+}
+
+impl PreparedTask<'_> {
+    /// Seconds spent tokenising.
+    pub fn tokenize_s(&self) -> f64 {
+        self.tokenize_s
+    }
+}
+
+/// Tokenise the documents `indices` of `task` as lm-eval's `_encode_pair` does.
+pub fn prepare_task<'a>(
+    tok: &Tokenizer,
+    task: &'a TaskData,
+    indices: &[usize],
+    add_special: bool,
+) -> Result<PreparedTask<'a>> {
+    let t0 = Instant::now();
+    let docs: Vec<&super::tasks::Doc> = indices.iter().filter_map(|&i| task.docs.get(i)).collect();
+    let requests: Vec<Vec<TokenRequest>> = docs
+        .iter()
+        .map(|d| {
+            d.requests
+                .iter()
+                .map(|r| encode_pair(tok, &r.context, &r.continuation, add_special))
+                .collect::<Result<Vec<_>>>()
+        })
+        .collect::<Result<_>>()?;
+    Ok(PreparedTask {
+        task,
+        docs,
+        tokens_scored: requests
+            .iter()
+            .flatten()
+            .map(|r| r.continuation.len())
+            .sum(),
+        requests,
+        tokenize_s: t0.elapsed().as_secs_f64(),
+    })
+}
+
 /// Evaluate the documents `indices` of `task`. `on_progress(done, total)` counts documents.
 pub fn evaluate_task(
     model: &Model,
@@ -123,25 +171,42 @@ pub fn evaluate_task(
     mut on_progress: impl FnMut(usize, usize),
 ) -> Result<TaskResult> {
     let t0 = Instant::now();
+    let prep = prepare_task(tok, task, indices, opts.add_special)?;
+    let total = prep.docs.len();
     let mut profile = ScoreProfile::default();
-    let docs: Vec<&super::tasks::Doc> = indices.iter().filter_map(|&i| task.docs.get(i)).collect();
-    let reqs: Vec<Vec<TokenRequest>> = docs
-        .iter()
-        .map(|d| {
-            d.requests
-                .iter()
-                .map(|r| encode_pair(tok, &r.context, &r.continuation, opts.add_special))
-                .collect::<Result<Vec<_>>>()
-        })
-        .collect::<Result<_>>()?;
-    profile.tokenize_s = t0.elapsed().as_secs_f64();
-    let tokens_scored: usize = reqs.iter().flatten().map(|r| r.continuation.len()).sum();
-    let total = docs.len();
-    let scores = score_documents(model, &reqs, &mut opts.score, &mut profile, |done| {
-        on_progress(done, total)
-    })?;
+    let scores = score_documents(
+        model,
+        &prep.requests,
+        &mut opts.score,
+        &mut profile,
+        |done| on_progress(done, total),
+    )?;
+    Ok(finish_task(
+        prep,
+        &scores,
+        profile,
+        t0.elapsed().as_secs_f64(),
+    ))
+}
+
+/// A task's result from its documents' scores. `profile` is the scoring's (tokenising is
+/// added here); `seconds` the task's wall time.
+pub fn finish_task(
+    prep: PreparedTask,
+    scores: &[Vec<Score>],
+    mut profile: ScoreProfile,
+    seconds: f64,
+) -> TaskResult {
+    let PreparedTask {
+        task,
+        docs,
+        tokens_scored,
+        tokenize_s,
+        ..
+    } = prep;
+    profile.tokenize_s += tokenize_s;
     let mut results = Vec::with_capacity(docs.len());
-    for (d, s) in docs.iter().zip(&scores) {
+    for (d, s) in docs.iter().zip(scores) {
         let ll: Vec<f64> = s.iter().map(|x| x.logprob).collect();
         let norm: Vec<f64> = ll
             .iter()
@@ -163,9 +228,8 @@ pub fn evaluate_task(
         groups,
         categories,
     } = summarize(&task.metrics, &results);
-    let seconds = t0.elapsed().as_secs_f64();
     profile.other_s = (seconds - profile.timed_s()).max(0.0);
-    Ok(TaskResult {
+    TaskResult {
         task: task.name.clone(),
         n_docs_total: task.docs.len(),
         n_docs: results.len(),
@@ -179,7 +243,7 @@ pub fn evaluate_task(
         seconds,
         profile,
         docs: results,
-    })
+    }
 }
 
 /// A task's aggregates, as lm-eval reports them.

@@ -15,6 +15,7 @@
 use super::batching::{self, catch_oom};
 use super::profile::{Lap, ScoreProfile};
 use super::rows::{Rows, TrieRow};
+use super::shared_prefix::{score_split, Split, MIN_SAVED};
 use crate::error::{Error, Result};
 use crate::model::tokenizer::Tokenizer;
 use crate::model::Model;
@@ -226,17 +227,38 @@ pub fn score_documents_in(
         ScoreLayout::Cached => {
             super::prefix_cache::score(model, &packed, &mut opts.token_budget, prof, on_progress)
         }
-        ScoreLayout::Packed => run_batches(&packed, &mut opts.token_budget, on_progress, |rows| {
-            catch_oom(|| score_batch(model, rows, prof))
-        }),
+        ScoreLayout::Packed => {
+            let all: Vec<&Packed> = packed.iter().collect();
+            run_batches(&all, &mut opts.token_budget, on_progress, |rows| {
+                catch_oom(|| score_batch(model, rows, prof))
+            })
+        }
     }
+}
+
+/// The batches [`run_batches`] forms when nothing runs out of memory: document indices,
+/// longest rows first.
+pub(super) fn plan_batches(packed: &[Packed], budget: usize) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..packed.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(packed[i].tokens.len()));
+    let mut plan = vec![];
+    let mut start = 0;
+    while start < order.len() {
+        let n = batch_rows(
+            order[start..].iter().map(|&i| packed[i].tokens.len()),
+            budget,
+        );
+        plan.push(order[start..start + n].to_vec());
+        start += n;
+    }
+    plan
 }
 
 /// Batches documents (one per row, longest first, so rows of a batch have similar
 /// lengths) under `budget` padded tokens ([`batch_rows`]) and scores each batch with `score`, shrinking
 /// `budget` when a batch reports `Error::OutOfMemory`.
-fn run_batches(
-    packed: &[Packed],
+pub(super) fn run_batches(
+    packed: &[&Packed],
     budget: &mut usize,
     mut on_progress: impl FnMut(usize),
     mut score: impl FnMut(&[&Packed]) -> Result<Vec<Vec<Score>>>,
@@ -252,7 +274,7 @@ fn run_batches(
             *budget,
         );
         let batch = &order[start..start + n_rows];
-        let rows: Vec<&Packed> = batch.iter().map(|&i| &packed[i]).collect();
+        let rows: Vec<&Packed> = batch.iter().map(|&i| packed[i]).collect();
         let scores = match score(&rows) {
             Err(Error::OutOfMemory(msg)) => match batching::shrink(batch.len(), longest) {
                 Some(smaller) => {
@@ -310,11 +332,14 @@ fn batch_rows(mut lens: impl Iterator<Item = usize>, budget: usize) -> usize {
 
 /// One forward over documents' tries, one per row. Hidden states hold only real tokens;
 /// attention runs on the padded rows under each trie's mask.
-fn score_batch(
+pub(super) fn score_batch(
     model: &Model,
     rows: &[&Packed],
     prof: &mut ScoreProfile,
 ) -> Result<Vec<Vec<Score>>> {
+    if let Some(split) = Split::of(rows, MIN_SAVED) {
+        return score_split(model, rows, &split, prof);
+    }
     let mut lap = Lap::start(model.device);
     let b = rows.len();
     let tries: Vec<TrieRow> = rows
@@ -326,7 +351,7 @@ fn score_batch(
             sees: 0,
         })
         .collect();
-    let inputs = Rows::tries(&tries, 0);
+    let inputs = Rows::tries(&tries, 0, None)?;
     // The last layer, norm, head and log-softmax only at the scored positions, each once.
     let mut node_row: HashMap<i64, usize> = HashMap::new();
     let mut flat_idx = vec![];
@@ -438,7 +463,8 @@ mod tests {
 
     #[test]
     fn out_of_memory_backs_off_and_scores_everything_once() {
-        let packed = docs();
+        let owned = docs();
+        let packed: Vec<&Packed> = owned.iter().collect();
         let mut calls = vec![];
         let mut big = usize::MAX / 2;
         let want = run_batches(&packed, &mut big, |_| {}, fake(usize::MAX, &mut calls)).unwrap();
@@ -464,7 +490,8 @@ mod tests {
 
     #[test]
     fn a_row_that_never_fits_is_an_error_not_a_loop() {
-        let packed = docs();
+        let owned = docs();
+        let packed: Vec<&Packed> = owned.iter().collect();
         let mut calls = vec![];
         let mut budget = 4096;
         let e = run_batches(&packed, &mut budget, |_| {}, fake(3, &mut calls)).unwrap_err();
@@ -477,7 +504,8 @@ mod tests {
 
     #[test]
     fn other_errors_are_not_retried() {
-        let packed = docs();
+        let owned = docs();
+        let packed: Vec<&Packed> = owned.iter().collect();
         let mut n = 0;
         let mut budget = 4096;
         let e = run_batches(

@@ -287,7 +287,7 @@ fn run_branches(
                 }
             })
             .collect();
-        let inputs = Rows::tries(&tries, past);
+        let inputs = Rows::tries(&tries, past, None)?;
         let mut cache = gather_cache(model, splits, batch, kept, past)?;
         let targets = collect_pairs(splits, batch, inputs.lens(), |node| match node {
             Node::Branch(i) => Some(i),

@@ -7,7 +7,7 @@ use std::time::Instant;
 use tch::Device;
 
 /// One task's (or a whole evaluation's) scoring profile.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct ScoreProfile {
     /// Tokenising requests (lm-eval's `_encode_pair`) and building prefix tries.
     pub tokenize_s: f64,
@@ -28,6 +28,32 @@ pub struct ScoreProfile {
     pub head_positions: usize,
     pub rows: usize,
     pub forwards: usize,
+    /// Threads that ran forwards side by side (CPU scoring workers); with more than one,
+    /// the phase times above are summed over them (worker-seconds, not wall time).
+    #[serde(default = "one")]
+    pub workers: usize,
+}
+
+fn one() -> usize {
+    1
+}
+
+impl Default for ScoreProfile {
+    fn default() -> Self {
+        ScoreProfile {
+            tokenize_s: 0.0,
+            inputs_s: 0.0,
+            forward_s: 0.0,
+            head_s: 0.0,
+            other_s: 0.0,
+            forwarded_tokens: 0,
+            padded_tokens: 0,
+            head_positions: 0,
+            rows: 0,
+            forwards: 0,
+            workers: 1,
+        }
+    }
 }
 
 impl ScoreProfile {
@@ -42,6 +68,7 @@ impl ScoreProfile {
         self.head_positions += o.head_positions;
         self.rows += o.rows;
         self.forwards += o.forwards;
+        self.workers = self.workers.max(o.workers);
     }
 
     /// Several tasks' profiles added up.
@@ -68,10 +95,18 @@ impl ScoreProfile {
 
     /// One line for a terminal.
     pub fn summary(&self) -> String {
+        let per = if self.workers > 1 {
+            format!(
+                " per worker; {} workers, times summed over them",
+                self.workers
+            )
+        } else {
+            String::new()
+        };
         format!(
             "tokenize {:.1}s, inputs {:.1}s, forward {:.1}s, head {:.1}s, other {:.1}s; \
-             {} tokens forwarded ({:.0} tok/s in the layers), {:.1}% padding, {} forwards \
-             of {:.1} rows, head at {} positions",
+             {} tokens forwarded ({:.0} tok/s in the layers{per}), {:.1}% padding, {} \
+             forwards of {:.1} rows, head at {} positions",
             self.tokenize_s,
             self.inputs_s,
             self.forward_s,

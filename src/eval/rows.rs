@@ -9,8 +9,10 @@ use crate::model::kept::KeptQueries;
 use crate::model::Model;
 use tch::Tensor;
 
-/// A prefix trie in one row: node tokens, parents (-1 for a root; parents precede
-/// children), positions, and how many cached columns its roots see.
+/// A prefix trie in one row: node tokens, parents (parents precede children), positions,
+/// and how many cached columns its roots see. A parent of -1 marks a root that sees the
+/// first `sees` cached columns; `-2 - c` a root hanging from cached column `c`, which
+/// sees what that column saw, and it.
 pub(super) struct TrieRow<'a> {
     pub tokens: &'a [i64],
     pub parent: &'a [i64],
@@ -49,7 +51,9 @@ impl Rows {
 
     /// Tries after `past` cached columns: a node sees its root's cached columns and its
     /// ancestors. Padding queries see only themselves, so no softmax row is empty.
-    pub fn tries(rows: &[TrieRow], past: usize) -> Rows {
+    /// `cached` is the cached columns' own mask (`[past, past]`, as [`Rows::own_mask`]
+    /// gives), needed by roots that hang from a cached column.
+    pub fn tries(rows: &[TrieRow], past: usize, cached: Option<&[f32]>) -> Result<Rows> {
         let n = rows
             .iter()
             .map(|r| r.tokens.len())
@@ -72,20 +76,39 @@ impl Rows {
                         let (before, after) = m.split_at_mut(i * w);
                         let prow = &before[par as usize * w..(par as usize + 1) * w];
                         after[..w].copy_from_slice(prow);
-                    } else {
+                    } else if par == -1 {
                         m[i * w..i * w + row.sees].fill(0.0);
+                    } else {
+                        let c = (-2 - par) as usize;
+                        let view = cached
+                            .filter(|v| c < past && v.len() == past * past)
+                            .ok_or_else(|| {
+                                Error::Invalid(format!(
+                                    "internal: a root hangs from cached column {c} of {past} \
+                                     without the cache's mask"
+                                ))
+                            })?;
+                        m[i * w..i * w + past].copy_from_slice(&view[c * past..(c + 1) * past]);
                     }
                 }
                 m[i * w + past + i] = 0.0;
             }
         }
-        Rows {
+        Ok(Rows {
             ids,
             pos,
             lens,
             mask: Some(mask),
             past,
-        }
+        })
+    }
+
+    /// The mask of a single row with nothing cached (`[n, n]`, additive): what each of its
+    /// tokens attends to, for rows that hang from its keys and values later.
+    pub fn own_mask(&self) -> Option<&[f32]> {
+        (self.lens.len() == 1 && self.past == 0)
+            .then_some(self.mask.as_deref())
+            .flatten()
     }
 
     pub fn lens(&self) -> &[usize] {

@@ -149,6 +149,9 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Tensor {
     let d = *x.size().last().unwrap_or(&1);
     let wide = matches!(x.kind(), Kind::Float | Kind::Double);
     if wide && weight.kind() == x.kind() {
+        if let Some(y) = super::fused::rms_norm(x, weight, eps) {
+            return y;
+        }
         return x.rms_norm([d], Some(weight), eps);
     }
     let x32 = x.to_kind(Kind::Float);

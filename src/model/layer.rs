@@ -58,11 +58,17 @@ impl Linear {
         }
     }
 
+    /// The same weights (and adapter), sharing storage.
     pub fn shallow_clone(&self) -> Linear {
-        Linear::new(
-            self.weight.shallow_clone(),
-            self.bias.as_ref().map(Tensor::shallow_clone),
-        )
+        Linear {
+            weight: self.weight.shallow_clone(),
+            bias: self.bias.as_ref().map(Tensor::shallow_clone),
+            adapter: self.adapter.as_ref().map(|a| Adapter {
+                a: a.a.shallow_clone(),
+                b: a.b.shallow_clone(),
+                ..*a
+            }),
+        }
     }
 
     /// A deep copy (new storage), for merges that must not alias their sources.

@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod forward;
+pub mod fused;
 pub mod gguf;
 pub mod gguf_tokenizer;
 pub mod import;
@@ -57,6 +58,21 @@ impl Model {
             device,
             dtype,
             rope,
+        }
+    }
+
+    /// The same model sharing every tensor's storage: a handle another thread can own
+    /// (a tensor may be sent, not shared), for workers that only read the weights.
+    pub fn shallow_clone(&self) -> Model {
+        Model {
+            config: self.config.clone(),
+            embed: self.embed.shallow_clone(),
+            layers: self.layers.iter().map(Layer::shallow_clone).collect(),
+            norm: self.norm.shallow_clone(),
+            lm_head: self.lm_head.as_ref().map(Tensor::shallow_clone),
+            device: self.device,
+            dtype: self.dtype,
+            rope: self.rope.shallow_clone(),
         }
     }
 

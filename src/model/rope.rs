@@ -51,6 +51,12 @@ impl Rope {
         }
     }
 
+    pub fn shallow_clone(&self) -> Rope {
+        Rope {
+            inv_freq: self.inv_freq.shallow_clone(),
+        }
+    }
+
     /// cos and sin tables `[B, T, 1, head_dim]` (f32) for integer positions `[B, T]`. The
     /// sin table carries rotate-half's sign: its first half is negated, so that
     /// `rotate_half(x) * sin` becomes `swap_halves(x) * sin`, the same numbers (negation is

@@ -4,11 +4,14 @@
 //! is the caller's too, through [`EvalHooks`].
 
 use crate::error::{Error, Result};
-use crate::eval::harness::{evaluate_task, EvalOptions, TaskResult};
+use crate::eval::harness::{finish_task, prepare_task, EvalOptions, PreparedTask, TaskResult};
 use crate::eval::latency::{measure, Latency, LatencySpec};
 use crate::eval::loglik::ScoreOptions;
+use crate::eval::loglik::{Score, TokenRequest};
 use crate::eval::perplexity::{perplexity, PplResult};
+use crate::eval::pool::ScoreHooks;
 use crate::eval::ppl_corpus::Corpus;
+use crate::eval::profile::ScoreProfile;
 use crate::eval::tasks::{subset, TaskData};
 use crate::model::tokenizer::Tokenizer;
 use crate::model::Model;
@@ -146,25 +149,7 @@ pub fn evaluate(
         },
         add_special: inp.add_special,
     };
-    let mut tasks = Vec::with_capacity(inp.tasks.len());
-    for data in inp.tasks {
-        hooks.proceed()?;
-        let s = inp.subset;
-        let idx = subset(data.docs.len(), s.limit, s.fraction, s.seed);
-        let before = opts.score.token_budget;
-        hooks.progress(&data.name, 0, idx.len());
-        let r = evaluate_task(model, tok, data, &idx, &mut opts, |done, total| {
-            hooks.progress(&data.name, done, total)
-        })?;
-        if opts.score.token_budget < before {
-            hooks.note(&format!(
-                "{}: out of memory at {before} tokens per batch; continued with {}",
-                data.name, opts.score.token_budget
-            ));
-        }
-        hooks.task_done(&r);
-        tasks.push(r);
-    }
+    let tasks = score_tasks(model, tok, inp, &mut opts, hooks)?;
     let mut ppl = Vec::with_capacity(inp.ppl.len());
     for p in inp.ppl {
         hooks.proceed()?;
@@ -187,6 +172,96 @@ pub fn evaluate(
         final_token_budget: opts.score.token_budget,
         latency,
     })
+}
+
+/// Every task's documents, scored through one queue ([`score_tasks`](crate::eval::pool)),
+/// each task's result handed to `hooks` as soon as it and the tasks before it are done.
+fn score_tasks(
+    model: &Model,
+    tok: &Tokenizer,
+    inp: &EvalInputs,
+    opts: &mut EvalOptions,
+    hooks: &mut dyn EvalHooks,
+) -> Result<Vec<TaskResult>> {
+    hooks.proceed()?;
+    let mut prepared = Vec::with_capacity(inp.tasks.len());
+    for data in inp.tasks {
+        let s = inp.subset;
+        let idx = subset(data.docs.len(), s.limit, s.fraction, s.seed);
+        prepared.push(Some(prepare_task(tok, data, &idx, opts.add_special)?));
+    }
+    let requests: Vec<Vec<Vec<TokenRequest>>> = prepared
+        .iter_mut()
+        .flatten()
+        .map(|p| std::mem::take(&mut p.requests))
+        .collect();
+    let views: Vec<&[Vec<TokenRequest>]> = requests.iter().map(Vec::as_slice).collect();
+    let before = opts.score.token_budget;
+    let mut collect = Collect {
+        tasks: inp.tasks,
+        prepared,
+        requests: &requests,
+        done: vec![0; requests.len()],
+        results: vec![],
+        hooks,
+        since: Instant::now(),
+    };
+    collect.show_current();
+    crate::eval::pool::score_tasks(model, &views, &mut opts.score, &mut collect)?;
+    if opts.score.token_budget < before {
+        collect.hooks.note(&format!(
+            "out of memory at {before} tokens per batch; continued with {}",
+            opts.score.token_budget
+        ));
+    }
+    Ok(collect.results)
+}
+
+/// Turns each task's scores into its result as the pool hands them over.
+struct Collect<'a, 'h> {
+    tasks: &'a [TaskData],
+    prepared: Vec<Option<PreparedTask<'a>>>,
+    requests: &'a [Vec<Vec<TokenRequest>>],
+    /// Documents scored per task. Progress is shown for the first unfinished task only
+    /// (its successor may have started beside it), so the display stays one task at a time.
+    done: Vec<usize>,
+    results: Vec<TaskResult>,
+    hooks: &'h mut dyn EvalHooks,
+    /// When the previous task was handed over: a task's wall time is what passed since.
+    since: Instant,
+}
+
+impl Collect<'_, '_> {
+    fn show_current(&mut self) {
+        let k = self.results.len();
+        if let Some(t) = self.tasks.get(k) {
+            self.hooks
+                .progress(&t.name, self.done[k], self.requests[k].len());
+        }
+    }
+}
+
+impl ScoreHooks for Collect<'_, '_> {
+    fn progress(&mut self, task: usize, done: usize) {
+        self.done[task] = done;
+        if task == self.results.len() {
+            self.show_current();
+        }
+    }
+
+    fn scored(&mut self, task: usize, scores: Vec<Vec<Score>>, prof: ScoreProfile) -> Result<()> {
+        let prep = self.prepared[task]
+            .take()
+            .ok_or_else(|| Error::Invalid("internal: a task was scored twice".into()))?;
+        let seconds = self.since.elapsed().as_secs_f64() + prep.tokenize_s();
+        self.since = Instant::now();
+        let r = finish_task(prep, &scores, prof, seconds);
+        self.hooks.task_done(&r);
+        self.results.push(r);
+        self.hooks.proceed()?;
+        self.show_current();
+        Ok(())
+    }
 }
 
 fn corpus_ppl(
