@@ -248,14 +248,17 @@ def main():
     prof = ours["come_repro"].get("profile")
     if prof:
         tot = prof["total"]
-        print("\ncome-repro time breakdown (seconds; tokens through the layers):")
+        w = tot.get("workers", 1)
+        unit = "seconds" if w == 1 else f"worker-seconds: {w} workers side by side"
+        print(f"\ncome-repro time breakdown ({unit}; tokens through the layers):")
         print(f"  model load {prof['model_load_s']:.1f}, tokenize {tot['tokenize_s']:.1f}, "
               f"inputs {tot['inputs_s']:.1f}, forward {tot['forward_s']:.1f}, head {tot['head_s']:.1f}, "
               f"other {tot['other_s']:.1f}")
         print(f"  {tot['forwarded_tokens']} tokens forwarded, {tot['padded_tokens']} with padding, "
               f"{tot['forwards']} forwards of {tot['rows'] / max(tot['forwards'], 1):.1f} rows, "
               f"head at {tot['head_positions']} positions")
-        print(f"  layers: {tot['forwarded_tokens'] / max(tot['forward_s'], 1e-9):.0f} tok/s")
+        rate = tot['forwarded_tokens'] / max(tot['forward_s'], 1e-9)
+        print(f"  layers: {rate:.0f} tok/s" + ("" if w == 1 else f" per worker, {w * rate:.0f} in all"))
     print(f"\n{'task':16}{'metric':10}{'come-repro':>12}{'lm-eval':>10}{'diff (pt)':>11}")
     worst = 0.0
     for t in TASKS:

@@ -99,7 +99,6 @@ fn score_block(
             Kind::Double => logits,
             _ => logits.to_kind(Kind::Float),
         };
-        let mx = logits.amax([-1i64].as_slice(), true);
         let (rows, which): (Vec<i64>, Vec<usize>) = mine
             .iter()
             .enumerate()
@@ -115,11 +114,21 @@ fn score_block(
             tile_of.extend(std::iter::repeat_n(maxes.len() as i64, which.len()));
             picked_of.extend(which);
         }
-        // The logits are not read again: exp(logit - max) in place.
-        let _ = logits.g_sub_(&mx);
-        let _ = logits.exp_();
-        sums.push(logits.sum_dim_intlist(-1, false, logits.kind()));
-        maxes.push(mx.squeeze_dim(-1));
+        match crate::model::fused::max_sumexp(&logits) {
+            // One pass per row, in cache (at one thread on CPU).
+            Some((m, s)) => {
+                maxes.push(m);
+                sums.push(s);
+            }
+            None => {
+                // The logits are not read again: exp(logit - max) in place.
+                let mx = logits.amax([-1i64].as_slice(), true);
+                let _ = logits.g_sub_(&mx);
+                let _ = logits.exp_();
+                sums.push(logits.sum_dim_intlist(-1, false, logits.kind()));
+                maxes.push(mx.squeeze_dim(-1));
+            }
+        }
         v0 += n;
     }
     // log-sum-exp over the tiles, in f64: max over tiles M, then log(sum_t s_t e^(m_t - M)) + M.

@@ -7,6 +7,10 @@
 //!   real tokens, so padding costs attention alone, and batches bound their padding;
 //! - the LM head runs only at the positions whose next token is scored, once each, and
 //!   so does the last layer apart from its keys and values ([`crate::model::kept`]);
+//! - trie nodes that several documents of a batch share run once
+//!   ([`super::shared_prefix`]);
+//! - on CPU each core runs whole batches, the tasks' batches in one queue
+//!   ([`super::pool`], [`super::workers`]);
 //! - on CUDA, the shared context runs first and the continuations against its cached
 //!   keys and values instead ([`ScoreLayout`]).
 //!

@@ -516,8 +516,11 @@ pub fn mlp_block(
     } else {
         // Inference: in place, saving two [tokens, intermediate] buffers per layer
         // (fresh large buffers cost page faults on CPU).
-        let _ = gate.silu_();
-        gate *= layer.up_proj.forward(&hn);
+        let up = layer.up_proj.forward(&hn);
+        if !super::fused::silu_mul_(&mut gate, &up) {
+            let _ = gate.silu_();
+            gate *= up;
+        }
         gate
     };
     tap.mlp_pre_down(idx, &act, ctx.valid.as_ref());
