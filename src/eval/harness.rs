@@ -47,6 +47,8 @@ pub struct TaskResult {
     pub files: Vec<(std::path::PathBuf, String)>,
     pub tokens_scored: usize,
     pub tokens_forwarded: usize,
+    /// Wall time. Where tasks share CPU workers ([`super::pool`]) they overlap at their
+    /// ends: the time since the previous task's result, plus this one's tokenising.
     pub seconds: f64,
     /// Where the task's time went.
     pub profile: ScoreProfile,
