@@ -233,18 +233,22 @@ fn cached_context_equals_separate_sequences_on_a_tiny_gqa_model() {
     });
 }
 
+/// stories260K in f64 and in f32.
+fn stories_f64_f32() -> (Model, Model) {
+    let dir = common::stories();
+    let f64_opts = LoadOptions {
+        dtype: Kind::Double,
+        ..LoadOptions::default()
+    };
+    (
+        load_model(&dir, f64_opts).unwrap(),
+        load_model(&dir, LoadOptions::default()).unwrap(),
+    )
+}
+
 #[test]
 fn cached_context_equals_separate_sequences_on_stories260k() {
-    let dir = common::stories();
-    let m = load_model(
-        &dir,
-        LoadOptions {
-            dtype: Kind::Double,
-            ..LoadOptions::default()
-        },
-    )
-    .unwrap();
-    let m32 = load_model(&dir, LoadOptions::default()).unwrap();
+    let (m, m32) = stories_f64_f32();
     assert!(m.config.num_key_value_heads < m.config.num_attention_heads);
     let docs = edge_docs(m.config.vocab_size as u32);
     for budget in [64, 4096] {
@@ -298,16 +302,7 @@ fn shared_docs(vocab: u32) -> Vec<Vec<TokenRequest>> {
 
 #[test]
 fn prefixes_shared_across_documents_equal_separate_sequences() {
-    let dir = common::stories();
-    let m = load_model(
-        &dir,
-        LoadOptions {
-            dtype: Kind::Double,
-            ..LoadOptions::default()
-        },
-    )
-    .unwrap();
-    let m32 = load_model(&dir, LoadOptions::default()).unwrap();
+    let (m, m32) = stories_f64_f32();
     let docs = shared_docs(m.config.vocab_size as u32);
     for budget in [96, 4096] {
         check(&m, ScoreLayout::Packed, &docs, budget, 512).unwrap();

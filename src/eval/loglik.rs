@@ -345,7 +345,6 @@ pub(super) fn score_batch(
         return score_split(model, rows, &split, prof);
     }
     let mut lap = Lap::start(model.device);
-    let b = rows.len();
     let tries: Vec<TrieRow> = rows
         .iter()
         .map(|r| TrieRow {
@@ -378,25 +377,28 @@ pub(super) fn score_batch(
     let scored = super::head::score_pairs(model, &hsel, &pairs)?;
     prof.head_s += lap.lap();
     prof.head_positions += flat_idx.len();
-    let mut k = 0;
-    let mut res = Vec::with_capacity(b);
-    for row in rows {
-        let mut scores = vec![];
-        for req in &row.scored {
-            let (mut lp, mut greedy) = (0f64, true);
-            for _ in req {
-                lp += scored[k].0;
-                greedy &= scored[k].1;
-                k += 1;
-            }
-            scores.push(Score {
-                logprob: lp,
-                is_greedy: greedy,
-            });
-        }
-        res.push(scores);
-    }
-    Ok(res)
+    Ok(per_request(rows, &scored))
+}
+
+/// Each request's score from its tokens' (log-probability, is argmax), which `scored`
+/// holds in the order of `docs`' requests and their scored tokens.
+pub(super) fn per_request(docs: &[&Packed], scored: &[(f64, bool)]) -> Vec<Vec<Score>> {
+    let mut it = scored.iter();
+    docs.iter()
+        .map(|d| {
+            d.scored
+                .iter()
+                .map(|req| {
+                    let (mut logprob, mut is_greedy) = (0f64, true);
+                    for &(lp, g) in it.by_ref().take(req.len()) {
+                        logprob += lp;
+                        is_greedy &= g;
+                    }
+                    Score { logprob, is_greedy }
+                })
+                .collect()
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -100,10 +100,24 @@ pub fn score_tasks_on(
             hand_over(&mut state, &mut handed, hooks)
         },
     )?;
-    // Batches that ran out of memory, task by task, under a shrinking budget.
+    let oom = left.out_of_memory;
+    retry_out_of_memory(model, &packed, &jobs, &oom, opts, &mut state, hooks)?;
+    hand_over(&mut state, &mut handed, hooks)
+}
+
+/// Scores the jobs that ran out of memory, task by task, one after another under a
+/// shrinking budget.
+fn retry_out_of_memory(
+    model: &Model,
+    packed: &[Vec<Packed>],
+    jobs: &[(usize, Vec<usize>)],
+    oom: &[usize],
+    opts: &mut ScoreOptions,
+    state: &mut [TaskState],
+    hooks: &mut dyn ScoreHooks,
+) -> Result<()> {
     for (k, s) in state.iter_mut().enumerate() {
-        let retry: Vec<usize> = left
-            .out_of_memory
+        let retry: Vec<usize> = oom
             .iter()
             .filter(|&&j| jobs[j].0 == k)
             .flat_map(|&j| jobs[j].1.iter().copied())
@@ -122,7 +136,7 @@ pub fn score_tasks_on(
         )?;
         s.fill(&retry, scores, &prof);
     }
-    hand_over(&mut state, &mut handed, hooks)
+    Ok(())
 }
 
 /// A task's scores so far.

@@ -8,7 +8,7 @@
 //! rounding: the sums run over other blocks).
 
 use super::head::score_pairs;
-use super::loglik::{Packed, Score};
+use super::loglik::{per_request, Packed, Score};
 use super::profile::{Lap, ScoreProfile};
 use super::rows::{Rows, TrieRow};
 use crate::error::{Error, Result};
@@ -165,7 +165,36 @@ pub(super) fn score_split(
         offset[d] = at;
         at += split.own[d].tokens.len();
     }
-    // Scored positions, each once: shared ones first, then the rows' (in row order).
+    let (trunk_keep, row_keep, pairs) = scored_positions(docs, split, &offset);
+    let mut cache = KvCache::new(model.n_layers());
+    let h_shared = trunk.forward(model, Some(&mut cache), &trunk_keep, &mut lap, prof)?;
+    let h = if kept_rows.is_empty() {
+        h_shared
+    } else {
+        let b = kept_rows.len() as i64;
+        for kv in cache.k.iter_mut().chain(cache.v.iter_mut()) {
+            let t = kv.take().ok_or_else(|| {
+                Error::Invalid("internal: the shared forward kept no cache".into())
+            })?;
+            *kv = Some(t.expand([b, -1, -1, -1], false));
+        }
+        let h_rows = rows.forward(model, Some(&mut cache), &row_keep, &mut lap, prof)?;
+        tch::Tensor::cat(&[h_shared, h_rows], 0)
+    };
+    let scored = score_pairs(model, &h, &pairs)?;
+    prof.head_s += lap.lap();
+    prof.head_positions += trunk_keep.len() + row_keep.len();
+    Ok(per_request(docs, &scored))
+}
+
+/// The positions the head reads, each once: the shared nodes' (`[shared]`) and the rows'
+/// (indices into the rows' tokens laid end to end), both in row order, and per scored
+/// token, (its position among shared-then-row positions, target).
+fn scored_positions(
+    docs: &[&Packed],
+    split: &Split,
+    offset: &[usize],
+) -> (Vec<i64>, Vec<i64>, Vec<(usize, i64)>) {
     let (mut trunk_keep, mut row_keep) = (vec![], vec![]);
     let mut seen: HashSet<Place> = HashSet::new();
     let mut refs: Vec<(Place, i64)> = vec![];
@@ -197,43 +226,7 @@ pub(super) fn score_split(
         }
     };
     let pairs: Vec<(usize, i64)> = refs.iter().map(|&(k, t)| (rank(k), t)).collect();
-    let mut cache = KvCache::new(model.n_layers());
-    let h_shared = trunk.forward(model, Some(&mut cache), &trunk_keep, &mut lap, prof)?;
-    let h = if kept_rows.is_empty() {
-        h_shared
-    } else {
-        let b = kept_rows.len() as i64;
-        for kv in cache.k.iter_mut().chain(cache.v.iter_mut()) {
-            let t = kv.take().ok_or_else(|| {
-                Error::Invalid("internal: the shared forward kept no cache".into())
-            })?;
-            *kv = Some(t.expand([b, -1, -1, -1], false));
-        }
-        let h_rows = rows.forward(model, Some(&mut cache), &row_keep, &mut lap, prof)?;
-        tch::Tensor::cat(&[h_shared, h_rows], 0)
-    };
-    let scored = score_pairs(model, &h, &pairs)?;
-    prof.head_s += lap.lap();
-    prof.head_positions += trunk_keep.len() + row_keep.len();
-    let mut k = 0;
-    let mut out = Vec::with_capacity(docs.len());
-    for p in docs {
-        let mut scores = Vec::with_capacity(p.scored.len());
-        for req in &p.scored {
-            let (mut lp, mut greedy) = (0f64, true);
-            for _ in req {
-                lp += scored[k].0;
-                greedy &= scored[k].1;
-                k += 1;
-            }
-            scores.push(Score {
-                logprob: lp,
-                is_greedy: greedy,
-            });
-        }
-        out.push(scores);
-    }
-    Ok(out)
+    (trunk_keep, row_keep, pairs)
 }
 
 #[cfg(test)]
