@@ -117,7 +117,7 @@ pub struct EvalOptions {
 
 /// A task's documents with their requests tokenised, ready to score.
 pub struct PreparedTask<'a> {
-    task: &'a TaskData,
+    pub task: &'a TaskData,
     docs: Vec<&'a super::tasks::Doc>,
     pub requests: Vec<Vec<TokenRequest>>,
     /// Continuation tokens over all requests.
@@ -184,7 +184,7 @@ pub fn evaluate_task(
         |done| on_progress(done, total),
     )?;
     Ok(finish_task(
-        prep,
+        &prep,
         &scores,
         profile,
         t0.elapsed().as_secs_f64(),
@@ -194,18 +194,18 @@ pub fn evaluate_task(
 /// A task's result from its documents' scores. `profile` is the scoring's (tokenising is
 /// added here); `seconds` the task's wall time.
 pub fn finish_task(
-    prep: PreparedTask,
+    prep: &PreparedTask,
     scores: &[Vec<Score>],
     mut profile: ScoreProfile,
     seconds: f64,
 ) -> TaskResult {
     let PreparedTask {
         task,
-        docs,
+        ref docs,
         tokens_scored,
         tokenize_s,
         ..
-    } = prep;
+    } = *prep;
     profile.tokenize_s += tokenize_s;
     let mut results = Vec::with_capacity(docs.len());
     for (d, s) in docs.iter().zip(scores) {

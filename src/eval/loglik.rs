@@ -185,6 +185,21 @@ pub(super) fn pack(reqs: &[TokenRequest], max_length: usize) -> Result<Packed> {
     Ok(p)
 }
 
+/// Every document's tries, the time going to `prof.tokenize_s`.
+pub(super) fn pack_docs(
+    docs: &[Vec<TokenRequest>],
+    max_length: usize,
+    prof: &mut ScoreProfile,
+) -> Result<Vec<Packed>> {
+    let t0 = std::time::Instant::now();
+    let packed = docs
+        .iter()
+        .map(|d| pack(d, max_length))
+        .collect::<Result<_>>()?;
+    prof.tokenize_s += t0.elapsed().as_secs_f64();
+    Ok(packed)
+}
+
 fn common_prefix(a: &[i64], b: &[i64]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
@@ -221,12 +236,7 @@ pub fn score_documents_in(
     on_progress: impl FnMut(usize),
 ) -> Result<Vec<Vec<Score>>> {
     let _g = tch::no_grad_guard();
-    let t0 = std::time::Instant::now();
-    let packed: Vec<Packed> = docs
-        .iter()
-        .map(|d| pack(d, opts.max_length))
-        .collect::<Result<_>>()?;
-    prof.tokenize_s += t0.elapsed().as_secs_f64();
+    let packed = pack_docs(docs, opts.max_length, prof)?;
     match layout {
         ScoreLayout::Cached => {
             super::prefix_cache::score(model, &packed, &mut opts.token_budget, prof, on_progress)

@@ -8,14 +8,13 @@
 
 use super::batching::catch_oom;
 use super::loglik::{
-    pack, plan_batches, run_batches, score_batch, score_documents, Packed, Score, ScoreLayout,
+    pack_docs, plan_batches, run_batches, score_batch, score_documents, Packed, Score, ScoreLayout,
     ScoreOptions, TokenRequest,
 };
 use super::profile::ScoreProfile;
 use super::workers;
 use crate::error::Result;
 use crate::model::Model;
-use std::time::Instant;
 
 /// What the caller sees while tasks are scored.
 pub trait ScoreHooks {
@@ -57,16 +56,11 @@ pub fn score_tasks_on(
     let _g = tch::no_grad_guard();
     let (mut packed, mut state) = (Vec::with_capacity(tasks.len()), vec![]);
     for docs in tasks {
-        let t0 = Instant::now();
-        let p = docs
-            .iter()
-            .map(|d| pack(d, opts.max_length))
-            .collect::<Result<Vec<Packed>>>()?;
-        let prof = ScoreProfile {
-            tokenize_s: t0.elapsed().as_secs_f64(),
+        let mut prof = ScoreProfile {
             workers: n,
             ..Default::default()
         };
+        let p = pack_docs(docs, opts.max_length, &mut prof)?;
         state.push(TaskState::new(p.len(), prof));
         packed.push(p);
     }

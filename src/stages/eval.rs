@@ -188,20 +188,13 @@ fn score_tasks(
     for data in inp.tasks {
         let s = inp.subset;
         let idx = subset(data.docs.len(), s.limit, s.fraction, s.seed);
-        prepared.push(Some(prepare_task(tok, data, &idx, opts.add_special)?));
+        prepared.push(prepare_task(tok, data, &idx, opts.add_special)?);
     }
-    let requests: Vec<Vec<Vec<TokenRequest>>> = prepared
-        .iter_mut()
-        .flatten()
-        .map(|p| std::mem::take(&mut p.requests))
-        .collect();
-    let views: Vec<&[Vec<TokenRequest>]> = requests.iter().map(Vec::as_slice).collect();
+    let views: Vec<&[Vec<TokenRequest>]> = prepared.iter().map(|p| p.requests.as_slice()).collect();
     let before = opts.score.token_budget;
     let mut collect = Collect {
-        tasks: inp.tasks,
-        prepared,
-        requests: &requests,
-        done: vec![0; requests.len()],
+        prepared: &prepared,
+        done: vec![0; prepared.len()],
         results: vec![],
         hooks,
         since: Instant::now(),
@@ -219,9 +212,7 @@ fn score_tasks(
 
 /// Turns each task's scores into its result as the pool hands them over.
 struct Collect<'a, 'h> {
-    tasks: &'a [TaskData],
-    prepared: Vec<Option<PreparedTask<'a>>>,
-    requests: &'a [Vec<Vec<TokenRequest>>],
+    prepared: &'a [PreparedTask<'a>],
     /// Documents scored per task. Progress is shown for the first unfinished task only
     /// (its successor may have started beside it), so the display stays one task at a time.
     done: Vec<usize>,
@@ -234,9 +225,9 @@ struct Collect<'a, 'h> {
 impl Collect<'_, '_> {
     fn show_current(&mut self) {
         let k = self.results.len();
-        if let Some(t) = self.tasks.get(k) {
+        if let Some(p) = self.prepared.get(k) {
             self.hooks
-                .progress(&t.name, self.done[k], self.requests[k].len());
+                .progress(&p.task.name, self.done[k], p.requests.len());
         }
     }
 }
@@ -250,9 +241,7 @@ impl ScoreHooks for Collect<'_, '_> {
     }
 
     fn scored(&mut self, task: usize, scores: Vec<Vec<Score>>, prof: ScoreProfile) -> Result<()> {
-        let prep = self.prepared[task]
-            .take()
-            .ok_or_else(|| Error::Invalid("internal: a task was scored twice".into()))?;
+        let prep = &self.prepared[task];
         let seconds = self.since.elapsed().as_secs_f64() + prep.tokenize_s();
         self.since = Instant::now();
         let r = finish_task(prep, &scores, prof, seconds);
