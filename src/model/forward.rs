@@ -77,6 +77,8 @@ pub struct Unpadded {
     width: i64,
     /// Per token: its padded slot.
     token_slot: Tensor,
+    /// The same slots, for the fused CPU path.
+    slots: Vec<i64>,
 }
 
 impl Unpadded {
@@ -93,7 +95,19 @@ impl Unpadded {
             rows: lens.len() as i64,
             width: width as i64,
             token_slot: Tensor::from_slice(&token_slot).to_device(device),
+            slots: token_slot,
         }
+    }
+
+    /// `x` (`[1, T, heads, d]`), rotated by the RoPE `tables` when given, in the padded
+    /// layout: one pass on the CPU ([`super::fused::rope_scatter`]).
+    pub(super) fn pad_rotated(&self, x: &Tensor, tables: Option<(&Tensor, &Tensor)>) -> Tensor {
+        let slots = self.rows * self.width;
+        if let Some(p) = super::fused::rope_scatter(x, tables, &self.slots, slots) {
+            let s = x.size();
+            return p.view([self.rows, self.width, s[2], s[3]]).transpose(1, 2);
+        }
+        self.pad(&rotated(x, tables))
     }
 
     /// `[1, T, heads, d]` -> `[rows, heads, width, d]` (padding slots zero).
@@ -439,9 +453,10 @@ pub fn attention_block(
     let v = heads(&layer.v_proj, None, &xn, nkv, hd, eps);
     tap.qk(idx, &q, &k, ctx.valid.as_ref());
     let layout = ctx.unpadded.as_ref();
-    let q = attention_layout(&rope::apply(&q, &ctx.cos, &ctx.sin), layout);
-    let k = attention_layout(&rope::apply(&k, &ctx.cos, &ctx.sin), layout);
-    let (k, v) = through_cache(k, attention_layout(&v, layout), cache);
+    let tables = Some((&ctx.cos, &ctx.sin));
+    let q = attention_layout(&q, tables, layout);
+    let k = attention_layout(&k, tables, layout);
+    let (k, v) = through_cache(k, attention_layout(&v, None, layout), cache);
     let (mask, causal) = match &ctx.mask {
         AttnMask::Causal => (None, true),
         AttnMask::Full => (None, false),
@@ -474,12 +489,23 @@ pub(super) fn heads(
     }
 }
 
-/// `[B, T, heads, d]` -> attention's `[B, heads, T, d]`, on the padded rows when the
-/// hidden states are unpadded.
-pub(super) fn attention_layout(x: &Tensor, unpadded: Option<&Unpadded>) -> Tensor {
+/// `[B, T, heads, d]`, rotated by the RoPE `tables` when given (queries and keys), ->
+/// attention's `[B, heads, T, d]`, on the padded rows when the hidden states are unpadded.
+pub(super) fn attention_layout(
+    x: &Tensor,
+    tables: Option<(&Tensor, &Tensor)>,
+    unpadded: Option<&Unpadded>,
+) -> Tensor {
     match unpadded {
-        Some(u) => u.pad(x),
-        None => x.transpose(1, 2),
+        Some(u) => u.pad_rotated(x, tables),
+        None => rotated(x, tables).transpose(1, 2),
+    }
+}
+
+fn rotated(x: &Tensor, tables: Option<(&Tensor, &Tensor)>) -> Tensor {
+    match tables {
+        Some((cos, sin)) => rope::apply(x, cos, sin),
+        None => x.shallow_clone(),
     }
 }
 

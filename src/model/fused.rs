@@ -15,6 +15,8 @@
 //!   rounds them.
 //! - A row's maximum and sum of `exp(x - max)`: the LM head's log-sum-exp per vocabulary
 //!   tile, two reads of a row that sits in L1 instead of four passes over the whole tile.
+//! - RoPE written straight into attention's padded layout: one pass instead of libtorch's
+//!   product, two `addcmul_`s, a zero fill and a scatter; bitwise libtorch's result.
 //!
 //! `exp` is Cephes' single-precision polynomial (within 2 ulp of the true value; libtorch's
 //! Sleef `exp` is within 1), vectorised with AVX2 and FMA where the CPU has them; elsewhere
@@ -160,9 +162,84 @@ pub fn max_sumexp(x: &Tensor) -> Option<(Tensor, Tensor)> {
     Some((maxes, sums))
 }
 
+/// Rotary embedding and attention's padded layout in one pass. `x` is `[1, T, H, D]`;
+/// `tables` are the `[1, T, 1, D]` cos and sign-folded sin of [`super::rope::Rope::cos_sin`]
+/// (None: no rotation, for values). Token `i` goes to slot `slot[i]` of the `[slots, H,
+/// D]` result, whose other slots are zero. Each element is `x * cos + swapped(x) * sin`
+/// with the second product fused into the sum, which is how libtorch's `addcmul_` in
+/// [`super::rope::apply`] rounds it. None where this path does not apply.
+pub fn rope_scatter(
+    x: &Tensor,
+    tables: Option<(&Tensor, &Tensor)>,
+    slot: &[i64],
+    slots: i64,
+) -> Option<Tensor> {
+    let [1, t, h, d] = x.size()[..] else {
+        return None;
+    };
+    let fits = |s: &i64| (0..slots).contains(s);
+    if !applies(&[x]) || t as usize != slot.len() || d % 2 != 0 || !slot.iter().all(fits) {
+        return None;
+    }
+    if let Some((c, s)) = tables {
+        if !applies(&[c, s]) || c.size() != [1, t, 1, d] || s.size() != [1, t, 1, d] {
+            return None;
+        }
+    }
+    let out = Tensor::empty([slots, h, d], (Kind::Float, Device::Cpu));
+    let (row, d) = ((h * d) as usize, d as usize);
+    // SAFETY: contiguous f32 CPU tensors living through the call; `out` is fresh.
+    let (xs, os) = unsafe { (floats(x), floats_mut(&out)) };
+    // SAFETY: as above, for the tables.
+    let tabs = tables.map(|(c, s)| unsafe { (floats(c), floats(s)) });
+    let mut used = vec![false; slots as usize];
+    let simd = has_avx2_fma();
+    for (i, &sl) in slot.iter().enumerate() {
+        let sl = sl as usize;
+        used[sl] = true;
+        let (src, dst) = (&xs[i * row..][..row], &mut os[sl * row..][..row]);
+        let Some((cs, ss)) = tabs else {
+            dst.copy_from_slice(src);
+            continue;
+        };
+        let (c, s) = (&cs[i * d..][..d], &ss[i * d..][..d]);
+        #[cfg(target_arch = "x86_64")]
+        if simd {
+            // SAFETY: the CPU has the features the function is compiled for.
+            unsafe { simd::rope_heads(src, c, s, dst) };
+            continue;
+        }
+        rope_heads(src, c, s, dst);
+    }
+    for (sl, _) in used.iter().enumerate().filter(|(_, u)| !**u) {
+        os[sl * row..][..row].fill(0.0);
+    }
+    Some(out)
+}
+
+/// One token's heads (`x` and `out` hold whole heads of `c.len()` each), inlined into
+/// each caller so the AVX2 copy is vectorised with FMA.
+#[inline(always)]
+fn rope_heads(x: &[f32], c: &[f32], s: &[f32], out: &mut [f32]) {
+    let half = c.len() / 2;
+    for (xh, oh) in x.chunks_exact(c.len()).zip(out.chunks_exact_mut(c.len())) {
+        let (x0, x1) = xh.split_at(half);
+        let (o0, o1) = oh.split_at_mut(half);
+        for j in 0..half {
+            o0[j] = x1[j].mul_add(s[j], x0[j] * c[j]);
+            o1[j] = x0[j].mul_add(s[half + j], x1[j] * c[half + j]);
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod simd {
     use std::arch::x86_64::*;
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn rope_heads(x: &[f32], c: &[f32], s: &[f32], out: &mut [f32]) {
+        super::rope_heads(x, c, s, out);
+    }
 
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn rms_rows(x: &[f32], w: &[f32], out: &mut [f32], eps: f32) {
@@ -344,6 +421,51 @@ mod tests {
         assert!(max_sumexp(&x.transpose(0, 1)).is_none());
         let mut g = x.copy();
         assert!(!silu_mul_(&mut g, &x.narrow(1, 0, 4)));
+    }
+
+    /// Against libtorch's RoPE and padding (`rope::apply`, `Unpadded::pad`): rows of
+    /// unequal length, a row of one token, head sizes of SmolLM2 and of a tiny model.
+    #[test]
+    fn rope_scatter_equals_libtorch_rope_and_padding() {
+        use crate::model::config::ModelConfig;
+        use crate::model::forward::Unpadded;
+        use crate::model::rope::{self, Rope};
+        tch::manual_seed(8);
+        for (heads, d) in [(9, 64), (3, 64), (2, 16), (1, 6)] {
+            let cfg = ModelConfig::from_json(
+                serde_json::json!({
+                    "model_type": "llama", "hidden_size": heads * d, "intermediate_size": 8,
+                    "num_hidden_layers": 1, "num_attention_heads": heads, "vocab_size": 8,
+                    "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+                }),
+                std::path::Path::new("<test>"),
+            )
+            .unwrap();
+            let lens = [5usize, 1, 9, 3];
+            let t: usize = lens.iter().sum();
+            let positions: Vec<i64> = lens.iter().flat_map(|&n| 0..n as i64).collect();
+            let (cos, sin) =
+                Rope::new(&cfg, Device::Cpu).cos_sin(&Tensor::from_slice(&positions).view([1, -1]));
+            let x = Tensor::randn([1, t as i64, heads, d], (Kind::Float, Device::Cpu)) * 3.0;
+            let layout = Unpadded::new(&lens, Device::Cpu);
+            let want = layout.pad(&rope::apply(&x, &cos, &sin));
+            let got = layout.pad_rotated(&x, Some((&cos, &sin)));
+            assert_eq!(got.size(), want.size());
+            let ulp = f64::try_from((&got - &want).abs().max()).unwrap();
+            assert!(ulp <= 1e-6 * 8.0, "heads {heads} x {d}: {ulp}");
+            assert!(got.equal(&want), "heads {heads} x {d}: not bitwise ({ulp})");
+            assert!(layout.pad_rotated(&x, None).equal(&layout.pad(&x)));
+        }
+        let x = Tensor::randn([1, 3, 2, 4], (Kind::Float, Device::Cpu));
+        assert!(
+            rope_scatter(&x, None, &[0, 1, 4], 4).is_none(),
+            "slot out of range"
+        );
+        assert!(
+            rope_scatter(&x, None, &[0, 1], 4).is_none(),
+            "a slot per token"
+        );
+        assert!(rope_scatter(&x.to_kind(Kind::Double), None, &[0, 1, 2], 4).is_none());
     }
 
     #[test]

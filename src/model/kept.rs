@@ -7,7 +7,7 @@
 
 use super::forward::{self, Context, KvCache, NoTap, Unpadded};
 use super::layer::Layer;
-use super::{rope, Model};
+use super::Model;
 use crate::error::{Error, Result};
 use tch::Tensor;
 
@@ -98,9 +98,9 @@ fn layer_at_kept(
     let xn = forward::rms_norm(x, &layer.input_norm, eps);
     let layout = ctx.unpadded.as_ref();
     let k = forward::heads(&layer.k_proj, layer.k_norm.as_ref(), &xn, nkv, hd, eps);
-    let k = forward::attention_layout(&rope::apply(&k, &ctx.cos, &ctx.sin), layout);
+    let k = forward::attention_layout(&k, Some((&ctx.cos, &ctx.sin)), layout);
     let v = forward::heads(&layer.v_proj, None, &xn, nkv, hd, eps);
-    let (k, v) = forward::through_cache(k, forward::attention_layout(&v, layout), cache);
+    let (k, v) = forward::through_cache(k, forward::attention_layout(&v, None, layout), cache);
     if kept.idx.size()[0] == 0 {
         return x.narrow(1, 0, 0);
     }
@@ -113,7 +113,7 @@ fn layer_at_kept(
         hd,
         eps,
     );
-    let q = kept.layout.pad(&rope::apply(&q, &kept.cos, &kept.sin));
+    let q = forward::attention_layout(&q, Some((&kept.cos, &kept.sin)), Some(&kept.layout));
     let attn = forward::sdpa(&q, &k, &v, Some(&kept.mask), false, nh != nkv);
     let h = forward::residual(&xk, layer.o_proj.forward(&kept.layout.unpad(&attn)));
     let out = forward::mlp_block(c, layer, idx, &h, ctx, &mut NoTap);
