@@ -77,8 +77,8 @@ pub struct Unpadded {
     width: i64,
     /// Per token: its padded slot.
     token_slot: Tensor,
-    /// The same slots, for the fused CPU path.
-    slots: Vec<i64>,
+    /// Real tokens per row, for the fused CPU path.
+    lens: Vec<usize>,
 }
 
 impl Unpadded {
@@ -95,15 +95,14 @@ impl Unpadded {
             rows: lens.len() as i64,
             width: width as i64,
             token_slot: Tensor::from_slice(&token_slot).to_device(device),
-            slots: token_slot,
+            lens: lens.to_vec(),
         }
     }
 
     /// `x` (`[1, T, heads, d]`), rotated by the RoPE `tables` when given, in the padded
     /// layout: one pass on the CPU ([`super::fused::rope_scatter`]).
     pub(super) fn pad_rotated(&self, x: &Tensor, tables: Option<(&Tensor, &Tensor)>) -> Tensor {
-        let slots = self.rows * self.width;
-        if let Some(p) = super::fused::rope_scatter(x, tables, &self.slots, slots) {
+        if let Some(p) = super::fused::rope_scatter(x, tables, &self.lens, self.width as usize) {
             let s = x.size();
             return p.view([self.rows, self.width, s[2], s[3]]).transpose(1, 2);
         }

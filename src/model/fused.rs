@@ -164,21 +164,22 @@ pub fn max_sumexp(x: &Tensor) -> Option<(Tensor, Tensor)> {
 
 /// Rotary embedding and attention's padded layout in one pass. `x` is `[1, T, H, D]`;
 /// `tables` are the `[1, T, 1, D]` cos and sign-folded sin of [`super::rope::Rope::cos_sin`]
-/// (None: no rotation, for values). Token `i` goes to slot `slot[i]` of the `[slots, H,
-/// D]` result, whose other slots are zero. Each element is `x * cos + swapped(x) * sin`
-/// with the second product fused into the sum, which is how libtorch's `addcmul_` in
-/// [`super::rope::apply`] rounds it. None where this path does not apply.
+/// (None: no rotation, for values). Row `r` takes the next `lens[r]` tokens into its first
+/// slots of the `[rows * width, H, D]` result; its other slots are zero. Each element is
+/// `x * cos + swapped(x) * sin` with the second product fused into the sum, which is how
+/// libtorch's AVX2 `addcmul_` in [`super::rope::apply`] rounds it. None where this path
+/// does not apply.
 pub fn rope_scatter(
     x: &Tensor,
     tables: Option<(&Tensor, &Tensor)>,
-    slot: &[i64],
-    slots: i64,
+    lens: &[usize],
+    width: usize,
 ) -> Option<Tensor> {
     let [1, t, h, d] = x.size()[..] else {
         return None;
     };
-    let fits = |s: &i64| (0..slots).contains(s);
-    if !applies(&[x]) || t as usize != slot.len() || d % 2 != 0 || !slot.iter().all(fits) {
+    let fits = lens.iter().sum::<usize>() == t as usize && lens.iter().all(|&n| n <= width);
+    if !applies(&[x]) || !fits || d % 2 != 0 {
         return None;
     }
     if let Some((c, s)) = tables {
@@ -186,33 +187,34 @@ pub fn rope_scatter(
             return None;
         }
     }
-    let out = Tensor::empty([slots, h, d], (Kind::Float, Device::Cpu));
+    let out = Tensor::empty(
+        [(lens.len() * width) as i64, h, d],
+        (Kind::Float, Device::Cpu),
+    );
     let (row, d) = ((h * d) as usize, d as usize);
     // SAFETY: contiguous f32 CPU tensors living through the call; `out` is fresh.
     let (xs, os) = unsafe { (floats(x), floats_mut(&out)) };
     // SAFETY: as above, for the tables.
     let tabs = tables.map(|(c, s)| unsafe { (floats(c), floats(s)) });
-    let mut used = vec![false; slots as usize];
     let simd = has_avx2_fma();
-    for (i, &sl) in slot.iter().enumerate() {
-        let sl = sl as usize;
-        used[sl] = true;
-        let (src, dst) = (&xs[i * row..][..row], &mut os[sl * row..][..row]);
-        let Some((cs, ss)) = tabs else {
-            dst.copy_from_slice(src);
-            continue;
-        };
-        let (c, s) = (&cs[i * d..][..d], &ss[i * d..][..d]);
-        #[cfg(target_arch = "x86_64")]
-        if simd {
-            // SAFETY: the CPU has the features the function is compiled for.
-            unsafe { simd::rope_heads(src, c, s, dst) };
-            continue;
+    let mut tokens = xs.chunks_exact(row).enumerate();
+    for (slots, &len) in os.chunks_exact_mut(width * row).zip(lens) {
+        let (real, padding) = slots.split_at_mut(len * row);
+        padding.fill(0.0);
+        for ((i, src), dst) in tokens.by_ref().take(len).zip(real.chunks_exact_mut(row)) {
+            let Some((cs, ss)) = tabs else {
+                dst.copy_from_slice(src);
+                continue;
+            };
+            let (c, s) = (&cs[i * d..][..d], &ss[i * d..][..d]);
+            #[cfg(target_arch = "x86_64")]
+            if simd {
+                // SAFETY: the CPU has the features the function is compiled for.
+                unsafe { simd::rope_heads(src, c, s, dst) };
+                continue;
+            }
+            rope_heads(src, c, s, dst);
         }
-        rope_heads(src, c, s, dst);
-    }
-    for (sl, _) in used.iter().enumerate().filter(|(_, u)| !**u) {
-        os[sl * row..][..row].fill(0.0);
     }
     Some(out)
 }
@@ -458,14 +460,15 @@ mod tests {
         }
         let x = Tensor::randn([1, 3, 2, 4], (Kind::Float, Device::Cpu));
         assert!(
-            rope_scatter(&x, None, &[0, 1, 4], 4).is_none(),
+            rope_scatter(&x, None, &[3], 2).is_none(),
             "slot out of range"
         );
         assert!(
-            rope_scatter(&x, None, &[0, 1], 4).is_none(),
+            rope_scatter(&x, None, &[1, 1], 4).is_none(),
             "a slot per token"
         );
-        assert!(rope_scatter(&x.to_kind(Kind::Double), None, &[0, 1, 2], 4).is_none());
+        assert!(rope_scatter(&x.to_kind(Kind::Double), None, &[1, 2], 2).is_none());
+        assert!(rope_scatter(&x, None, &[1, 2], 2).is_some());
     }
 
     #[test]
