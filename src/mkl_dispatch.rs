@@ -98,6 +98,23 @@ pub fn reproducible_across_threads() {
     }
 }
 
+/// The address of a symbol in the process's global scope (libtorch's MKL included), or
+/// None where it is not there.
+#[cfg(target_os = "linux")]
+pub(crate) fn global_symbol(name: &std::ffi::CStr) -> Option<usize> {
+    extern "C" {
+        fn dlsym(handle: *mut std::ffi::c_void, name: *const std::ffi::c_char) -> usize;
+    }
+    // SAFETY: RTLD_DEFAULT (null) searches the global scope; the name is a C string.
+    let p = unsafe { dlsym(std::ptr::null_mut(), name.as_ptr()) };
+    (p != 0).then_some(p)
+}
+
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn global_symbol(_name: &std::ffi::CStr) -> Option<usize> {
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,12 +133,8 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[test]
     fn mkl_asks_this_crate() {
-        extern "C" {
-            fn dlsym(handle: *mut std::ffi::c_void, name: *const std::ffi::c_char) -> usize;
-        }
-        // SAFETY: RTLD_DEFAULT (null) searches the global scope; the name is a C string.
-        let found = unsafe { dlsym(std::ptr::null_mut(), c"mkl_serv_intel_cpu_true".as_ptr()) };
-        assert_eq!(found, mkl_serv_intel_cpu_true as *const () as usize);
+        let found = global_symbol(c"mkl_serv_intel_cpu_true");
+        assert_eq!(found, Some(mkl_serv_intel_cpu_true as *const () as usize));
         if tch::utils::has_mkl() {
             let a = tch::Tensor::ones([256, 256], (tch::Kind::Float, tch::Device::Cpu));
             let _ = a.matmul(&a);

@@ -41,6 +41,9 @@ pub enum BenchCmd {
     /// Prefill and decode tokens/s at batch 1 (KV-cached, warm, median of repeats) of
     /// several checkpoints, with the speed-up over the first (the dense model).
     Latency(super::bench_latency::LatencyArgs),
+    /// Scoring's attention on the CPU: within packed rows against libtorch's padded flash
+    /// attention, on the seven tasks' row shapes.
+    Attention(super::bench_attention::AttentionArgs),
     /// Peak resident memory of loading a checkpoint, against its f32 size.
     Load {
         #[arg(long)]
@@ -65,6 +68,7 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
         BenchCmd::Precision(a) => super::bench_precision::run(a),
         BenchCmd::Prune(a) => super::bench_prune::run(a),
         BenchCmd::Latency(a) => super::bench_latency::run(a),
+        BenchCmd::Attention(a) => super::bench_attention::run(a),
     }
 }
 

@@ -1,6 +1,7 @@
 //! Command-line entry: parse, dispatch, report errors. One file per subcommand.
 
 mod bench;
+mod bench_attention;
 mod bench_latency;
 mod bench_precision;
 mod bench_prune;

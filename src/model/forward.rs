@@ -109,6 +109,82 @@ impl Unpadded {
         self.pad(&rotated(x, tables))
     }
 
+    /// Attention within each row of this layout's tokens (keys and values `k`, `v`), for
+    /// queries `q` laid out by `queries` (this layout itself for every token), causal or by
+    /// `mask` on the padded layouts, behind `cache` when given (its columns come first in
+    /// the mask, and it then takes the rows' keys and values, as [`through_cache`] does):
+    /// `[1, queries, heads * d]`. None, with the cache untouched, where the CPU path
+    /// ([`super::packed_attention`]) does not apply. Queries and keys are rotated first.
+    pub(super) fn attend_within_rows(
+        &self,
+        q: Rotary,
+        queries: &Unpadded,
+        k: Rotary,
+        v: &Tensor,
+        mask: Option<&Tensor>,
+        cache: Option<(&mut Option<Tensor>, &mut Option<Tensor>)>,
+    ) -> Option<Tensor> {
+        let (q, k) = (q.rotated()?, k.rotated()?);
+        let past = cache
+            .as_ref()
+            .and_then(|(ck, cv)| ck.as_ref().zip(cv.as_ref()));
+        let attn = match past {
+            None => {
+                let rows = super::packed_attention::Rows {
+                    keys: &self.lens,
+                    queries: &queries.lens,
+                };
+                super::packed_attention::within_rows(&q, &k, v, rows, mask)?
+            }
+            Some((pk, pv)) => {
+                let (kk, vv, keys) = self.behind(pk, pv, &k, v)?;
+                let rows = super::packed_attention::Rows {
+                    keys: &keys,
+                    queries: &queries.lens,
+                };
+                super::packed_attention::within_rows(&q, &kk, &vv, rows, mask)?
+            }
+        };
+        if cache.is_some() {
+            let _ = through_cache(self.pad(&k), self.pad(v), cache);
+        }
+        Some(attn)
+    }
+
+    /// Each row's cached keys (`pk`, `[rows, heads, past, d]`, or values `pv`) followed by
+    /// its own (`k`, `v`, `[1, T, heads, d]`), rows end to end: `[1, sum of (past + len),
+    /// heads, d]` each, and the rows' lengths. None where the cache has another shape.
+    fn behind(
+        &self,
+        pk: &Tensor,
+        pv: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+    ) -> Option<(Tensor, Tensor, Vec<usize>)> {
+        let s = pk.size();
+        let ks = k.size();
+        if s.len() != 4 || s[0] != self.rows || pv.size() != s || ks.len() != 4 || s[1] != ks[2] {
+            return None;
+        }
+        let past = usize::try_from(s[2]).ok()?;
+        let (kt, vt) = (k.squeeze_dim(0), v.squeeze_dim(0));
+        let (mut kp, mut vp) = (vec![], vec![]);
+        let mut at = 0;
+        for (r, &len) in self.lens.iter().enumerate() {
+            kp.push(pk.select(0, r as i64).transpose(0, 1));
+            kp.push(kt.narrow(0, at, len as i64));
+            vp.push(pv.select(0, r as i64).transpose(0, 1));
+            vp.push(vt.narrow(0, at, len as i64));
+            at += len as i64;
+        }
+        let lens = self.lens.iter().map(|&n| past + n).collect();
+        Some((
+            Tensor::cat(&kp, 0).unsqueeze(0),
+            Tensor::cat(&vp, 0).unsqueeze(0),
+            lens,
+        ))
+    }
+
     /// `[1, T, heads, d]` -> `[rows, heads, width, d]` (padding slots zero).
     pub(super) fn pad(&self, x: &Tensor) -> Tensor {
         let s = x.size();
@@ -127,6 +203,22 @@ impl Unpadded {
             .reshape([self.rows * self.width, h * d])
             .index_select(0, &self.token_slot)
             .unsqueeze(0)
+    }
+}
+
+/// Unpadded projections `[1, n, heads, d]` and the RoPE tables of their tokens.
+pub(super) struct Rotary<'a> {
+    pub x: &'a Tensor,
+    pub tables: (&'a Tensor, &'a Tensor),
+}
+
+impl Rotary<'_> {
+    /// Rotated in one pass on the CPU (None where that path does not apply).
+    fn rotated(&self) -> Option<Tensor> {
+        let s = self.x.size();
+        let n = usize::try_from(*s.get(1)?).ok()?;
+        let r = super::fused::rope_scatter(self.x, Some(self.tables), &[n], n)?;
+        Some(r.unsqueeze(0))
     }
 }
 
@@ -452,6 +544,21 @@ pub fn attention_block(
     let v = heads(&layer.v_proj, None, &xn, nkv, hd, eps);
     tap.qk(idx, &q, &k, ctx.valid.as_ref());
     let layout = ctx.unpadded.as_ref();
+    let mut cache = cache;
+    if let Some(u) = layout {
+        let mask = match &ctx.mask {
+            AttnMask::Causal => Some(None),
+            AttnMask::Explicit(m) => Some(Some(m)),
+            AttnMask::Full => None,
+        };
+        let tables = (&ctx.cos, &ctx.sin);
+        let (q, k) = (Rotary { x: &q, tables }, Rotary { x: &k, tables });
+        let kv = cache.as_mut().map(|(ck, cv)| (&mut **ck, &mut **cv));
+        if let Some(attn) = mask.and_then(|m| u.attend_within_rows(q, u, k, &v, m, kv)) {
+            tap.attn_pre_o(idx, &attn, ctx.valid.as_ref());
+            return layer.o_proj.forward(&attn);
+        }
+    }
     let tables = Some((&ctx.cos, &ctx.sin));
     let q = attention_layout(&q, tables, layout);
     let k = attention_layout(&k, tables, layout);

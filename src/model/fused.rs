@@ -15,8 +15,11 @@
 //!   rounds them.
 //! - A row's maximum and sum of `exp(x - max)`: the LM head's log-sum-exp per vocabulary
 //!   tile, two reads of a row that sits in L1 instead of four passes over the whole tile.
-//! - RoPE written straight into attention's padded layout: one pass instead of libtorch's
+//! - RoPE written straight into attention's padded layout (or, as one row, into the
+//!   unpadded layout of [`super::packed_attention`]): one pass instead of libtorch's
 //!   product, two `addcmul_`s, a zero fill and a scatter; bitwise libtorch's result.
+//! - A row of attention scores to softmax weights over the keys a query sees (for
+//!   [`super::packed_attention`]), hidden keys at exactly 0.
 //!
 //! `exp` is Cephes' single-precision polynomial (within 2 ulp of the true value; libtorch's
 //! Sleef `exp` is within 1), vectorised with AVX2 and FMA where the CPU has them; elsewhere
@@ -25,7 +28,7 @@
 use tch::{Device, Kind, Tensor};
 
 /// Whether `ts` are all contiguous f32 CPU tensors without gradients.
-fn applies(ts: &[&Tensor]) -> bool {
+pub(super) fn applies(ts: &[&Tensor]) -> bool {
     ts.iter().all(|t| {
         t.device() == Device::Cpu
             && t.kind() == Kind::Float
@@ -36,7 +39,7 @@ fn applies(ts: &[&Tensor]) -> bool {
 
 /// `t`'s elements. SAFETY: `t` must be a contiguous f32 CPU tensor that outlives the
 /// slice and that nothing writes to meanwhile.
-unsafe fn floats(t: &Tensor) -> &[f32] {
+pub(super) unsafe fn floats(t: &Tensor) -> &[f32] {
     let n = t.numel();
     if n == 0 {
         return &[];
@@ -46,7 +49,7 @@ unsafe fn floats(t: &Tensor) -> &[f32] {
 
 /// `t`'s elements, to write. SAFETY: as [`floats`], and no other slice of `t` may be alive.
 #[allow(clippy::mut_from_ref)]
-unsafe fn floats_mut(t: &Tensor) -> &mut [f32] {
+pub(super) unsafe fn floats_mut(t: &Tensor) -> &mut [f32] {
     let n = t.numel();
     if n == 0 {
         return &mut [];
@@ -54,7 +57,7 @@ unsafe fn floats_mut(t: &Tensor) -> &mut [f32] {
     std::slice::from_raw_parts_mut(t.data_ptr() as *mut f32, n)
 }
 
-fn has_avx2_fma() -> bool {
+pub(super) fn has_avx2_fma() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
@@ -160,6 +163,59 @@ pub fn max_sumexp(x: &Tensor) -> Option<(Tensor, Tensor)> {
         *s = row.iter().map(|&v| (v - mx).exp()).sum();
     }
     Some((maxes, sums))
+}
+
+/// A row of attention scores to unnormalised softmax weights over its first `valid`
+/// entries: `exp(x + mask - max)` in place (the additive `mask` row, when given, covers at
+/// least those entries; where it is -inf the weight is exactly 0), the rest zeroed (keys the
+/// query may not see); returns the weights' sum. `valid` must be at least 1 and at most
+/// `row.len()`, and at least one of the first `valid` must be visible.
+pub(super) fn exp_prefix(row: &mut [f32], valid: usize, mask: Option<&[f32]>) -> f32 {
+    let (seen, unseen) = row.split_at_mut(valid);
+    unseen.fill(0.0);
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma() {
+        // SAFETY: the CPU has the features the functions are compiled for.
+        return unsafe {
+            match mask {
+                None => simd::exp_shifted(seen),
+                Some(m) => simd::exp_masked(seen, &m[..valid]),
+            }
+        };
+    }
+    match mask {
+        None => exp_shifted(seen),
+        Some(m) => exp_masked(seen, &m[..valid]),
+    }
+}
+
+fn exp_shifted(row: &mut [f32]) -> f32 {
+    let mx = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0;
+    for v in row {
+        *v = (*v - mx).exp();
+        sum += *v;
+    }
+    sum
+}
+
+/// `exp(x + a - max)` where `a` is not -inf, exactly 0 where it is.
+#[inline(always)]
+fn exp_masked(row: &mut [f32], mask: &[f32]) -> f32 {
+    for (v, &a) in row.iter_mut().zip(mask) {
+        *v += a;
+    }
+    let mx = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0;
+    for (v, &a) in row.iter_mut().zip(mask) {
+        *v = if a == f32::NEG_INFINITY {
+            0.0
+        } else {
+            (*v - mx).exp()
+        };
+        sum += *v;
+    }
+    sum
 }
 
 /// Rotary embedding and attention's padded layout in one pass. `x` is `[1, T, H, D]`;
@@ -314,6 +370,75 @@ mod simd {
         a.iter().sum()
     }
 
+    /// `exp(x - max(row))` in place; returns the sum.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn exp_shifted(row: &mut [f32]) -> f32 {
+        let mut vm = _mm256_set1_ps(f32::NEG_INFINITY);
+        let mut chunks = row.chunks_exact(8);
+        for c in &mut chunks {
+            vm = _mm256_max_ps(vm, _mm256_loadu_ps(c.as_ptr()));
+        }
+        let m = chunks.remainder().iter().copied().fold(hmax(vm), f32::max);
+        let mv = _mm256_set1_ps(m);
+        let mut acc = _mm256_setzero_ps();
+        let mut chunks = row.chunks_exact_mut(8);
+        for c in &mut chunks {
+            let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(c.as_ptr()), mv));
+            _mm256_storeu_ps(c.as_mut_ptr(), e);
+            acc = _mm256_add_ps(acc, e);
+        }
+        let mut s = hsum(acc);
+        for v in chunks.into_remainder() {
+            *v = (*v - m).exp();
+            s += *v;
+        }
+        s
+    }
+
+    /// `exp(x + a - max)` in place where the mask's `a` is not -inf, and exactly 0 where
+    /// it is; returns the sum. Hidden entries never reach the polynomial: near its clamp it
+    /// gives subnormal results, which cost the CPU a slow assist each (measured: hidden
+    /// keys made this loop several times slower than the products around it).
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn exp_masked(row: &mut [f32], mask: &[f32]) -> f32 {
+        let n = row.len().min(mask.len());
+        let (row, mask) = (&mut row[..n], &mask[..n]);
+        let mut vm = _mm256_set1_ps(f32::NEG_INFINITY);
+        let mut rc = row.chunks_exact_mut(8);
+        let mut mc = mask.chunks_exact(8);
+        for (r, a) in (&mut rc).zip(&mut mc) {
+            let x = _mm256_add_ps(_mm256_loadu_ps(r.as_ptr()), _mm256_loadu_ps(a.as_ptr()));
+            _mm256_storeu_ps(r.as_mut_ptr(), x);
+            vm = _mm256_max_ps(vm, x);
+        }
+        let mut m = hmax(vm);
+        for (v, &a) in rc.into_remainder().iter_mut().zip(mc.remainder()) {
+            *v += a;
+            m = m.max(*v);
+        }
+        let (mv, hidden) = (_mm256_set1_ps(m), _mm256_set1_ps(f32::NEG_INFINITY));
+        let mut acc = _mm256_setzero_ps();
+        let mut rc = row.chunks_exact_mut(8);
+        let mut mc = mask.chunks_exact(8);
+        for (r, a) in (&mut rc).zip(&mut mc) {
+            let shown = _mm256_cmp_ps::<_CMP_NEQ_OQ>(_mm256_loadu_ps(a.as_ptr()), hidden);
+            let x = _mm256_sub_ps(_mm256_loadu_ps(r.as_ptr()), mv);
+            let e = _mm256_and_ps(exp8(_mm256_and_ps(x, shown)), shown);
+            _mm256_storeu_ps(r.as_mut_ptr(), e);
+            acc = _mm256_add_ps(acc, e);
+        }
+        let mut s = hsum(acc);
+        for (v, &a) in rc.into_remainder().iter_mut().zip(mc.remainder()) {
+            *v = if a == f32::NEG_INFINITY {
+                0.0
+            } else {
+                (*v - m).exp()
+            };
+            s += *v;
+        }
+        s
+    }
+
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn max_sumexp(row: &[f32]) -> (f32, f32) {
         let chunks = row.chunks_exact(8);
@@ -406,6 +531,48 @@ mod tests {
                 .max()
                 .double_value(&[]);
             assert!(rel < 1e-6, "n {n}: relative error {rel}");
+        }
+    }
+
+    /// Softmax weights over a prefix, with and without a mask: hidden keys weigh exactly
+    /// 0, the rest match `exp(x + a - max)`, and entries past the prefix are zeroed.
+    #[test]
+    fn exp_prefix_hides_masked_keys_exactly() {
+        tch::manual_seed(9);
+        for n in [37usize, 8, 3] {
+            let x =
+                Vec::<f32>::try_from(Tensor::randn([n as i64], (Kind::Float, Device::Cpu)) * 4.0)
+                    .unwrap();
+            let mask: Vec<f32> = (0..n)
+                .map(|i| if i % 3 == 1 { f32::NEG_INFINITY } else { 0.0 })
+                .collect();
+            let valid = n - 1;
+            for m in [None, Some(mask.as_slice())] {
+                let mut row = x.clone();
+                let sum = exp_prefix(&mut row, valid, m);
+                let shown = |i: usize| m.is_none_or(|m| m[i] == 0.0);
+                let mx = (0..valid)
+                    .filter(|&i| shown(i))
+                    .map(|i| x[i])
+                    .fold(f32::MIN, f32::max);
+                let mut want_sum = 0.0f64;
+                for i in 0..n {
+                    let want = if i < valid && shown(i) {
+                        ((x[i] - mx) as f64).exp()
+                    } else {
+                        0.0
+                    };
+                    want_sum += want;
+                    if want == 0.0 {
+                        assert_eq!(row[i], 0.0, "n {n}, entry {i}");
+                    }
+                    assert!(
+                        (row[i] as f64 - want).abs() <= 4e-7 * want.max(1e-30),
+                        "n {n}, {i}"
+                    );
+                }
+                assert!((sum as f64 - want_sum).abs() < 1e-6 * want_sum);
+            }
         }
     }
 

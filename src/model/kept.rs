@@ -5,7 +5,8 @@
 //! read. Its keys and values still cover every token, and go into the cache as usual, so
 //! a kept token's output is the full forward's.
 
-use super::forward::{self, Context, KvCache, NoTap, Unpadded};
+use super::config::ModelConfig;
+use super::forward::{self, Context, KvCache, NoTap, Rotary, Unpadded};
 use super::layer::Layer;
 use super::Model;
 use crate::error::{Error, Result};
@@ -98,24 +99,55 @@ fn layer_at_kept(
     let xn = forward::rms_norm(x, &layer.input_norm, eps);
     let layout = ctx.unpadded.as_ref();
     let k = forward::heads(&layer.k_proj, layer.k_norm.as_ref(), &xn, nkv, hd, eps);
-    let k = forward::attention_layout(&k, Some((&ctx.cos, &ctx.sin)), layout);
     let v = forward::heads(&layer.v_proj, None, &xn, nkv, hd, eps);
+    let kept_q = |xn: &Tensor| {
+        let xq = xn.index_select(1, &kept.idx);
+        forward::heads(&layer.q_proj, layer.q_norm.as_ref(), &xq, nh, hd, eps)
+    };
+    let none_kept = kept.idx.size()[0] == 0;
+    let mut cache = cache;
+    if let (Some(u), false) = (layout, none_kept) {
+        let q = kept_q(&xn);
+        let q = Rotary {
+            x: &q,
+            tables: (&kept.cos, &kept.sin),
+        };
+        let k = Rotary {
+            x: &k,
+            tables: (&ctx.cos, &ctx.sin),
+        };
+        let kv = cache.as_mut().map(|(ck, cv)| (&mut **ck, &mut **cv));
+        if let Some(attn) = u.attend_within_rows(q, &kept.layout, k, &v, Some(&kept.mask), kv) {
+            let xk = x.index_select(1, &kept.idx);
+            return finish(c, layer, idx, ctx, &xk, &attn);
+        }
+    }
+    let k = forward::attention_layout(&k, Some((&ctx.cos, &ctx.sin)), layout);
     let (k, v) = forward::through_cache(k, forward::attention_layout(&v, None, layout), cache);
-    if kept.idx.size()[0] == 0 {
+    if none_kept {
         return x.narrow(1, 0, 0);
     }
     let xk = x.index_select(1, &kept.idx);
-    let q = forward::heads(
-        &layer.q_proj,
-        layer.q_norm.as_ref(),
-        &xn.index_select(1, &kept.idx),
-        nh,
-        hd,
-        eps,
+    let q = forward::attention_layout(
+        &kept_q(&xn),
+        Some((&kept.cos, &kept.sin)),
+        Some(&kept.layout),
     );
-    let q = forward::attention_layout(&q, Some((&kept.cos, &kept.sin)), Some(&kept.layout));
     let attn = forward::sdpa(&q, &k, &v, Some(&kept.mask), false, nh != nkv);
-    let h = forward::residual(&xk, layer.o_proj.forward(&kept.layout.unpad(&attn)));
+    finish(c, layer, idx, ctx, &xk, &kept.layout.unpad(&attn))
+}
+
+/// The rest of the layer at the kept tokens `xk`, from their attention output `attn`
+/// (`[1, S, heads * d]`).
+fn finish(
+    c: &ModelConfig,
+    layer: &Layer,
+    idx: usize,
+    ctx: &Context,
+    xk: &Tensor,
+    attn: &Tensor,
+) -> Tensor {
+    let h = forward::residual(xk, layer.o_proj.forward(attn));
     let out = forward::mlp_block(c, layer, idx, &h, ctx, &mut NoTap);
     forward::residual(&h, out)
 }

@@ -11,6 +11,7 @@ pub mod kept;
 pub mod layer;
 pub mod llama2c;
 pub mod load;
+pub mod packed_attention;
 pub mod rope;
 pub mod safetensors_io;
 pub mod save;
