@@ -128,23 +128,15 @@ impl Unpadded {
         let past = cache
             .as_ref()
             .and_then(|(ck, cv)| ck.as_ref().zip(cv.as_ref()));
-        let attn = match past {
-            None => {
-                let rows = super::packed_attention::Rows {
-                    keys: &self.lens,
-                    queries: &queries.lens,
-                };
-                super::packed_attention::within_rows(&q, &k, v, rows, mask)?
-            }
-            Some((pk, pv)) => {
-                let (kk, vv, keys) = self.behind(pk, pv, &k, v)?;
-                let rows = super::packed_attention::Rows {
-                    keys: &keys,
-                    queries: &queries.lens,
-                };
-                super::packed_attention::within_rows(&q, &kk, &vv, rows, mask)?
-            }
+        let (keys, values, lens) = match past {
+            None => (k.shallow_clone(), v.shallow_clone(), self.lens.clone()),
+            Some((pk, pv)) => self.behind(pk, pv, &k, v)?,
         };
+        let rows = super::packed_attention::Rows {
+            keys: &lens,
+            queries: &queries.lens,
+        };
+        let attn = super::packed_attention::within_rows(&q, &keys, &values, rows, mask)?;
         if cache.is_some() {
             let _ = through_cache(self.pad(&k), self.pad(v), cache);
         }

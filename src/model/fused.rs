@@ -57,7 +57,7 @@ pub(super) unsafe fn floats_mut(t: &Tensor) -> &mut [f32] {
     std::slice::from_raw_parts_mut(t.data_ptr() as *mut f32, n)
 }
 
-pub(super) fn has_avx2_fma() -> bool {
+fn has_avx2_fma() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
@@ -200,7 +200,6 @@ fn exp_shifted(row: &mut [f32]) -> f32 {
 }
 
 /// `exp(x + a - max)` where `a` is not -inf, exactly 0 where it is.
-#[inline(always)]
 fn exp_masked(row: &mut [f32], mask: &[f32]) -> f32 {
     for (v, &a) in row.iter_mut().zip(mask) {
         *v += a;

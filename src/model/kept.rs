@@ -100,16 +100,15 @@ fn layer_at_kept(
     let layout = ctx.unpadded.as_ref();
     let k = forward::heads(&layer.k_proj, layer.k_norm.as_ref(), &xn, nkv, hd, eps);
     let v = forward::heads(&layer.v_proj, None, &xn, nkv, hd, eps);
-    let kept_q = |xn: &Tensor| {
+    // The last layer's queries, at the kept tokens only (none: nothing but the cache).
+    let q = (kept.idx.size()[0] > 0).then(|| {
         let xq = xn.index_select(1, &kept.idx);
         forward::heads(&layer.q_proj, layer.q_norm.as_ref(), &xq, nh, hd, eps)
-    };
-    let none_kept = kept.idx.size()[0] == 0;
+    });
     let mut cache = cache;
-    if let (Some(u), false) = (layout, none_kept) {
-        let q = kept_q(&xn);
+    if let (Some(u), Some(q)) = (layout, &q) {
         let q = Rotary {
-            x: &q,
+            x: q,
             tables: (&kept.cos, &kept.sin),
         };
         let k = Rotary {
@@ -124,15 +123,11 @@ fn layer_at_kept(
     }
     let k = forward::attention_layout(&k, Some((&ctx.cos, &ctx.sin)), layout);
     let (k, v) = forward::through_cache(k, forward::attention_layout(&v, None, layout), cache);
-    if none_kept {
+    let Some(q) = q else {
         return x.narrow(1, 0, 0);
-    }
+    };
     let xk = x.index_select(1, &kept.idx);
-    let q = forward::attention_layout(
-        &kept_q(&xn),
-        Some((&kept.cos, &kept.sin)),
-        Some(&kept.layout),
-    );
+    let q = forward::attention_layout(&q, Some((&kept.cos, &kept.sin)), Some(&kept.layout));
     let attn = forward::sdpa(&q, &k, &v, Some(&kept.mask), false, nh != nkv);
     finish(c, layer, idx, ctx, &xk, &kept.layout.unpad(&attn))
 }
