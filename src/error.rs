@@ -46,6 +46,10 @@ pub enum Error {
     OutOfMemory(String),
     #[error(transparent)]
     Store(#[from] crate::track::StoreError),
+    /// A bug: code panicked where it should have returned an error. Caught per grid run
+    /// (`panic_guard`) so one run's bug does not end the grid.
+    #[error("panicked at {at}: {message}")]
+    Panic { message: String, at: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -105,14 +105,14 @@ pub fn check_eval_sizes(
 #[serde(deny_unknown_fields, default)]
 pub struct RuntimeConfig {
     pub device: String,
-    pub dtype: String,
+    pub dtype: crate::runtime::Dtype,
 }
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
         RuntimeConfig {
             device: "cpu".into(),
-            dtype: "f32".into(),
+            dtype: crate::runtime::Dtype::F32,
         }
     }
 }

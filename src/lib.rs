@@ -14,6 +14,7 @@ pub mod grid;
 pub mod heap;
 pub mod mkl_dispatch;
 pub mod model;
+pub mod panic_guard;
 pub mod paths;
 pub mod prune;
 pub mod report;

@@ -76,6 +76,11 @@ pub struct RunnerOptions {
     /// part: workers start on disjoint groups of runs sharing a pruned checkpoint and
     /// then help with what is left).
     pub prefer: Option<crate::shard::Shard>,
+    /// Put the selection's failed runs back in the queue first (`--retry-failed`); by
+    /// default a failed run stays failed and is reported, not retried.
+    pub retry_failed: bool,
+    /// Stop at the first failed run (`--fail-fast`) instead of going on with the next.
+    pub fail_fast: bool,
 }
 
 impl RunnerOptions {
@@ -90,9 +95,31 @@ pub struct Summary {
     pub total: usize,
     pub ran: usize,
     pub skipped: usize,
+    /// Runs that failed in this invocation: (name, error).
     pub failed: Vec<(String, String)>,
+    /// Runs that had failed before and were not retried: (name, their error).
+    pub failed_before: Vec<(String, String)>,
     pub busy: usize,
     pub interrupted: bool,
+    /// `fail_fast` stopped the grid at a failure, with runs left.
+    pub stopped_at_failure: bool,
+}
+
+impl Summary {
+    /// Whether every selected run is finished or being run elsewhere.
+    pub fn complete(&self) -> bool {
+        self.failed.is_empty() && self.failed_before.is_empty() && !self.interrupted
+    }
+}
+
+/// Put the failed runs of the selection back in the queue (`--retry-failed`); returns
+/// how many. A grid with several workers does this once, before they start, so that no
+/// run is retried twice.
+pub fn requeue_failed(spec: &GridSpec, opts: &RunnerOptions) -> Result<usize> {
+    let runs = select(spec.expand()?, opts)?;
+    let store = Store::open(&opts.db)?;
+    let hashes: Vec<String> = runs.into_iter().map(|r| r.hash).collect();
+    Ok(store.requeue_failed(&hashes)?)
 }
 
 /// Runs selected by `--only` / `--filter`, then `--shard`.
@@ -135,6 +162,13 @@ pub fn run_grid(
     }
     let store = Store::open(&opts.db)?;
     store.register(&runs)?;
+    if opts.retry_failed {
+        let hashes: Vec<String> = runs.iter().map(|r| r.hash.clone()).collect();
+        let n = store.requeue_failed(&hashes)?;
+        if n > 0 {
+            progress.note(&format!("retrying {n} failed run(s)"));
+        }
+    }
     let env = crate::track::env::collect();
     let mut sum = Summary {
         total: runs.len(),
@@ -149,6 +183,11 @@ pub fn run_grid(
         let id = match store.claim(run, opts.force)? {
             Claim::Skip(_) => {
                 sum.skipped += 1;
+                continue;
+            }
+            Claim::Failed { error, .. } => {
+                let error = error.unwrap_or_else(|| "no error recorded".into());
+                sum.failed_before.push((run.name.clone(), error));
                 continue;
             }
             Claim::Busy { .. } => {
@@ -176,7 +215,9 @@ pub fn run_grid(
                 .map_or("none (first N)".into(), |s| s.to_string()),
         );
         store.record_env(id, &env)?;
-        match execute(spec, run, id, &store, opts, progress) {
+        // A bug in one run (a panic) fails that run, not the grid.
+        let outcome = crate::panic_guard::catch(|| execute(spec, run, id, &store, opts, progress));
+        match outcome {
             Ok((metrics, artifacts)) => {
                 store.finish(id, &metrics, &artifacts)?;
                 sum.ran += 1;
@@ -191,6 +232,11 @@ pub fn run_grid(
                 store.fail(id, &e.to_string())?;
                 progress.note(&format!("{}: FAILED: {e}", run.name));
                 sum.failed.push((run.name.clone(), e.to_string()));
+                if opts.fail_fast {
+                    CURRENT.store(-1, Ordering::SeqCst);
+                    sum.stopped_at_failure = i + 1 < runs.len();
+                    break;
+                }
             }
         }
         CURRENT.store(-1, Ordering::SeqCst);
@@ -220,7 +266,8 @@ fn stage<T>(
 ) -> Result<T> {
     check_stop()?;
     let t0 = Instant::now();
-    let r = f();
+    // Caught here too, so the stage is recorded as failed with the panic.
+    let r = crate::panic_guard::catch(f);
     let (status, output, out) = match r {
         Ok((v, output, reused)) => (
             if reused {
@@ -266,9 +313,10 @@ fn execute(
     progress: &mut dyn Progress,
 ) -> Result<(Vec<Metric>, Vec<Artifact>)> {
     let exp = &run.experiment;
+    inject_panic(&run.name);
     let lo = LoadOptions {
         device: crate::runtime::parse_device(opts.device_for(exp))?,
-        dtype: crate::runtime::parse_dtype(&exp.runtime.dtype)?,
+        dtype: exp.runtime.dtype.kind(),
     };
     let ctx = Ctx { id, store, opts };
     let mut out = Outcome::default();
@@ -290,6 +338,17 @@ fn execute(
     progress.stage(&run.name, "eval");
     eval_stage(&ctx, exp, &model_dir, lo, &mut out, progress)?;
     Ok((out.metrics, out.artifacts))
+}
+
+/// Fault injection for the tests: a run whose name contains `COME_INJECT_PANIC` panics at
+/// its start, which shows that a bug in one run fails that run and not the grid.
+fn inject_panic(run: &str) {
+    if let Some(pat) = std::env::var_os("COME_INJECT_PANIC") {
+        let pat = pat.to_string_lossy();
+        if !pat.is_empty() && run.contains(pat.as_ref()) {
+            panic!("injected panic in {run} (COME_INJECT_PANIC)");
+        }
+    }
 }
 
 /// What every stage of one run shares.

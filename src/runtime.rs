@@ -29,15 +29,48 @@ fn cuda(n: usize) -> Result<Device> {
     Ok(Device::Cuda(n))
 }
 
-/// `f32`/`float32`, `f16`/`float16`, `bf16`/`bfloat16`.
-pub fn parse_dtype(s: &str) -> Result<Kind> {
-    match s.trim().to_ascii_lowercase().as_str() {
-        "f32" | "fp32" | "float32" | "float" => Ok(Kind::Float),
-        "f16" | "fp16" | "float16" | "half" => Ok(Kind::Half),
-        "bf16" | "bfloat16" => Ok(Kind::BFloat16),
-        other => Err(Error::Invalid(format!(
-            "unknown dtype `{other}` (expected f32, f16 or bf16)"
-        ))),
+/// The precision a model is loaded and run in: one enum for grids (serde), the command
+/// line (clap) and records, spelt `f32`, `f16`, `bf16` (the long names are aliases).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+pub enum Dtype {
+    #[default]
+    #[serde(rename = "f32", alias = "fp32", alias = "float32")]
+    #[value(name = "f32", alias = "fp32", alias = "float32")]
+    F32,
+    #[serde(rename = "f16", alias = "fp16", alias = "float16")]
+    #[value(name = "f16", alias = "fp16", alias = "float16")]
+    F16,
+    #[serde(rename = "bf16", alias = "bfloat16")]
+    #[value(name = "bf16", alias = "bfloat16")]
+    Bf16,
+}
+
+impl Dtype {
+    pub fn kind(self) -> Kind {
+        match self {
+            Dtype::F32 => Kind::Float,
+            Dtype::F16 => Kind::Half,
+            Dtype::Bf16 => Kind::BFloat16,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        dtype_name(self.kind())
+    }
+}
+
+impl std::fmt::Display for Dtype {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 

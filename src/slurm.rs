@@ -99,7 +99,7 @@ impl SlurmJob {
         }
         let _ = writeln!(
             s,
-            "exec {} grid {} --shard \"$SLURM_ARRAY_TASK_ID/{n}\" --threads \"${{SLURM_CPUS_PER_TASK:-{}}}\"",
+            "# Arguments after the script's name go to `come-repro grid` (e.g. --retry-failed).\nexec {} grid {} --shard \"$SLURM_ARRAY_TASK_ID/{n}\" --threads \"${{SLURM_CPUS_PER_TASK:-{}}}\" \"$@\"",
             shell_quote(&self.binary.display().to_string()),
             shell_quote(&self.grid.display().to_string()),
             self.cpus_per_task

@@ -452,3 +452,57 @@ fn one_shot_methods_need_at_most_one_pass() {
         assert_eq!(m.n_layers(), 5);
     }
 }
+
+/// Every channel-sensitivity variant prunes with both concat methods. `weight` and
+/// `random` read no activation statistics and none are collected for them: they used to
+/// index the empty statistics and panic (issue: the README's main job died there).
+#[test]
+fn every_sensitivity_variant_prunes_with_come_and_come_p() {
+    use clap::ValueEnum;
+    use come_repro::prune::score::Sensitivity;
+    let base = tiny_config(json!({"num_hidden_layers": 6})).unwrap();
+    for &sensitivity in Sensitivity::value_variants() {
+        for method in [Method::Come, Method::ComeP] {
+            let mut m = random_model(base.clone(), 21);
+            let cfg = PruneConfig {
+                method,
+                sensitivity,
+                target_layers: Some(4),
+                comep_grid: 2,
+                ..Default::default()
+            };
+            let rep = prune(&mut m, calib(2, 16), &cfg, |_, _| {})
+                .unwrap_or_else(|e| panic!("{method:?}/{sensitivity:?}: {e}"));
+            assert_eq!(m.n_layers(), 4, "{method:?}/{sensitivity:?}");
+            assert!(
+                rep.steps.iter().all(|s| s.concat.is_some()),
+                "{method:?}/{sensitivity:?}: every step is a concat"
+            );
+        }
+    }
+}
+
+/// Weight-only scores need no statistics; the others refuse, naming the variant, where
+/// none were collected, instead of panicking.
+#[test]
+fn channel_scores_without_statistics() {
+    use clap::ValueEnum;
+    use come_repro::prune::score::{channel_scores, Sensitivity};
+    let m = random_model(tiny_config(json!({})).unwrap(), 3);
+    let c = &m.config;
+    for &how in Sensitivity::value_variants() {
+        let r = channel_scores(c, &m.layers[0], None, how, 7);
+        if how.stat_kinds().any() {
+            let e = r.unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("`{}`", how.name())) && e.contains("statistics"),
+                "{e}"
+            );
+        } else {
+            let s = r.unwrap_or_else(|e| panic!("{how:?}: {e}"));
+            assert_eq!(s.mlp.len() as i64, c.intermediate_size);
+            assert_eq!(s.kv.len() as i64, c.num_key_value_heads);
+            assert!(s.mlp.iter().chain(&s.kv).all(|x| x.is_finite()));
+        }
+    }
+}

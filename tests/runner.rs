@@ -412,3 +412,160 @@ fn grid_killed_during_distillation_resumes_to_the_uninterrupted_result() {
     assert!(err.contains("finished earlier, resumed"), "{err}");
     assert_eq!(metrics_of(&db), metrics_of(&clean.join("store.sqlite")));
 }
+
+/// Three good runs, one whose model cannot load (a config.json that is not one) and one
+/// that panics (injected): the grid finishes the good runs, records both failures with
+/// their message (the panic with its source location), exits non-zero with a summary,
+/// does not retry them on resume unless `--retry-failed`, and `--fail-fast` stops at the
+/// first failure.
+#[test]
+fn failing_runs_do_not_stop_the_grid() {
+    let d = tempfile::tempdir().unwrap();
+    let broken = d.path().join("broken-model");
+    std::fs::create_dir(&broken).unwrap();
+    std::fs::write(broken.join("config.json"), "not json").unwrap();
+    let models = come_repro::paths::models_dir();
+    let grid = d.path().join("grid.toml");
+    std::fs::write(
+        &grid,
+        format!(
+            r#"dense = true
+[base]
+model = "stories"
+[base.prune]
+target_layers = 3
+calib = {{ nrows = 16, seqlen = 64, max_sequences = 2 }}
+[base.eval]
+tasks = ["piqa"]
+limit = 4
+ppl_seqlen = 64
+ppl_windows = 1
+[models]
+stories = {{ llama2c = "{m}/stories260K/stories260K.bin", tokenizer = "{m}/stories260K/tok512.bin" }}
+broken = {{ path = "{b}" }}
+[grids.good]
+axes = {{ "prune.method" = ["come", "shortgpt", "reverse"] }}
+[grids.broken]
+dense = false
+base = {{ model = "broken" }}
+axes = {{ "prune.method" = ["come"] }}
+"#,
+            m = models.display(),
+            b = broken.display()
+        ),
+    )
+    .unwrap();
+    let db = d.path().join("store.sqlite");
+    let grid_run = |extra: &[&str], panic_in: Option<&str>| {
+        let mut c = Command::new(BIN);
+        c.arg("grid")
+            .arg(&grid)
+            .arg("--db")
+            .arg(&db)
+            .arg("--cache")
+            .arg(d.path().join("cache"))
+            .args(["--threads", "1"])
+            .args(extra)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env_remove("COME_INJECT_PANIC");
+        if let Some(p) = panic_in {
+            c.env("COME_INJECT_PANIC", p);
+        }
+        let out = c.output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let statuses = || -> BTreeMap<String, (Status, Option<String>, i64)> {
+        Store::open(&db)
+            .unwrap()
+            .runs(&RunFilter::default())
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.name, (r.status, r.error, r.attempts)))
+            .collect()
+    };
+
+    let (ok, log) = grid_run(&[], Some("shortgpt"));
+    assert!(!ok, "{log}");
+    assert!(
+        log.contains("5 run(s): 3 ran, 0 already finished, 2 failed"),
+        "{log}"
+    );
+    assert!(log.contains("2 run(s) failed"), "{log}");
+    let st = statuses();
+    assert_eq!(st.len(), 5, "{st:?}");
+    let failed: Vec<&String> = st
+        .iter()
+        .filter(|(_, (s, _, _))| *s == Status::Failed)
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(failed.len(), 2, "{st:?}");
+    assert_eq!(
+        st.values()
+            .filter(|(s, _, _)| *s == Status::Finished)
+            .count(),
+        3,
+        "{st:?}"
+    );
+    let (name, (_, err, _)) = st.iter().find(|(n, _)| n.contains("shortgpt")).unwrap();
+    let err = err.as_deref().unwrap_or("");
+    assert!(
+        err.contains("panicked at src/runner.rs:") && err.contains("injected panic"),
+        "{name}: {err}"
+    );
+    assert!(
+        log.contains(&format!("failed: {name}: panicked at src/runner.rs:")),
+        "{log}"
+    );
+    let (name, (_, err, _)) = st.iter().find(|(n, _)| n.starts_with("broken")).unwrap();
+    let err = err.as_deref().unwrap_or("");
+    assert!(
+        err.contains("broken-model") && err.contains("config.json"),
+        "{name}: {err}"
+    );
+
+    // Resume: failed runs are reported, not retried.
+    let (ok, log) = grid_run(&[], None);
+    assert!(!ok, "{log}");
+    assert!(
+        log.contains("0 ran, 3 already finished, 0 failed, 2 failed earlier")
+            && log.contains("--retry-failed"),
+        "{log}"
+    );
+    assert_eq!(statuses(), st, "nothing was retried");
+
+    // --fail-fast with --retry-failed: the first failed run stops the grid.
+    let (ok, log) = grid_run(&["--retry-failed", "--fail-fast"], Some("shortgpt"));
+    assert!(!ok, "{log}");
+    assert!(
+        log.contains("1 failed") && log.contains("--fail-fast: stopped"),
+        "{log}"
+    );
+    let now = statuses();
+    assert_eq!(
+        now.values()
+            .filter(|(s, _, _)| *s == Status::Pending)
+            .count(),
+        1,
+        "the other requeued run waits: {now:?}"
+    );
+
+    // --retry-failed without the injected panic: that run finishes, the broken one fails again.
+    let (ok, log) = grid_run(&["--retry-failed"], None);
+    assert!(!ok, "{log}");
+    assert!(
+        log.contains("1 ran, 3 already finished, 1 failed, 0 failed earlier"),
+        "{log}"
+    );
+    let last = statuses();
+    assert_eq!(
+        last.values()
+            .filter(|(s, _, _)| *s == Status::Finished)
+            .count(),
+        4,
+        "{last:?}"
+    );
+    assert_eq!(last[failed[0]].0, Status::Failed, "{last:?}");
+}

@@ -83,12 +83,34 @@ fn claim_skip_and_rerun() {
     assert!(store.metrics(id).unwrap().is_empty());
     assert_eq!(store.run(id).unwrap().attempts, 2);
 
-    // Failed and interrupted runs are claimed again.
+    // A failed run stays failed (reported with its error) until it is requeued or
+    // forced; interrupted runs are claimed again.
     store.fail(id, "out of memory").unwrap();
     let row = store.run(id).unwrap();
     assert_eq!(
         (row.status, row.error.as_deref()),
         (Status::Failed, Some("out of memory"))
+    );
+    assert_eq!(
+        store.claim(&r, false).unwrap(),
+        Claim::Failed {
+            id,
+            error: Some("out of memory".into())
+        }
+    );
+    assert_eq!(
+        store.run(id).unwrap().attempts,
+        2,
+        "a refused claim is no attempt"
+    );
+    assert_eq!(
+        store.requeue_failed(std::slice::from_ref(&r.hash)).unwrap(),
+        1
+    );
+    assert_eq!(store.run(id).unwrap().status, Status::Pending);
+    assert_eq!(
+        store.requeue_failed(std::slice::from_ref(&r.hash)).unwrap(),
+        0
     );
     assert_eq!(store.claim(&r, false).unwrap(), Claim::Run(id));
     store.interrupt(id).unwrap();

@@ -244,7 +244,19 @@ fn grid_cache_and_store_on_a_full_disk() {
         "a checkpoint was left in the cache: {trusted:?}"
     );
 
-    let ok = run(None, &argv(&grid_args(None)));
+    // A failed run is not retried unless asked: the grid reports it and exits non-zero.
+    let again = run(None, &argv(&grid_args(None)));
+    let log = String::from_utf8_lossy(&again.stderr);
+    assert!(!again.status.success(), "{log}");
+    assert!(
+        log.contains("0 ran, 1 already finished, 0 failed, 1 failed earlier")
+            && log.contains("File too large")
+            && log.contains("--retry-failed"),
+        "{log}"
+    );
+    let mut retry = grid_args(None);
+    retry.push("--retry-failed".into());
+    let ok = run(None, &argv(&retry));
     let log = String::from_utf8_lossy(&ok.stderr);
     assert!(ok.status.success(), "{log}");
     assert!(log.contains("1 ran, 1 already finished"), "{log}");

@@ -26,8 +26,8 @@ pub struct PrecisionArgs {
     #[arg(long, default_value_t = 100)]
     pub limit: usize,
     /// Dtypes to compare; the first is the reference.
-    #[arg(long, value_delimiter = ',', default_value = "f32,bf16")]
-    pub dtypes: Vec<String>,
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "f32,bf16")]
+    pub dtypes: Vec<runtime::Dtype>,
     #[arg(long, default_value = "auto")]
     pub batch_size: BatchSize,
     #[arg(long, default_value = "cpu")]
@@ -96,7 +96,7 @@ pub fn run(a: PrecisionArgs) -> Result<()> {
         .with_context(|| format!("loading tokenizer from {}", a.model.display()))?;
     let mut runs: Vec<DtypeRun> = vec![];
     for d in &a.dtypes {
-        let dtype = runtime::parse_dtype(d)?;
+        let dtype = d.kind();
         let model = load_model(&a.model, LoadOptions { device, dtype })
             .with_context(|| format!("loading {} as {d}", a.model.display()))?;
         let mut opts = EvalOptions {

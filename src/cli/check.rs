@@ -75,8 +75,9 @@ pub fn run(a: CheckArgs) -> Result<()> {
         ..Default::default()
     };
     let sum = run_grid(&spec, &opts, &mut Bars::new())?;
-    if !sum.failed.is_empty() {
-        bail!("{} run(s) failed: {:?}", sum.failed.len(), sum.failed);
+    let failed: Vec<_> = sum.failed.iter().chain(&sum.failed_before).collect();
+    if !failed.is_empty() {
+        bail!("{} run(s) failed: {failed:?}", failed.len());
     }
     let store = Store::open(&db)?;
     let hashes: BTreeMap<String, String> = come_repro::runner::select(spec.expand()?, &opts)?

@@ -16,9 +16,8 @@ pub struct RuntimeArgs {
     /// cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// f32, f16 or bf16.
-    #[arg(long, default_value = "f32")]
-    pub dtype: String,
+    #[arg(long, value_enum, default_value_t = runtime::Dtype::F32)]
+    pub dtype: runtime::Dtype,
     /// libtorch intra-op threads (default: all cores).
     #[arg(long, value_parser = at_least_one)]
     pub threads: Option<usize>,
@@ -29,7 +28,7 @@ impl RuntimeArgs {
         runtime::set_threads(self.threads);
         Ok(LoadOptions {
             device: runtime::parse_device(&self.device)?,
-            dtype: runtime::parse_dtype(&self.dtype)?,
+            dtype: self.dtype.kind(),
         })
     }
 }

@@ -33,9 +33,16 @@ pub struct GridArgs {
     /// Print the runs and which are already done; run nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// Rerun finished runs too.
+    /// Rerun finished (and failed) runs too.
     #[arg(long)]
     pub force: bool,
+    /// Retry runs that failed in an earlier invocation (by default they stay failed, are
+    /// listed at the end and make the exit status non-zero).
+    #[arg(long)]
+    pub retry_failed: bool,
+    /// Stop at the first failed run instead of going on with the next one.
+    #[arg(long)]
+    pub fail_fast: bool,
     /// Only runs whose name contains this (repeatable).
     #[arg(long)]
     pub only: Vec<String>,
@@ -95,6 +102,8 @@ pub fn options(a: &GridArgs) -> RunnerOptions {
         distill_devices: a.distill_devices.clone(),
         device: a.worker_device.clone(),
         prefer: a.worker_prefer,
+        retry_failed: a.retry_failed,
+        fail_fast: a.fail_fast,
     }
 }
 
@@ -210,31 +219,47 @@ pub fn run(a: GridArgs) -> Result<()> {
         return Ok(());
     }
     if !a.devices.is_empty() {
-        return super::grid_workers::run(&a);
+        return super::grid_workers::run(&a, &spec);
     }
     install_ctrlc(opts.db.clone());
     let mut bars = Bars::new();
     let t0 = std::time::Instant::now();
     let sum = run_grid(&spec, &opts, &mut bars)
         .with_context(|| format!("running {}", a.file.display()))?;
+    report(&a, &sum, t0.elapsed());
+    if sum.interrupted {
+        bail!("interrupted: rerun the same command to resume");
+    }
+    let failed = sum.failed.len() + sum.failed_before.len();
+    if failed > 0 {
+        bail!("{failed} run(s) failed");
+    }
+    Ok(())
+}
+
+/// The closing summary: counts, then every failed run with its error.
+fn report(a: &GridArgs, sum: &come_repro::runner::Summary, took: std::time::Duration) {
     eprintln!(
-        "{}: {} run(s): {} ran, {} already finished, {} failed, {} busy elsewhere, in {:.1} min",
+        "{}: {} run(s): {} ran, {} already finished, {} failed, {} failed earlier (not retried), {} busy elsewhere, in {:.1} min",
         a.file.display(),
         sum.total,
         sum.ran,
         sum.skipped,
         sum.failed.len(),
+        sum.failed_before.len(),
         sum.busy,
-        t0.elapsed().as_secs_f64() / 60.0
+        took.as_secs_f64() / 60.0
     );
     for (name, e) in &sum.failed {
         eprintln!("  failed: {name}: {e}");
     }
-    if sum.interrupted {
-        bail!("interrupted: rerun the same command to resume");
+    for (name, e) in &sum.failed_before {
+        eprintln!("  failed earlier: {name}: {e}");
     }
-    if !sum.failed.is_empty() {
-        bail!("{} run(s) failed", sum.failed.len());
+    if !sum.failed_before.is_empty() {
+        eprintln!("  (rerun with --retry-failed to try the runs that failed earlier again)");
     }
-    Ok(())
+    if sum.stopped_at_failure {
+        eprintln!("  --fail-fast: stopped at the first failure; rerun to go on");
+    }
 }

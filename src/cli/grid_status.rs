@@ -80,6 +80,7 @@ pub fn show(a: &GridArgs, spec: &GridSpec) -> Result<()> {
         println!("{}", line(&main.display().to_string(), &c, all.len()));
     }
     let mut resubmit: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    let mut any_failed = false;
     let stores = shard_stores(&a.file);
     // A shard whose store does not exist never started.
     for (n, _) in stores.iter().map(|(s, _)| (s.count, ())) {
@@ -103,6 +104,7 @@ pub fn show(a: &GridArgs, spec: &GridSpec) -> Result<()> {
         let s = Store::open(&path)?;
         let c = counts(&s, &mine, &mut finished_anywhere)?;
         println!("{}", line(&path.display().to_string(), &c, mine.len()));
+        any_failed |= c.contains_key(Status::Failed.as_str());
         if c.get(Status::Finished.as_str()).copied().unwrap_or(0) < mine.len() {
             resubmit.entry(shard.count).or_default().push(shard.index);
         }
@@ -120,6 +122,9 @@ pub fn show(a: &GridArgs, spec: &GridSpec) -> Result<()> {
             list.join(", "),
             list.join(",")
         );
+    }
+    if any_failed {
+        println!("failed runs are not retried on resubmission unless the script is given --retry-failed (sbatch --array=I SCRIPT --retry-failed)");
     }
     Ok(())
 }

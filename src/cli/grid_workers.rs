@@ -6,6 +6,8 @@
 
 use super::grid::GridArgs;
 use anyhow::{bail, Context, Result};
+use come_repro::grid::GridSpec;
+use come_repro::runner::requeue_failed;
 use come_repro::shard::Shard;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -44,6 +46,11 @@ fn worker_args(
     if !a.distill_devices.is_empty() {
         v.extend(["--distill-devices".into(), a.distill_devices.join(",")]);
     }
+    // Not `--retry-failed`: this process requeues the failed runs once, before the
+    // workers start, so that no run is retried by two of them.
+    if a.fail_fast {
+        v.push("--fail-fast".into());
+    }
     v.extend(["--worker-device".into(), device.to_string()]);
     v.extend([
         "--worker-prefer".into(),
@@ -52,9 +59,13 @@ fn worker_args(
     v
 }
 
-pub fn run(a: &GridArgs) -> Result<()> {
+pub fn run(a: &GridArgs, spec: &GridSpec) -> Result<()> {
     if a.force {
         bail!("--force with --devices would have every worker redo every run: run --force without --devices");
+    }
+    if a.retry_failed {
+        let n = requeue_failed(spec, &super::grid::options(a))?;
+        eprintln!("retrying {n} failed run(s)");
     }
     for d in &a.devices {
         come_repro::runtime::parse_device(d).with_context(|| format!("--devices: `{d}`"))?;
@@ -106,7 +117,10 @@ pub fn run(a: &GridArgs) -> Result<()> {
         t0.elapsed().as_secs_f64() / 60.0
     );
     if !failed.is_empty() {
-        bail!("{}; rerun the same command to resume", failed.join("; "));
+        bail!(
+            "{}; rerun the same command to resume (failed runs are retried with --retry-failed)",
+            failed.join("; ")
+        );
     }
     Ok(())
 }

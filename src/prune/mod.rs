@@ -545,20 +545,21 @@ fn progressive(p: &mut Pruner, target: usize) -> Result<()> {
 pub fn concat_pair(p: &Pruner, l: usize, r: &[f64]) -> Result<(Layer, merge::ConcatRecord)> {
     let c = &p.model.config;
     let seed = p.cfg.seed;
+    // Weight-only variants collect no statistics (`Sensitivity::stat_kinds`).
     let s0 = channel_scores(
         c,
         &p.model.layers[l],
-        &p.state.stats[l],
+        p.state.stats.get(l),
         p.cfg.sensitivity,
         seed ^ l as u64,
-    );
+    )?;
     let s1 = channel_scores(
         c,
         &p.model.layers[l + 1],
-        &p.state.stats[l + 1],
+        p.state.stats.get(l + 1),
         p.cfg.sensitivity,
         seed ^ (l as u64 + 1) << 1,
-    );
+    )?;
     merge::concat(
         c,
         &[&p.model.layers[l], &p.model.layers[l + 1]],

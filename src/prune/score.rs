@@ -3,6 +3,7 @@
 //! state that accumulates them.
 
 use super::stats::LayerStats;
+use crate::error::{Error, Result};
 use crate::model::{Layer, ModelConfig};
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
@@ -28,6 +29,12 @@ pub enum Sensitivity {
 }
 
 impl Sensitivity {
+    /// The name configs, stores and the command line use.
+    pub fn name(self) -> String {
+        clap::ValueEnum::to_possible_value(&self)
+            .map_or_else(|| format!("{self:?}"), |v| v.get_name().to_string())
+    }
+
     /// The channel statistics this score reads.
     pub fn stat_kinds(self) -> super::stats::StatKinds {
         use super::stats::StatKinds;
@@ -76,58 +83,89 @@ fn to_vec(t: &Tensor) -> Vec<f64> {
     .unwrap_or_default()
 }
 
+/// Scores of one layer's channels. `stats` is `None` when the plan collected no
+/// statistics, which only the weight-only variants (`weight`, `random`) may rely on:
+/// [`Sensitivity::stat_kinds`] decides what is collected, so both read one table.
 pub fn channel_scores(
     c: &ModelConfig,
     layer: &Layer,
-    st: &LayerStats,
+    stats: Option<&LayerStats>,
     how: Sensitivity,
     seed: u64,
-) -> ChannelScores {
-    let n = st.tokens.max(1) as f64;
-    let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
-    let mlp_default = (&st.mlp_abs / n) * col_norm(&layer.down_proj.weight, 1.0);
-    let attn_default = (&st.attn_abs / n) * col_norm(&layer.o_proj.weight, 1.0);
+) -> Result<ChannelScores> {
+    let needs = || {
+        stats.ok_or_else(|| {
+            Error::Invalid(format!(
+                "channel sensitivity `{}` reads activation statistics, but none were collected for this layer",
+                how.name()
+            ))
+        })
+    };
+    let l1 = |w: &Tensor| col_norm(w, 1.0);
     let (mlp, attn) = match how {
-        Sensitivity::ActL1 => (mlp_default, attn_default),
-        Sensitivity::Activation => (&st.mlp_abs / n, &st.attn_abs / n),
-        Sensitivity::Weight => (
-            col_norm(&layer.down_proj.weight, 1.0),
-            col_norm(&layer.o_proj.weight, 1.0),
-        ),
-        Sensitivity::L2 => (
-            (&st.mlp_sq / n).sqrt() * col_norm(&layer.down_proj.weight, 2.0),
-            (&st.attn_sq / n).sqrt() * col_norm(&layer.o_proj.weight, 2.0),
-        ),
-        Sensitivity::InputQk => {
-            let q = (&st.q_abs / n) * row_norm(&layer.q_proj.weight, 1.0);
-            let k = (&st.k_abs / n) * row_norm(&layer.k_proj.weight, 1.0);
-            // Per KV head: its keys plus the queries of its group (HF layout).
-            let qh = q.view([nkv, -1]).sum_dim_intlist(1, false, Kind::Double);
-            let kh = k.view([nkv, -1]).sum_dim_intlist(1, false, Kind::Double);
-            let kv = (qh + kh) / ((nh / nkv + 1) * hd) as f64;
-            return ChannelScores {
-                mlp: to_vec(&mlp_default),
-                kv: to_vec(&kv),
-            };
+        Sensitivity::Weight => (l1(&layer.down_proj.weight), l1(&layer.o_proj.weight)),
+        Sensitivity::Random => return Ok(random_scores(c, seed)),
+        Sensitivity::InputQk => return Ok(input_qk_scores(c, layer, needs()?)),
+        Sensitivity::ActL1 => {
+            let (st, n) = with_tokens(needs()?);
+            (
+                (&st.mlp_abs / n) * l1(&layer.down_proj.weight),
+                (&st.attn_abs / n) * l1(&layer.o_proj.weight),
+            )
         }
-        Sensitivity::Random => {
-            let mut r = crate::rng::SplitMix64::new(seed);
-            let mut u = |k: i64| {
-                (0..k)
-                    .map(|_| (r.next_u64() >> 11) as f64 / (1u64 << 53) as f64)
-                    .collect::<Vec<f64>>()
-            };
-            return ChannelScores {
-                mlp: u(c.intermediate_size),
-                kv: u(nkv),
-            };
+        Sensitivity::Activation => {
+            let (st, n) = with_tokens(needs()?);
+            (&st.mlp_abs / n, &st.attn_abs / n)
+        }
+        Sensitivity::L2 => {
+            let (st, n) = with_tokens(needs()?);
+            (
+                (&st.mlp_sq / n).sqrt() * col_norm(&layer.down_proj.weight, 2.0),
+                (&st.attn_sq / n).sqrt() * col_norm(&layer.o_proj.weight, 2.0),
+            )
         }
     };
+    let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
     // Average over head_dim, then over the query heads of each KV group.
     let per_q = attn.view([nh, hd]).mean_dim(1, false, Kind::Double);
     let kv = per_q.view([nkv, nh / nkv]).mean_dim(1, false, Kind::Double);
+    Ok(ChannelScores {
+        mlp: to_vec(&mlp),
+        kv: to_vec(&kv),
+    })
+}
+
+fn with_tokens(st: &LayerStats) -> (&LayerStats, f64) {
+    (st, st.tokens.max(1) as f64)
+}
+
+/// Attention heads scored from the input side; MLP neurons keep the default (`act-l1`).
+fn input_qk_scores(c: &ModelConfig, layer: &Layer, st: &LayerStats) -> ChannelScores {
+    let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+    let n = st.tokens.max(1) as f64;
+    let mlp = (&st.mlp_abs / n) * col_norm(&layer.down_proj.weight, 1.0);
+    let q = (&st.q_abs / n) * row_norm(&layer.q_proj.weight, 1.0);
+    let k = (&st.k_abs / n) * row_norm(&layer.k_proj.weight, 1.0);
+    // Per KV head: its keys plus the queries of its group (HF layout).
+    let qh = q.view([nkv, -1]).sum_dim_intlist(1, false, Kind::Double);
+    let kh = k.view([nkv, -1]).sum_dim_intlist(1, false, Kind::Double);
+    let kv = (qh + kh) / ((nh / nkv + 1) * hd) as f64;
     ChannelScores {
         mlp: to_vec(&mlp),
         kv: to_vec(&kv),
+    }
+}
+
+/// Uniform scores in [0, 1) from the seed: the floor any informed score must beat.
+fn random_scores(c: &ModelConfig, seed: u64) -> ChannelScores {
+    let mut r = crate::rng::SplitMix64::new(seed);
+    let mut u = |k: i64| {
+        (0..k)
+            .map(|_| (r.next_u64() >> 11) as f64 / (1u64 << 53) as f64)
+            .collect::<Vec<f64>>()
+    };
+    ChannelScores {
+        mlp: u(c.intermediate_size),
+        kv: u(c.num_key_value_heads),
     }
 }

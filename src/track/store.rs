@@ -222,6 +222,9 @@ pub enum Claim {
     Run(i64),
     /// Already finished (and not forced).
     Skip(i64),
+    /// Failed in an earlier attempt, with its error: not retried unless forced or put
+    /// back with [`Store::requeue_failed`] (`grid --retry-failed`).
+    Failed { id: i64, error: Option<String> },
     /// Another live process is running it.
     Busy {
         id: i64,
@@ -723,25 +726,27 @@ impl Store {
         Ok(id)
     }
 
-    /// Claim a run atomically: `Skip` if it is finished (unless `force`), `Busy` if a live
-    /// process runs it, else mark it `running` under this pid/host and return `Run(id)`.
-    /// Failed, interrupted, pending and abandoned runs (owner gone or heartbeat stale) are
-    /// re-claimed; a re-claimed run loses the metrics and artifacts of earlier attempts.
+    /// Claim a run atomically: `Skip` if it is finished and `Failed` if it failed (unless
+    /// `force`), `Busy` if a live process runs it, else mark it `running` under this
+    /// pid/host and return `Run(id)`. Interrupted, pending and abandoned runs (owner gone or
+    /// heartbeat stale) are re-claimed; a re-claimed run loses the metrics and artifacts of
+    /// earlier attempts.
     pub fn claim(&self, run: &RunSpec, force: bool) -> Result<Claim> {
         self.write("claim run", |tx| {
             let e = |e| self.err("claim run", e);
-            type Row = (i64, String, Option<i64>, Option<String>, Option<String>);
+            type Row = (i64, String, Option<i64>, Option<String>, Option<String>, Option<String>);
             let row: Option<Row> = tx
-                .query_row("SELECT id, status, pid, host, heartbeat FROM runs WHERE hash = ?1", [&run.hash], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                .query_row("SELECT id, status, pid, host, heartbeat, error FROM runs WHERE hash = ?1", [&run.hash], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
                 })
                 .optional()
                 .map_err(e)?;
-            let Some((id, status, pid, host, heartbeat)) = row else {
+            let Some((id, status, pid, host, heartbeat, error)) = row else {
                 return Ok(Claim::Run(self.insert_run(tx, run, Status::Running)?));
             };
             match Status::parse(&status) {
                 Some(Status::Finished) if !force => return Ok(Claim::Skip(id)),
+                Some(Status::Failed) if !force => return Ok(Claim::Failed { id, error }),
                 Some(Status::Running) if self.owner_alive(pid, host.as_deref(), heartbeat.as_deref()) => {
                     return Ok(Claim::Busy { id, pid, host })
                 }
@@ -895,6 +900,24 @@ impl Store {
             )
             .map_err(|e| self.err(&op, e))?;
             Ok(())
+        })
+    }
+
+    /// Put the failed runs among `hashes` back to `pending` (their error stays until they
+    /// are claimed), so the next claims retry them; returns how many.
+    pub fn requeue_failed(&self, hashes: &[String]) -> Result<usize> {
+        self.write("requeue failed runs", |tx| {
+            let e = |e| self.err("requeue failed runs", e);
+            let mut st = tx
+                .prepare_cached(
+                    "UPDATE runs SET status = 'pending' WHERE hash = ?1 AND status = 'failed'",
+                )
+                .map_err(e)?;
+            let mut n = 0;
+            for h in hashes {
+                n += st.execute([h]).map_err(e)?;
+            }
+            Ok(n)
         })
     }
 
