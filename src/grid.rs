@@ -603,6 +603,9 @@ pub struct GridSpec {
     models: BTreeMap<String, ModelEntry>,
     subgrids: Vec<SubGrid>,
     excludes: Vec<Exclude>,
+    /// Model files the grid uses that are not on this machine, one message each: a plan
+    /// (`--dry-run`, `--status`, a Slurm script) shows them as warnings, a run refuses.
+    missing_models: Vec<String>,
 }
 
 const TOP_KEYS: &[&str] = &["base", "models", "axes", "zip", "exclude", "dense", "grids"];
@@ -665,6 +668,7 @@ impl GridSpec {
             models,
             subgrids: Vec::new(),
             excludes: Vec::new(),
+            missing_models: Vec::new(),
         };
         match find(entries, "grids") {
             None => {
@@ -727,9 +731,23 @@ impl GridSpec {
                 }
             }
         }
-        spec.check_models(&mut diags);
+        spec.missing_models = spec.check_models(&mut diags);
         diags.finish(path)?;
         Ok(spec)
+    }
+
+    /// Model files the grid uses that do not exist here (see [`GridSpec::require_models`]).
+    pub fn missing_models(&self) -> &[String] {
+        &self.missing_models
+    }
+
+    /// Refuse to run when a model file the grid uses is missing; planning commands only
+    /// warn (a paper-scale grid is planned on a login node without the weights).
+    pub fn require_models(&self) -> Result<()> {
+        let diags = Diags {
+            items: self.missing_models.clone(),
+        };
+        diags.finish(&self.path)
     }
 
     /// The file the grid came from.
@@ -855,8 +873,10 @@ impl GridSpec {
         }
     }
 
-    /// Every model a sub-grid can use must be known, and its files must exist.
-    fn check_models(&self, diags: &mut Diags) {
+    /// Every model a sub-grid can use must be known (else an error in `diags`); the
+    /// problems of those whose files do not exist here are returned.
+    fn check_models(&self, diags: &mut Diags) -> Vec<String> {
+        let mut missing = Diags { items: Vec::new() };
         let mut used: BTreeMap<String, Loc> = BTreeMap::new();
         for s in &self.subgrids {
             let mut from_axis = false;
@@ -897,7 +917,7 @@ impl GridSpec {
                             } else {
                                 "file"
                             };
-                            diags.push(
+                            missing.push(
                                 entry.loc,
                                 &format!("models.{name}"),
                                 format!("{what} {} does not exist", p.display()),
@@ -915,6 +935,7 @@ impl GridSpec {
                 ),
             }
         }
+        missing.items
     }
 
     /// Expand into runs: per sub-grid the cartesian product of its axes (zips advance

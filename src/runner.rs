@@ -151,6 +151,7 @@ pub fn run_grid(
     opts: &RunnerOptions,
     progress: &mut dyn Progress,
 ) -> Result<Summary> {
+    spec.require_models()?;
     let mut runs = select(spec.expand()?, opts)?;
     if let Some(p) = opts.prefer {
         let part = crate::shard::assign(&runs, p.count)?;

@@ -8,20 +8,21 @@
 use clap::ValueEnum;
 use come_repro::calib::Shuffle;
 use come_repro::distill::config::{Attach, LossKind, RecoveryMethod};
+use come_repro::experiment::Experiment;
 use come_repro::grid::GridSpec;
 use come_repro::prune::merge::{GqaMapping, NormMode};
 use come_repro::prune::score::Sensitivity;
 use come_repro::prune::{MergeOp, Method, PairScore};
 use come_repro::runner::{run_grid, Quiet, RunnerOptions};
 use come_repro::runtime::Dtype;
-use come_repro::track::names::ALL_TASKS;
+use come_repro::track::names::{self, ALL_TASKS};
 use come_repro::track::{RunFilter, Status, Store};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::Path;
 
 /// The names a grid spells an enum's values with (the same as the command line's).
-fn names<T: ValueEnum>() -> Vec<String> {
+fn values<T: ValueEnum>() -> Vec<String> {
     T::value_variants()
         .iter()
         .filter_map(|v| v.to_possible_value())
@@ -34,31 +35,66 @@ fn list(v: &[String]) -> String {
     format!("[{}]", q.join(", "))
 }
 
-/// Every enumerated key of a run, with every value it takes. Each must appear in at least
-/// one finished run (or a run refused on purpose).
-fn enumerated() -> Vec<(&'static str, Vec<String>)> {
+/// The name of one value.
+fn name_of<T: ValueEnum>(v: &T) -> String {
+    v.to_possible_value()
+        .map_or_else(String::new, |p| p.get_name().to_string())
+}
+
+/// What a run's value of one key is called (None: the run has no such stage).
+type Getter = fn(&Experiment) -> Option<String>;
+
+/// Every enumerated key of a run, with every value it takes and how to read it from a run
+/// (typed, so a value left out of the serialised form, like the legacy shuffle, counts).
+/// Each value must appear in at least one finished run.
+fn enumerated() -> Vec<(&'static str, Vec<String>, Getter)> {
     vec![
-        ("prune.method", names::<Method>()),
-        ("prune.merge", names::<MergeOp>()),
-        ("prune.sensitivity", names::<Sensitivity>()),
-        ("prune.pair_score", names::<PairScore>()),
-        ("prune.norm", names::<NormMode>()),
-        ("prune.gqa_mapping", names::<GqaMapping>()),
-        ("prune.calib.shuffle", names::<Shuffle>()),
-        ("recovery.method", names::<RecoveryMethod>()),
-        ("recovery.attach", names::<Attach>()),
-        ("runtime.dtype", names::<Dtype>()),
+        ("prune.method", values::<Method>(), |e| {
+            e.prune.as_ref().map(|p| name_of(&p.method))
+        }),
+        ("prune.merge", values::<MergeOp>(), |e| {
+            e.prune.as_ref().map(|p| name_of(&p.merge))
+        }),
+        ("prune.sensitivity", values::<Sensitivity>(), |e| {
+            e.prune.as_ref().map(|p| name_of(&p.sensitivity))
+        }),
+        ("prune.pair_score", values::<PairScore>(), |e| {
+            e.prune.as_ref().map(|p| name_of(&p.pair_score))
+        }),
+        ("prune.norm", values::<NormMode>(), |e| {
+            e.prune.as_ref().map(|p| name_of(&p.norm))
+        }),
+        ("prune.gqa_mapping", values::<GqaMapping>(), |e| {
+            e.prune.as_ref().map(|p| name_of(&p.gqa_mapping))
+        }),
+        ("prune.calib.shuffle", values::<Shuffle>(), |e| {
+            e.prune.as_ref().map(|p| name_of(&p.calib.shuffle))
+        }),
+        ("recovery.method", values::<RecoveryMethod>(), |e| {
+            Some(name_of(&e.recovery.method))
+        }),
+        ("recovery.attach", values::<Attach>(), |e| {
+            (!e.recovery.is_none()).then(|| name_of(&e.recovery.attach))
+        }),
+        ("runtime.dtype", values::<Dtype>(), |e| {
+            Some(name_of(&e.runtime.dtype))
+        }),
     ]
 }
 
-/// Combinations refused on purpose: (a fragment of the run's name, a fragment of the
-/// error it must report). Empty today: every value runs with every method it applies to.
-const REFUSED: &[(&str, &str)] = &[];
+/// Combinations refused on purpose: (sub-grid, a fragment of the error every failed run
+/// of that sub-grid must report). Every other run must finish.
+const REFUSED: &[(&str, &str)] = &[
+    // A drop model whose removed layers join no kept layer has nothing to train.
+    ("attach_refused", "nothing to distil"),
+    // The "+" baselines protect 4 + 2 layers by default: a 5-layer model has none left.
+    ("protect_refused", "0 layers are unprotected but 2 must go"),
+];
 
 /// The grid: one sub-grid per enumerated option, crossed with what it interacts with.
 fn grid_toml() -> String {
     let m = come_repro::paths::models_dir();
-    let losses: Vec<String> = names::<LossKind>()
+    let losses: Vec<String> = values::<LossKind>()
         .into_iter()
         .chain(["mse,cosine".to_string()])
         .collect();
@@ -70,6 +106,8 @@ model = "stories"
 method = "come"
 target_layers = 3
 comep_grid = 2
+protect_first = 1
+protect_last = 1
 calib = {{ nrows = 16, seqlen = 64, max_sequences = 2 }}
 [base.recovery]
 tokens = 128
@@ -116,10 +154,18 @@ axes = {{ "prune.merge" = ["concat", "drop"], "recovery.method" = {recoveries} }
 base = {{ recovery = {{ method = "hierarchical" }} }}
 axes = {{ "recovery.loss" = {losses} }}
 
-# Where removed layers go, on a drop method.
+# Where removed layers go, on a concatenated and a dropped model.
 [grids.attach]
-base = {{ prune = {{ merge = "drop" }}, recovery = {{ method = "hierarchical" }} }}
-axes = {{ "recovery.attach" = {attach} }}
+base = {{ recovery = {{ method = "hierarchical" }} }}
+axes = {{ "prune.merge" = ["concat", "drop"], "recovery.attach" = {attach} }}
+exclude = [{{ "prune.merge" = "drop", "recovery.attach" = "none" }}]
+[grids.attach_refused]
+base = {{ prune = {{ merge = "drop" }}, recovery = {{ method = "hierarchical", attach = "none" }} }}
+
+# The "+" baselines at their default protection, which a 5-layer model cannot give.
+[grids.protect_refused]
+axes = {{ "prune.method" = ["magnitude+", "taylor+"] }}
+base = {{ prune = {{ protect_first = 4, protect_last = 2 }} }}
 
 # Every dtype, pruned and dense.
 [grids.dtype]
@@ -133,17 +179,17 @@ base = {{ eval = {{ tasks = {tasks}, ppl_c4 = true }} }}
 axes = {{ "eval.token_budget" = ["auto", 256] }}
 "#,
         m = m.display(),
-        methods = list(&names::<Method>()),
-        merges = list(&names::<MergeOp>()),
-        sens = list(&names::<Sensitivity>()),
-        pairs = list(&names::<PairScore>()),
-        norms = list(&names::<NormMode>()),
-        gqa = list(&names::<GqaMapping>()),
-        shuffles = list(&names::<Shuffle>()),
-        recoveries = list(&names::<RecoveryMethod>()),
+        methods = list(&values::<Method>()),
+        merges = list(&values::<MergeOp>()),
+        sens = list(&values::<Sensitivity>()),
+        pairs = list(&values::<PairScore>()),
+        norms = list(&values::<NormMode>()),
+        gqa = list(&values::<GqaMapping>()),
+        shuffles = list(&values::<Shuffle>()),
+        recoveries = list(&values::<RecoveryMethod>()),
         losses = list(&losses),
-        attach = list(&names::<Attach>()),
-        dtypes = list(&names::<Dtype>()),
+        attach = list(&values::<Attach>()),
+        dtypes = list(&values::<Dtype>()),
         tasks = list(&tasks),
     )
 }
@@ -162,13 +208,6 @@ fn write_c4(dir: &Path) -> std::path::PathBuf {
     }
     gz.finish().unwrap();
     p
-}
-
-fn value_name(v: &serde_json::Value) -> String {
-    match v {
-        serde_json::Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
 }
 
 #[test]
@@ -196,16 +235,28 @@ fn every_value_of_every_enumerated_option_runs() {
         t0.elapsed().as_secs_f64()
     );
 
-    // Failures: exactly the refused combinations, each with its error.
+    // The combinations, for the log (`cargo test --test every_choice -- --nocapture`).
+    for r in &runs {
+        eprintln!("  [{}] {}", r.subgrid, r.name);
+    }
+    // Failures: exactly the refused sub-grids' runs, each with its error.
+    let store = Store::open(&opts.db).unwrap();
+    let all = store.runs(&RunFilter::default()).unwrap();
     let mut unexpected = vec![];
     let mut refused_seen = BTreeSet::new();
-    for (name, err) in &sum.failed {
-        match REFUSED.iter().find(|(n, _)| name.contains(n)) {
-            Some((n, want)) if err.contains(want) => {
-                refused_seen.insert(*n);
+    for row in all.iter().filter(|r| r.status != Status::Finished) {
+        let err = row.error.clone().unwrap_or_default();
+        let want = REFUSED
+            .iter()
+            .find(|(g, _)| row.subgrid.split(',').any(|s| s == *g));
+        match want {
+            Some((g, want)) if row.status == Status::Failed && err.contains(want) => {
+                refused_seen.insert(*g);
             }
-            Some((_, want)) => unexpected.push(format!("{name}: `{err}` (wanted `{want}`)")),
-            None => unexpected.push(format!("{name}: {err}")),
+            _ => unexpected.push(format!(
+                "{} [{}] {:?}: {err}",
+                row.name, row.subgrid, row.status
+            )),
         }
     }
     assert!(
@@ -213,15 +264,14 @@ fn every_value_of_every_enumerated_option_runs() {
         "runs failed:\n{}",
         unexpected.join("\n")
     );
-    for (n, _) in REFUSED {
+    for (g, _) in REFUSED {
         assert!(
-            refused_seen.contains(n),
-            "`{n}` was meant to be refused and was not"
+            refused_seen.contains(g),
+            "sub-grid `{g}` was meant to be refused and was not"
         );
     }
 
     // Finished runs: every metric finite, at least one accuracy and one perplexity.
-    let store = Store::open(&opts.db).unwrap();
     let finished = store
         .runs(&RunFilter {
             status: Some(Status::Finished),
@@ -229,6 +279,7 @@ fn every_value_of_every_enumerated_option_runs() {
         })
         .unwrap();
     assert_eq!(finished.len() + sum.failed.len(), runs.len());
+    assert_eq!(sum.ran + sum.failed.len(), runs.len(), "every run ran once");
     for row in &finished {
         let metrics = store.metrics(row.id).unwrap();
         for m in &metrics {
@@ -242,40 +293,43 @@ fn every_value_of_every_enumerated_option_runs() {
                 m.stderr
             );
         }
-        let has = |name: &str| metrics.iter().any(|m| m.name == name);
+        let has = |name: &str| {
+            metrics
+                .iter()
+                .any(|m| m.name == name && m.value.is_finite())
+        };
         assert!(
-            has("acc") && has("word_perplexity") || has("perplexity"),
-            "{}: {metrics:?}",
+            has(names::ACC) && has(names::PPL_WIKITEXT2),
+            "{}: no accuracy or no perplexity: {metrics:?}",
             row.name
         );
     }
 
-    // Coverage: every value of every enumerated key is in a finished (or refused) run.
-    let mut seen: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    // Coverage: every value of every enumerated key is in a finished run.
     let done: BTreeSet<&str> = finished.iter().map(|r| r.hash.as_str()).collect();
-    for r in runs.iter().filter(|r| done.contains(r.hash.as_str())) {
-        for (k, v) in r.params() {
-            seen.entry(k).or_default().insert(value_name(&v));
-        }
-    }
-    for (key, values) in enumerated() {
+    let finished_runs: Vec<&Experiment> = runs
+        .iter()
+        .filter(|r| done.contains(r.hash.as_str()))
+        .map(|r| &r.experiment)
+        .collect();
+    for (key, values, get) in enumerated() {
+        let seen: BTreeSet<String> = finished_runs.iter().filter_map(|e| get(e)).collect();
         for v in values {
-            let refused = REFUSED.iter().any(|(n, _)| n.contains(&v));
             assert!(
-                refused || seen.get(key).is_some_and(|s| s.contains(&v)),
-                "no finished run has {key} = {v}"
+                seen.contains(&v),
+                "no finished run has {key} = {v}: {seen:?}"
             );
         }
     }
-    let loss_keys: BTreeSet<String> = seen
-        .keys()
-        .filter(|k| k.starts_with("recovery.loss."))
-        .cloned()
+    let losses: BTreeSet<LossKind> = finished_runs
+        .iter()
+        .filter(|e| !e.recovery.is_none())
+        .flat_map(|e| e.recovery.loss.0.keys().copied())
         .collect();
-    for l in names::<LossKind>() {
+    for l in LossKind::value_variants() {
         assert!(
-            loss_keys.contains(&format!("recovery.loss.{l}")),
-            "no run trained with loss {l}: {loss_keys:?}"
+            losses.contains(l),
+            "no run trained with loss {l:?}: {losses:?}"
         );
     }
     let tasks_run: BTreeSet<String> = finished

@@ -474,8 +474,9 @@ fn every_sensitivity_variant_prunes_with_come_and_come_p() {
             let rep = prune(&mut m, calib(2, 16), &cfg, |_, _| {})
                 .unwrap_or_else(|e| panic!("{method:?}/{sensitivity:?}: {e}"));
             assert_eq!(m.n_layers(), 4, "{method:?}/{sensitivity:?}");
+            // CoMe-P scores a concat candidate every step but may keep a single layer.
             assert!(
-                rep.steps.iter().all(|s| s.concat.is_some()),
+                method == Method::ComeP || rep.steps.iter().all(|s| s.concat.is_some()),
                 "{method:?}/{sensitivity:?}: every step is a concat"
             );
         }

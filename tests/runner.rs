@@ -569,3 +569,66 @@ axes = {{ "prune.method" = ["come"] }}
     );
     assert_eq!(last[failed[0]].0, Status::Failed, "{last:?}");
 }
+
+/// A paper-scale grid is planned where the weights are not: `--dry-run`, `--status` and
+/// `--slurm --dry-run` list the runs with one warning per missing model; a run refuses,
+/// naming the file, before it creates a store.
+#[test]
+fn planning_works_without_the_weights() {
+    let d = tempfile::tempdir().unwrap();
+    let grid = d.path().join("plan.toml");
+    std::fs::write(
+        &grid,
+        r#"dense = true
+[base]
+model = "big"
+[base.prune]
+sparsity = 0.3
+[models]
+big = { path = "weights/Llama-2-7b-hf" }
+[axes]
+"prune.method" = ["come", "shortgpt"]
+"#,
+    )
+    .unwrap();
+    let db = d.path().join("store.sqlite");
+    let run = |extra: &[&str]| {
+        let out = Command::new(BIN)
+            .arg("grid")
+            .arg(&grid)
+            .args(extra)
+            .current_dir(d.path())
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let warning =
+        "`models.big`: directory weights/Llama-2-7b-hf does not exist (a run would refuse)";
+    let (ok, out, err) = run(&["--dry-run"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("3 run(s)") && out.contains("big/shortgpt"),
+        "{out}"
+    );
+    assert_eq!(err.matches(warning).count(), 1, "{err}");
+    let (ok, out, err) = run(&["--slurm", "--dry-run"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("array task(s)") && out.contains("#SBATCH --array="),
+        "{out}"
+    );
+    assert!(err.contains(warning), "{err}");
+    let (ok, _, err) = run(&["--status"]);
+    assert!(ok && err.contains(warning), "{err}");
+    let (ok, _, err) = run(&["--db", db.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(
+        err.contains("weights/Llama-2-7b-hf does not exist") && !err.contains("warning"),
+        "{err}"
+    );
+    assert!(!db.exists(), "a refused run created a store");
+}

@@ -521,7 +521,7 @@ fn work(path: &Path, seed: u64) -> Vec<i64> {
                 store.finish(id, &metrics(i as f64 / 100.0), &[]).unwrap();
                 done.push(id);
             }
-            Claim::Skip(_) | Claim::Busy { .. } => {}
+            Claim::Skip(_) | Claim::Failed { .. } | Claim::Busy { .. } => {}
         }
     }
     done

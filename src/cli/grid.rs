@@ -189,6 +189,16 @@ pub fn run(a: GridArgs) -> Result<()> {
     come_repro::runtime::set_threads(a.threads);
     let spec = GridSpec::load(&a.file)?;
     let opts = options(&a);
+    // Planning works without the weights; running does not.
+    let planning = a.status || a.dry_run;
+    for m in spec.missing_models() {
+        if planning {
+            eprintln!("warning: {}: {m} (a run would refuse)", a.file.display());
+        }
+    }
+    if !planning {
+        spec.require_models()?;
+    }
     if a.status {
         return super::grid_status::show(&a, &spec);
     }
