@@ -5,7 +5,9 @@
 //! with a typed record and a cache key, for the CLI and the grid runner alike.
 
 pub mod calib;
+pub mod device_memory;
 pub mod distill;
+pub mod dl;
 pub mod error;
 pub mod eval;
 pub mod experiment;

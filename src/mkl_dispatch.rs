@@ -102,12 +102,7 @@ pub fn reproducible_across_threads() {
 /// None where it is not there.
 #[cfg(target_os = "linux")]
 pub(crate) fn global_symbol(name: &std::ffi::CStr) -> Option<usize> {
-    extern "C" {
-        fn dlsym(handle: *mut std::ffi::c_void, name: *const std::ffi::c_char) -> usize;
-    }
-    // SAFETY: RTLD_DEFAULT (null) searches the global scope; the name is a C string.
-    let p = unsafe { dlsym(std::ptr::null_mut(), name.as_ptr()) };
-    (p != 0).then_some(p)
+    crate::dl::global_symbol(name)
 }
 
 #[cfg(not(target_os = "linux"))]

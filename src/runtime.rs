@@ -3,9 +3,25 @@
 use crate::error::{Error, Result};
 use tch::{Device, Kind};
 
+/// libtorch's CUDA backend (libtorch_cuda.so) registers itself when loaded, but nothing
+/// calls into it, so it is not linked: loaded here, once, when a device other than the
+/// CPU is asked for (CPU runs never map its gigabyte of CUDA libraries). The message says
+/// why it could not be loaded (a CPU-only libtorch, missing CUDA libraries).
+pub fn load_cuda_backend() -> std::result::Result<(), String> {
+    static LOADED: std::sync::OnceLock<std::result::Result<(), String>> =
+        std::sync::OnceLock::new();
+    LOADED
+        .get_or_init(|| crate::dl::open("libtorch_cuda.so").map(|_| ()))
+        .clone()
+}
+
 /// `cpu`, `cuda`, `cuda:N`, or `auto` (CUDA when available).
 pub fn parse_device(s: &str) -> Result<Device> {
     let s = s.trim().to_ascii_lowercase();
+    if s != "cpu" {
+        // Without it every CUDA query answers "no device"; the error below says why.
+        let _ = load_cuda_backend();
+    }
     match s.as_str() {
         "cpu" => Ok(Device::Cpu),
         "auto" => Ok(Device::cuda_if_available()),
@@ -22,8 +38,12 @@ pub fn parse_device(s: &str) -> Result<Device> {
 fn cuda(n: usize) -> Result<Device> {
     let count = tch::Cuda::device_count() as usize;
     if n >= count {
+        let why = match load_cuda_backend() {
+            Ok(()) => String::new(),
+            Err(e) => format!(" (libtorch's CUDA backend did not load: {e})"),
+        };
         return Err(Error::Invalid(format!(
-            "device cuda:{n} requested but {count} CUDA device(s) are visible"
+            "device cuda:{n} requested but {count} CUDA device(s) are visible{why}"
         )));
     }
     Ok(Device::Cuda(n))
@@ -96,4 +116,23 @@ pub fn set_threads(n: Option<usize>) -> usize {
         tch::set_num_threads(n as i32);
     }
     tch::get_num_threads() as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Where the linked libtorch has a CUDA backend (the PyPI wheels do), it loads, so a
+    /// GPU machine sees its devices; CPU-only libtorch builds give a reason instead.
+    #[test]
+    fn the_cuda_backend_loads_where_libtorch_has_one() {
+        let lib = std::env::var_os("LIBTORCH").map(|d| std::path::PathBuf::from(d).join("lib"));
+        let has = lib.is_some_and(|l| l.join("libtorch_cuda.so").exists());
+        match load_cuda_backend() {
+            Ok(()) => assert!(tch::Cuda::device_count() >= 0),
+            Err(e) => assert!(!has, "libtorch_cuda.so is there but did not load: {e}"),
+        }
+        assert_eq!(parse_device("cpu").unwrap(), Device::Cpu);
+        assert!(parse_device("tpu").is_err());
+    }
 }

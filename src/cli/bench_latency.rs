@@ -20,6 +20,9 @@ pub struct LatencyArgs {
     pub new_tokens: usize,
     #[arg(long, default_value_t = 5, value_parser = super::common::at_least_one)]
     pub repeats: usize,
+    /// Prompts decoded together (generation throughput; SLEB measures at 64).
+    #[arg(long, default_value_t = 1, value_parser = super::common::at_least_one)]
+    pub batch: usize,
     /// Also write the table as JSON here.
     #[arg(long)]
     pub output: Option<PathBuf>,
@@ -32,6 +35,7 @@ pub fn run(a: LatencyArgs) -> Result<()> {
         prompt_len: a.prompt_len,
         new_tokens: a.new_tokens,
         repeats: a.repeats,
+        batch: a.batch,
     };
     let mut rows = vec![];
     for dir in &a.model {
@@ -42,9 +46,10 @@ pub fn run(a: LatencyArgs) -> Result<()> {
     }
     let (p0, d0) = (rows[0].3.prefill_s, rows[0].3.decode_s);
     println!(
-        "prompt {} tokens, {} decoded, batch 1, median of {}, {} thread(s), {}",
+        "prompt {} tokens, {} decoded, batch {}, median of {}, {} thread(s), {}",
         a.prompt_len,
         a.new_tokens,
+        a.batch,
         a.repeats,
         tch::get_num_threads(),
         a.rt.dtype

@@ -12,7 +12,7 @@
 use super::common::RuntimeArgs;
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use come_repro::model::synthetic::{random_model_on, Shape};
+use come_repro::model::synthetic::{hashed_model, Shape};
 use come_repro::prune::merge::{GqaMapping, NormMode};
 use come_repro::prune::{prune, Method, PruneConfig};
 use serde_json::Value;
@@ -169,25 +169,33 @@ fn device_mib() -> Option<f64> {
     })
 }
 
-fn synthetic(shape: Shape, a: &PruneBenchArgs) -> Result<()> {
-    let opts = a.rt.load_options()?;
-    let config = shape.config(a.layers)?;
-    let n = config.num_hidden_layers as usize;
-    let target = a
-        .target_layers
-        .unwrap_or(((n * 22) as f64 / 32.0).round() as usize);
+/// A pruned model of a published shape: weights from [`hashed_model`] (seed 0) on the
+/// device, CoMe to `target` layers on `seqs` x `seqlen` seeded random ids.
+pub struct SyntheticPrune {
+    pub model: come_repro::model::Model,
+    pub report: come_repro::prune::PruneReport,
+    pub build_s: f64,
+    pub prune_s: f64,
+}
+
+/// Build and prune (shared by `bench prune --synthetic` and the GPU check).
+pub fn synthetic_prune(
+    config: &come_repro::model::ModelConfig,
+    opts: come_repro::model::load::LoadOptions,
+    seqs: i64,
+    seqlen: i64,
+    target: usize,
+) -> Result<SyntheticPrune> {
     let t0 = Instant::now();
-    let mut model = random_model_on(&config, opts.device, opts.dtype, 0);
+    let mut model = hashed_model(config, 0, opts.device, opts.dtype);
     let build_s = t0.elapsed().as_secs_f64();
-    tch::manual_seed(1);
-    let ids = tch::Tensor::randint(
-        config.vocab_size,
-        [a.calib_seqs, a.calib_seqlen],
-        (tch::Kind::Int64, tch::Device::Cpu),
-    );
-    let seqs: Vec<Vec<u32>> = Vec::<Vec<i64>>::try_from(&ids)?
-        .into_iter()
-        .map(|r| r.into_iter().map(|x| x as u32).collect())
+    let mut rng = come_repro::rng::SplitMix64::new(1);
+    let seqs: Vec<Vec<u32>> = (0..seqs)
+        .map(|_| {
+            (0..seqlen)
+                .map(|_| rng.below(config.vocab_size as u64) as u32)
+                .collect()
+        })
         .collect();
     let calib = come_repro::calib::CalibSet::from_sequences(seqs, "uniform random token ids");
     let cfg = PruneConfig {
@@ -197,15 +205,35 @@ fn synthetic(shape: Shape, a: &PruneBenchArgs) -> Result<()> {
         gqa_mapping: GqaMapping::Hf,
         ..Default::default()
     };
-    let params = model.num_params();
+    let t1 = Instant::now();
+    let report = prune(&mut model, calib, &cfg, |_, _| {})?;
+    Ok(SyntheticPrune {
+        model,
+        report,
+        build_s,
+        prune_s: t1.elapsed().as_secs_f64(),
+    })
+}
+
+fn synthetic(shape: Shape, a: &PruneBenchArgs) -> Result<()> {
+    let opts = a.rt.load_options()?;
+    let config = shape.config(a.layers)?;
+    let n = config.num_hidden_layers as usize;
+    let target = a
+        .target_layers
+        .unwrap_or(((n * 22) as f64 / 32.0).round() as usize);
+    let params = config.total_params();
     let tokens = a.calib_seqs * a.calib_seqlen;
     println!(
         "synthetic {shape:?}: {n} layers ({:.2} B params, {:?} on {:?}), CoMe {n} -> {target}, {} x {} random calibration tokens",
         params as f64 / 1e9, opts.dtype, opts.device, a.calib_seqs, a.calib_seqlen
     );
-    let t1 = Instant::now();
-    let rep = prune(&mut model, calib, &cfg, |_, _| {})?;
-    let prune_s = t1.elapsed().as_secs_f64();
+    let SyntheticPrune {
+        report: rep,
+        build_s,
+        prune_s,
+        ..
+    } = synthetic_prune(&config, opts, a.calib_seqs, a.calib_seqlen, target)?;
     let rounds: f64 = rep.steps.iter().map(|s| s.seconds).sum();
     let state_bytes =
         config.hidden_size as f64 * opts.dtype.elt_size_in_bytes() as f64 * (n + 1) as f64;

@@ -11,6 +11,7 @@ mod demo;
 mod distill;
 mod eval;
 mod generate;
+mod gpu_check;
 mod grid;
 mod grid_slurm;
 mod grid_status;
@@ -61,6 +62,9 @@ enum Command {
     Bench(bench::BenchCmd),
     /// The embedded default job: import SmolLM2, generate, and measure perplexity on CPU.
     Demo(demo::DemoArgs),
+    /// Every CUDA question in one run, from a self-contained bundle (scripts/bundle.sh).
+    #[command(subcommand)]
+    GpuCheck(gpu_check::GpuCheckCmd),
 }
 
 pub fn main() -> ExitCode {
@@ -77,6 +81,7 @@ pub fn main() -> ExitCode {
         Command::Check(a) => check::run(a),
         Command::Bench(c) => bench::run(c),
         Command::Demo(a) => demo::run(a),
+        Command::GpuCheck(c) => gpu_check::run(c),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -196,7 +196,8 @@ impl TeacherStates {
         let t = match &self.storage {
             Storage::Memory(m) => {
                 let all = m.get(&b).ok_or_else(missing)?;
-                let ix = Tensor::from_slice(&idx.iter().map(|&i| i as i64).collect::<Vec<_>>());
+                let ix = Tensor::from_slice(&idx.iter().map(|&i| i as i64).collect::<Vec<_>>())
+                    .to_device(all.device());
                 all.index_select(0, &ix)
             }
             Storage::Disk(m) => {

@@ -119,22 +119,7 @@ pub fn train_units(
 /// A fresh copy of `layer` on `dev` as `kind` (new storage: training never touches the
 /// source). Workers train f32 master copies whatever the model's dtype.
 fn convert_layer(layer: &Layer, dev: Device, kind: tch::Kind) -> Layer {
-    let m = |t: &Tensor| t.to_device(dev).to_kind(kind).copy();
-    let lin =
-        |l: &crate::model::Linear| crate::model::Linear::new(m(&l.weight), l.bias.as_ref().map(m));
-    Layer {
-        input_norm: m(&layer.input_norm),
-        q_proj: lin(&layer.q_proj),
-        k_proj: lin(&layer.k_proj),
-        v_proj: lin(&layer.v_proj),
-        o_proj: lin(&layer.o_proj),
-        q_norm: layer.q_norm.as_ref().map(m),
-        k_norm: layer.k_norm.as_ref().map(m),
-        post_norm: m(&layer.post_norm),
-        gate_proj: lin(&layer.gate_proj),
-        up_proj: lin(&layer.up_proj),
-        down_proj: lin(&layer.down_proj),
-    }
+    layer.map_tensors(&|t| t.to_device(dev).to_kind(kind).copy())
 }
 
 /// Round-robin assignment of the pending units to one worker per device.

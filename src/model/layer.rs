@@ -137,6 +137,25 @@ impl Layer {
         }
     }
 
+    /// Every tensor passed through `f` (adapters are not carried over): a copy on another
+    /// device or in another dtype.
+    pub fn map_tensors(&self, f: &dyn Fn(&Tensor) -> Tensor) -> Layer {
+        let lin = |l: &Linear| Linear::new(f(&l.weight), l.bias.as_ref().map(f));
+        Layer {
+            input_norm: f(&self.input_norm),
+            q_proj: lin(&self.q_proj),
+            k_proj: lin(&self.k_proj),
+            v_proj: lin(&self.v_proj),
+            o_proj: lin(&self.o_proj),
+            q_norm: self.q_norm.as_ref().map(f),
+            k_norm: self.k_norm.as_ref().map(f),
+            post_norm: f(&self.post_norm),
+            gate_proj: lin(&self.gate_proj),
+            up_proj: lin(&self.up_proj),
+            down_proj: lin(&self.down_proj),
+        }
+    }
+
     /// The seven projections, by their Hugging Face names.
     pub fn projections_mut(&mut self) -> [(&'static str, &mut Linear); 7] {
         [

@@ -81,6 +81,18 @@ impl Model {
         self.layers.len()
     }
 
+    /// A copy of the weights on `device` in `kind` (a no-op handle where nothing changes).
+    pub fn to(&self, device: Device, kind: Kind) -> Model {
+        let f = |t: &Tensor| t.to_device(device).to_kind(kind);
+        Model::new(
+            self.config.clone(),
+            f(&self.embed),
+            self.layers.iter().map(|l| l.map_tensors(&f)).collect(),
+            f(&self.norm),
+            self.lm_head.as_ref().map(f),
+        )
+    }
+
     /// The output projection (tied or separate), `[vocab, hidden]`.
     pub fn head_weight(&self) -> &Tensor {
         self.lm_head.as_ref().unwrap_or(&self.embed)

@@ -39,13 +39,13 @@ use std::path::{Path, PathBuf};
 
 /// One log-likelihood request. `continuation` already starts with the target delimiter
 /// (`" " + choice`), exactly as lm-eval builds it, before the trailing-whitespace move.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Request {
     pub context: String,
     pub continuation: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Doc {
     /// Position of the document in the task (file order; for MMLU, over all subjects in
     /// the order read). lm-eval numbers MMLU documents per subject instead.
@@ -59,7 +59,10 @@ pub struct Doc {
     pub group: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
 pub enum Metric {
     Acc,
     AccNorm,
@@ -75,7 +78,9 @@ impl Metric {
     }
 }
 
-#[derive(Debug, Clone)]
+/// A task's documents, ready to score; serialisable, so a prepared subset can travel
+/// without the data files and their readers (the GPU bundle's `tasks.json`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct TaskData {
     pub name: String,
     /// Every file read, with its SHA-256 (lower-case hex), in reading order.
