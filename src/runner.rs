@@ -198,23 +198,7 @@ pub fn run_grid(
             Claim::Run(id) => id,
         };
         CURRENT.store(id, Ordering::SeqCst);
-        let mut env = env.clone();
-        env.insert("threads".into(), tch::get_num_threads().to_string());
-        let exp = &run.experiment;
-        env.insert("device".into(), device_description(opts.device_for(exp)));
-        if let Some(p) = &exp.prune {
-            env.insert("seed.prune".into(), p.seed.to_string());
-            env.insert("seed.calibration".into(), p.calib.seed.to_string());
-        }
-        if !exp.recovery.is_none() {
-            env.insert("seed.recovery".into(), exp.recovery.seed.to_string());
-        }
-        env.insert(
-            "seed.eval_subset".into(),
-            exp.eval
-                .seed
-                .map_or("none (first N)".into(), |s| s.to_string()),
-        );
+        let env = run_env(&env, run, opts);
         store.record_env(id, &env)?;
         // A bug in one run (a panic) fails that run, not the grid.
         let outcome = crate::panic_guard::catch(|| execute(spec, run, id, &store, opts, progress));
@@ -244,6 +228,32 @@ pub fn run_grid(
     }
     progress.grid(runs.len(), runs.len(), "");
     Ok(sum)
+}
+
+/// The machine's environment plus what this run adds: threads, device, seeds.
+fn run_env(
+    machine: &std::collections::BTreeMap<String, String>,
+    run: &RunSpec,
+    opts: &RunnerOptions,
+) -> std::collections::BTreeMap<String, String> {
+    let mut env = machine.clone();
+    env.insert("threads".into(), tch::get_num_threads().to_string());
+    let exp = &run.experiment;
+    env.insert("device".into(), device_description(opts.device_for(exp)));
+    if let Some(p) = &exp.prune {
+        env.insert("seed.prune".into(), p.seed.to_string());
+        env.insert("seed.calibration".into(), p.calib.seed.to_string());
+    }
+    if !exp.recovery.is_none() {
+        env.insert("seed.recovery".into(), exp.recovery.seed.to_string());
+    }
+    env.insert(
+        "seed.eval_subset".into(),
+        exp.eval
+            .seed
+            .map_or("none (first N)".into(), |s| s.to_string()),
+    );
+    env
 }
 
 /// "cpu", or the CUDA device index with the GPU count.

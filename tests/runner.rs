@@ -413,6 +413,12 @@ fn grid_killed_during_distillation_resumes_to_the_uninterrupted_result() {
     assert_eq!(metrics_of(&db), metrics_of(&clean.join("store.sqlite")));
 }
 
+type Statuses = BTreeMap<String, (Status, Option<String>, i64)>;
+
+fn count(runs: &Statuses, status: Status) -> usize {
+    runs.values().filter(|(s, _, _)| *s == status).count()
+}
+
 /// Three good runs, one whose model cannot load (a config.json that is not one) and one
 /// that panics (injected): the grid finishes the good runs, records both failures with
 /// their message (the panic with its source location), exits non-zero with a summary,
@@ -477,7 +483,7 @@ axes = {{ "prune.method" = ["come"] }}
             String::from_utf8_lossy(&out.stderr).to_string(),
         )
     };
-    let statuses = || -> BTreeMap<String, (Status, Option<String>, i64)> {
+    let statuses = || -> Statuses {
         Store::open(&db)
             .unwrap()
             .runs(&RunFilter::default())
@@ -502,13 +508,7 @@ axes = {{ "prune.method" = ["come"] }}
         .map(|(n, _)| n)
         .collect();
     assert_eq!(failed.len(), 2, "{st:?}");
-    assert_eq!(
-        st.values()
-            .filter(|(s, _, _)| *s == Status::Finished)
-            .count(),
-        3,
-        "{st:?}"
-    );
+    assert_eq!(count(&st, Status::Finished), 3, "{st:?}");
     let (name, (_, err, _)) = st.iter().find(|(n, _)| n.contains("shortgpt")).unwrap();
     let err = err.as_deref().unwrap_or("");
     assert!(
@@ -545,9 +545,7 @@ axes = {{ "prune.method" = ["come"] }}
     );
     let now = statuses();
     assert_eq!(
-        now.values()
-            .filter(|(s, _, _)| *s == Status::Pending)
-            .count(),
+        count(&now, Status::Pending),
         1,
         "the other requeued run waits: {now:?}"
     );
@@ -560,13 +558,7 @@ axes = {{ "prune.method" = ["come"] }}
         "{log}"
     );
     let last = statuses();
-    assert_eq!(
-        last.values()
-            .filter(|(s, _, _)| *s == Status::Finished)
-            .count(),
-        4,
-        "{last:?}"
-    );
+    assert_eq!(count(&last, Status::Finished), 4, "{last:?}");
     assert_eq!(last[failed[0]].0, Status::Failed, "{last:?}");
 }
 

@@ -134,6 +134,39 @@ pub struct PrepareArgs {
     pub seed: u64,
 }
 
+/// Both CPU references (f32), computed by this binary: the synthetic SmolLM2-shape
+/// model's log-likelihoods, and stories260K's with its perplexity on `excerpt`.
+fn write_references(bundle: &Bundle, excerpt: &str) -> Result<()> {
+    let (dir, docs, seed) = (
+        &bundle.dir,
+        bundle.info.docs_per_task,
+        bundle.info.synthetic_seed,
+    );
+    let t0 = std::time::Instant::now();
+    let tok = bundle.tokenizer()?;
+    let model = accuracy::smol_model(seed, tch::Device::Cpu, tch::Kind::Float)?;
+    let smol = accuracy::score(&model, &tok, &bundle.tasks, docs, None)?;
+    come_repro::model::save::write_json(&dir.join(SMOL_REFERENCE), &smol)?;
+    println!(
+        "reference: synthetic SmolLM2 shape, {} tasks x {docs} docs, f32 CPU, {:.1} s",
+        bundle.tasks.len(),
+        t0.elapsed().as_secs_f64()
+    );
+    let scratch = tempfile::tempdir()?;
+    let sdir = bundle.import_stories(scratch.path())?;
+    let sm = come_repro::model::load::load_model(&sdir, Default::default())?;
+    let stok = Tokenizer::from_dir(&sdir)?;
+    let st = accuracy::score(
+        &sm,
+        &stok,
+        &bundle.tasks,
+        docs,
+        Some((excerpt, STORIES_PPL_SEQLEN)),
+    )?;
+    come_repro::model::save::write_json(&dir.join(STORIES_REFERENCE), &st)?;
+    Ok(())
+}
+
 fn copy(from: &Path, to: &Path) -> Result<()> {
     if let Some(p) = to.parent() {
         std::fs::create_dir_all(p).with_context(|| format!("creating {}", p.display()))?;
@@ -203,29 +236,8 @@ pub fn prepare(a: PrepareArgs) -> Result<()> {
         info: info.clone(),
         tasks,
     };
-    let t0 = std::time::Instant::now();
-    let tok = bundle.tokenizer()?;
-    let model = accuracy::smol_model(a.seed, tch::Device::Cpu, tch::Kind::Float)?;
-    let smol = accuracy::score(&model, &tok, &bundle.tasks, a.docs, None)?;
-    come_repro::model::save::write_json(&dir.join(SMOL_REFERENCE), &smol)?;
-    println!(
-        "reference: synthetic SmolLM2 shape, {} tasks x {} docs, f32 CPU, {:.1} s",
-        bundle.tasks.len(),
-        a.docs,
-        t0.elapsed().as_secs_f64()
-    );
-    let scratch = tempfile::tempdir()?;
-    let sdir = bundle.import_stories(scratch.path())?;
-    let sm = come_repro::model::load::load_model(&sdir, Default::default())?;
-    let stok = Tokenizer::from_dir(&sdir)?;
-    let st = accuracy::score(
-        &sm,
-        &stok,
-        &bundle.tasks,
-        a.docs,
-        Some((&excerpt, STORIES_PPL_SEQLEN)),
-    )?;
-    come_repro::model::save::write_json(&dir.join(STORIES_REFERENCE), &st)?;
+    write_references(&bundle, &excerpt)?;
+    // Last: a bundle without BUILD.json is not a bundle (`Bundle::open`).
     come_repro::model::save::write_json(&dir.join("BUILD.json"), &info)?;
     println!("prepared {}", dir.display());
     Ok(())

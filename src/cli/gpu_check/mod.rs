@@ -158,31 +158,7 @@ fn check(a: RunArgs) -> Result<()> {
         "items": {},
     });
     let path = out.join("summary.json");
-    let mut failed = vec![];
-    for item in items {
-        let name = item_name(item);
-        println!("== {name}");
-        let t = Instant::now();
-        let r = come_repro::panic_guard::catch(|| {
-            run_item(item, &mut ctx).map_err(|e| come_repro::Error::Invalid(format!("{e:#}")))
-        });
-        let seconds = t.elapsed().as_secs_f64();
-        let entry = match r {
-            Ok(v) => {
-                println!("{}", serde_json::to_string_pretty(&v)?);
-                json!({ "ok": true, "seconds": seconds, "result": v })
-            }
-            Err(e) => {
-                println!("FAILED: {e}");
-                failed.push(name.clone());
-                json!({ "ok": false, "seconds": seconds, "error": e.to_string() })
-            }
-        };
-        println!("-- {name}: {seconds:.1} s");
-        summary["items"][&name] = entry;
-        summary["seconds"] = json!(t0.elapsed().as_secs_f64());
-        write_summary(&path, &summary)?;
-    }
+    let failed = run_items(&items, &mut ctx, &mut summary, &path, t0)?;
     summary["goals_met"] = json!(goals_met(&summary));
     write_summary(&path, &summary)?;
     println!(
@@ -199,6 +175,43 @@ fn check(a: RunArgs) -> Result<()> {
         anyhow::bail!("{} item(s) failed", failed.len());
     }
     Ok(())
+}
+
+/// Run `items` in order, each caught on its own; the summary is rewritten after each.
+/// Returns the names of those that failed.
+fn run_items(
+    items: &[Item],
+    ctx: &mut Ctx,
+    summary: &mut Value,
+    path: &Path,
+    t0: Instant,
+) -> Result<Vec<String>> {
+    let mut failed = vec![];
+    for &item in items {
+        let name = item_name(item);
+        println!("== {name}");
+        let t = Instant::now();
+        let r = come_repro::panic_guard::catch(|| {
+            run_item(item, ctx).map_err(|e| come_repro::Error::Invalid(format!("{e:#}")))
+        });
+        let seconds = t.elapsed().as_secs_f64();
+        let entry = match r {
+            Ok(v) => {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                json!({ "ok": true, "seconds": seconds, "result": v })
+            }
+            Err(e) => {
+                println!("FAILED: {e}");
+                failed.push(name.clone());
+                json!({ "ok": false, "seconds": seconds, "error": e.to_string() })
+            }
+        };
+        println!("-- {name}: {seconds:.1} s");
+        summary["items"][&name] = entry;
+        summary["seconds"] = json!(t0.elapsed().as_secs_f64());
+        write_summary(path, summary)?;
+    }
+    Ok(failed)
 }
 
 fn item_name(i: Item) -> String {
