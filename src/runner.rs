@@ -105,13 +105,6 @@ pub struct Summary {
     pub stopped_at_failure: bool,
 }
 
-impl Summary {
-    /// Whether every selected run is finished or being run elsewhere.
-    pub fn complete(&self) -> bool {
-        self.failed.is_empty() && self.failed_before.is_empty() && !self.interrupted
-    }
-}
-
 /// Put the failed runs of the selection back in the queue (`--retry-failed`); returns
 /// how many. A grid with several workers does this once, before they start, so that no
 /// run is retried twice.

@@ -102,6 +102,13 @@ pub fn dtype_name(k: Kind) -> &'static str {
     }
 }
 
+/// Wait for the device's queued work (timings end here); a no-op on the CPU.
+pub fn synchronize(device: Device) {
+    if let Device::Cuda(i) = device {
+        tch::Cuda::synchronize(i as i64);
+    }
+}
+
 pub fn device_name(d: Device) -> String {
     match d {
         Device::Cpu => "cpu".into(),

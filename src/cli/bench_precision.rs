@@ -9,7 +9,8 @@ use clap::Args;
 use come_repro::eval::batching::BatchSize;
 use come_repro::eval::harness::{evaluate_task, EvalOptions, TaskResult};
 use come_repro::eval::loglik::ScoreOptions;
-use come_repro::eval::tasks::{load_task, subset, TaskSource};
+use come_repro::eval::shift::Shift;
+use come_repro::eval::tasks::{load_task, subset, TaskData, TaskSource};
 use come_repro::model::load::{load_model, LoadOptions};
 use come_repro::model::tokenizer::Tokenizer;
 use come_repro::runtime;
@@ -47,35 +48,13 @@ struct DtypeRun {
 }
 
 /// How one task's documents moved between the reference and another dtype.
-#[derive(Debug, Default, serde::Serialize)]
-struct Shift {
-    max_abs_loglik: f64,
-    mean_abs_loglik: f64,
-    /// Documents whose acc (or acc_norm) prediction differs.
-    changed_acc: usize,
-    /// None for tasks that report no acc_norm (WinoGrande, BoolQ, MMLU).
-    changed_acc_norm: Option<usize>,
-}
-
-fn shift(a: &TaskResult, b: &TaskResult) -> Shift {
-    let mut s = Shift {
-        changed_acc_norm: a.metrics.contains_key("acc_norm").then_some(0),
-        ..Shift::default()
-    };
-    let mut n = 0usize;
+fn shift(task: &TaskData, a: &TaskResult, b: &TaskResult) -> Shift {
+    let mut s = Shift::default();
     for (x, y) in a.docs.iter().zip(&b.docs) {
-        for (p, q) in x.loglik.iter().zip(&y.loglik) {
-            let d = (p - q).abs();
-            s.max_abs_loglik = s.max_abs_loglik.max(d);
-            s.mean_abs_loglik += d;
-            n += 1;
-        }
-        s.changed_acc += (x.acc != y.acc) as usize;
-        if let Some(c) = s.changed_acc_norm.as_mut() {
-            *c += (x.acc_norm != y.acc_norm) as usize;
+        if let Some(doc) = task.docs.get(x.doc_id) {
+            s.add(doc, &x.loglik, &y.loglik);
         }
     }
-    s.mean_abs_loglik /= n.max(1) as f64;
     s
 }
 
@@ -140,7 +119,8 @@ pub fn run(a: PrecisionArgs) -> Result<()> {
     for (i, t) in reference.tasks.iter().enumerate() {
         for run in &runs {
             let r = &run.tasks[i];
-            let s = shift(t, r);
+            let s = shift(&data[i], t, r);
+            let has_norm = t.metrics.contains_key("acc_norm");
             let fmt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
             println!(
                 "  {:<14} {:>5} {:>7} {:>9} {:>10.4} {:>11.5} {:>8} {:>8}",
@@ -151,7 +131,11 @@ pub fn run(a: PrecisionArgs) -> Result<()> {
                 s.max_abs_loglik,
                 s.mean_abs_loglik,
                 s.changed_acc,
-                s.changed_acc_norm.map_or("-".into(), |c| c.to_string())
+                if has_norm {
+                    s.changed_acc_norm.to_string()
+                } else {
+                    "-".into()
+                }
             );
             json_rows.push(serde_json::json!({
                 "task": t.task, "dtype": run.dtype, "n_docs": r.n_docs,

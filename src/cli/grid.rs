@@ -190,13 +190,11 @@ pub fn run(a: GridArgs) -> Result<()> {
     let spec = GridSpec::load(&a.file)?;
     let opts = options(&a);
     // Planning works without the weights; running does not.
-    let planning = a.status || a.dry_run;
-    for m in spec.missing_models() {
-        if planning {
+    if a.status || a.dry_run {
+        for m in spec.missing_models() {
             eprintln!("warning: {}: {m} (a run would refuse)", a.file.display());
         }
-    }
-    if !planning {
+    } else {
         spec.require_models()?;
     }
     if a.status {

@@ -82,21 +82,15 @@ pub fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
-fn sync(m: &Model) {
-    if let tch::Device::Cuda(i) = m.device {
-        tch::Cuda::synchronize(i as i64);
-    }
-}
-
 /// One prefill of `prompt`, then `new` greedy steps; (prefill s, decode s).
 fn once(m: &Model, prompt: &Tensor, new: usize) -> Result<(f64, f64)> {
     let _g = tch::no_grad_guard();
     let mut cache = KvCache::new(m.n_layers());
-    sync(m);
+    crate::runtime::synchronize(m.device);
     let t0 = Instant::now();
     let h = m.forward_cached(prompt, None, &mut cache)?;
     let mut next = m.lm_head(&h.select(1, -1)).argmax(-1, false).unsqueeze(1);
-    sync(m);
+    crate::runtime::synchronize(m.device);
     let prefill = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
     for _ in 0..new {

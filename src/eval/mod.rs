@@ -13,5 +13,6 @@ pub mod profile;
 pub mod results;
 mod rows;
 mod shared_prefix;
+pub mod shift;
 pub mod tasks;
 pub mod workers;

@@ -131,7 +131,7 @@ pub struct Lap {
 
 impl Lap {
     pub fn start(device: Device) -> Lap {
-        sync(device);
+        crate::runtime::synchronize(device);
         Lap {
             device,
             last: Instant::now(),
@@ -140,17 +140,11 @@ impl Lap {
 
     /// Seconds since the previous lap (or the start).
     pub fn lap(&mut self) -> f64 {
-        sync(self.device);
+        crate::runtime::synchronize(self.device);
         let now = Instant::now();
         let dt = now.duration_since(self.last).as_secs_f64();
         self.last = now;
         dt
-    }
-}
-
-fn sync(device: Device) {
-    if let Device::Cuda(i) = device {
-        tch::Cuda::synchronize(i as i64);
     }
 }
 

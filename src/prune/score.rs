@@ -142,7 +142,7 @@ fn with_tokens(st: &LayerStats) -> (&LayerStats, f64) {
 /// Attention heads scored from the input side; MLP neurons keep the default (`act-l1`).
 fn input_qk_scores(c: &ModelConfig, layer: &Layer, st: &LayerStats) -> ChannelScores {
     let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
-    let n = st.tokens.max(1) as f64;
+    let (st, n) = with_tokens(st);
     let mlp = (&st.mlp_abs / n) * col_norm(&layer.down_proj.weight, 1.0);
     let q = (&st.q_abs / n) * row_norm(&layer.q_proj.weight, 1.0);
     let k = (&st.k_abs / n) * row_norm(&layer.k_proj.weight, 1.0);
@@ -159,11 +159,7 @@ fn input_qk_scores(c: &ModelConfig, layer: &Layer, st: &LayerStats) -> ChannelSc
 /// Uniform scores in [0, 1) from the seed: the floor any informed score must beat.
 fn random_scores(c: &ModelConfig, seed: u64) -> ChannelScores {
     let mut r = crate::rng::SplitMix64::new(seed);
-    let mut u = |k: i64| {
-        (0..k)
-            .map(|_| (r.next_u64() >> 11) as f64 / (1u64 << 53) as f64)
-            .collect::<Vec<f64>>()
-    };
+    let mut u = |k: i64| (0..k).map(|_| r.unit()).collect::<Vec<f64>>();
     ChannelScores {
         mlp: u(c.intermediate_size),
         kv: u(c.num_key_value_heads),

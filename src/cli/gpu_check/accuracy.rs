@@ -8,6 +8,7 @@ use come_repro::eval::batching::BatchSize;
 use come_repro::eval::harness::{evaluate_task, EvalOptions};
 use come_repro::eval::loglik::ScoreOptions;
 use come_repro::eval::perplexity::perplexity;
+use come_repro::eval::shift::Shift;
 use come_repro::eval::tasks::TaskData;
 use come_repro::model::synthetic::{hashed_model, Shape};
 use come_repro::model::tokenizer::Tokenizer;
@@ -69,23 +70,10 @@ pub fn score(
     Ok(Reference { tasks: out, ppl })
 }
 
-/// Predicted choice of a document: by summed log-likelihood (`acc`) or per character
-/// (`acc_norm`).
-fn predictions(loglik: &[f64], choice_chars: &[usize]) -> (usize, usize) {
-    let argmax = |f: &dyn Fn(usize) -> f64| {
-        (0..loglik.len())
-            .max_by(|&a, &b| f(a).total_cmp(&f(b)))
-            .unwrap_or(0)
-    };
-    let acc = argmax(&|i| loglik[i]);
-    let norm = argmax(&|i| loglik[i] / choice_chars.get(i).copied().unwrap_or(1).max(1) as f64);
-    (acc, norm)
-}
-
 /// How `got` differs from `want`, request by request: the largest and mean |Δ
 /// log-likelihood|, the documents whose prediction changed, and every metric side by side.
 pub fn compare(tasks: &[TaskData], want: &Reference, got: &Reference) -> Result<Value> {
-    let (mut max, mut sum, mut n, mut changed) = (0f64, 0f64, 0usize, 0usize);
+    let mut total = Shift::default();
     let mut per_task = serde_json::Map::new();
     for (name, w) in &want.tasks {
         let g = got
@@ -96,26 +84,16 @@ pub fn compare(tasks: &[TaskData], want: &Reference, got: &Reference) -> Result<
             .iter()
             .find(|t| &t.name == name)
             .with_context(|| format!("task {name} is not in the bundle"))?;
-        let (mut tmax, mut tchanged) = (0f64, 0usize);
+        let mut t = Shift::default();
         for (wd, gd) in w.docs.iter().zip(&g.docs) {
             let doc = data
                 .docs
                 .iter()
                 .find(|d| d.doc_id == wd.doc_id)
                 .with_context(|| format!("{name}: document {} is not in the bundle", wd.doc_id))?;
-            let chars: Vec<usize> = doc.choice_texts.iter().map(|c| c.chars().count()).collect();
-            for (a, b) in wd.loglik.iter().zip(&gd.loglik) {
-                let d = (a - b).abs();
-                tmax = tmax.max(d);
-                sum += d;
-                n += 1;
-            }
-            if predictions(&wd.loglik, &chars) != predictions(&gd.loglik, &chars) {
-                tchanged += 1;
-            }
+            t.add(doc, &wd.loglik, &gd.loglik);
         }
-        max = max.max(tmax);
-        changed += tchanged;
+        total.merge(&t);
         let metrics: BTreeMap<&String, Value> = w
             .metrics
             .iter()
@@ -123,15 +101,15 @@ pub fn compare(tasks: &[TaskData], want: &Reference, got: &Reference) -> Result<
             .collect();
         per_task.insert(
             name.clone(),
-            json!({ "docs": w.docs.len().min(g.docs.len()), "max_abs_dloglik": tmax,
-                    "changed_predictions": tchanged, "metrics": metrics }),
+            json!({ "docs": w.docs.len().min(g.docs.len()), "max_abs_dloglik": t.max_abs_loglik,
+                    "changed_predictions": t.changed_docs, "metrics": metrics }),
         );
     }
     Ok(json!({
-        "requests": n,
-        "max_abs_dloglik": max,
-        "mean_abs_dloglik": if n > 0 { sum / n as f64 } else { 0.0 },
-        "changed_predictions": changed,
+        "requests": total.requests,
+        "max_abs_dloglik": total.max_abs_loglik,
+        "mean_abs_dloglik": total.mean_abs_loglik,
+        "changed_predictions": total.changed_docs,
         "tasks": per_task,
     }))
 }

@@ -110,9 +110,7 @@ impl Ctx {
     }
 
     pub fn sync(&self) {
-        if let tch::Device::Cuda(i) = self.device {
-            tch::Cuda::synchronize(i as i64);
-        }
+        come_repro::runtime::synchronize(self.device);
     }
 }
 
