@@ -136,7 +136,15 @@ mod tests {
         let lib = std::env::var_os("LIBTORCH").map(|d| std::path::PathBuf::from(d).join("lib"));
         let has = lib.is_some_and(|l| l.join("libtorch_cuda.so").exists());
         match load_cuda_backend() {
-            Ok(()) => assert!(tch::Cuda::device_count() >= 0),
+            // Loaded: a request beyond the visible devices is refused with the count.
+            Ok(()) => {
+                let n = tch::Cuda::device_count();
+                let e = parse_device(&format!("cuda:{n}")).unwrap_err().to_string();
+                assert!(
+                    e.contains(&format!("{n} CUDA device(s) are visible")),
+                    "{e}"
+                );
+            }
             Err(e) => assert!(!has, "libtorch_cuda.so is there but did not load: {e}"),
         }
         assert_eq!(parse_device("cpu").unwrap(), Device::Cpu);
