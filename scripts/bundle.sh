@@ -53,8 +53,14 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 have=$("$venv/bin/python" -W ignore -c 'import torch; print(torch.__version__.split("+")[0])' 2>/dev/null || true)
 if [ "$have" != "$torch" ]; then
-  echo "bundle: installing torch==$torch into $venv (a few minutes, several GB)"
-  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "torch==$torch"
+  # The wheel and its CUDA libraries take ~4.6 GB unpacked; say so before pip runs out.
+  free_kib=$(df -Pk .bundle | awk 'NR==2 {print $4}')
+  if [ "${free_kib:-0}" -lt $((6 * 1024 * 1024)) ]; then
+    echo "bundle: $((free_kib / 1024)) MiB free under $root/.bundle; torch==$torch needs ~6 GiB" >&2
+    exit 1
+  fi
+  echo "bundle: installing torch==$torch into $venv (a few minutes, ~4.6 GB)"
+  "$venv/bin/python" -m pip install --quiet --no-cache-dir --disable-pip-version-check "torch==$torch"
 fi
 libtorch=$("$venv/bin/python" -W ignore -c 'import torch, os; print(os.path.dirname(torch.__file__))')
 cuda=$("$venv/bin/python" -W ignore -c 'import torch; print(torch.version.cuda or "none")')

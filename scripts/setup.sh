@@ -15,7 +15,7 @@ fi
 have=$(.venv/bin/python -c 'import torch; print(torch.__version__.split("+")[0])' 2>/dev/null || true)
 if [ "$have" != "$TORCH_VERSION" ]; then
   echo "setup: installing torch==$TORCH_VERSION into .venv (a few minutes, ~4.7 GB)"
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check "torch==$TORCH_VERSION"
+  .venv/bin/python -m pip install --quiet --no-cache-dir --disable-pip-version-check "torch==$TORCH_VERSION"
 fi
 torch_dir=$(.venv/bin/python -c 'import torch, os; print(os.path.dirname(torch.__file__))')
 if [ "$(readlink .venv/libtorch 2>/dev/null || true)" != "$torch_dir" ]; then
