@@ -445,6 +445,7 @@ fn schema() -> Value {
                 .map(|k| (k.name().to_string(), Value::from(1.0)))
                 .collect();
             r.insert("loss".into(), Value::Object(losses));
+            r.insert("inputs".into(), Value::String("teacher".into()));
         }
         m.insert("recovery".into(), recovery);
         // Opt-in keys that the serialised default leaves out (to keep old hashes).

@@ -559,6 +559,12 @@ fn distill_metrics(rec: &DistillRecord) -> Vec<Metric> {
     let mut m = vec![
         Metric::new("", names::RUN_RECOVERY_SECONDS, rec.seconds),
         Metric::new("", names::RUN_RECOVERY_TOKENS, rec.tokens as f64),
+        Metric::new("", names::RUN_RECOVERY_TEXT_TOKENS, rec.text_tokens as f64),
+        Metric::new(
+            "",
+            names::RUN_RECOVERY_LAYER_TOKEN_PASSES,
+            rec.layer_token_passes as f64,
+        ),
         Metric::new("", names::RUN_RECOVERY_TOKENS_PER_S, rec.tokens_per_s),
     ];
     for (k, u) in rec.units.iter().enumerate() {

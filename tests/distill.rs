@@ -164,6 +164,62 @@ fn sp_and_mp_train_identical_weights() {
     ]);
 }
 
+/// `--inputs student`: the first merged layer trains exactly as with teacher inputs (the
+/// layers before it are the teacher's), the next one on the recovered student's states.
+#[test]
+fn student_inputs_train_the_later_layers_on_the_students_states() {
+    let d = tempfile::tempdir().unwrap();
+    let student = pruned(d.path(), "come");
+    let teacher = common::stories();
+    let (by_teacher, by_student) = (d.path().join("t"), d.path().join("s"));
+    ok(&distill_args(s(&teacher), s(&student), s(&by_teacher), &[]));
+    let log = ok(&distill_args(
+        s(&teacher),
+        s(&student),
+        s(&by_student),
+        &["--inputs", "student"],
+    ));
+    assert!(log.contains("student inputs"), "{log}");
+    let (a, b) = (record(&by_teacher), record(&by_student));
+    assert_eq!(b["config"]["inputs"], "student");
+    assert!(
+        a["config"].get("inputs").is_none(),
+        "the default is left out"
+    );
+    let losses = |r: &serde_json::Value, k: usize| r["units"][k]["train_loss"].clone();
+    let units = a["units"].as_array().unwrap().len();
+    assert!(
+        units >= 2,
+        "stories260K's CoMe model should have two merged layers"
+    );
+    let first = a["units"][0]["originals"][0].as_u64().unwrap();
+    // Every layer before the first unit is a teacher layer (CoMe keeps them as they are).
+    let corr = a["correspondence"].as_array().unwrap();
+    let before: Vec<u64> = corr
+        .iter()
+        .take(a["units"][0]["layer"].as_u64().unwrap() as usize)
+        .flat_map(|g| g.as_array().unwrap().iter().map(|x| x.as_u64().unwrap()))
+        .collect();
+    assert_eq!(before, (0..first).collect::<Vec<_>>());
+    assert_eq!(losses(&a, 0), losses(&b, 0));
+    for k in 1..units {
+        assert_ne!(losses(&a, k), losses(&b, k), "unit {k}");
+    }
+    assert_ne!(weights_sha(&by_teacher), weights_sha(&by_student));
+    // Layers train one after another: several workers are refused, before any work.
+    let out = d.path().join("refused");
+    fails_with(
+        &distill_args(
+            s(&teacher),
+            s(&student),
+            s(&out),
+            &["--inputs", "student", "--workers", "2"],
+        ),
+        &["inputs = student", "cannot use 2 workers"],
+    );
+    assert!(!out.exists());
+}
+
 #[test]
 fn drop_methods_attach_removed_layers_before() {
     let d = tempfile::tempdir().unwrap();
@@ -238,13 +294,23 @@ fn lora_and_kd_recover_and_merge() {
 
 #[test]
 fn killed_run_resumes_to_the_same_weights() {
+    killed_and_resumed(&["--tokens", "4096"]);
+}
+
+/// Student inputs: a resumed unit's weights feed the next unit's inputs as if it had
+/// just trained.
+#[test]
+fn killed_progressive_run_resumes_to_the_same_weights() {
+    killed_and_resumed(&["--tokens", "4096", "--inputs", "student"]);
+}
+
+fn killed_and_resumed(extra: &[&str]) {
     let d = tempfile::tempdir().unwrap();
     let student = pruned(d.path(), "come");
     let teacher = common::stories();
     let (full, resumed) = (d.path().join("full"), d.path().join("resumed"));
-    let extra = ["--tokens", "4096"];
-    ok(&distill_args(s(&teacher), s(&student), s(&full), &extra));
-    let args = distill_args(s(&teacher), s(&student), s(&resumed), &extra);
+    ok(&distill_args(s(&teacher), s(&student), s(&full), extra));
+    let args = distill_args(s(&teacher), s(&student), s(&resumed), extra);
     let mut child = Command::new(BIN)
         .args(&args)
         .current_dir(env!("CARGO_MANIFEST_DIR"))

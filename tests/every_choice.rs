@@ -7,7 +7,7 @@
 
 use clap::ValueEnum;
 use come_repro::calib::Shuffle;
-use come_repro::distill::config::{Attach, LossKind, RecoveryMethod};
+use come_repro::distill::config::{Attach, LayerInputs, LossKind, RecoveryMethod};
 use come_repro::experiment::Experiment;
 use come_repro::grid::GridSpec;
 use come_repro::prune::merge::{GqaMapping, NormMode};
@@ -75,6 +75,9 @@ fn enumerated() -> Vec<(&'static str, Vec<String>, Getter)> {
         }),
         ("recovery.attach", values::<Attach>(), |e| {
             (!e.recovery.is_none()).then(|| name_of(&e.recovery.attach))
+        }),
+        ("recovery.inputs", values::<LayerInputs>(), |e| {
+            (!e.recovery.is_none()).then(|| name_of(&e.recovery.inputs))
         }),
         ("runtime.dtype", values::<Dtype>(), |e| {
             Some(name_of(&e.runtime.dtype))
@@ -159,6 +162,11 @@ axes = {{ "recovery.loss" = {losses} }}
 base = {{ recovery = {{ method = "hierarchical" }} }}
 axes = {{ "prune.merge" = ["concat", "drop"], "recovery.attach" = {attach} }}
 exclude = [{{ "prune.merge" = "drop", "recovery.attach" = "none" }}]
+# What merged layers train on, with the end-to-end stage after them, on a concatenated
+# and a dropped model.
+[grids.inputs]
+base = {{ recovery = {{ method = "hierarchical+kd" }} }}
+axes = {{ "prune.merge" = ["concat", "drop"], "recovery.inputs" = {inputs} }}
 [grids.attach_refused]
 base = {{ prune = {{ merge = "drop" }}, recovery = {{ method = "hierarchical", attach = "none" }} }}
 
@@ -189,6 +197,7 @@ axes = {{ "eval.token_budget" = ["auto", 256] }}
         recoveries = list(&values::<RecoveryMethod>()),
         losses = list(&losses),
         attach = list(&values::<Attach>()),
+        inputs = list(&values::<LayerInputs>()),
         dtypes = list(&values::<Dtype>()),
         tasks = list(&tasks),
     )

@@ -1028,3 +1028,45 @@ fn figures_fit_their_canvas_and_tell_series_apart() {
     // More variants than colours: the sweep is split in parts.
     assert!(d.path().join("out-many/plot_acc_m_part2.svg").exists());
 }
+
+/// A LoRA row is not labelled with the layer loss its config carries (LoRA trains on the
+/// LM loss), even when the hierarchical rows beside it differ in their loss.
+#[test]
+fn lora_rows_carry_no_layer_loss_label() {
+    let d = tempfile::tempdir().unwrap();
+    let store = Store::open(d.path().join("s.sqlite")).unwrap();
+    finish(&store, &spec(None), &metrics(0.0, 5.5));
+    let come = (Method::Come, MergeOp::Concat, 0.3);
+    finish(&store, &spec(Some(come)), &metrics(0.1, 9.0));
+    for (i, (method, loss)) in [
+        (RecoveryMethod::Hierarchical, "cosine"),
+        (RecoveryMethod::Hierarchical, "mse"),
+        (RecoveryMethod::Lora, "cosine"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let m = recovered_metrics(0.05 + 0.01 * i as f64, 7.0 + i as f64, 10.0);
+        finish_recovered(&store, come, &recovery(method, loss), &m);
+    }
+    let opts = ReportOptions {
+        out_dir: d.path().join("tables"),
+        convention: Convention::Mixed,
+        ..Default::default()
+    };
+    let tables = report::build(&report::load_runs(&store).unwrap(), &opts).0;
+    let t = tables.iter().find(|t| t.id == "recovery_m_s0.3").unwrap();
+    let md = t.to_markdown();
+    let labels: Vec<String> = md_rows(&md).iter().map(|r| r[1].clone()).collect();
+    assert_eq!(
+        labels,
+        [
+            "-",
+            "w/o",
+            "hierarchical (loss=cosine)",
+            "hierarchical (loss=mse)",
+            "lora"
+        ],
+        "{md}"
+    );
+}

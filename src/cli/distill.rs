@@ -6,7 +6,7 @@ use super::common::{bar, note, RuntimeArgs};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use come_repro::distill::{
-    recover, Attach, Event, Losses, RecoverInputs, RecoveryConfig, RecoveryMethod,
+    recover, Attach, Event, LayerInputs, Losses, RecoverInputs, RecoveryConfig, RecoveryMethod,
 };
 use std::path::PathBuf;
 
@@ -66,6 +66,10 @@ pub struct DistillArgs {
     pub seed: Option<u64>,
     #[arg(long, value_enum)]
     pub attach: Option<Attach>,
+    /// What each merged layer trains on: the teacher's states (layers independent), or
+    /// the student's own as recovered so far (layers in order, one worker).
+    #[arg(long, value_enum)]
+    pub inputs: Option<LayerInputs>,
     #[arg(long)]
     pub kd_tokens: Option<usize>,
     #[arg(long)]
@@ -122,6 +126,7 @@ impl DistillArgs {
             val_tokens,
             seed,
             attach,
+            inputs,
             kd_lr,
             lora_rank,
             lora_alpha,

@@ -31,6 +31,29 @@ pub enum RecoveryMethod {
 }
 
 impl RecoveryMethod {
+    /// `RecoveryConfig` keys this method never reads. Tables leave them out of a run's
+    /// label, so that a LoRA row is not labelled with a layer loss it did not use.
+    pub fn unused_keys(self) -> &'static [&'static str] {
+        const LORA: [&str; 4] = ["lora_rank", "lora_alpha", "lora_dropout", "lora_lr"];
+        match self {
+            RecoveryMethod::None => &[],
+            RecoveryMethod::Hierarchical => {
+                &["kd_tokens", "kd_lr", LORA[0], LORA[1], LORA[2], LORA[3]]
+            }
+            RecoveryMethod::HierarchicalKd => &LORA,
+            RecoveryMethod::Lora => &[
+                "loss",
+                "attach",
+                "inputs",
+                "temperature",
+                "kl_positions",
+                "lr",
+                "kd_tokens",
+                "kd_lr",
+            ],
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             RecoveryMethod::None => "none",
@@ -197,6 +220,27 @@ pub enum Attach {
     None,
 }
 
+/// What a merged layer trains on (hierarchical methods). Our reading of the paper's two
+/// algorithms: `teacher` is CoMe-mp (every merged layer learns the teacher's map from its
+/// input boundary to its target boundary, independently, so layers can train in parallel);
+/// `student` is CoMe-sp (merged layers train in order, each on the hidden states of the
+/// student as recovered so far, so it learns to correct the error of the layers before it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum LayerInputs {
+    /// The teacher's states at the unit's input boundary (units independent).
+    #[default]
+    Teacher,
+    /// The recovered student's own states entering the layer (units in order, one worker).
+    Student,
+}
+
+impl LayerInputs {
+    pub fn is_teacher(&self) -> bool {
+        *self == LayerInputs::Teacher
+    }
+}
+
 /// The recovery stage's settings. Defaults follow LLM-Streamline's layer training (AdamW
 /// 2e-4, weight decay 1e-3, cosine to 5e-5, clip 5, 2048-token sequences; the loss is
 /// the one our ablation measured best, cosine, where LLM-Streamline uses MSE) and
@@ -207,6 +251,10 @@ pub enum Attach {
 pub struct RecoveryConfig {
     pub method: RecoveryMethod,
     pub attach: Attach,
+    /// Left out of the canonical JSON at its default, so configs written before it existed
+    /// keep their hashes.
+    #[serde(skip_serializing_if = "LayerInputs::is_teacher")]
+    pub inputs: LayerInputs,
     pub loss: Losses,
     /// Softmax temperature of the KL losses.
     pub temperature: f64,
@@ -252,6 +300,7 @@ impl Default for RecoveryConfig {
         RecoveryConfig {
             method: RecoveryMethod::None,
             attach: Attach::Before,
+            inputs: LayerInputs::Teacher,
             loss: Losses::default(),
             temperature: 1.0,
             kl_positions: Some(256),

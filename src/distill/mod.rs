@@ -6,6 +6,7 @@
 //! - [`loss`], [`optim`]: the losses, AdamW with warmup + cosine, gradient clipping;
 //! - [`layer`]: layer-local training of one student layer (hierarchical distillation);
 //! - [`lora`]: the LoRA baseline (LM loss, merged into the weights at the end);
+//! - [`progressive`]: merged layers trained in order on the student's own states;
 //! - [`kd`]: end-to-end logit KD that trains only the merged layers;
 //! - [`run`]: the whole stage, sequential or one worker per device, resumable.
 
@@ -17,6 +18,7 @@ pub mod lora;
 pub mod loss;
 pub mod optim;
 pub mod plan;
+pub mod progressive;
 pub mod record;
 pub mod resume;
 pub mod run;
@@ -24,6 +26,6 @@ pub mod teacher;
 pub mod train;
 pub mod workers;
 
-pub use config::{Attach, LossKind, Losses, RecoveryConfig, RecoveryMethod};
+pub use config::{Attach, LayerInputs, LossKind, Losses, RecoveryConfig, RecoveryMethod};
 pub use record::{DistillRecord, LayerRecord};
 pub use run::{recover, Event, RecoverInputs};

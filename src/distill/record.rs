@@ -41,7 +41,17 @@ pub struct DistillRecord {
     /// Teacher-state computation (seconds, cached or not).
     pub teacher_seconds: f64,
     pub teacher_cached: bool,
+    /// Tokens summed over the units (a hierarchical run of 11 layers at 32k tokens per
+    /// layer: 360k). Not comparable across methods: see the two counts below.
     pub tokens: usize,
+    /// Training text the stage read: the most any unit saw (units reread the same text).
+    /// Equal text budgets of two methods mean equal values here.
+    #[serde(default)]
+    pub text_tokens: usize,
+    /// Compute, as token passes through a decoder layer (forward + backward): a layer
+    /// unit's tokens count once, a whole-model unit's (LoRA, KD) once per layer.
+    #[serde(default)]
+    pub layer_token_passes: usize,
     pub seconds: f64,
     pub tokens_per_s: f64,
     pub peak_rss_mib: f64,
@@ -95,6 +105,16 @@ impl DistillRecord {
 
     pub fn write(&self, dir: &Path) -> Result<()> {
         crate::model::save::write_json(&dir.join(FILE), self)
+    }
+
+    /// `text_tokens` and `layer_token_passes` of `units` in a student of `layers` layers.
+    pub fn token_counts(units: &[LayerRecord], layers: usize) -> (usize, usize) {
+        let text = units.iter().map(|u| u.tokens).max().unwrap_or(0);
+        let passes = units
+            .iter()
+            .map(|u| u.tokens * if u.layer.is_some() { 1 } else { layers })
+            .sum();
+        (text, passes)
     }
 
     /// Final training loss of each trained unit, for the store.

@@ -3,7 +3,7 @@
 //! recovered checkpoint atomically. Finished units are kept in `<out>.partial/` under a
 //! content key, so a killed run resumes from the last finished layer.
 
-use super::config::{RecoveryConfig, RecoveryMethod};
+use super::config::{LayerInputs, RecoveryConfig, RecoveryMethod};
 use super::data::{self, DataSet};
 use super::plan::{self, Unit};
 use super::record::{peak_rss_mib, DistillRecord};
@@ -133,6 +133,13 @@ pub fn recover(inp: &RecoverInputs, on: Sink) -> Result<DistillRecord> {
             "recovery method is `none`: nothing to do".into(),
         ));
     }
+    if cfg.inputs == LayerInputs::Student && inp.devices.len() > 1 {
+        return Err(Error::Invalid(format!(
+            "recovery.inputs = student trains the merged layers one after another, each on the \
+             states the layers before it produce: it cannot use {} workers (use 1, or inputs = teacher)",
+            inp.devices.len()
+        )));
+    }
     let pr = read_pruned(inp.student)?;
     let teacher_cfg = ModelConfig::from_file(&crate::model::config::config_path(inp.teacher))?;
     let mut student = load_model(inp.student, inp.load)?;
@@ -176,16 +183,39 @@ pub fn recover(inp: &RecoverInputs, on: Sink) -> Result<DistillRecord> {
         teacher_states(&teacher, &teacher_digest, &data, &units, cfg, inp, on)?
     };
     let teacher_seconds = t_teacher.elapsed().as_secs_f64();
-    let mut records = workers::train_units(
-        &mut student,
-        &units,
-        &states,
-        &data,
-        cfg,
-        &inp.devices,
-        &mut done,
-        on,
-    )?;
+    let visits = workers::Visits::of(&data, cfg);
+    let mut records = match cfg.inputs {
+        LayerInputs::Teacher => workers::train_units(
+            &mut student,
+            &units,
+            &states,
+            &visits,
+            cfg,
+            &inp.devices,
+            &mut done,
+            on,
+        )?,
+        LayerInputs::Student => {
+            let seqs: Vec<&[i64]> = data
+                .train
+                .iter()
+                .chain(&data.val)
+                .map(Vec::as_slice)
+                .collect();
+            let device = inp.devices.first().copied().unwrap_or(student.device);
+            super::progressive::train_in_order(
+                &mut student,
+                &units,
+                &states,
+                &seqs,
+                &visits,
+                cfg,
+                device,
+                &mut done,
+                on,
+            )?
+        }
+    };
     match cfg.method {
         RecoveryMethod::HierarchicalKd => records.push(super::kd::train_kd(
             &mut student,
@@ -207,6 +237,8 @@ pub fn recover(inp: &RecoverInputs, on: Sink) -> Result<DistillRecord> {
         _ => {}
     }
     let tokens: usize = records.iter().map(|r| r.tokens).sum();
+    let (text_tokens, layer_token_passes) =
+        DistillRecord::token_counts(&records, student.n_layers());
     let seconds = t0.elapsed().as_secs_f64();
     let rec = DistillRecord {
         teacher: inp.teacher.to_path_buf(),
@@ -223,6 +255,8 @@ pub fn recover(inp: &RecoverInputs, on: Sink) -> Result<DistillRecord> {
         teacher_seconds,
         teacher_cached,
         tokens,
+        text_tokens,
+        layer_token_passes,
         seconds,
         tokens_per_s: tokens as f64 / seconds.max(1e-9),
         peak_rss_mib: peak_rss_mib(),

@@ -18,14 +18,15 @@ use tch::{Device, Kind, Tensor};
 /// Above this many bytes, states without a cache directory still go to disk (a temp dir).
 pub const MEMORY_LIMIT: usize = 2 << 30;
 
-enum Storage {
-    Memory(BTreeMap<usize, Tensor>),
-    Disk(BTreeMap<usize, Arc<Mmap>>),
+/// One boundary's states: in memory, or a mapped file.
+enum Slot {
+    Memory(Tensor),
+    Disk(Arc<Mmap>),
 }
 
 /// States of `n` sequences (training first, then validation) at each boundary.
 pub struct TeacherStates {
-    storage: Storage,
+    storage: BTreeMap<usize, Slot>,
     pub n: usize,
     pub seqlen: usize,
     pub hidden: usize,
@@ -109,10 +110,10 @@ impl TeacherStates {
             }
             let storage = map
                 .into_iter()
-                .map(|(b, v)| (b, Tensor::cat(&v, 0)))
+                .map(|(b, v)| (b, Slot::Memory(Tensor::cat(&v, 0))))
                 .collect();
             let st = TeacherStates {
-                storage: Storage::Memory(storage),
+                storage,
                 n,
                 seqlen,
                 hidden,
@@ -148,10 +149,10 @@ impl TeacherStates {
                     m.len(), n * seqlen * hidden * 4, dir.display()
                 )));
             }
-            maps.insert(b, Arc::new(m));
+            maps.insert(b, Slot::Disk(Arc::new(m)));
         }
         let st = TeacherStates {
-            storage: Storage::Disk(maps),
+            storage: maps,
             n,
             seqlen,
             hidden,
@@ -163,7 +164,7 @@ impl TeacherStates {
     /// A store with no boundaries (recovery that needs no teacher).
     pub fn empty(seqlen: usize, hidden: usize) -> TeacherStates {
         TeacherStates {
-            storage: Storage::Memory(BTreeMap::new()),
+            storage: BTreeMap::new(),
             n: 0,
             seqlen,
             hidden,
@@ -181,7 +182,10 @@ impl TeacherStates {
         }
         let (n, seqlen, hidden) = (size[0] as usize, size[1] as usize, size[2] as usize);
         Ok(TeacherStates {
-            storage: Storage::Memory(states),
+            storage: states
+                .into_iter()
+                .map(|(b, t)| (b, Slot::Memory(t)))
+                .collect(),
             n,
             seqlen,
             hidden,
@@ -193,15 +197,13 @@ impl TeacherStates {
     pub fn batch(&self, b: usize, idx: &[usize], dev: Device) -> Result<Tensor> {
         let missing = || Error::Invalid(format!("no teacher states at boundary {b}"));
         let per = self.seqlen * self.hidden;
-        let t = match &self.storage {
-            Storage::Memory(m) => {
-                let all = m.get(&b).ok_or_else(missing)?;
+        let t = match self.storage.get(&b).ok_or_else(missing)? {
+            Slot::Memory(all) => {
                 let ix = Tensor::from_slice(&idx.iter().map(|&i| i as i64).collect::<Vec<_>>())
                     .to_device(all.device());
                 all.index_select(0, &ix)
             }
-            Storage::Disk(m) => {
-                let map = m.get(&b).ok_or_else(missing)?;
+            Slot::Disk(map) => {
                 let floats = as_f32(map);
                 let parts: Vec<Tensor> = idx
                     .iter()
@@ -218,14 +220,8 @@ impl TeacherStates {
 
     /// A handle for another worker thread (tensors are not shared across threads).
     pub fn handle(&self) -> TeacherStates {
-        let storage = match &self.storage {
-            Storage::Memory(m) => {
-                Storage::Memory(m.iter().map(|(b, t)| (*b, t.shallow_clone())).collect())
-            }
-            Storage::Disk(m) => Storage::Disk(m.clone()),
-        };
         TeacherStates {
-            storage,
+            storage: self.storage.iter().map(|(b, s)| (*b, s.handle())).collect(),
             n: self.n,
             seqlen: self.seqlen,
             hidden: self.hidden,
@@ -233,8 +229,33 @@ impl TeacherStates {
         }
     }
 
+    /// A handle whose boundary `b` reads `states` (`[n, seqlen, hidden]` f32) instead:
+    /// the student's own states, for training on them (`recovery.inputs = student`).
+    pub fn with_states_at(&self, b: usize, states: Tensor) -> Result<TeacherStates> {
+        let want = [self.n as i64, self.seqlen as i64, self.hidden as i64];
+        if states.size() != want {
+            return Err(Error::Invalid(format!(
+                "states for boundary {b} are {:?}, the store holds {want:?}",
+                states.size()
+            )));
+        }
+        let mut h = self.handle();
+        h.storage
+            .insert(b, Slot::Memory(states.to_kind(Kind::Float)));
+        Ok(h)
+    }
+
     pub fn on_disk(&self) -> bool {
-        matches!(self.storage, Storage::Disk(_))
+        self.storage.values().any(|s| matches!(s, Slot::Disk(_)))
+    }
+}
+
+impl Slot {
+    fn handle(&self) -> Slot {
+        match self {
+            Slot::Memory(t) => Slot::Memory(t.shallow_clone()),
+            Slot::Disk(m) => Slot::Disk(m.clone()),
+        }
     }
 }
 

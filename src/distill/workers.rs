@@ -41,6 +41,30 @@ pub fn unit_name(u: &Unit) -> String {
     format!("layer-{}", u.layer)
 }
 
+/// What every unit of a run visits: training sequences in order (one per micro-batch
+/// slot), the validation sequences (indices into the states) and the optimiser steps.
+/// The same for every unit, so layers stay comparable.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Visits {
+    pub order: Vec<usize>,
+    pub val: Vec<usize>,
+    pub steps: usize,
+}
+
+impl Visits {
+    /// The run's visits: `cfg.tokens` per unit over `data`'s training sequences, in the
+    /// seeded order, validated on `data`'s validation sequences.
+    pub fn of(data: &DataSet, cfg: &RecoveryConfig) -> Visits {
+        let n_train = data.train.len();
+        let steps = cfg.steps_for(cfg.tokens);
+        Visits {
+            order: visit_order(n_train, steps * cfg.accum * cfg.micro_batch, cfg.seed),
+            val: (n_train..n_train + data.val.len()).collect(),
+            steps,
+        }
+    }
+}
+
 /// Train every unit not already finished in `done`; finished ones are loaded into
 /// `student`. Returns the records in unit order.
 #[allow(clippy::too_many_arguments)]
@@ -48,7 +72,7 @@ pub fn train_units(
     student: &mut Model,
     units: &[Unit],
     states: &TeacherStates,
-    data: &DataSet,
+    visits: &Visits,
     cfg: &RecoveryConfig,
     devices: &[Device],
     done: &mut Partial,
@@ -75,10 +99,7 @@ pub fn train_units(
         devices.to_vec()
     };
     let workers = make_workers(student, units, &pending, states, cfg, &devices)?;
-    let n_train = data.train.len();
-    let steps = cfg.steps_for(cfg.tokens);
-    let order = visit_order(n_train, steps * cfg.accum * cfg.micro_batch, cfg.seed);
-    let val: Vec<usize> = (n_train..n_train + data.val.len()).collect();
+    let (order, val, steps) = (&visits.order, &visits.val, visits.steps);
     let threads = tch::get_num_threads();
     let (tx, rx) = mpsc::channel::<Msg>();
     let config = &student.config;
@@ -87,7 +108,6 @@ pub fn train_units(
     std::thread::scope(|scope| -> Result<()> {
         for w in workers {
             let tx = tx.clone();
-            let (order, val) = (&order, &val);
             scope.spawn(move || {
                 tch::set_num_threads(threads);
                 if let Err(e) = run_worker(w, config, cfg, order, val, steps, total, done_ref, &tx)

@@ -89,15 +89,26 @@ pub(super) fn loss_label(run: &RunData) -> Option<String> {
 
 /// The run's parameters with the loss table collapsed into one key, `recovery.loss` =
 /// its label, so that "vary one key" sees a loss as one value.
+/// Settings the run's recovery method does not read are left out (a LoRA run has no
+/// layer loss, whatever its config says).
 pub(super) fn collapsed_params(run: &RunData) -> BTreeMap<String, Value> {
     let prefix = format!("{LOSS}.");
+    let unused: Vec<String> =
+        serde_json::from_value::<RecoveryMethod>(Value::String(recovery_method(run)))
+            .map(|m| {
+                m.unused_keys()
+                    .iter()
+                    .map(|k| format!("recovery.{k}"))
+                    .collect()
+            })
+            .unwrap_or_default();
     let mut out: BTreeMap<String, Value> = run
         .params
         .iter()
-        .filter(|(k, _)| !k.starts_with(&prefix))
+        .filter(|(k, _)| !k.starts_with(&prefix) && !unused.contains(k))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    if let Some(l) = loss_label(run) {
+    if let Some(l) = loss_label(run).filter(|_| !unused.iter().any(|k| k == LOSS)) {
         out.insert(LOSS.to_string(), Value::String(l));
     }
     out
@@ -129,10 +140,11 @@ pub(super) fn recovery_cells(runs: &[&RunData]) -> Vec<String> {
     let varying: Vec<&String> = keys
         .into_iter()
         .filter(|k| {
+            // Among the runs whose method reads the key: a LoRA run has no layer loss.
             let vals: BTreeSet<String> = params
                 .iter()
                 .flatten()
-                .map(|p| p.get(*k).map(canonical_json).unwrap_or_default())
+                .filter_map(|p| p.get(*k).map(canonical_json))
                 .collect();
             vals.len() > 1
         })
@@ -144,12 +156,9 @@ pub(super) fn recovery_cells(runs: &[&RunData]) -> Vec<String> {
             let Some(p) = p else { return name };
             let extra: Vec<String> = varying
                 .iter()
-                .map(|k| {
-                    format!(
-                        "{}={}",
-                        k.trim_start_matches("recovery."),
-                        p.get(*k).map(value_text).unwrap_or_default()
-                    )
+                .filter_map(|k| {
+                    let v = value_text(p.get(*k)?);
+                    Some(format!("{}={v}", k.trim_start_matches("recovery.")))
                 })
                 .collect();
             if extra.is_empty() {

@@ -77,6 +77,8 @@ pub mod names {
     /// Recovery (distill stage): wall time, training tokens in all, and their rate.
     pub const RUN_RECOVERY_SECONDS: &str = "recovery_seconds";
     pub const RUN_RECOVERY_TOKENS: &str = "recovery_tokens";
+    pub const RUN_RECOVERY_TEXT_TOKENS: &str = "recovery_text_tokens";
+    pub const RUN_RECOVERY_LAYER_TOKEN_PASSES: &str = "recovery_layer_token_passes";
     pub const RUN_RECOVERY_TOKENS_PER_S: &str = "recovery_tokens_per_s";
     /// Per trained unit (context `layer=<i>`, or `unit=<k>` for the whole model): the
     /// final training loss and the best validation loss.
