@@ -29,6 +29,15 @@ pub struct EvalConfig {
     /// serialised form when false, so hashes of runs made before it existed still match.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub ppl_c4: bool,
+    /// Also perplexity on the held-out WikiText-2 train rows (`wikitext2_val`: the
+    /// validation text of `recovery.validation = held_out`, never trained on), for
+    /// choosing recovery settings without the test set. Left out when false.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub ppl_val: bool,
+    /// Also perplexity on out-of-domain text (`tasks_ood`: HellaSwag and PIQA gold
+    /// answers, which no recovery trains on). Left out when false.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub ppl_ood: bool,
     /// Also time prefill and decode at batch 1 (see [`crate::eval::latency`]): tables
     /// gain speed-up columns. Left out of the serialised form when false (old hashes).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -53,6 +62,8 @@ impl Default for EvalConfig {
             ppl_seqlen: Some(2048),
             ppl_windows: None,
             ppl_c4: false,
+            ppl_val: false,
+            ppl_ood: false,
             latency: false,
             token_budget: crate::eval::batching::BatchSize::default(),
         }

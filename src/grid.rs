@@ -446,11 +446,14 @@ fn schema() -> Value {
                 .collect();
             r.insert("loss".into(), Value::Object(losses));
             r.insert("inputs".into(), Value::String("teacher".into()));
+            r.insert("validation".into(), Value::String("tail".into()));
         }
         m.insert("recovery".into(), recovery);
         // Opt-in keys that the serialised default leaves out (to keep old hashes).
         if let Some(Value::Object(e)) = m.get_mut("eval") {
             e.insert("ppl_c4".into(), Value::Bool(false));
+            e.insert("ppl_val".into(), Value::Bool(false));
+            e.insert("ppl_ood".into(), Value::Bool(false));
             e.insert("latency".into(), Value::Bool(false));
         }
         if let Some(Value::Object(c)) = m.get_mut("prune").and_then(|p| p.get_mut("calib")) {
@@ -1415,7 +1418,9 @@ fn parse_part(entries: &[Entry], prefix: &str, schema: &Value, diags: &mut Diags
                 leaves("", t, &mut ls);
                 for (k, node, kloc) in ls {
                     if let Some(d) = parse_axis(&k, node, kloc, schema, diags) {
-                        part.axes.push(d);
+                        if no_repeats(&d, diags) {
+                            part.axes.push(d);
+                        }
                     }
                 }
             }
@@ -1531,6 +1536,22 @@ fn parse_part(entries: &[Entry], prefix: &str, schema: &Value, diags: &mut Diags
 }
 
 /// One axis: a known key and a non-empty array of values that each deserialise.
+/// A repeated value in an axis (a seed list `[0, 1, 0]`) would silently give fewer runs
+/// than the list promises: the repeat has the same hash and is kept once. (A zip may
+/// repeat a value in one of its columns: its rows differ in another.)
+fn no_repeats(d: &Dim, diags: &mut Diags) -> bool {
+    let mut ok = true;
+    for (i, row) in d.rows.iter().enumerate() {
+        let (v, loc) = &row[0];
+        if d.rows[..i].iter().any(|r| same_value(&r[0].0, v)) {
+            let m = format!("{v} appears twice in this axis (the repeat would be the same runs)");
+            diags.push(*loc, &d.keys[0], m);
+            ok = false;
+        }
+    }
+    ok
+}
+
 fn parse_axis(key: &str, node: &Node, kloc: Loc, schema: &Value, diags: &mut Diags) -> Option<Dim> {
     if let Err(m) = check_key(schema, key) {
         diags.push(kloc, key, m);

@@ -612,6 +612,12 @@ fn eval_stage(
         if e.ppl_c4 {
             ppl.push(PplText::read(Corpus::C4(crate::paths::c4_validation()))?);
         }
+        if e.ppl_val {
+            ppl.push(PplText::read(Corpus::parse(names::WIKITEXT2_VAL))?);
+        }
+        if e.ppl_ood {
+            ppl.push(PplText::read(Corpus::parse(names::TASKS_OOD))?);
+        }
     }
     let t_load = Instant::now();
     let (model, tok) = (load_model(model_dir, lo)?, Tokenizer::from_dir(model_dir)?);
@@ -688,11 +694,7 @@ fn record_data_env(ctx: &Ctx, exp: &Experiment, r: &EvalOutcome) -> Result<()> {
             data_env.insert(format!("data.sha256:{}", path.display()), sha.clone());
         }
     }
-    let mut files: Vec<PathBuf> = r
-        .ppl
-        .iter()
-        .map(|p| p.corpus.path().to_path_buf())
-        .collect();
+    let mut files: Vec<PathBuf> = r.ppl.iter().flat_map(|p| p.sources.clone()).collect();
     if let Some(pc) = &exp.prune {
         files.push(pc.calib.source_path());
     }
@@ -732,15 +734,12 @@ fn eval_metrics(r: &EvalOutcome) -> Vec<Metric> {
         }
     }
     for p in &r.ppl {
-        let (task, metric) = match p.corpus {
-            Corpus::C4(_) => (names::C4, names::PPL_C4),
-            _ => (names::WIKITEXT2, names::PPL_WIKITEXT2),
-        };
+        let (task, metric) = p.corpus.recorded_as();
         let res = &p.result;
         metrics.push(
-            Metric::new(task, metric, res.ppl).with_context(format!("seqlen={}", res.seqlen)),
+            Metric::new(&task, &metric, res.ppl).with_context(format!("seqlen={}", res.seqlen)),
         );
-        metrics.push(Metric::new(task, names::N, res.windows as f64));
+        metrics.push(Metric::new(&task, names::N, res.windows as f64));
     }
     if let Some(l) = &r.latency {
         let ctx = l.spec.context();

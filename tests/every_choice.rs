@@ -7,7 +7,7 @@
 
 use clap::ValueEnum;
 use come_repro::calib::Shuffle;
-use come_repro::distill::config::{Attach, LayerInputs, LossKind, RecoveryMethod};
+use come_repro::distill::config::{Attach, LayerInputs, LossKind, RecoveryMethod, Validation};
 use come_repro::experiment::Experiment;
 use come_repro::grid::GridSpec;
 use come_repro::prune::merge::{GqaMapping, NormMode};
@@ -78,6 +78,9 @@ fn enumerated() -> Vec<(&'static str, Vec<String>, Getter)> {
         }),
         ("recovery.inputs", values::<LayerInputs>(), |e| {
             (!e.recovery.is_none()).then(|| name_of(&e.recovery.inputs))
+        }),
+        ("recovery.validation", values::<Validation>(), |e| {
+            (!e.recovery.is_none()).then(|| name_of(&e.recovery.validation))
         }),
         ("runtime.dtype", values::<Dtype>(), |e| {
             Some(name_of(&e.runtime.dtype))
@@ -167,6 +170,10 @@ exclude = [{{ "prune.merge" = "drop", "recovery.attach" = "none" }}]
 [grids.inputs]
 base = {{ recovery = {{ method = "hierarchical+kd" }} }}
 axes = {{ "prune.merge" = ["concat", "drop"], "recovery.inputs" = {inputs} }}
+# Where validation text comes from.
+[grids.validation]
+base = {{ recovery = {{ method = "hierarchical" }} }}
+axes = {{ "recovery.validation" = {validation} }}
 [grids.attach_refused]
 base = {{ prune = {{ merge = "drop" }}, recovery = {{ method = "hierarchical", attach = "none" }} }}
 
@@ -180,10 +187,10 @@ base = {{ prune = {{ protect_first = 4, protect_last = 2 }} }}
 dense = true
 axes = {{ "runtime.dtype" = {dtypes} }}
 
-# Evaluation: every task (MMLU too), WikiText-2 and C4 perplexity, both batch budgets.
+# Evaluation: every task (MMLU too), every perplexity corpus, both batch budgets.
 [grids.eval]
 dense = true
-base = {{ eval = {{ tasks = {tasks}, ppl_c4 = true }} }}
+base = {{ eval = {{ tasks = {tasks}, ppl_c4 = true, ppl_val = true, ppl_ood = true }} }}
 axes = {{ "eval.token_budget" = ["auto", 256] }}
 "#,
         m = m.display(),
@@ -198,6 +205,7 @@ axes = {{ "eval.token_budget" = ["auto", 256] }}
         losses = list(&losses),
         attach = list(&values::<Attach>()),
         inputs = list(&values::<LayerInputs>()),
+        validation = list(&values::<Validation>()),
         dtypes = list(&values::<Dtype>()),
         tasks = list(&tasks),
     )
@@ -352,7 +360,7 @@ fn every_value_of_every_enumerated_option_runs() {
             "task {t} never scored: {tasks_run:?}"
         );
     }
-    for corpus in ["wikitext2", "c4"] {
+    for (corpus, _, _) in come_repro::track::names::PPL_CORPORA {
         assert!(
             tasks_run.contains(corpus),
             "no {corpus} perplexity: {tasks_run:?}"

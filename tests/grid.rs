@@ -887,6 +887,35 @@ fn bad_recovery_settings_fail_before_any_run() {
     assert!(e.contains("recovery.tokens must be > 0"), "{e}");
     // A recovery that is off is not checked.
     expand(d.path(), &format!("{pruned}[base.recovery]\ntokens = 0\n"));
+    // A budget below one optimiser step, for the layers and for the KD stage.
+    let e = error_of(
+        d.path(),
+        &format!("{pruned}[base.recovery]\nmethod = \"hierarchical\"\ntokens = 1000\nseqlen = 512\naccum = 2\n"),
+    );
+    assert!(
+        e.contains("recovery.tokens = 1000 is less than one optimiser step of 1024 tokens"),
+        "{e}"
+    );
+    let e = error_of(
+        d.path(),
+        &format!("{pruned}[base.recovery]\nmethod = \"hierarchical+kd\"\ntokens = 1024\nkd_tokens = 100\nseqlen = 512\n"),
+    );
+    assert!(e.contains("recovery.kd_tokens = 100"), "{e}");
+    // Held-out validation with nothing to validate on.
+    let e = error_of(
+        d.path(),
+        &format!("{pruned}[base.recovery]\nmethod = \"hierarchical\"\nvalidation = \"held_out\"\nval_tokens = 0\n"),
+    );
+    assert!(e.contains("held_out needs val_tokens > 0"), "{e}");
+    // A seed list with a repeat, located at the repeat.
+    assert_error(
+        d.path(),
+        &format!(
+            "{pruned}[base.recovery]\nmethod = \"lora\"\n[axes]\n\"recovery.seed\" = [0, 1, 0]\n"
+        ),
+        8,
+        &["`recovery.seed`", "0 appears twice"],
+    );
     // Recovery needs something pruned.
     let e = error_of(
         d.path(),

@@ -7,6 +7,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use come_repro::distill::{
     recover, Attach, Event, LayerInputs, Losses, RecoverInputs, RecoveryConfig, RecoveryMethod,
+    Validation,
 };
 use std::path::PathBuf;
 
@@ -56,6 +57,10 @@ pub struct DistillArgs {
     pub kl_positions: Option<usize>,
     #[arg(long)]
     pub val_tokens: Option<usize>,
+    /// Validation text: `tail` (after the training text, moves with the budget) or
+    /// `held_out` (the text's last 400 rows, never trained on).
+    #[arg(long, value_enum)]
+    pub validation: Option<Validation>,
     #[arg(long)]
     pub eval_every: Option<usize>,
     /// Training text (one row per line, or jsonl with `text`); default: the shared
@@ -124,6 +129,7 @@ impl DistillArgs {
             weight_decay,
             temperature,
             val_tokens,
+            validation,
             seed,
             attach,
             inputs,

@@ -53,7 +53,7 @@ pub struct EvalArgs {
     #[arg(long)]
     pub no_special_tokens: bool,
     /// Perplexity corpora, comma-separated: `wikitext2` (the shared test split), `c4`
-    /// (GPTQ's C4 validation stream from $COME_C4 or DATA/c4/), `c4=PATH`, or a text file.
+    /// (GPTQ's C4 validation stream from $COME_C4 or DATA/c4/), `c4=PATH`, `wikitext2_val` (the held-out WikiText-2 train rows recovery validates on), `tasks_ood` (HellaSwag and PIQA gold answers), or a text file.
     #[arg(long, value_delimiter = ',')]
     pub ppl: Vec<String>,
     #[arg(long, default_value_t = 2048)]

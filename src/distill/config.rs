@@ -241,6 +241,28 @@ impl LayerInputs {
     }
 }
 
+/// Where recovery's validation text (best step, and the choice between settings) comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
+pub enum Validation {
+    /// The sequences right after the training text in the stream read for the budget:
+    /// the slice moves with the budget, and a larger budget trains on a smaller one's
+    /// validation text. Kept as the default so that earlier runs keep their hashes.
+    #[default]
+    Tail,
+    /// The source's last [`super::data::HELD_OUT_ROWS`] rows, never trained on at any
+    /// budget: on the shared WikiText-2 train prefix, the rows of the `wikitext2_val`
+    /// perplexity (`eval.ppl_val`).
+    HeldOut,
+}
+
+impl Validation {
+    pub fn is_tail(&self) -> bool {
+        *self == Validation::Tail
+    }
+}
+
 /// The recovery stage's settings. Defaults follow LLM-Streamline's layer training (AdamW
 /// 2e-4, weight decay 1e-3, cosine to 5e-5, clip 5, 2048-token sequences; the loss is
 /// the one our ablation measured best, cosine, where LLM-Streamline uses MSE) and
@@ -280,6 +302,9 @@ pub struct RecoveryConfig {
     /// Held-out validation tokens (rounded up to whole sequences; 0: no validation and
     /// the last step's weights are kept).
     pub val_tokens: usize,
+    /// Left out of the canonical JSON at its default (earlier hashes).
+    #[serde(skip_serializing_if = "Validation::is_tail")]
+    pub validation: Validation,
     /// Validate every N optimiser steps (None: four times per layer, and at the end).
     pub eval_every: Option<usize>,
     /// Training text: a text file (one row per line) or jsonl with a `text` field. None:
@@ -316,6 +341,7 @@ impl Default for RecoveryConfig {
             weight_decay: 1e-3,
             clip: Some(5.0),
             val_tokens: 4096,
+            validation: Validation::Tail,
             eval_every: None,
             data: None,
             seed: 0,
@@ -356,6 +382,22 @@ impl RecoveryConfig {
         }
         if self.micro_batch == 0 || self.accum == 0 {
             return bad("micro_batch and accum must be at least 1".into());
+        }
+        // A budget below one step would silently train a whole step on more text.
+        let step = self.tokens_per_step();
+        let kd = (self.method == RecoveryMethod::HierarchicalKd)
+            .then_some(("kd_tokens", self.kd_tokens.unwrap_or(self.tokens)));
+        for (name, t) in [("tokens", self.tokens)].into_iter().chain(kd) {
+            if t < step {
+                return bad(format!(
+                    "recovery.{name} = {t} is less than one optimiser step of {step} tokens \
+                     (seqlen {} x micro_batch {} x accum {}); raise it or shorten the step",
+                    self.seqlen, self.micro_batch, self.accum
+                ));
+            }
+        }
+        if self.validation == Validation::HeldOut && self.val_tokens == 0 {
+            return bad("validation = held_out needs val_tokens > 0".into());
         }
         for (name, v) in [
             ("lr", self.lr),

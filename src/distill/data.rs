@@ -4,7 +4,7 @@
 //! special tokens and cut into `seqlen`-token sequences. Validation takes the last
 //! sequences; training cycles over the rest when the budget asks for more than there is.
 
-use super::config::RecoveryConfig;
+use super::config::{RecoveryConfig, Validation};
 use super::record::DataRecord;
 use crate::calib::CalibConfig;
 use crate::error::{Error, Result};
@@ -37,7 +37,7 @@ fn default_source() -> PathBuf {
 }
 
 /// Text rows of `path`: non-blank lines, or the `text` field of each jsonl object.
-fn read_rows(path: &Path) -> Result<(Vec<String>, String)> {
+pub fn read_rows(path: &Path) -> Result<(Vec<String>, String)> {
     let bytes = crate::error::read_file(path)?;
     let sha = hex::encode(Sha256::digest(&bytes));
     let text =
@@ -67,37 +67,41 @@ fn read_rows(path: &Path) -> Result<(Vec<String>, String)> {
     Ok((rows, sha))
 }
 
-/// Sequences for `cfg`: enough for `tokens` of training (cycled if short) plus validation.
-pub fn load(
-    tok: &Tokenizer,
-    cfg: &RecoveryConfig,
-    calib: Option<&CalibConfig>,
-    tokens: usize,
-) -> Result<DataSet> {
-    let source = cfg.data.clone().unwrap_or_else(default_source);
-    let (rows, sha) = read_rows(&source)?;
-    let available = rows.len();
-    let mut excluded = vec![false; available];
-    if let Some(c) = calib.filter(|c| same_file(&c.source_path(), &source)) {
-        for i in crate::calib::drawn_rows(c, available) {
-            excluded[i] = true;
-        }
+/// Rows at the end of a source that `validation = held_out` keeps for validation.
+pub const HELD_OUT_ROWS: usize = 400;
+
+/// Rows of a held-out validation slice shorter than this may repeat in the training text
+/// (WikiText headings do); longer ones may not.
+const OVERLAP_MIN_CHARS: usize = 40;
+
+/// The row where the held-out slice of a `available`-row source starts.
+pub fn held_out_start(path: &Path, available: usize) -> Result<usize> {
+    if available < 2 * HELD_OUT_ROWS {
+        return Err(Error::data(
+            path,
+            available,
+            format!(
+                "{available} text rows: validation = held_out keeps the last {HELD_OUT_ROWS} \
+                 and needs at least as many before them to train on"
+            ),
+        ));
     }
-    let n_excluded = excluded.iter().filter(|x| **x).count();
-    let seqlen = cfg.seqlen;
-    let want_val = cfg.val_tokens.div_ceil(seqlen);
-    let want_train = tokens.div_ceil(seqlen);
-    let want = (want_val + want_train) * seqlen;
-    // Tokenise row blocks until the stream is long enough: a 7B-scale budget need not
-    // tokenise a whole corpus.
+    Ok(available - HELD_OUT_ROWS)
+}
+
+/// The last [`HELD_OUT_ROWS`] rows of `path` (the `wikitext2_val` perplexity text).
+pub fn held_out_rows(path: &Path) -> Result<Vec<String>> {
+    let (mut rows, _) = read_rows(path)?;
+    let start = held_out_start(path, rows.len())?;
+    Ok(rows.split_off(start))
+}
+
+/// Token ids of `rows` joined as the calibration joins them ("\n\n" between rows), as one
+/// stream, tokenised in blocks until `want` ids (all rows when fewer).
+fn stream(tok: &Tokenizer, rows: &[&String], want: usize) -> Result<Vec<i64>> {
     let mut ids: Vec<i64> = vec![];
-    let kept: Vec<&String> = rows
-        .iter()
-        .zip(&excluded)
-        .filter(|(_, x)| !**x)
-        .map(|(r, _)| r)
-        .collect();
-    for block in kept.chunks(64) {
+    // Blocks: a 7B-scale budget need not tokenise a whole corpus.
+    for block in rows.chunks(64) {
         let joined = block
             .iter()
             .map(|r| format!("{r}\n"))
@@ -113,25 +117,124 @@ pub fn load(
             break;
         }
     }
-    let seqs: Vec<Vec<i64>> = ids.chunks_exact(seqlen).map(<[i64]>::to_vec).collect();
-    if seqs.len() < want_val + 1 {
-        return Err(Error::Invalid(format!(
-            "{}: {} rows give {} tokens, fewer than {} validation + 1 training sequences of {seqlen} \
-             (lower recovery.val_tokens or seqlen, or give more text with recovery.data)",
-            source.display(),
-            kept.len(),
-            ids.len(),
-            want_val
-        )));
+    Ok(ids)
+}
+
+fn sequences(ids: &[i64], seqlen: usize) -> Vec<Vec<i64>> {
+    ids.chunks_exact(seqlen).map(<[i64]>::to_vec).collect()
+}
+
+/// A held-out row (long enough to be text, not a heading) that the training rows repeat
+/// would put validation text into training.
+fn check_disjoint(path: &Path, train: &[&String], val: &[String], first_val: usize) -> Result<()> {
+    let seen: std::collections::HashSet<&str> = train.iter().map(|r| r.trim()).collect();
+    let shared: Vec<usize> = val
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.trim().len() >= OVERLAP_MIN_CHARS && seen.contains(r.trim()))
+        .map(|(i, _)| first_val + i + 1)
+        .collect();
+    match shared.first() {
+        None => Ok(()),
+        Some(&row) => Err(Error::data(
+            path,
+            row,
+            format!(
+                "the held-out validation slice overlaps the training text: {} of its rows \
+                 (text row {row} first) also occur among the rows trained on",
+                shared.len()
+            ),
+        )),
     }
-    // Validation from the end; training takes no more sequences than the budget needs
-    // (teacher states are computed for every sequence kept).
-    let split = seqs.len() - want_val;
-    let val = seqs[split..].to_vec();
-    let train = seqs[..split.min(want_train)].to_vec();
-    let mut note = format!(
-        "rows in file order without the {n_excluded} rows drawn by the pruning calibration"
-    );
+}
+
+/// Sequences for `cfg`: enough for `tokens` of training (cycled if short) plus validation.
+pub fn load(
+    tok: &Tokenizer,
+    cfg: &RecoveryConfig,
+    calib: Option<&CalibConfig>,
+    tokens: usize,
+) -> Result<DataSet> {
+    let source = cfg.data.clone().unwrap_or_else(default_source);
+    let (rows, sha) = read_rows(&source)?;
+    let available = rows.len();
+    let train_end = match cfg.validation {
+        Validation::Tail => available,
+        Validation::HeldOut => held_out_start(&source, available)?,
+    };
+    let mut excluded = vec![false; available];
+    if let Some(c) = calib.filter(|c| same_file(&c.source_path(), &source)) {
+        for i in crate::calib::drawn_rows(c, available) {
+            excluded[i] = true;
+        }
+    }
+    let n_excluded = excluded[..train_end].iter().filter(|x| **x).count();
+    let seqlen = cfg.seqlen;
+    let want_val = cfg.val_tokens.div_ceil(seqlen);
+    let want_train = tokens.div_ceil(seqlen);
+    let kept: Vec<&String> = rows[..train_end]
+        .iter()
+        .zip(&excluded)
+        .filter(|(_, x)| !**x)
+        .map(|(r, _)| r)
+        .collect();
+    let too_short = |ids: usize, what: &str, n: usize| {
+        Error::Invalid(format!(
+            "{}: {what} give {ids} tokens, fewer than {n} sequences of {seqlen} (lower \
+             recovery.val_tokens or seqlen, or give more text with recovery.data)",
+            source.display()
+        ))
+    };
+    let (train, val, mut note) = match cfg.validation {
+        Validation::Tail => {
+            let ids = stream(tok, &kept, (want_val + want_train) * seqlen)?;
+            let seqs = sequences(&ids, seqlen);
+            if seqs.len() < want_val + 1 {
+                let what = format!("{} rows", kept.len());
+                return Err(too_short(ids.len(), &what, want_val + 1));
+            }
+            // Validation from the end; training takes no more sequences than the budget
+            // needs (teacher states are computed for every sequence kept).
+            let split = seqs.len() - want_val;
+            let note = format!(
+                "rows in file order without the {n_excluded} rows drawn by the pruning \
+                 calibration; validation: the {want_val} sequences after the training text"
+            );
+            (
+                seqs[..split.min(want_train)].to_vec(),
+                seqs[split..].to_vec(),
+                note,
+            )
+        }
+        Validation::HeldOut => {
+            check_disjoint(&source, &kept, &rows[train_end..], train_end)?;
+            let held: Vec<&String> = rows[train_end..].iter().collect();
+            let val_ids = stream(tok, &held, want_val * seqlen)?;
+            let val: Vec<Vec<i64>> = sequences(&val_ids, seqlen)
+                .into_iter()
+                .take(want_val)
+                .collect();
+            if val.len() < want_val {
+                let what = format!("the {HELD_OUT_ROWS} held-out rows");
+                return Err(too_short(val_ids.len(), &what, want_val));
+            }
+            let ids = stream(tok, &kept, want_train * seqlen)?;
+            let train: Vec<Vec<i64>> = sequences(&ids, seqlen)
+                .into_iter()
+                .take(want_train)
+                .collect();
+            if train.is_empty() {
+                let what = format!("{} training rows", kept.len());
+                return Err(too_short(ids.len(), &what, 1));
+            }
+            let note = format!(
+                "rows 1 to {train_end} in file order without the {n_excluded} rows drawn by \
+                 the pruning calibration; validation: the first {want_val} sequences of the \
+                 last {HELD_OUT_ROWS} rows (held out at every budget)"
+            );
+            (train, val, note)
+        }
+    };
     if train.len() < want_train {
         note += &format!(
             "; the text holds {} training sequences, the budget asks for {want_train}: cycled",

@@ -26,6 +26,8 @@ pub mod teacher;
 pub mod train;
 pub mod workers;
 
-pub use config::{Attach, LayerInputs, LossKind, Losses, RecoveryConfig, RecoveryMethod};
+pub use config::{
+    Attach, LayerInputs, LossKind, Losses, RecoveryConfig, RecoveryMethod, Validation,
+};
 pub use record::{DistillRecord, LayerRecord};
 pub use run::{recover, Event, RecoverInputs};

@@ -6,6 +6,12 @@
 //!   joined with one space, tokenised as one stream, the first 256 windows scored. The
 //!   file is the user's own copy (`COME_C4`, or `c4/` under the data directory); plain or
 //!   gzipped JSON lines are read.
+//! - `wikitext2_val`: the last rows of the shared WikiText-2 train prefix, which recovery
+//!   with `validation = held_out` validates on and never trains on; rows joined with
+//!   "\n\n". For choosing recovery settings without looking at the test set.
+//! - `tasks_ood`: text from another domain than any training text here: the gold answers
+//!   of HellaSwag (ActivityNet / WikiHow) and PIQA validation, each as lm-eval frames it
+//!   (context + gold continuation), alternating between the two, joined with "\n\n".
 
 use crate::error::{Error, Result};
 use std::io::{BufRead, BufReader, Read};
@@ -22,6 +28,10 @@ pub const C4_FILE: &str = "c4-validation.00000-of-00008.json.gz";
 pub enum Corpus {
     Wikitext2(PathBuf),
     C4(PathBuf),
+    /// The held-out rows at the end of a recovery text file (`wikitext2_val`).
+    HeldOut(PathBuf),
+    /// Gold answers of HellaSwag and PIQA under a data directory (`tasks_ood`).
+    TasksOod(PathBuf),
     /// Any UTF-8 text file, tokenised as one stream.
     Text(PathBuf),
 }
@@ -34,6 +44,10 @@ impl Corpus {
             _ => match spec {
                 "wikitext2" => Corpus::Wikitext2(crate::paths::wikitext2_test()),
                 "c4" => Corpus::C4(crate::paths::c4_validation()),
+                "wikitext2_val" => {
+                    Corpus::HeldOut(crate::calib::CalibConfig::default().source_path())
+                }
+                "tasks_ood" => Corpus::TasksOod(crate::paths::data_dir()),
                 other => Corpus::Text(PathBuf::from(other)),
             },
         }
@@ -44,6 +58,8 @@ impl Corpus {
         match self {
             Corpus::Wikitext2(_) => crate::track::names::WIKITEXT2.into(),
             Corpus::C4(_) => crate::track::names::C4.into(),
+            Corpus::HeldOut(_) => crate::track::names::WIKITEXT2_VAL.into(),
+            Corpus::TasksOod(_) => crate::track::names::TASKS_OOD.into(),
             Corpus::Text(p) => p
                 .file_stem()
                 .map_or_else(|| "text".into(), |s| s.to_string_lossy().into_owned()),
@@ -52,8 +68,18 @@ impl Corpus {
 
     pub fn path(&self) -> &Path {
         match self {
-            Corpus::Wikitext2(p) | Corpus::C4(p) | Corpus::Text(p) => p,
+            Corpus::Wikitext2(p)
+            | Corpus::C4(p)
+            | Corpus::HeldOut(p)
+            | Corpus::TasksOod(p)
+            | Corpus::Text(p) => p,
         }
+    }
+
+    /// (task, metric) the store records its perplexity under: `ppl_<name>`.
+    pub fn recorded_as(&self) -> (String, String) {
+        let name = self.name();
+        (name.clone(), format!("ppl_{name}"))
     }
 
     /// The windows scored when the user sets no limit (C4: GPTQ's 256).
@@ -63,9 +89,20 @@ impl Corpus {
 
     /// The text to tokenise as one stream.
     pub fn text(&self) -> Result<String> {
+        Ok(self.read()?.0)
+    }
+
+    /// The text, and the files it was built from (for the run's data checksums).
+    pub fn read(&self) -> Result<(String, Vec<PathBuf>)> {
+        let one = |p: &Path, text: Result<String>| Ok((text?, vec![p.to_path_buf()]));
         match self {
-            Corpus::Wikitext2(p) | Corpus::Text(p) => crate::error::read_to_string(p),
-            Corpus::C4(p) => c4_text(p, C4_DOCS),
+            Corpus::Wikitext2(p) | Corpus::Text(p) => one(p, crate::error::read_to_string(p)),
+            Corpus::C4(p) => one(p, c4_text(p, C4_DOCS)),
+            Corpus::HeldOut(p) => {
+                let rows = crate::distill::data::held_out_rows(p);
+                one(p, rows.map(|r| r.join("\n\n")))
+            }
+            Corpus::TasksOod(dir) => tasks_ood_text(dir),
         }
     }
 }
@@ -112,4 +149,31 @@ pub fn c4_text(path: &Path, max_docs: usize) -> Result<String> {
         ));
     }
     Ok(texts.join(" "))
+}
+
+/// The `tasks_ood` text: HellaSwag and PIQA gold answers (context + gold continuation, as
+/// lm-eval frames them), alternating document by document, joined with "\n\n".
+pub fn tasks_ood_text(data_dir: &Path) -> Result<(String, Vec<PathBuf>)> {
+    use crate::eval::tasks::{load_task, TaskSource};
+    let src = TaskSource {
+        data_dir: data_dir.to_path_buf(),
+        ..TaskSource::default()
+    };
+    let mut files = vec![];
+    let mut gold = |task: &str| -> Result<Vec<String>> {
+        let t = load_task(task, &src)?;
+        files.extend(t.files.iter().map(|(p, _)| p.clone()));
+        Ok(t.docs
+            .iter()
+            .filter_map(|d| d.requests.get(d.gold))
+            .map(|r| format!("{}{}", r.context, r.continuation))
+            .collect())
+    };
+    let (a, b) = (gold("hellaswag")?, gold("piqa")?);
+    let mut parts = Vec::with_capacity(a.len() + b.len());
+    for i in 0..a.len().max(b.len()) {
+        parts.extend(a.get(i).cloned());
+        parts.extend(b.get(i).cloned());
+    }
+    Ok((parts.join("\n\n"), files))
 }

@@ -52,8 +52,9 @@ impl Builder<'_> {
             .filter(|t| SEVEN_TASKS.contains(&t.as_str()))
             .cloned()
             .collect();
-        let ppl_cols: Vec<String> = [names::PPL_WIKITEXT2, names::PPL_C4]
+        let ppl_cols: Vec<String> = names::PPL_CORPORA
             .iter()
+            .map(|(_, metric, _)| metric)
             .filter(|p| {
                 ours.iter().any(|(_, m)| m.ppl.contains_key(**p))
                     || self.published.iter().any(|r| {

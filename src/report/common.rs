@@ -51,10 +51,7 @@ pub(crate) fn measure(run: &RunData, conv: Convention) -> Measured {
             m.n.insert(t.to_string(), x.value);
         }
     }
-    for (task, name) in [
-        (names::WIKITEXT2, names::PPL_WIKITEXT2),
-        (names::C4, names::PPL_C4),
-    ] {
+    for (task, name, _) in names::PPL_CORPORA {
         if let Some(x) = run.metric(task, name) {
             m.ppl.insert(name.to_string(), x.value);
             let mut setting = x.context.clone();

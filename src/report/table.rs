@@ -43,9 +43,10 @@ impl Col {
             Col::Avg => "Avg".into(),
             Col::AvgSe => "±Avg".into(),
             Col::Retention => "Ret.%".into(),
-            Col::Ppl(m) if m == names::PPL_WIKITEXT2 => "Wiki2 PPL".into(),
-            Col::Ppl(m) if m == names::PPL_C4 => "C4 PPL".into(),
-            Col::Ppl(m) => m.clone(),
+            Col::Ppl(m) => names::PPL_CORPORA
+                .iter()
+                .find(|(_, metric, _)| metric == m)
+                .map_or_else(|| m.clone(), |(_, _, label)| label.to_string()),
             Col::At(c, level) => format!("{} @ {level}", c.header()),
             Col::RecoverySeconds => "Rec. s".into(),
             Col::DeltaAvg => "Δ Avg".into(),

@@ -69,12 +69,18 @@ fn check_inputs(model: &Model, inp: &EvalInputs) -> Result<()> {
 pub struct PplText {
     pub corpus: Corpus,
     pub text: String,
+    /// The files the text was built from.
+    pub sources: Vec<std::path::PathBuf>,
 }
 
 impl PplText {
     pub fn read(corpus: Corpus) -> Result<PplText> {
-        let text = corpus.text()?;
-        Ok(PplText { corpus, text })
+        let (text, sources) = corpus.read()?;
+        Ok(PplText {
+            corpus,
+            text,
+            sources,
+        })
     }
 }
 
@@ -101,6 +107,8 @@ pub struct EvalInputs<'a> {
 #[derive(Debug, Clone)]
 pub struct PplOutcome {
     pub corpus: Corpus,
+    /// The files its text was built from.
+    pub sources: Vec<std::path::PathBuf>,
     pub result: PplResult,
     /// Tokenisation and scoring.
     pub seconds: f64,
@@ -276,6 +284,7 @@ fn corpus_ppl(
     })?;
     Ok(PplOutcome {
         corpus: p.corpus.clone(),
+        sources: p.sources.clone(),
         result,
         seconds: t0.elapsed().as_secs_f64(),
     })

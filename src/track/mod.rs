@@ -43,6 +43,21 @@ pub mod names {
     /// C4 validation perplexity: task [`C4`], metric [`PPL_C4`].
     pub const C4: &str = "c4";
     pub const PPL_C4: &str = "ppl_c4";
+    /// Held-out WikiText-2 train rows (recovery's validation text, never trained on):
+    /// task [`WIKITEXT2_VAL`], metric [`PPL_WIKITEXT2_VAL`].
+    pub const WIKITEXT2_VAL: &str = "wikitext2_val";
+    pub const PPL_WIKITEXT2_VAL: &str = "ppl_wikitext2_val";
+    /// Out-of-domain text no recovery trains on (HellaSwag and PIQA gold answers):
+    /// task [`TASKS_OOD`], metric [`PPL_TASKS_OOD`].
+    pub const TASKS_OOD: &str = "tasks_ood";
+    pub const PPL_TASKS_OOD: &str = "ppl_tasks_ood";
+    /// Every perplexity the tables know, in column order: (task, metric, column label).
+    pub const PPL_CORPORA: [(&str, &str, &str); 4] = [
+        (WIKITEXT2, PPL_WIKITEXT2, "Wiki2 PPL"),
+        (C4, PPL_C4, "C4 PPL"),
+        (WIKITEXT2_VAL, PPL_WIKITEXT2_VAL, "Val PPL"),
+        (TASKS_OOD, PPL_TASKS_OOD, "OOD PPL"),
+    ];
     /// Whole-run measurements (task "").
     pub const RUN_PARAMS: &str = "params";
     pub const RUN_LAYERS: &str = "layers";
