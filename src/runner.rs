@@ -24,7 +24,7 @@ use crate::stages::{
 };
 use crate::track::names;
 use crate::track::store::kinds;
-use crate::track::{Artifact, Claim, Metric, StageRecord, StageStatus, Store};
+use crate::track::{Artifact, Claim, DocScore, Metric, StageRecord, StageStatus, Store};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::RecvTimeoutError;
@@ -196,8 +196,8 @@ pub fn run_grid(
         // A bug in one run (a panic) fails that run, not the grid.
         let outcome = crate::panic_guard::catch(|| execute(spec, run, id, &store, opts, progress));
         match outcome {
-            Ok((metrics, artifacts)) => {
-                store.finish(id, &metrics, &artifacts)?;
+            Ok(out) => {
+                store.finish_scored(id, &out.metrics, &out.artifacts, &out.docs)?;
                 sum.ran += 1;
             }
             Err(e) if STOP.load(Ordering::SeqCst) => {
@@ -302,6 +302,7 @@ fn stage<T>(
 struct Outcome {
     metrics: Vec<Metric>,
     artifacts: Vec<Artifact>,
+    docs: Vec<DocScore>,
 }
 
 /// How often a long stage refreshes the run's heartbeat in the store.
@@ -315,7 +316,7 @@ fn execute(
     store: &Store,
     opts: &RunnerOptions,
     progress: &mut dyn Progress,
-) -> Result<(Vec<Metric>, Vec<Artifact>)> {
+) -> Result<Outcome> {
     let exp = &run.experiment;
     inject_panic(&run.name);
     let lo = LoadOptions {
@@ -341,7 +342,7 @@ fn execute(
     }
     progress.stage(&run.name, "eval");
     eval_stage(&ctx, exp, &model_dir, lo, &mut out, progress)?;
-    Ok((out.metrics, out.artifacts))
+    Ok(out)
 }
 
 /// Fault injection for the tests: a run whose name contains `COME_INJECT_PANIC` panics at
@@ -659,6 +660,14 @@ fn eval_stage(
     ));
     record_data_env(ctx, exp, &result)?;
     out.metrics.extend(eval_metrics(&result));
+    out.docs.extend(result.tasks.iter().flat_map(|t| {
+        t.docs.iter().map(|d| DocScore {
+            task: t.task.clone(),
+            doc_id: d.doc_id as i64,
+            acc: d.acc,
+            acc_norm: d.acc_norm,
+        })
+    }));
     Ok(())
 }
 

@@ -320,6 +320,22 @@ fn every_value_of_every_enumerated_option_runs() {
             "{}: no accuracy or no perplexity: {metrics:?}",
             row.name
         );
+        // Every scored document is kept, for paired comparisons: as many per task as
+        // its `n`, and agreeing with its accuracy.
+        let docs = store.doc_scores(row.id).unwrap();
+        for m in metrics
+            .iter()
+            .filter(|m| m.name == names::ACC && m.context.is_empty())
+        {
+            let mine: Vec<_> = docs.iter().filter(|d| d.task == m.task).collect();
+            let n = metrics
+                .iter()
+                .find(|x| x.task == m.task && x.name == names::N)
+                .map(|x| x.value as usize);
+            assert_eq!(Some(mine.len()), n, "{}: {}", row.name, m.task);
+            let acc = mine.iter().map(|d| d.acc).sum::<f64>() / mine.len() as f64;
+            assert!((acc - m.value).abs() < 1e-12, "{}: {}", row.name, m.task);
+        }
     }
 
     // Coverage: every value of every enumerated key is in a finished run.

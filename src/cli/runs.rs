@@ -1,7 +1,8 @@
 //! `come-repro runs`: look into the run store.
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::Subcommand;
+use come_repro::report::paired::Comparison;
 use come_repro::track::{RunFilter, Status, Store};
 use std::path::PathBuf;
 
@@ -30,6 +31,22 @@ pub enum RunsCmd {
         b: i64,
         #[arg(long, default_value = "results/come.sqlite")]
         db: PathBuf,
+    },
+    /// Two runs on the documents both scored: per task, the documents only one gets right
+    /// and McNemar's exact test; over the tasks, the difference in average accuracy with
+    /// a 95 % paired-bootstrap interval.
+    Compare {
+        a: i64,
+        b: i64,
+        #[arg(long, default_value = "results/come.sqlite")]
+        db: PathBuf,
+        /// acc, acc_norm or mixed (acc_norm for HellaSwag, ARC-c and OBQA).
+        #[arg(long, default_value = "mixed")]
+        convention: String,
+        #[arg(long, default_value_t = 10_000)]
+        resamples: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
     },
     /// Fold shard stores into one: runs deduplicated by hash, a finished copy wins over
     /// an unfinished one, finished copies whose metrics differ are reported (exit 1) and
@@ -186,6 +203,21 @@ pub fn run(cmd: RunsCmd) -> Result<()> {
                 println!("{k:<40} {:>20} {:>20}", f(x), f(y));
             }
         }
+        RunsCmd::Compare {
+            a,
+            b,
+            db,
+            convention,
+            resamples,
+            seed,
+        } => {
+            let s = Store::open(&db)?;
+            let conv = come_repro::report::Convention::parse(&convention)?;
+            let (da, db_) = (s.doc_scores(a)?, s.doc_scores(b)?);
+            let c = come_repro::report::paired::compare(&da, &db_, conv, resamples, seed)
+                .with_context(|| format!("comparing runs {a} and {b} in {}", db.display()))?;
+            print_comparison(a, b, &s.run(a)?.name, &s.run(b)?.name, &c);
+        }
         RunsCmd::Export { db, csv, parquet } => {
             let s = Store::open(&db)?;
             match (csv, parquet) {
@@ -196,4 +228,36 @@ pub fn run(cmd: RunsCmd) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn print_comparison(a: i64, b: i64, name_a: &str, name_b: &str, c: &Comparison) {
+    println!("A = run {a} ({name_a})\nB = run {b} ({name_b})");
+    println!(
+        "{:<14} {:>8} {:>5} {:>7} {:>7} {:>7} {:>7} {:>7} {:>9}",
+        "task", "metric", "n", "A %", "B %", "B-A", "A only", "B only", "McNemar p"
+    );
+    for t in &c.tasks {
+        println!(
+            "{:<14} {:>8} {:>5} {:>7.2} {:>7.2} {:>+7.2} {:>7} {:>7} {:>9.4}",
+            t.task,
+            t.metric,
+            t.n,
+            100.0 * t.acc_a,
+            100.0 * t.acc_b,
+            100.0 * (t.acc_b - t.acc_a),
+            t.only_a,
+            t.only_b,
+            t.p
+        );
+    }
+    println!(
+        "average over {} tasks: B - A = {:+.2} points, 95 % paired bootstrap [{:+.2}, {:+.2}] ({} resamples, p = {:.4}); McNemar over all documents p = {:.4}",
+        c.tasks.len(),
+        100.0 * c.avg_diff,
+        100.0 * c.ci95.0,
+        100.0 * c.ci95.1,
+        c.resamples,
+        c.p_bootstrap,
+        c.pooled_p
+    );
 }

@@ -24,6 +24,7 @@
 
 mod builder;
 mod common;
+pub mod paired;
 pub mod paper;
 pub mod plot;
 pub mod recovery;

@@ -47,6 +47,7 @@ const CHILDREN: &[(&str, &str)] = &[
         "stages",
         "stage, status, seconds, cache_key, output, updated",
     ),
+    ("docs", "task, doc_id, acc, acc_norm"),
 ];
 
 type Metrics = Vec<(String, String, String, i64, f64, Option<f64>)>;

@@ -8,8 +8,8 @@ pub mod store;
 
 pub use merge::{Conflict, MergeReport};
 pub use store::{
-    Artifact, Claim, Metric, RunDiff, RunFilter, RunRow, StageRecord, StageStatus, Status, Store,
-    StoreError,
+    Artifact, Claim, DocScore, Metric, RunDiff, RunFilter, RunRow, StageRecord, StageStatus,
+    Status, Store, StoreError,
 };
 
 /// Metric and task names as they are written to and read from the store.

@@ -1,7 +1,7 @@
 //! The run store: one SQLite file (default `results/come.sqlite`) shared by every process
 //! that runs a grid.
 //!
-//! Schema (version 1; `PRAGMA user_version`, `PRAGMA application_id` = [`APPLICATION_ID`]):
+//! Schema (version 2; `PRAGMA user_version`, `PRAGMA application_id` = [`APPLICATION_ID`]):
 //!
 //! | table | columns |
 //! |---|---|
@@ -11,6 +11,7 @@
 //! | `artifacts` | `run_id`, `path`, `sha256`, `kind` (see [`kinds`]), `bytes` |
 //! | `environment` | `run_id`, `key`, `value` |
 //! | `stages` | `run_id`, `stage`, `status`, `seconds`, `cache_key`, `output`, `updated` |
+//! | `docs` (v2) | `run_id`, `task`, `doc_id`, `acc`, `acc_norm`: each scored document's correctness, for paired comparisons of two runs on the same items |
 //!
 //! Concurrency: WAL journal, a busy timeout, every write in one `BEGIN IMMEDIATE`
 //! transaction and a retry loop with jittered back-off on `SQLITE_BUSY`, so several
@@ -108,6 +109,15 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (run_id, stage)
     );
     CREATE INDEX stages_cache ON stages(stage, cache_key);",
+    // v2: per-document correctness (paired tests between runs).
+    "CREATE TABLE docs (
+        run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+        task TEXT NOT NULL,
+        doc_id INTEGER NOT NULL,
+        acc REAL NOT NULL,
+        acc_norm REAL NOT NULL,
+        PRIMARY KEY (run_id, task, doc_id)
+    );",
 ];
 
 /// Artifact kinds the runner records.
@@ -231,6 +241,16 @@ pub enum Claim {
         pid: Option<i64>,
         host: Option<String>,
     },
+}
+
+/// One scored document of a task: 1.0 where the gold answer won (acc) and where it won
+/// by length-normalised likelihood (acc_norm), else 0.0.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DocScore {
+    pub task: String,
+    pub doc_id: i64,
+    pub acc: f64,
+    pub acc_norm: f64,
 }
 
 /// One measurement; naming in [`crate::track::names`].
@@ -759,8 +779,10 @@ impl Store {
                 params![id, run.name, run.subgrid, now, self.pid, self.host],
             )
             .map_err(e)?;
-            tx.execute("DELETE FROM metrics WHERE run_id = ?1", [id]).map_err(e)?;
-            tx.execute("DELETE FROM artifacts WHERE run_id = ?1", [id]).map_err(e)?;
+            for t in ["metrics", "artifacts", "docs"] {
+                tx.execute(&format!("DELETE FROM {t} WHERE run_id = ?1"), [id])
+                    .map_err(e)?;
+            }
             Ok(Claim::Run(id))
         })
     }
@@ -855,6 +877,17 @@ impl Store {
     /// anything is written); infinite values (a diverged perplexity) are kept; a
     /// non-finite standard error is stored as missing.
     pub fn finish(&self, id: i64, metrics: &[Metric], artifacts: &[Artifact]) -> Result<()> {
+        self.finish_scored(id, metrics, artifacts, &[])
+    }
+
+    /// [`Store::finish`] with the run's per-document scores, in the same transaction.
+    pub fn finish_scored(
+        &self,
+        id: i64,
+        metrics: &[Metric],
+        artifacts: &[Artifact],
+        docs: &[DocScore],
+    ) -> Result<()> {
         if let Some(m) = metrics.iter().find(|m| m.value.is_nan()) {
             return Err(StoreError::Invalid {
                 path: self.path.clone(),
@@ -864,8 +897,19 @@ impl Store {
         self.write("finish run", |tx| {
             let e = |e| self.err("finish run", e);
             self.check_owner(tx, id, "finish run")?;
-            tx.execute("DELETE FROM metrics WHERE run_id = ?1", [id]).map_err(e)?;
-            tx.execute("DELETE FROM artifacts WHERE run_id = ?1", [id]).map_err(e)?;
+            for t in ["metrics", "artifacts", "docs"] {
+                tx.execute(&format!("DELETE FROM {t} WHERE run_id = ?1"), [id])
+                    .map_err(e)?;
+            }
+            let mut st = tx
+                .prepare_cached(
+                    "INSERT INTO docs (run_id, task, doc_id, acc, acc_norm) VALUES (?1, ?2, ?3, ?4, ?5)",
+                )
+                .map_err(e)?;
+            for d in docs {
+                st.execute(params![id, d.task, d.doc_id, d.acc, d.acc_norm])
+                    .map_err(e)?;
+            }
             let mut st = tx
                 .prepare_cached(
                     "INSERT INTO metrics (run_id, task, name, value, stderr, context, step) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -1110,6 +1154,29 @@ impl Store {
                         stderr: r.get(3)?,
                         context: r.get(4)?,
                         step: r.get(5)?,
+                    })
+                })
+                .map_err(e)?;
+            rows.collect::<std::result::Result<Vec<_>, _>>().map_err(e)
+        })
+    }
+
+    /// Per-document scores of a run, by task and document.
+    pub fn doc_scores(&self, id: i64) -> Result<Vec<DocScore>> {
+        self.retry("read document scores", |c| {
+            let e = |e| self.err("read document scores", e);
+            let mut st = c
+                .prepare(
+                    "SELECT task, doc_id, acc, acc_norm FROM docs WHERE run_id = ?1 ORDER BY task, doc_id",
+                )
+                .map_err(e)?;
+            let rows = st
+                .query_map([id], |r| {
+                    Ok(DocScore {
+                        task: r.get(0)?,
+                        doc_id: r.get(1)?,
+                        acc: r.get(2)?,
+                        acc_norm: r.get(3)?,
                     })
                 })
                 .map_err(e)?;

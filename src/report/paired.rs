@@ -1,0 +1,158 @@
+//! Two runs compared on the same documents: per task, the documents only one of them gets
+//! right and McNemar's exact test on them; over the tasks, a paired bootstrap of the
+//! difference in average accuracy (documents resampled within each task, both runs
+//! together, so the spread is that of the difference, not of each run).
+
+use super::Convention;
+use crate::error::{Error, Result};
+use crate::rng::SplitMix64;
+use crate::track::names::ACC_NORM;
+use crate::track::DocScore;
+use std::collections::BTreeMap;
+
+/// One document's 0/1 outcome in run A and in run B.
+type Outcomes = (f64, f64);
+
+/// One task of a comparison.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskPair {
+    pub task: String,
+    /// The metric compared (`acc` or `acc_norm`).
+    pub metric: &'static str,
+    /// Documents scored by both runs.
+    pub n: usize,
+    pub acc_a: f64,
+    pub acc_b: f64,
+    /// Right in A only, right in B only.
+    pub only_a: u64,
+    pub only_b: u64,
+    /// McNemar's exact two-sided p-value.
+    pub p: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Comparison {
+    pub tasks: Vec<TaskPair>,
+    /// Mean over tasks of (acc_b - acc_a), in accuracy units.
+    pub avg_diff: f64,
+    /// 95 % paired-bootstrap interval of `avg_diff`.
+    pub ci95: (f64, f64),
+    /// Two-sided bootstrap p-value of `avg_diff` (twice the smaller tail beyond zero).
+    pub p_bootstrap: f64,
+    pub resamples: usize,
+    /// McNemar over every document of every task together.
+    pub pooled_p: f64,
+}
+
+/// McNemar's exact test: under the null, each of the `only_a + only_b` discordant
+/// documents is equally likely to favour either run; p = min(1, 2 P[X <= min]) with X ~
+/// Binomial(only_a + only_b, 1/2). Summed in log space (large counts underflow 2^-n).
+pub fn mcnemar_exact(only_a: u64, only_b: u64) -> f64 {
+    let n = only_a + only_b;
+    if n == 0 {
+        return 1.0;
+    }
+    let k = only_a.min(only_b);
+    let mut log_pmf = -(n as f64) * std::f64::consts::LN_2;
+    let mut terms = Vec::with_capacity(k as usize + 1);
+    for i in 0..=k {
+        terms.push(log_pmf);
+        log_pmf += ((n - i) as f64).ln() - ((i + 1) as f64).ln();
+    }
+    let max = terms.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let tail = max.exp() * terms.iter().map(|t| (t - max).exp()).sum::<f64>();
+    (2.0 * tail).min(1.0)
+}
+
+/// Compare run A with run B on the documents both scored, per task in `conv`'s metric.
+pub fn compare(
+    a: &[DocScore],
+    b: &[DocScore],
+    conv: Convention,
+    resamples: usize,
+    seed: u64,
+) -> Result<Comparison> {
+    let index = |docs: &[DocScore]| -> BTreeMap<(String, i64), (f64, f64)> {
+        docs.iter()
+            .map(|d| ((d.task.clone(), d.doc_id), (d.acc, d.acc_norm)))
+            .collect()
+    };
+    let (ia, ib) = (index(a), index(b));
+    // Per task: (metric, paired 0/1 outcomes).
+    let mut per_task: BTreeMap<String, (&'static str, Vec<Outcomes>)> = BTreeMap::new();
+    for ((task, id), sa) in &ia {
+        let Some(sb) = ib.get(&(task.clone(), *id)) else {
+            continue;
+        };
+        let metric = conv.metric_for(task);
+        let pick = |s: &(f64, f64)| if metric == ACC_NORM { s.1 } else { s.0 };
+        per_task
+            .entry(task.clone())
+            .or_insert_with(|| (metric, vec![]))
+            .1
+            .push((pick(sa), pick(sb)));
+    }
+    if per_task.is_empty() {
+        return Err(Error::Invalid(
+            "the two runs have no scored document in common (runs finished before \
+             per-document scores were recorded have none: rerun them with --force)"
+                .into(),
+        ));
+    }
+    let mut tasks = vec![];
+    let (mut pooled_a, mut pooled_b) = (0, 0);
+    for (task, (metric, pairs)) in &per_task {
+        let n = pairs.len();
+        let only_a = pairs.iter().filter(|(x, y)| *x > *y).count() as u64;
+        let only_b = pairs.iter().filter(|(x, y)| *y > *x).count() as u64;
+        pooled_a += only_a;
+        pooled_b += only_b;
+        tasks.push(TaskPair {
+            task: task.clone(),
+            metric,
+            n,
+            acc_a: pairs.iter().map(|p| p.0).sum::<f64>() / n as f64,
+            acc_b: pairs.iter().map(|p| p.1).sum::<f64>() / n as f64,
+            only_a,
+            only_b,
+            p: mcnemar_exact(only_a, only_b),
+        });
+    }
+    let diffs: Vec<Vec<f64>> = per_task
+        .values()
+        .map(|(_, pairs)| pairs.iter().map(|(x, y)| y - x).collect())
+        .collect();
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let avg_diff = diffs.iter().map(|d| mean(d)).sum::<f64>() / diffs.len() as f64;
+    let boot = bootstrap(&diffs, resamples.max(1), seed);
+    let at = |q: f64| boot[((q * (boot.len() - 1) as f64).round()) as usize];
+    let below = boot.iter().filter(|x| **x <= 0.0).count() as f64 / boot.len() as f64;
+    let above = boot.iter().filter(|x| **x >= 0.0).count() as f64 / boot.len() as f64;
+    Ok(Comparison {
+        tasks,
+        avg_diff,
+        ci95: (at(0.025), at(0.975)),
+        p_bootstrap: (2.0 * below.min(above)).min(1.0),
+        resamples: boot.len(),
+        pooled_p: mcnemar_exact(pooled_a, pooled_b),
+    })
+}
+
+/// Sorted bootstrap replicates of the mean over tasks of each task's mean difference.
+fn bootstrap(diffs: &[Vec<f64>], resamples: usize, seed: u64) -> Vec<f64> {
+    let mut rng = SplitMix64::new(seed ^ 0xb007_57a9);
+    let mut out: Vec<f64> = (0..resamples)
+        .map(|_| {
+            let sum: f64 = diffs
+                .iter()
+                .map(|d| {
+                    let n = d.len() as u64;
+                    (0..n).map(|_| d[rng.below(n) as usize]).sum::<f64>() / n as f64
+                })
+                .sum();
+            sum / diffs.len() as f64
+        })
+        .collect();
+    out.sort_by(f64::total_cmp);
+    out
+}
