@@ -445,8 +445,9 @@ fn schema() -> Value {
                 .map(|k| (k.name().to_string(), Value::from(1.0)))
                 .collect();
             r.insert("loss".into(), Value::Object(losses));
-            r.insert("inputs".into(), Value::String("teacher".into()));
-            r.insert("validation".into(), Value::String("tail".into()));
+            for (k, v) in RecoveryConfig::opt_in_defaults() {
+                r.insert(k.into(), v);
+            }
         }
         m.insert("recovery".into(), recovery);
         // Opt-in keys that the serialised default leaves out (to keep old hashes).

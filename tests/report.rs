@@ -1070,3 +1070,38 @@ fn lora_rows_carry_no_layer_loss_label() {
         "{md}"
     );
 }
+
+/// A key left out of the hash at its default (`recovery.inputs = teacher`) still tells
+/// two recovered rows apart: the run without it had the default.
+#[test]
+fn opt_in_recovery_keys_label_rows_at_their_default() {
+    let d = tempfile::tempdir().unwrap();
+    let store = Store::open(d.path().join("s.sqlite")).unwrap();
+    finish(&store, &spec(None), &metrics(0.0, 5.5));
+    let come = (Method::Come, MergeOp::Concat, 0.3);
+    finish(&store, &spec(Some(come)), &metrics(0.1, 9.0));
+    let teacher = recovery(RecoveryMethod::Hierarchical, "cosine");
+    let student = RecoveryConfig {
+        inputs: come_repro::distill::LayerInputs::Student,
+        ..teacher.clone()
+    };
+    finish_recovered(&store, come, &teacher, &recovered_metrics(0.05, 7.0, 10.0));
+    finish_recovered(&store, come, &student, &recovered_metrics(0.06, 8.0, 10.0));
+    let opts = ReportOptions {
+        out_dir: d.path().join("tables"),
+        convention: Convention::Mixed,
+        ..Default::default()
+    };
+    let tables = report::build(&report::load_runs(&store).unwrap(), &opts).0;
+    let t = tables.iter().find(|t| t.id == "recovery_m_s0.3").unwrap();
+    let md = t.to_markdown();
+    let labels: Vec<String> = md_rows(&md).iter().map(|r| r[1].clone()).collect();
+    assert_eq!(
+        labels[2..],
+        [
+            "hierarchical (inputs=student)",
+            "hierarchical (inputs=teacher)"
+        ],
+        "{md}"
+    );
+}

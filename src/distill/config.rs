@@ -356,6 +356,19 @@ impl Default for RecoveryConfig {
 }
 
 impl RecoveryConfig {
+    /// Keys left out of the canonical JSON at their default (so that earlier hashes
+    /// stay), with that default: a run without the key has this value.
+    pub fn opt_in_defaults() -> [(&'static str, serde_json::Value); 2] {
+        let d = RecoveryConfig::default();
+        [
+            ("inputs", serde_json::to_value(d.inputs).unwrap_or_default()),
+            (
+                "validation",
+                serde_json::to_value(d.validation).unwrap_or_default(),
+            ),
+        ]
+    }
+
     pub fn is_none(&self) -> bool {
         self.method == RecoveryMethod::None
     }

@@ -220,6 +220,12 @@ impl Builder<'_> {
                 caption.push_str(&format!(" ({})", list.join("; ")));
             }
             caption.push('.');
+            if ppl_cols.iter().any(|p| p == names::PPL_WIKITEXT2_VAL) {
+                caption.push_str(" Val PPL (same windows): the last 400 rows of the WikiText-2 train prefix, which recovery never trains on (its held-out validation text).");
+            }
+            if ppl_cols.iter().any(|p| p == names::PPL_TASKS_OOD) {
+                caption.push_str(" OOD PPL: HellaSwag and PIQA gold answers, text of other domains than any training text.");
+            }
         }
         if let Some(l) = columns
             .iter()

@@ -12,7 +12,7 @@ use super::common::{
 };
 use super::table::{Col, Table};
 use super::{Convention, RunData};
-use crate::distill::{Losses, RecoveryMethod};
+use crate::distill::{Losses, RecoveryConfig, RecoveryMethod};
 use crate::experiment::canonical_json;
 use crate::track::names;
 use serde_json::Value;
@@ -110,6 +110,15 @@ pub(super) fn collapsed_params(run: &RunData) -> BTreeMap<String, Value> {
         .collect();
     if let Some(l) = loss_label(run).filter(|_| !unused.iter().any(|k| k == LOSS)) {
         out.insert(LOSS.to_string(), Value::String(l));
+    }
+    // A recovered run without an opt-in key had its default (left out of the hash).
+    if is_recovered(run) {
+        for (k, v) in RecoveryConfig::opt_in_defaults() {
+            let key = format!("recovery.{k}");
+            if !unused.contains(&key) {
+                out.entry(key).or_insert(v);
+            }
+        }
     }
     out
 }
