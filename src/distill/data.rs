@@ -168,85 +168,40 @@ pub fn load(
             excluded[i] = true;
         }
     }
-    let n_excluded = excluded[..train_end].iter().filter(|x| **x).count();
     let seqlen = cfg.seqlen;
-    let want_val = cfg.val_tokens.div_ceil(seqlen);
-    let want_train = tokens.div_ceil(seqlen);
-    let kept: Vec<&String> = rows[..train_end]
-        .iter()
-        .zip(&excluded)
-        .filter(|(_, x)| !**x)
-        .map(|(r, _)| r)
-        .collect();
-    let too_short = |ids: usize, what: &str, n: usize| {
-        Error::Invalid(format!(
-            "{}: {what} give {ids} tokens, fewer than {n} sequences of {seqlen} (lower \
-             recovery.val_tokens or seqlen, or give more text with recovery.data)",
-            source.display()
-        ))
+    let split = Split {
+        tok,
+        source: &source,
+        kept: rows[..train_end]
+            .iter()
+            .zip(&excluded)
+            .filter(|(_, x)| !**x)
+            .map(|(r, _)| r)
+            .collect(),
+        held: &rows[train_end..],
+        train_end,
+        n_excluded: excluded[..train_end].iter().filter(|x| **x).count(),
+        seqlen,
+        want_val: cfg.val_tokens.div_ceil(seqlen),
+        want_train: tokens.div_ceil(seqlen),
     };
     let (train, val, mut note) = match cfg.validation {
-        Validation::Tail => {
-            let ids = stream(tok, &kept, (want_val + want_train) * seqlen)?;
-            let seqs = sequences(&ids, seqlen);
-            if seqs.len() < want_val + 1 {
-                let what = format!("{} rows", kept.len());
-                return Err(too_short(ids.len(), &what, want_val + 1));
-            }
-            // Validation from the end; training takes no more sequences than the budget
-            // needs (teacher states are computed for every sequence kept).
-            let split = seqs.len() - want_val;
-            let note = format!(
-                "rows in file order without the {n_excluded} rows drawn by the pruning \
-                 calibration; validation: the {want_val} sequences after the training text"
-            );
-            (
-                seqs[..split.min(want_train)].to_vec(),
-                seqs[split..].to_vec(),
-                note,
-            )
-        }
-        Validation::HeldOut => {
-            check_disjoint(&source, &kept, &rows[train_end..], train_end)?;
-            let held: Vec<&String> = rows[train_end..].iter().collect();
-            let val_ids = stream(tok, &held, want_val * seqlen)?;
-            let val: Vec<Vec<i64>> = sequences(&val_ids, seqlen)
-                .into_iter()
-                .take(want_val)
-                .collect();
-            if val.len() < want_val {
-                let what = format!("the {HELD_OUT_ROWS} held-out rows");
-                return Err(too_short(val_ids.len(), &what, want_val));
-            }
-            let ids = stream(tok, &kept, want_train * seqlen)?;
-            let train: Vec<Vec<i64>> = sequences(&ids, seqlen)
-                .into_iter()
-                .take(want_train)
-                .collect();
-            if train.is_empty() {
-                let what = format!("{} training rows", kept.len());
-                return Err(too_short(ids.len(), &what, 1));
-            }
-            let note = format!(
-                "rows 1 to {train_end} in file order without the {n_excluded} rows drawn by \
-                 the pruning calibration; validation: the first {want_val} sequences of the \
-                 last {HELD_OUT_ROWS} rows (held out at every budget)"
-            );
-            (train, val, note)
-        }
+        Validation::Tail => split.tail()?,
+        Validation::HeldOut => split.held_out()?,
     };
-    if train.len() < want_train {
+    if train.len() < split.want_train {
         note += &format!(
-            "; the text holds {} training sequences, the budget asks for {want_train}: cycled",
-            train.len()
+            "; the text holds {} training sequences, the budget asks for {}: cycled",
+            train.len(),
+            split.want_train
         );
     }
     Ok(DataSet {
         record: DataRecord {
-            source,
+            source: source.clone(),
             sha256: sha,
             rows_available: available,
-            rows_excluded: n_excluded,
+            rows_excluded: split.n_excluded,
             train_sequences: train.len(),
             val_sequences: val.len(),
             seqlen,
@@ -255,6 +210,86 @@ pub fn load(
         train,
         val,
     })
+}
+
+/// Training rows (calibration rows left out), held-out rows and what the budget asks.
+struct Split<'a> {
+    tok: &'a Tokenizer,
+    source: &'a Path,
+    kept: Vec<&'a String>,
+    held: &'a [String],
+    train_end: usize,
+    n_excluded: usize,
+    seqlen: usize,
+    want_val: usize,
+    want_train: usize,
+}
+
+/// Training sequences, validation sequences, and a note on where they came from.
+type Sequences = (Vec<Vec<i64>>, Vec<Vec<i64>>, String);
+
+impl Split<'_> {
+    fn too_short(&self, ids: usize, what: &str, n: usize) -> Error {
+        Error::Invalid(format!(
+            "{}: {what} give {ids} tokens, fewer than {n} sequences of {} (lower \
+             recovery.val_tokens or seqlen, or give more text with recovery.data)",
+            self.source.display(),
+            self.seqlen
+        ))
+    }
+
+    /// Validation: the sequences right after the training text in one stream.
+    fn tail(&self) -> Result<Sequences> {
+        let (seqlen, want_val) = (self.seqlen, self.want_val);
+        let ids = stream(self.tok, &self.kept, (want_val + self.want_train) * seqlen)?;
+        let seqs = sequences(&ids, seqlen);
+        if seqs.len() < want_val + 1 {
+            let what = format!("{} rows", self.kept.len());
+            return Err(self.too_short(ids.len(), &what, want_val + 1));
+        }
+        // Validation from the end; training takes no more sequences than the budget needs
+        // (teacher states are computed for every sequence kept).
+        let split = seqs.len() - want_val;
+        let note = format!(
+            "rows in file order without the {} rows drawn by the pruning calibration; \
+             validation: the {want_val} sequences after the training text",
+            self.n_excluded
+        );
+        let train = seqs[..split.min(self.want_train)].to_vec();
+        Ok((train, seqs[split..].to_vec(), note))
+    }
+
+    /// Validation: the first sequences of the held-out rows, whatever the budget.
+    fn held_out(&self) -> Result<Sequences> {
+        let (seqlen, want_val) = (self.seqlen, self.want_val);
+        check_disjoint(self.source, &self.kept, self.held, self.train_end)?;
+        let held: Vec<&String> = self.held.iter().collect();
+        let val_ids = stream(self.tok, &held, want_val * seqlen)?;
+        let val: Vec<Vec<i64>> = sequences(&val_ids, seqlen)
+            .into_iter()
+            .take(want_val)
+            .collect();
+        if val.len() < want_val {
+            let what = format!("the {HELD_OUT_ROWS} held-out rows");
+            return Err(self.too_short(val_ids.len(), &what, want_val));
+        }
+        let ids = stream(self.tok, &self.kept, self.want_train * seqlen)?;
+        let train: Vec<Vec<i64>> = sequences(&ids, seqlen)
+            .into_iter()
+            .take(self.want_train)
+            .collect();
+        if train.is_empty() {
+            let what = format!("{} training rows", self.kept.len());
+            return Err(self.too_short(ids.len(), &what, 1));
+        }
+        let note = format!(
+            "rows 1 to {} in file order without the {} rows drawn by the pruning \
+             calibration; validation: the first {want_val} sequences of the last \
+             {HELD_OUT_ROWS} rows (held out at every budget)",
+            self.train_end, self.n_excluded
+        );
+        Ok((train, val, note))
+    }
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {
