@@ -23,14 +23,7 @@ struct Golden {
 }
 
 fn golden() -> Golden {
-    let json: Value = serde_json::from_str(
-        &std::fs::read_to_string(common::golden("distill_layer.json")).unwrap(),
-    )
-    .unwrap();
-    let tensors = Tensor::read_safetensors(common::golden("distill_layer.safetensors"))
-        .unwrap()
-        .into_iter()
-        .collect();
+    let (json, tensors) = common::golden_pair("distill_layer");
     Golden { json, tensors }
 }
 

@@ -26,14 +26,7 @@ struct Golden {
 }
 
 fn golden() -> Golden {
-    let json: Value = serde_json::from_str(
-        &std::fs::read_to_string(common::golden("distill_progressive.json")).unwrap(),
-    )
-    .unwrap();
-    let t = Tensor::read_safetensors(common::golden("distill_progressive.safetensors"))
-        .unwrap()
-        .into_iter()
-        .collect();
+    let (json, t) = common::golden_pair("distill_progressive");
     Golden { json, t }
 }
 

@@ -1049,15 +1049,7 @@ fn lora_rows_carry_no_layer_loss_label() {
         let m = recovered_metrics(0.05 + 0.01 * i as f64, 7.0 + i as f64, 10.0);
         finish_recovered(&store, come, &recovery(method, loss), &m);
     }
-    let opts = ReportOptions {
-        out_dir: d.path().join("tables"),
-        convention: Convention::Mixed,
-        ..Default::default()
-    };
-    let tables = report::build(&report::load_runs(&store).unwrap(), &opts).0;
-    let t = tables.iter().find(|t| t.id == "recovery_m_s0.3").unwrap();
-    let md = t.to_markdown();
-    let labels: Vec<String> = md_rows(&md).iter().map(|r| r[1].clone()).collect();
+    let (labels, md) = recovery_labels(&store, d.path());
     assert_eq!(
         labels,
         [
@@ -1087,15 +1079,7 @@ fn opt_in_recovery_keys_label_rows_at_their_default() {
     };
     finish_recovered(&store, come, &teacher, &recovered_metrics(0.05, 7.0, 10.0));
     finish_recovered(&store, come, &student, &recovered_metrics(0.06, 8.0, 10.0));
-    let opts = ReportOptions {
-        out_dir: d.path().join("tables"),
-        convention: Convention::Mixed,
-        ..Default::default()
-    };
-    let tables = report::build(&report::load_runs(&store).unwrap(), &opts).0;
-    let t = tables.iter().find(|t| t.id == "recovery_m_s0.3").unwrap();
-    let md = t.to_markdown();
-    let labels: Vec<String> = md_rows(&md).iter().map(|r| r[1].clone()).collect();
+    let (labels, md) = recovery_labels(&store, d.path());
     assert_eq!(
         labels[2..],
         [
@@ -1104,4 +1088,18 @@ fn opt_in_recovery_keys_label_rows_at_their_default() {
         ],
         "{md}"
     );
+}
+
+/// The Recovery cells of the recovery table built from `store`, and its markdown.
+fn recovery_labels(store: &Store, dir: &Path) -> (Vec<String>, String) {
+    let opts = ReportOptions {
+        out_dir: dir.join("tables"),
+        convention: Convention::Mixed,
+        ..Default::default()
+    };
+    let tables = report::build(&report::load_runs(store).unwrap(), &opts).0;
+    let t = tables.iter().find(|t| t.id == "recovery_m_s0.3").unwrap();
+    let md = t.to_markdown();
+    let labels = md_rows(&md).iter().map(|r| r[1].clone()).collect();
+    (labels, md)
 }

@@ -53,6 +53,25 @@ pub fn golden(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// A golden pair `tests/golden/<stem>.json` + `<stem>.safetensors`: the JSON and the
+/// tensors by name.
+#[allow(dead_code)]
+pub fn golden_pair(
+    stem: &str,
+) -> (
+    serde_json::Value,
+    std::collections::HashMap<String, tch::Tensor>,
+) {
+    let json =
+        serde_json::from_str(&std::fs::read_to_string(golden(&format!("{stem}.json"))).unwrap())
+            .unwrap();
+    let tensors = tch::Tensor::read_safetensors(golden(&format!("{stem}.safetensors")))
+        .unwrap()
+        .into_iter()
+        .collect();
+    (json, tensors)
+}
+
 pub fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
