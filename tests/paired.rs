@@ -5,7 +5,8 @@
 
 use come_repro::experiment::Experiment;
 use come_repro::grid::RunSpec;
-use come_repro::report::paired::{compare, mcnemar_exact};
+use come_repro::report::mean_sd;
+use come_repro::report::paired::{compare, compare_groups, mcnemar_exact};
 use come_repro::report::Convention;
 use come_repro::track::{Claim, DocScore, Metric, Store};
 
@@ -59,15 +60,16 @@ fn a_run_that_wins_is_told_apart_and_identical_runs_are_not() {
     );
     assert_eq!((piqa.acc_a, piqa.acc_b), (1.0, 0.25));
     assert_eq!((piqa.only_a, piqa.only_b), (15, 0));
-    assert!((piqa.p - 2.0 * 0.5f64.powi(15)).abs() < 1e-15);
+    assert!((piqa.p.unwrap() - 2.0 * 0.5f64.powi(15)).abs() < 1e-15);
     assert_eq!(
         (hs.metric, hs.only_a, hs.only_b, hs.p),
-        ("acc_norm", 0, 0, 1.0)
+        ("acc_norm", 0, 0, Some(1.0))
     );
     assert!((c.avg_diff - (-0.75 / 2.0)).abs() < 1e-12);
     assert!(c.ci95.1 < 0.0 && c.ci95.0 >= -0.5, "{:?}", c.ci95);
     assert_eq!(c.p_bootstrap, 0.0);
-    assert!((c.pooled_p - 2.0 * 0.5f64.powi(15)).abs() < 1e-15);
+    assert!((c.pooled_p.unwrap() - 2.0 * 0.5f64.powi(15)).abs() < 1e-15);
+    assert_eq!((c.runs, c.per_pair.len()), ((1, 1), 1));
     // In plain acc the HellaSwag documents count for B.
     let acc = compare(&a, &b, Convention::Acc, 100, 7).unwrap();
     assert_eq!((acc.tasks[0].only_a, acc.tasks[0].only_b), (0, 10));
@@ -77,7 +79,7 @@ fn a_run_that_wins_is_told_apart_and_identical_runs_are_not() {
         (same.avg_diff, same.ci95, same.p_bootstrap),
         (0.0, (0.0, 0.0), 1.0)
     );
-    assert_eq!(same.pooled_p, 1.0);
+    assert_eq!(same.pooled_p, Some(1.0));
     // The same seed gives the same interval.
     assert_eq!(compare(&a, &b, Convention::Mixed, 2000, 7).unwrap(), c);
 
@@ -87,6 +89,59 @@ fn a_run_that_wins_is_told_apart_and_identical_runs_are_not() {
         e.to_string().contains("no scored document in common"),
         "{e}"
     );
+}
+
+fn refs(v: &[Vec<DocScore>]) -> Vec<&[DocScore]> {
+    v.iter().map(Vec::as_slice).collect()
+}
+
+#[test]
+fn seed_replicates_are_averaged_per_document_and_paired_by_seed() {
+    // Three seeds per side on 10 PIQA documents. A: seed i gets the first 4 + i right.
+    // B: every seed gets the first 8 right. Seed pairs: +0.4, +0.3, +0.2.
+    let side = |right: &dyn Fn(usize, i64) -> bool| -> Vec<Vec<DocScore>> {
+        (0..3)
+            .map(|s| {
+                (0..10)
+                    .map(|i| {
+                        let x = f64::from(u8::from(right(s, i)));
+                        doc("piqa", i, x, x)
+                    })
+                    .collect()
+            })
+            .collect()
+    };
+    let a = side(&|s, i| i < 4 + s as i64);
+    let b = side(&|_, i| i < 8);
+    let c = compare_groups(&refs(&a), &refs(&b), Convention::Acc, 2000, 3).unwrap();
+    assert_eq!(c.runs, (3, 3));
+    let t = &c.tasks[0];
+    // A's seed-averaged accuracy: (4 + 5 + 6) / 30; B's 0.8.
+    assert!((t.acc_a - 0.5).abs() < 1e-12 && (t.acc_b - 0.8).abs() < 1e-12);
+    // Documents 4 and 5 are right in some of A's seeds only: B is "more right" on 4..8.
+    assert_eq!((t.only_a, t.only_b), (0, 4));
+    // No McNemar test on seed-averaged outcomes.
+    assert_eq!((t.p, c.pooled_p), (None, None));
+    assert!((c.avg_diff - 0.3).abs() < 1e-12);
+    let pairs: Vec<i64> = c
+        .per_pair
+        .iter()
+        .map(|x| (x * 10.0).round() as i64)
+        .collect();
+    assert_eq!(pairs, [4, 3, 2]);
+    let (m, sd) = mean_sd(&c.per_pair);
+    assert!((m - 0.3).abs() < 1e-12 && (sd.unwrap() - 0.1).abs() < 1e-12);
+    assert!(c.ci95.0 > 0.0, "{:?}", c.ci95);
+    // A document that one seed did not score is left out of the comparison.
+    let mut short = a.clone();
+    short[2].retain(|d| d.doc_id != 9);
+    let c = compare_groups(&refs(&short), &refs(&b), Convention::Acc, 100, 3).unwrap();
+    assert_eq!(c.tasks[0].n, 9);
+    // Unequal sides: no seed pairs, the average still.
+    let c = compare_groups(&refs(&a[..2]), &refs(&b), Convention::Acc, 100, 3).unwrap();
+    assert!(c.per_pair.is_empty());
+    assert!((c.avg_diff - (0.8 - 0.45)).abs() < 1e-12);
+    assert!(compare_groups(&[], &refs(&b), Convention::Acc, 10, 0).is_err());
 }
 
 fn finished_with_docs(store: &Store, seed: u64, docs: &[DocScore]) -> i64 {

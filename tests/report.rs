@@ -1103,3 +1103,68 @@ fn recovery_labels(store: &Store, dir: &Path) -> (Vec<String>, String) {
     let labels = md_rows(&md).iter().map(|r| r[1].clone()).collect();
     (labels, md)
 }
+
+#[test]
+fn seed_replicates_become_one_row_with_mean_and_spread() {
+    let d = tempfile::tempdir().unwrap();
+    let store = Store::open(d.path().join("s.sqlite")).unwrap();
+    finish(&store, &spec(None), &metrics(0.0, 5.5));
+    let come = (Method::Come, MergeOp::Concat, 0.3);
+    finish(&store, &spec(Some(come)), &metrics(0.1, 20.0));
+    // Three seeds of hierarchical: drops 6, 8, 10 points, perplexities 7, 8, 12.
+    for (seed, drop, ppl) in [(0, 0.06, 7.0), (1, 0.08, 8.0), (2, 0.10, 12.0)] {
+        let mut rec = recovery(RecoveryMethod::Hierarchical, "cosine");
+        rec.seed = seed;
+        finish_recovered(&store, come, &rec, &recovered_metrics(drop, ppl, 10.0));
+    }
+    // One seed of LoRA: no replicates, no row.
+    let lora = recovery(RecoveryMethod::Lora, "cosine");
+    finish_recovered(&store, come, &lora, &recovered_metrics(0.05, 9.0, 10.0));
+    let opts = ReportOptions {
+        out_dir: d.path().join("tables"),
+        convention: Convention::Mixed,
+        ..Default::default()
+    };
+    let summary = report::write_report(&store, &opts).unwrap();
+    assert!(
+        summary.tables.contains(&"seeds_m_s0.3".to_string()),
+        "{:?}",
+        summary.tables
+    );
+    let md = std::fs::read_to_string(d.path().join("tables/seeds_m_s0.3.md")).unwrap();
+    let header: Vec<String> = md
+        .lines()
+        .find(|l| l.starts_with("| Method"))
+        .unwrap()
+        .trim_matches('|')
+        .split('|')
+        .map(|c| c.trim().to_string())
+        .collect();
+    let rows = md_rows(&md);
+    assert_eq!(rows.len(), 1, "{md}");
+    let cell = |h: &str| rows[0][header.iter().position(|x| x == h).unwrap()].clone();
+    // The recovery cell names no seed: the row is every seed.
+    assert_eq!(
+        (rows[0][0].as_str(), cell("Recovery").as_str()),
+        ("CoMe", "hierarchical")
+    );
+    // Dense Avg (mixed) is 59.714; each seed is 100 * drop below it: 53.71, 51.71, 49.71.
+    assert_eq!(cell("Avg"), "51.71");
+    assert_eq!(cell("sd Avg"), "2.00");
+    assert_eq!(cell("BoolQ"), "72.00");
+    // Perplexity: mean 9, sd sqrt((4 + 1 + 9) / 2) = 2.646.
+    assert_eq!(cell("Wiki2 PPL"), "9.00");
+    assert_eq!(cell("sd Wiki2 PPL"), "2.65");
+    assert_eq!(cell("Seeds"), "3");
+    assert!(md.contains("`recovery.seed`: 0, 1, 2"), "{md}");
+    // Without replicates there is no seed table.
+    let p = d.path().join("p");
+    std::fs::create_dir_all(&p).unwrap();
+    let plain = recovery_store(&p);
+    let opts = ReportOptions {
+        out_dir: p.join("tables"),
+        ..opts
+    };
+    let summary = report::write_report(&plain, &opts).unwrap();
+    assert!(!summary.tables.iter().any(|t| t.starts_with("seeds_")));
+}

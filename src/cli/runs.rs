@@ -3,7 +3,7 @@
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use come_repro::report::paired::Comparison;
-use come_repro::track::{RunFilter, Status, Store};
+use come_repro::track::{DocScore, RunFilter, Status, Store};
 use std::path::PathBuf;
 
 #[derive(Subcommand)]
@@ -34,10 +34,14 @@ pub enum RunsCmd {
     },
     /// Two runs on the documents both scored: per task, the documents only one gets right
     /// and McNemar's exact test; over the tasks, the difference in average accuracy with
-    /// a 95 % paired-bootstrap interval.
+    /// a 95 % paired-bootstrap interval. A side may be several runs that differ only in
+    /// their seed (`1,2,3`): documents are then scored by the fraction of seeds right,
+    /// and each seed pair's difference is listed.
     Compare {
-        a: i64,
-        b: i64,
+        #[arg(value_delimiter = ',', num_args = 1)]
+        a: Vec<i64>,
+        #[arg(value_delimiter = ',', num_args = 1)]
+        b: Vec<i64>,
         #[arg(long, default_value = "results/come.sqlite")]
         db: PathBuf,
         /// acc, acc_norm or mixed (acc_norm for HellaSwag, ARC-c and OBQA).
@@ -213,10 +217,19 @@ pub fn run(cmd: RunsCmd) -> Result<()> {
         } => {
             let s = Store::open(&db)?;
             let conv = come_repro::report::Convention::parse(&convention)?;
-            let (da, db_) = (s.doc_scores(a)?, s.doc_scores(b)?);
-            let c = come_repro::report::paired::compare(&da, &db_, conv, resamples, seed)
-                .with_context(|| format!("comparing runs {a} and {b} in {}", db.display()))?;
-            print_comparison(a, b, &s.run(a)?.name, &s.run(b)?.name, &c);
+            seed_replicates(&s, &a)?;
+            seed_replicates(&s, &b)?;
+            let scores = |ids: &[i64]| -> Result<Vec<_>> {
+                ids.iter().map(|&id| Ok(s.doc_scores(id)?)).collect()
+            };
+            let (da, db_) = (scores(&a)?, scores(&b)?);
+            let (ra, rb): (Vec<&[DocScore]>, Vec<&[DocScore]>) = (
+                da.iter().map(Vec::as_slice).collect(),
+                db_.iter().map(Vec::as_slice).collect(),
+            );
+            let c = come_repro::report::paired::compare_groups(&ra, &rb, conv, resamples, seed)
+                .with_context(|| format!("comparing runs {a:?} and {b:?} in {}", db.display()))?;
+            print_comparison(&side(&s, &a)?, &side(&s, &b)?, &c);
         }
         RunsCmd::Export { db, csv, parquet } => {
             let s = Store::open(&db)?;
@@ -230,15 +243,58 @@ pub fn run(cmd: RunsCmd) -> Result<()> {
     Ok(())
 }
 
-fn print_comparison(a: i64, b: i64, name_a: &str, name_b: &str, c: &Comparison) {
-    println!("A = run {a} ({name_a})\nB = run {b} ({name_b})");
+/// The runs of one side may differ only in a seed: anything else would average unlike
+/// things.
+fn seed_replicates(s: &Store, ids: &[i64]) -> Result<()> {
+    let Some((&first, rest)) = ids.split_first() else {
+        bail!("a side of the comparison names no run");
+    };
+    for &id in rest {
+        let d = s.diff(first, id)?;
+        let other: Vec<&str> = d
+            .params
+            .iter()
+            .map(|(k, _, _)| k.as_str())
+            .filter(|k| !k.ends_with(".seed"))
+            .collect();
+        if !other.is_empty() {
+            bail!(
+                "runs {first} and {id} are on the same side of the comparison but differ in {} \
+                 (a side's runs may differ only in their seed)",
+                other.join(", ")
+            );
+        }
+    }
+    Ok(())
+}
+
+/// "run 3 (name)" or "runs 3, 4, 5 (name of 3, ...)".
+fn side(s: &Store, ids: &[i64]) -> Result<String> {
+    let name = s.run(ids[0])?.name;
+    Ok(match ids {
+        [id] => format!("run {id} ({name})"),
+        _ => {
+            let list: Vec<String> = ids.iter().map(i64::to_string).collect();
+            format!("runs {} (seeds of {name})", list.join(", "))
+        }
+    })
+}
+
+fn print_comparison(a: &str, b: &str, c: &Comparison) {
+    let p = |x: Option<f64>| x.map_or("-".to_string(), |p| format!("{p:.4}"));
+    println!("A = {a}\nB = {b}");
+    let (only_a, only_b) = if c.runs == (1, 1) {
+        ("A only", "B only")
+    } else {
+        ("A more", "B more")
+    };
     println!(
         "{:<14} {:>8} {:>5} {:>7} {:>7} {:>7} {:>7} {:>7} {:>9}",
-        "task", "metric", "n", "A %", "B %", "B-A", "A only", "B only", "McNemar p"
+        "task", "metric", "n", "A %", "B %", "B-A", only_a, only_b, "McNemar p"
     );
     for t in &c.tasks {
         println!(
-            "{:<14} {:>8} {:>5} {:>7.2} {:>7.2} {:>+7.2} {:>7} {:>7} {:>9.4}",
+            "{:<14} {:>8} {:>5} {:>7.2} {:>7.2} {:>+7.2} {:>7} {:>7} {:>9}",
             t.task,
             t.metric,
             t.n,
@@ -247,17 +303,31 @@ fn print_comparison(a: i64, b: i64, name_a: &str, name_b: &str, c: &Comparison) 
             100.0 * (t.acc_b - t.acc_a),
             t.only_a,
             t.only_b,
-            t.p
+            p(t.p)
         );
     }
     println!(
-        "average over {} tasks: B - A = {:+.2} points, 95 % paired bootstrap [{:+.2}, {:+.2}] ({} resamples, p = {:.4}); McNemar over all documents p = {:.4}",
+        "average over {} tasks: B - A = {:+.2} points, 95 % paired bootstrap [{:+.2}, {:+.2}] ({} resamples, p = {:.4}); McNemar over all documents p = {}",
         c.tasks.len(),
         100.0 * c.avg_diff,
         100.0 * c.ci95.0,
         100.0 * c.ci95.1,
         c.resamples,
         c.p_bootstrap,
-        c.pooled_p
+        p(c.pooled_p)
     );
+    if c.per_pair.len() > 1 {
+        let d: Vec<String> = c
+            .per_pair
+            .iter()
+            .map(|x| format!("{:+.2}", 100.0 * x))
+            .collect();
+        let (m, sd) = come_repro::report::mean_sd(&c.per_pair);
+        println!(
+            "per seed pair (B_i - A_i): {} points; mean {:+.2}, sd {:.2}",
+            d.join(", "),
+            100.0 * m,
+            100.0 * sd.unwrap_or(0.0)
+        );
+    }
 }

@@ -108,7 +108,11 @@ impl Builder<'_> {
                         (Some(l), Some(d)) => l.speedup(d, *phase),
                         _ => None,
                     },
-                    Col::At(..) | Col::RecoverySeconds | Col::DeltaAvg => None,
+                    Col::At(..)
+                    | Col::RecoverySeconds
+                    | Col::DeltaAvg
+                    | Col::Sd(_)
+                    | Col::Seeds => None,
                 })
                 .collect();
             rows.push(Row {
@@ -160,7 +164,9 @@ impl Builder<'_> {
                     | Col::At(..)
                     | Col::RecoverySeconds
                     | Col::DeltaAvg
-                    | Col::SpeedUp(_) => None,
+                    | Col::SpeedUp(_)
+                    | Col::Sd(_)
+                    | Col::Seeds => None,
                 })
                 .collect();
             let label = match p.sparsity {

@@ -13,6 +13,8 @@
 //!   per pruning method the rows "w/o" (no recovery) and one per recovery method, with the
 //!   recovery time and the change in Avg (see [`recovery`]); the other layouts gain a
 //!   Recovery column when a run of theirs was recovered;
+//! - seed tables, where runs differ only in their recovery seed: one row per setting with
+//!   the mean over seeds and the spread over seeds of every measure (see [`seeds`]);
 //! - tables of the published rows alone (so they show even for models we cannot run);
 //! - figures (SVG and PNG): line charts of average accuracy and perplexity against the
 //!   pruning level, one line per variant, or bar charts where the runs share one level
@@ -28,6 +30,7 @@ pub mod paired;
 pub mod paper;
 pub mod plot;
 pub mod recovery;
+pub mod seeds;
 pub mod table;
 pub mod tables;
 
@@ -39,6 +42,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 pub use paper::PublishedRow;
+pub use seeds::mean_sd;
 pub use tables::Table;
 
 /// Which accuracy a task reports.
@@ -192,6 +196,7 @@ pub fn build(runs: &[RunData], opts: &ReportOptions) -> (Vec<Table>, Vec<(String
     tables.extend(tables::sweep_tables(runs, opts.convention));
     tables.extend(tables::ablation_tables(runs, opts.convention));
     tables.extend(recovery::recovery_tables(runs, opts.convention));
+    tables.extend(seeds::seed_tables(runs, opts.convention));
     tables.extend(tables::published_tables(&opts.published, opts.convention));
     tables::unique_ids(&mut tables);
     let plots = plot::plots(runs, &opts.published, &opts.model_aliases, opts.convention);

@@ -2,6 +2,12 @@
 //! right and McNemar's exact test on them; over the tasks, a paired bootstrap of the
 //! difference in average accuracy (documents resampled within each task, both runs
 //! together, so the spread is that of the difference, not of each run).
+//!
+//! Each side may also be several runs that differ only in their seed: a document's outcome
+//! is then the fraction of the side's runs that get it right, the bootstrap resamples
+//! documents of those seed-averaged outcomes, and the difference of each seed pair (A's
+//! i-th run against B's i-th) is reported beside it. McNemar's test needs one 0/1 outcome
+//! per document and side, so it is given only for one run per side.
 
 use super::Convention;
 use crate::error::{Error, Result};
@@ -9,9 +15,6 @@ use crate::rng::SplitMix64;
 use crate::track::names::ACC_NORM;
 use crate::track::DocScore;
 use std::collections::BTreeMap;
-
-/// One document's 0/1 outcome in run A and in run B.
-type Outcomes = (f64, f64);
 
 /// One task of a comparison.
 #[derive(Debug, Clone, PartialEq)]
@@ -23,11 +26,12 @@ pub struct TaskPair {
     pub n: usize,
     pub acc_a: f64,
     pub acc_b: f64,
-    /// Right in A only, right in B only.
+    /// Documents A gets right more often than B, and the other way round (with one run
+    /// per side: right in A only, right in B only).
     pub only_a: u64,
     pub only_b: u64,
-    /// McNemar's exact two-sided p-value.
-    pub p: f64,
+    /// McNemar's exact two-sided p-value (one run per side only).
+    pub p: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -40,8 +44,13 @@ pub struct Comparison {
     /// Two-sided bootstrap p-value of `avg_diff` (twice the smaller tail beyond zero).
     pub p_bootstrap: f64,
     pub resamples: usize,
-    /// McNemar over every document of every task together.
-    pub pooled_p: f64,
+    /// McNemar over every document of every task together (one run per side only).
+    pub pooled_p: Option<f64>,
+    /// Runs per side.
+    pub runs: (usize, usize),
+    /// With as many runs on each side: the difference in average accuracy of each pair of
+    /// runs (B's i-th minus A's i-th), over the documents all runs scored.
+    pub per_pair: Vec<f64>,
 }
 
 /// McNemar's exact test: under the null, each of the `only_a + only_b` discordant
@@ -72,58 +81,110 @@ pub fn compare(
     resamples: usize,
     seed: u64,
 ) -> Result<Comparison> {
-    let index = |docs: &[DocScore]| -> BTreeMap<(String, i64), (f64, f64)> {
+    compare_groups(&[a], &[b], conv, resamples, seed)
+}
+
+/// A document: (task, id).
+type DocKey = (String, i64);
+
+/// Per task: the metric compared, and per document the outcomes of A's runs and of B's.
+type PerTask = BTreeMap<String, (&'static str, Vec<(Vec<f64>, Vec<f64>)>)>;
+
+/// Per task, each document every run of both sides scored: the outcomes of A's runs and of
+/// B's runs, in `conv`'s metric.
+fn outcomes(a: &[&[DocScore]], b: &[&[DocScore]], conv: Convention) -> PerTask {
+    let index = |docs: &[DocScore]| -> BTreeMap<DocKey, (f64, f64)> {
         docs.iter()
             .map(|d| ((d.task.clone(), d.doc_id), (d.acc, d.acc_norm)))
             .collect()
     };
-    let (ia, ib) = (index(a), index(b));
-    // Per task: (metric, paired 0/1 outcomes).
-    let mut per_task: BTreeMap<String, (&'static str, Vec<Outcomes>)> = BTreeMap::new();
-    for ((task, id), sa) in &ia {
-        let Some(sb) = ib.get(&(task.clone(), *id)) else {
-            continue;
-        };
-        let metric = conv.metric_for(task);
+    let ia: Vec<_> = a.iter().map(|d| index(d)).collect();
+    let ib: Vec<_> = b.iter().map(|d| index(d)).collect();
+    let mut per_task = PerTask::new();
+    let Some(first) = ia.first() else {
+        return per_task;
+    };
+    for key in first.keys() {
+        let metric = conv.metric_for(&key.0);
         let pick = |s: &(f64, f64)| if metric == ACC_NORM { s.1 } else { s.0 };
-        per_task
-            .entry(task.clone())
-            .or_insert_with(|| (metric, vec![]))
-            .1
-            .push((pick(sa), pick(sb)));
+        let side = |runs: &[BTreeMap<DocKey, (f64, f64)>]| -> Option<Vec<f64>> {
+            runs.iter().map(|r| r.get(key).map(pick)).collect()
+        };
+        if let (Some(xa), Some(xb)) = (side(&ia), side(&ib)) {
+            per_task
+                .entry(key.0.clone())
+                .or_insert_with(|| (metric, vec![]))
+                .1
+                .push((xa, xb));
+        }
     }
+    per_task
+}
+
+/// Compare the runs of side A with those of side B (each side: one run, or runs that
+/// differ only in their seed) on the documents every run scored.
+pub fn compare_groups(
+    a: &[&[DocScore]],
+    b: &[&[DocScore]],
+    conv: Convention,
+    resamples: usize,
+    seed: u64,
+) -> Result<Comparison> {
+    if a.is_empty() || b.is_empty() {
+        return Err(Error::Invalid(
+            "each side of a comparison needs a run".into(),
+        ));
+    }
+    let per_task = outcomes(a, b, conv);
     if per_task.is_empty() {
         return Err(Error::Invalid(
-            "the two runs have no scored document in common (runs finished before \
+            "the runs have no scored document in common (runs finished before \
              per-document scores were recorded have none: rerun them with --force)"
                 .into(),
         ));
     }
+    let single = a.len() == 1 && b.len() == 1;
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
     let mut tasks = vec![];
     let (mut pooled_a, mut pooled_b) = (0, 0);
-    for (task, (metric, pairs)) in &per_task {
-        let n = pairs.len();
-        let only_a = pairs.iter().filter(|(x, y)| *x > *y).count() as u64;
-        let only_b = pairs.iter().filter(|(x, y)| *y > *x).count() as u64;
+    for (task, (metric, docs)) in &per_task {
+        let n = docs.len();
+        let only_a = docs.iter().filter(|(x, y)| mean(x) > mean(y)).count() as u64;
+        let only_b = docs.iter().filter(|(x, y)| mean(y) > mean(x)).count() as u64;
         pooled_a += only_a;
         pooled_b += only_b;
         tasks.push(TaskPair {
             task: task.clone(),
             metric,
             n,
-            acc_a: pairs.iter().map(|p| p.0).sum::<f64>() / n as f64,
-            acc_b: pairs.iter().map(|p| p.1).sum::<f64>() / n as f64,
+            acc_a: docs.iter().map(|d| mean(&d.0)).sum::<f64>() / n as f64,
+            acc_b: docs.iter().map(|d| mean(&d.1)).sum::<f64>() / n as f64,
             only_a,
             only_b,
-            p: mcnemar_exact(only_a, only_b),
+            p: single.then(|| mcnemar_exact(only_a, only_b)),
         });
     }
     let diffs: Vec<Vec<f64>> = per_task
         .values()
-        .map(|(_, pairs)| pairs.iter().map(|(x, y)| y - x).collect())
+        .map(|(_, docs)| docs.iter().map(|(x, y)| mean(y) - mean(x)).collect())
         .collect();
-    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
     let avg_diff = diffs.iter().map(|d| mean(d)).sum::<f64>() / diffs.len() as f64;
+    // Seed pairs: the i-th run of each side, averaged like the whole.
+    let per_pair = if a.len() == b.len() {
+        (0..a.len())
+            .map(|i| {
+                per_task
+                    .values()
+                    .map(|(_, docs)| {
+                        mean(&docs.iter().map(|(x, y)| y[i] - x[i]).collect::<Vec<_>>())
+                    })
+                    .sum::<f64>()
+                    / per_task.len() as f64
+            })
+            .collect()
+    } else {
+        vec![]
+    };
     let boot = bootstrap(&diffs, resamples.max(1), seed);
     let at = |q: f64| boot[((q * (boot.len() - 1) as f64).round()) as usize];
     let below = boot.iter().filter(|x| **x <= 0.0).count() as f64 / boot.len() as f64;
@@ -134,7 +195,9 @@ pub fn compare(
         ci95: (at(0.025), at(0.975)),
         p_bootstrap: (2.0 * below.min(above)).min(1.0),
         resamples: boot.len(),
-        pooled_p: mcnemar_exact(pooled_a, pooled_b),
+        pooled_p: single.then(|| mcnemar_exact(pooled_a, pooled_b)),
+        runs: (a.len(), b.len()),
+        per_pair,
     })
 }
 

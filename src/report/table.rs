@@ -27,6 +27,10 @@ pub enum Col {
     DeltaAvg,
     /// Batch-1 tokens/s relative to the dense model's (`eval.latency`).
     SpeedUp(Phase),
+    /// The sample standard deviation over seeds of another column (seed tables).
+    Sd(Box<Col>),
+    /// How many seeds a row averages.
+    Seeds,
 }
 
 /// The phase of generation a speed-up is measured in.
@@ -52,12 +56,15 @@ impl Col {
             Col::DeltaAvg => "Δ Avg".into(),
             Col::SpeedUp(Phase::Prefill) => "Prefill ×".into(),
             Col::SpeedUp(Phase::Decode) => "Decode ×".into(),
+            Col::Sd(c) => format!("sd {}", c.header()),
+            Col::Seeds => "Seeds".into(),
         }
     }
     fn decimals(&self) -> usize {
         match self {
             Col::Retention | Col::RecoverySeconds => 1,
-            Col::At(c, _) => c.decimals(),
+            Col::At(c, _) | Col::Sd(c) => c.decimals(),
+            Col::Seeds => 0,
             _ => 2,
         }
     }
