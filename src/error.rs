@@ -44,8 +44,10 @@ pub enum Error {
     /// A forward did not fit in device memory, even after backing off.
     #[error("out of memory: {0}")]
     OutOfMemory(String),
+    /// The run store's error (`track::StoreError`), boxed so that this foundation type
+    /// does not depend on the store.
     #[error(transparent)]
-    Store(#[from] crate::track::StoreError),
+    Store(Box<dyn std::error::Error + Send + Sync>),
     /// A bug: code panicked where it should have returned an error. Caught per grid run
     /// (`panic_guard`) so one run's bug does not end the grid.
     #[error("panicked at {at}: {message}")]

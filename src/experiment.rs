@@ -6,9 +6,12 @@
 
 use crate::calib::CalibConfig;
 use crate::error::{Error, Result};
+use crate::hashing::hash_value;
 use crate::prune::PruneConfig;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -51,7 +54,7 @@ impl Default for EvalConfig {
     fn default() -> Self {
         EvalConfig {
             // The seven zero-shot tasks (ALL_TASKS without MMLU, lm-eval order).
-            tasks: crate::track::names::ALL_TASKS[..7]
+            tasks: crate::names::ALL_TASKS[..7]
                 .iter()
                 .map(|t| t.to_string())
                 .collect(),
@@ -71,8 +74,8 @@ impl Default for EvalConfig {
 }
 
 impl EvalConfig {
-    pub fn subset(&self) -> crate::stages::Subset {
-        crate::stages::Subset {
+    pub fn subset(&self) -> crate::eval::tasks::Subset {
+        crate::eval::tasks::Subset {
             limit: self.limit,
             fraction: self.fraction,
             seed: self.seed,
@@ -156,30 +159,6 @@ impl Default for Experiment {
     }
 }
 
-/// JSON with object keys sorted recursively: the canonical form that is hashed.
-pub fn canonical_json(v: &serde_json::Value) -> String {
-    fn sort(v: &serde_json::Value) -> serde_json::Value {
-        match v {
-            serde_json::Value::Object(m) => {
-                let mut keys: Vec<&String> = m.keys().collect();
-                keys.sort();
-                let mut out = serde_json::Map::new();
-                for k in keys {
-                    out.insert(k.clone(), sort(&m[k]));
-                }
-                serde_json::Value::Object(out)
-            }
-            serde_json::Value::Array(a) => serde_json::Value::Array(a.iter().map(sort).collect()),
-            other => other.clone(),
-        }
-    }
-    sort(v).to_string()
-}
-
-pub fn hash_value(v: &serde_json::Value) -> String {
-    hex::encode(Sha256::digest(canonical_json(v).as_bytes()))
-}
-
 impl Experiment {
     pub fn to_value(&self) -> serde_json::Value {
         serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
@@ -205,4 +184,83 @@ impl Experiment {
 /// Default calibration used when an experiment does not override it.
 pub fn default_calib() -> CalibConfig {
     CalibConfig::default()
+}
+
+/// Where a model's weights come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelSource {
+    /// A Hugging Face checkpoint directory (config.json + safetensors).
+    Path(PathBuf),
+    /// A GGUF file (weights and tokenizer inside).
+    Gguf(PathBuf),
+    /// A llama2.c checkpoint with its tokenizer file.
+    Llama2c { model: PathBuf, tokenizer: PathBuf },
+}
+
+impl ModelSource {
+    /// The files (or directory) that must exist.
+    pub fn paths(&self) -> Vec<&Path> {
+        match self {
+            ModelSource::Path(p) | ModelSource::Gguf(p) => vec![p],
+            ModelSource::Llama2c { model, tokenizer } => vec![model, tokenizer],
+        }
+    }
+}
+
+/// One run of a grid: a resolved experiment and its identity.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunSpec {
+    /// Human-readable label built from the varied keys (not an identity).
+    pub name: String,
+    /// The sub-grid(s) that produced the run, comma-separated (`main` without `[grids]`).
+    pub subgrid: String,
+    pub experiment: Experiment,
+    /// [`Experiment::hash`].
+    pub hash: String,
+}
+
+impl RunSpec {
+    pub fn new(
+        name: impl Into<String>,
+        subgrid: impl Into<String>,
+        experiment: Experiment,
+    ) -> RunSpec {
+        let hash = experiment.hash();
+        RunSpec {
+            name: name.into(),
+            subgrid: subgrid.into(),
+            experiment,
+            hash,
+        }
+    }
+
+    /// The experiment as dotted-path leaves (`prune.sparsity` -> 0.3); see [`flatten`].
+    pub fn params(&self) -> BTreeMap<String, Value> {
+        flatten(&self.experiment.to_value())
+    }
+}
+
+/// Dotted-path leaves of a JSON object: objects are walked, arrays and scalars (null
+/// included) are leaves. `{"prune": null}` gives `prune = null` (a dense run).
+pub fn flatten(v: &Value) -> BTreeMap<String, Value> {
+    fn walk(prefix: &str, v: &Value, out: &mut BTreeMap<String, Value>) {
+        match v {
+            Value::Object(m) if !m.is_empty() => {
+                for (k, x) in m {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    walk(&key, x, out);
+                }
+            }
+            other => {
+                out.insert(prefix.to_string(), other.clone());
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk("", v, &mut out);
+    out
 }

@@ -70,92 +70,16 @@
 
 use crate::distill::{LossKind, RecoveryConfig};
 use crate::error::{Error, Result};
-use crate::experiment::{canonical_json, hash_value, Experiment};
+use crate::experiment::Experiment;
+use crate::hashing::{canonical_json, hash_value};
+use crate::names::ALL_TASKS;
 use crate::prune::PruneConfig;
-use crate::track::names::ALL_TASKS;
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-/// Where a model's weights come from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ModelSource {
-    /// A Hugging Face checkpoint directory (config.json + safetensors).
-    Path(PathBuf),
-    /// A GGUF file (weights and tokenizer inside).
-    Gguf(PathBuf),
-    /// A llama2.c checkpoint with its tokenizer file.
-    Llama2c { model: PathBuf, tokenizer: PathBuf },
-}
-
-impl ModelSource {
-    /// The files (or directory) that must exist.
-    pub fn paths(&self) -> Vec<&Path> {
-        match self {
-            ModelSource::Path(p) | ModelSource::Gguf(p) => vec![p],
-            ModelSource::Llama2c { model, tokenizer } => vec![model, tokenizer],
-        }
-    }
-}
-
-/// One run of a grid: a resolved experiment and its identity.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RunSpec {
-    /// Human-readable label built from the varied keys (not an identity).
-    pub name: String,
-    /// The sub-grid(s) that produced the run, comma-separated (`main` without `[grids]`).
-    pub subgrid: String,
-    pub experiment: Experiment,
-    /// [`Experiment::hash`].
-    pub hash: String,
-}
-
-impl RunSpec {
-    pub fn new(
-        name: impl Into<String>,
-        subgrid: impl Into<String>,
-        experiment: Experiment,
-    ) -> RunSpec {
-        let hash = experiment.hash();
-        RunSpec {
-            name: name.into(),
-            subgrid: subgrid.into(),
-            experiment,
-            hash,
-        }
-    }
-
-    /// The experiment as dotted-path leaves (`prune.sparsity` -> 0.3); see [`flatten`].
-    pub fn params(&self) -> BTreeMap<String, Value> {
-        flatten(&self.experiment.to_value())
-    }
-}
-
-/// Dotted-path leaves of a JSON object: objects are walked, arrays and scalars (null
-/// included) are leaves. `{"prune": null}` gives `prune = null` (a dense run).
-pub fn flatten(v: &Value) -> BTreeMap<String, Value> {
-    fn walk(prefix: &str, v: &Value, out: &mut BTreeMap<String, Value>) {
-        match v {
-            Value::Object(m) if !m.is_empty() => {
-                for (k, x) in m {
-                    let key = if prefix.is_empty() {
-                        k.clone()
-                    } else {
-                        format!("{prefix}.{k}")
-                    };
-                    walk(&key, x, out);
-                }
-            }
-            other => {
-                out.insert(prefix.to_string(), other.clone());
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk("", v, &mut out);
-    out
-}
+pub use crate::experiment::{flatten, ModelSource, RunSpec};
 
 /// Line and column (1-based) of something in the grid file; 0 when unknown.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -5,6 +5,7 @@
 //! with a typed record and a cache key, for the CLI and the grid runner alike.
 
 pub mod calib;
+pub mod cancel;
 pub mod device_memory;
 pub mod distill;
 pub mod dl;
@@ -13,12 +14,15 @@ pub mod eval;
 pub mod experiment;
 pub mod generate;
 pub mod grid;
+pub mod hashing;
 pub mod heap;
 pub mod mkl_dispatch;
 pub mod model;
+pub mod names;
 pub mod panic_guard;
 pub mod paths;
 pub mod prune;
+pub mod publish;
 pub mod report;
 pub mod rng;
 pub mod runner;

@@ -41,12 +41,15 @@ pub fn wikitext2_test() -> PathBuf {
     data_dir().join("wikitext2/wikitext2_raw_test.txt")
 }
 
+/// The C4 validation shard GPTQ-style perplexity reads (the user's copy).
+pub const C4_FILE: &str = "c4-validation.00000-of-00008.json.gz";
+
 /// The user's C4 validation shard (`COME_C4`, default `c4/` under the data directory;
 /// no copy is shipped).
 pub fn c4_validation() -> PathBuf {
     match std::env::var_os("COME_C4") {
         Some(v) if !v.is_empty() => PathBuf::from(v),
-        _ => data_dir().join("c4").join(crate::eval::ppl_corpus::C4_FILE),
+        _ => data_dir().join("c4").join(C4_FILE),
     }
 }
 

@@ -17,29 +17,21 @@ use crate::experiment::Experiment;
 use crate::grid::{GridSpec, RunSpec};
 use crate::model::load::{load_model, LoadOptions};
 use crate::model::tokenizer::Tokenizer;
+use crate::names;
 use crate::prune::PruneConfig;
 use crate::stages::{
     self, distill_checkpoint, evaluate, prepare_model, prune_checkpoint, EvalHooks, EvalInputs,
     EvalOutcome, PplText, PruneRecord,
 };
-use crate::track::names;
 use crate::track::store::kinds;
 use crate::track::{Artifact, Claim, DocScore, Metric, StageRecord, StageStatus, Store};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
-/// Set when the user asks to stop (Ctrl-C): the current stage ends, the run is marked
-/// interrupted and no further run starts.
-pub static STOP: AtomicBool = AtomicBool::new(false);
-
-fn check_stop() -> Result<()> {
-    if STOP.load(Ordering::SeqCst) {
-        return Err(Error::Invalid("interrupted".into()));
-    }
-    Ok(())
-}
+use crate::cancel::check as check_stop;
+pub use crate::cancel::STOP;
 
 /// Reports progress; the CLI draws bars, tests ignore it.
 pub trait Progress {
@@ -465,9 +457,9 @@ fn distill_stage(
 impl Ctx<'_> {
     /// The cache entry `dir` for this run alone, keeping the run's heartbeat fresh while
     /// another worker builds it.
-    fn lock(&self, dir: &Path) -> Result<stages::EntryLock> {
+    fn lock(&self, dir: &Path) -> Result<crate::publish::EntryLock> {
         let mut last = Instant::now();
-        stages::lock_entry(dir, || {
+        crate::publish::lock_entry(dir, || {
             if last.elapsed() >= HEARTBEAT {
                 let _ = self.store.heartbeat(self.id);
                 last = Instant::now();

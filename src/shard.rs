@@ -5,7 +5,7 @@
 //! array computes the same partition from the grid alone.
 
 use crate::error::{Error, Result};
-use crate::grid::RunSpec;
+use crate::experiment::RunSpec;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;

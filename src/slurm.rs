@@ -143,7 +143,7 @@ impl SlurmJob {
         let path = self.script_path();
         let dir = self.dir();
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-        crate::model::save::write_atomically(&path, self.script().as_bytes())?;
+        crate::publish::write_atomically(&path, self.script().as_bytes())?;
         Ok(path)
     }
 }

@@ -80,7 +80,7 @@ pub fn run(a: LatencyArgs) -> Result<()> {
             "threads": tch::get_num_threads(), "dtype": a.rt.dtype, "device": a.rt.device,
             "rows": out,
         });
-        come_repro::model::save::write_json(path, &v)?;
+        come_repro::publish::write_json(path, &v)?;
     }
     Ok(())
 }

@@ -94,7 +94,7 @@ pub fn run(a: CheckArgs) -> Result<()> {
         };
         let m = current.entry(name.clone()).or_default();
         for x in store.metrics(row.id)? {
-            if !come_repro::track::names::is_machine_measurement(&x.key()) {
+            if !come_repro::names::is_machine_measurement(&x.key()) {
                 m.insert(x.key(), x.value);
             }
         }
@@ -133,7 +133,7 @@ pub fn run(a: CheckArgs) -> Result<()> {
             "tolerance": tol,
             "runs": runs,
         });
-        come_repro::model::save::write_json(&a.baseline, &v)?;
+        come_repro::publish::write_json(&a.baseline, &v)?;
         println!(
             "baseline {} updated: {} runs",
             a.baseline.display(),

@@ -83,7 +83,7 @@ fn parse_kv(s: &str) -> Result<(String, PathBuf), String> {
 
 /// The seven zero-shot tasks in lm-eval's order (what `all7` expands to).
 pub const SEVEN: [&str; 7] = {
-    let a = come_repro::track::names::ALL_TASKS;
+    let a = come_repro::names::ALL_TASKS;
     [a[0], a[1], a[2], a[3], a[4], a[5], a[6]]
 };
 
@@ -211,7 +211,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
                 }),
             );
         }
-        come_repro::model::save::write_json(out, &v)?;
+        come_repro::publish::write_json(out, &v)?;
         eprintln!("wrote {}", out.display());
     }
     if let Some(path) = &a.samples {
@@ -222,7 +222,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
                 lines.push('\n');
             }
         }
-        come_repro::model::save::write_atomically(path, lines.as_bytes())?;
+        come_repro::publish::write_atomically(path, lines.as_bytes())?;
     }
     Ok(())
 }

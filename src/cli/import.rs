@@ -68,7 +68,7 @@ pub fn import_into(
         );
     }
     let ck = build()?;
-    come_repro::stages::write_dir_atomically(out, |tmp| write_checkpoint(&ck, tmp))
+    come_repro::publish::write_dir_atomically(out, |tmp| write_checkpoint(&ck, tmp))
         .with_context(|| format!("writing {}", out.display()))?;
     Ok(())
 }

@@ -27,8 +27,8 @@ impl Unit {
 }
 
 /// A pruned checkpoint's `come.json` (its correspondence, calibration and depth).
-pub fn read_pruned(dir: &Path) -> Result<crate::stages::prune::PruneRecord> {
-    let p = dir.join(crate::stages::prune::FILE);
+pub fn read_pruned(dir: &Path) -> Result<crate::prune::record::PruneRecord> {
+    let p = dir.join(crate::prune::record::FILE);
     if !p.is_file() {
         return Err(Error::Invalid(format!(
             "{}: no come.json, so the layer correspondence of this pruned model is unknown; \
@@ -36,7 +36,7 @@ pub fn read_pruned(dir: &Path) -> Result<crate::stages::prune::PruneRecord> {
             dir.display()
         )));
     }
-    crate::stages::prune::PruneRecord::read(dir)
+    crate::prune::record::PruneRecord::read(dir)
 }
 
 /// Units of a correspondence over a teacher of `n_teacher` layers. Groups must be

@@ -104,7 +104,7 @@ impl DistillRecord {
     }
 
     pub fn write(&self, dir: &Path) -> Result<()> {
-        crate::model::save::write_json(&dir.join(FILE), self)
+        crate::publish::write_json(&dir.join(FILE), self)
     }
 
     /// `text_tokens` and `layer_token_passes` of `units` in a student of `layers` layers.

@@ -61,12 +61,7 @@ pub enum Event {
 pub type Sink<'a> = &'a mut (dyn FnMut(Event) + Send);
 
 /// Stop between steps when the user asked to (Ctrl-C in a grid).
-pub fn check_stop() -> Result<()> {
-    if crate::runner::STOP.load(std::sync::atomic::Ordering::SeqCst) {
-        return Err(Error::Invalid("interrupted".into()));
-    }
-    Ok(())
-}
+pub use crate::cancel::check as check_stop;
 
 /// The student's pruning facts that recovery needs, from its `come.json`.
 struct Pruned {
@@ -166,7 +161,7 @@ pub fn recover(inp: &RecoverInputs, on: Sink) -> Result<DistillRecord> {
     };
     let data = data::load(&tok, cfg, Some(&pr.calib), budget)?;
     let teacher_digest = dir_digest(inp.teacher)?;
-    let key = crate::experiment::hash_value(&serde_json::json!({
+    let key = crate::hashing::hash_value(&serde_json::json!({
         "teacher": teacher_digest, "student": dir_digest(inp.student)?, "config": cfg,
         "data": data.digest(), "dtype": crate::runtime::dtype_name(inp.load.dtype),
     }));

@@ -88,7 +88,7 @@ impl TeacherStates {
         let (n, seqlen) = (seqs.len(), data.record.seqlen);
         let hidden = teacher.config.hidden_size as usize;
         let bytes = n * seqlen * hidden * 4 * boundaries.len();
-        let key = crate::experiment::hash_value(&serde_json::json!({
+        let key = crate::hashing::hash_value(&serde_json::json!({
             "teacher": teacher_digest, "data": data.digest(), "boundaries": boundaries,
             "seqlen": seqlen, "dtype": crate::runtime::dtype_name(teacher.dtype),
         }));
@@ -123,7 +123,7 @@ impl TeacherStates {
         };
         // Grid workers sharing the cache compute one entry once; a temp dir is ours alone.
         let _lock = match tmp {
-            None => Some(crate::stages::lock_entry(&dir, || {})?),
+            None => Some(crate::publish::lock_entry(&dir, || {})?),
             Some(_) => None,
         };
         let cached = dir.join("complete").is_file();

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 pub const C4_DOCS: usize = 1100;
 /// Windows scored on C4 (GPTQ's `[:, :256 * seqlen]`).
 pub const C4_WINDOWS: usize = 256;
-pub const C4_FILE: &str = "c4-validation.00000-of-00008.json.gz";
+pub use crate::paths::C4_FILE;
 
 /// A perplexity corpus: what the results call it and the file it comes from.
 #[derive(Debug, Clone, PartialEq)]
@@ -56,10 +56,10 @@ impl Corpus {
     /// The task name its perplexity is recorded under.
     pub fn name(&self) -> String {
         match self {
-            Corpus::Wikitext2(_) => crate::track::names::WIKITEXT2.into(),
-            Corpus::C4(_) => crate::track::names::C4.into(),
-            Corpus::HeldOut(_) => crate::track::names::WIKITEXT2_VAL.into(),
-            Corpus::TasksOod(_) => crate::track::names::TASKS_OOD.into(),
+            Corpus::Wikitext2(_) => crate::names::WIKITEXT2.into(),
+            Corpus::C4(_) => crate::names::C4.into(),
+            Corpus::HeldOut(_) => crate::names::WIKITEXT2_VAL.into(),
+            Corpus::TasksOod(_) => crate::names::TASKS_OOD.into(),
             Corpus::Text(p) => p
                 .file_stem()
                 .map_or_else(|| "text".into(), |s| s.to_string_lossy().into_owned()),

@@ -1,8 +1,9 @@
 //! What an importer produces: a complete Hugging Face checkpoint held in memory, written
 //! out by one shared function so every importer yields the same file set.
 
-use super::save::{write_json, write_weights, DEFAULT_SHARD_BYTES};
+use super::save::{write_weights, DEFAULT_SHARD_BYTES};
 use crate::error::{Error, Result};
+use crate::publish::write_json;
 use serde_json::Value;
 use std::path::Path;
 use tch::Tensor;

@@ -3,6 +3,7 @@
 
 use super::Model;
 use crate::error::{Error, Result};
+use crate::publish::write_json;
 use std::path::Path;
 use tch::Tensor;
 
@@ -17,26 +18,6 @@ pub const TOKENIZER_FILES: &[&str] = &[
 
 /// Shard size above which weights are split into several files (transformers' default).
 pub const DEFAULT_SHARD_BYTES: u64 = 5 << 30;
-
-/// Pretty JSON with a trailing newline, written atomically.
-pub fn write_json<T: serde::Serialize>(path: &Path, v: &T) -> Result<()> {
-    let text = serde_json::to_string_pretty(v).map_err(|e| Error::Invalid(e.to_string()))?;
-    write_atomically(path, (text + "\n").as_bytes())
-}
-
-/// Write `bytes` to a sibling `<name>.partial` and rename it over `path`: a full disk or
-/// a kill leaves the old file (or none), never a truncated one that a later run would
-/// read as complete.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".partial");
-    let tmp = path.with_file_name(name);
-    if let Err(e) = std::fs::write(&tmp, bytes) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(Error::io(path, e));
-    }
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
-}
 
 /// Write the weights of `tensors` into `dir` as `model.safetensors`, or as
 /// `model-0000k-of-0000n.safetensors` plus `model.safetensors.index.json` when they exceed

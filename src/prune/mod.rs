@@ -3,6 +3,7 @@
 
 pub mod baselines;
 pub mod merge;
+pub mod record;
 pub mod score;
 pub mod state;
 pub mod stats;

@@ -5,7 +5,7 @@ use super::common::{average, items_text, measure, method_label, Measured};
 use super::paper::{same_model, PublishedRow};
 use super::table::{Col, Phase, Row, Table};
 use super::{Convention, RunData};
-use crate::track::names::{self, SEVEN_TASKS};
+use crate::names::{self, SEVEN_TASKS};
 
 /// One of our rows: its label, its key-column values and the run it shows.
 pub(super) struct Entry<'a> {

@@ -2,9 +2,9 @@
 //! method label, the dense reference runs, and caption fragments.
 
 use super::{Convention, RunData};
-use crate::experiment::canonical_json;
+use crate::hashing::canonical_json;
+use crate::names;
 use crate::prune::Method;
-use crate::track::names;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -409,7 +409,7 @@ pub(super) fn level_groups(runs: &[RunData]) -> Vec<LevelGroup<'_>> {
         let suffix = if evals_per_model(model) > 1 {
             format!(
                 "_e{}",
-                &crate::experiment::hash_value(&Value::String(sig.clone()))[..6]
+                &crate::hashing::hash_value(&Value::String(sig.clone()))[..6]
             )
         } else {
             String::new()

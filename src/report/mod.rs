@@ -73,7 +73,7 @@ impl Convention {
 
     /// The store metric name this convention reads for `task`.
     pub fn metric_for(self, task: &str) -> &'static str {
-        use crate::track::names::{ACC, ACC_NORM, HAS_ACC_NORM};
+        use crate::names::{ACC, ACC_NORM, HAS_ACC_NORM};
         match self {
             Convention::Acc => ACC,
             Convention::AccNorm if HAS_ACC_NORM.contains(&task) => ACC_NORM,
@@ -244,7 +244,7 @@ pub fn write_report(store: &Store, opts: &ReportOptions) -> Result<ReportSummary
         // The same chart as PNG (terminal image viewers, GitHub, PDFs).
         let png_name = name.replace(".svg", ".png");
         let png = dir.join(&png_name);
-        crate::model::save::write_atomically(&png, &plot::raster::png(svg, 2.0)?)?;
+        crate::publish::write_atomically(&png, &plot::raster::png(svg, 2.0)?)?;
         summary.files.push(png);
         index.push_str(&format!("![{name}]({png_name})\n\n"));
     }

@@ -11,8 +11,8 @@
 
 use super::Convention;
 use crate::error::{Error, Result};
+use crate::names::ACC_NORM;
 use crate::rng::SplitMix64;
-use crate::track::names::ACC_NORM;
 use crate::track::DocScore;
 use std::collections::BTreeMap;
 

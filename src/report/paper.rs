@@ -10,7 +10,7 @@
 //! `source`, `location` (table / section), `note`.
 
 use crate::error::{Error, Result};
-use crate::track::names::ALL_TASKS;
+use crate::names::ALL_TASKS;
 use polars::prelude::*;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -13,8 +13,8 @@ use super::common::{
 use super::table::{Col, Table};
 use super::{Convention, RunData};
 use crate::distill::{Losses, RecoveryConfig, RecoveryMethod};
-use crate::experiment::canonical_json;
-use crate::track::names;
+use crate::hashing::canonical_json;
+use crate::names;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -10,8 +10,8 @@ use super::common::{
 use super::recovery::{recovery_cells, recovery_method, recovery_rank};
 use super::table::{Col, Row, Table};
 use super::{Convention, RunData};
-use crate::experiment::canonical_json;
-use crate::track::names::{self, SEVEN_TASKS};
+use crate::hashing::canonical_json;
+use crate::names::{self, SEVEN_TASKS};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -1,7 +1,7 @@
 //! The results table and its Markdown / CSV / LaTeX forms.
 
 use crate::error::{Error, Result};
-use crate::track::names;
+use crate::names;
 use polars::prelude::*;
 use std::path::Path;
 

@@ -13,8 +13,8 @@ use super::recovery::{
     recovery_rank,
 };
 use super::{Convention, RunData};
-use crate::experiment::canonical_json;
-use crate::track::names::{self, SEVEN_TASKS};
+use crate::hashing::canonical_json;
+use crate::names::{self, SEVEN_TASKS};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -5,7 +5,8 @@
 
 use crate::distill::{recover, DistillRecord, Event, RecoverInputs, RecoveryConfig};
 use crate::error::Result;
-use crate::experiment::{hash_value, Experiment};
+use crate::experiment::Experiment;
+use crate::hashing::hash_value;
 use crate::model::load::LoadOptions;
 use std::path::Path;
 

@@ -17,34 +17,7 @@ use crate::model::tokenizer::Tokenizer;
 use crate::model::Model;
 use std::time::Instant;
 
-/// Which documents of each task are scored: all, the first `limit` (or a seeded sample
-/// of `limit` when `seed` is set), or a `fraction` of them.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Subset {
-    pub limit: Option<usize>,
-    pub fraction: Option<f64>,
-    pub seed: Option<u64>,
-}
-
-impl Subset {
-    /// Zero documents, or a fraction outside (0, 1], is a typo, not a request: refuse it
-    /// rather than score nothing (NaN accuracies) or the whole split.
-    pub fn validate(&self) -> Result<()> {
-        if self.limit == Some(0) {
-            return Err(Error::Invalid(
-                "`limit` must be at least 1 document (leave it out for all)".into(),
-            ));
-        }
-        if let Some(f) = self.fraction {
-            if !(f > 0.0 && f <= 1.0) {
-                return Err(Error::Invalid(format!(
-                    "`fraction` must be in (0, 1], got {f}"
-                )));
-            }
-        }
-        Ok(())
-    }
-}
+pub use crate::eval::tasks::Subset;
 
 /// Sizes checked before any scoring: nothing is scored that would end as a NaN, and no
 /// window is longer than the positions the model was trained for.

@@ -3,7 +3,7 @@
 //! directory named after the source file's content hash, and reused afterwards.
 
 use crate::error::Result;
-use crate::grid::ModelSource;
+use crate::experiment::ModelSource;
 use crate::model::import::{write_checkpoint, ImportedCheckpoint};
 use crate::model::{gguf, llama2c};
 use sha2::{Digest, Sha256};
@@ -40,7 +40,7 @@ pub fn prepare_model(source: &ModelSource, cache: &Path, name: &str) -> Result<(
         return Ok((dir, true));
     }
     // Another worker may be importing the same file: wait for it, then reuse.
-    let _lock = super::lock_entry(&dir, || {})?;
+    let _lock = crate::publish::lock_entry(&dir, || {})?;
     if dir.join("config.json").exists() {
         return Ok((dir, true));
     }

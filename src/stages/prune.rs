@@ -8,45 +8,11 @@ use crate::model::load::{load_model, LoadOptions};
 use crate::model::save::save_model;
 use crate::model::tokenizer::Tokenizer;
 use crate::model::Model;
-use crate::prune::{prune, target_layers, PruneConfig, PruneReport, TargetMapping};
-use serde::{Deserialize, Serialize};
+use crate::prune::{prune, target_layers, PruneConfig, TargetMapping};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// The record's file name inside a pruned checkpoint.
-pub const FILE: &str = "come.json";
-
-/// `come.json`: what a prune did. Files written before this type existed still read: the
-/// grid runner wrote only `source_model`, `report` and `crate_version`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PruneRecord {
-    /// The checkpoint that was pruned.
-    pub source_model: PathBuf,
-    pub report: PruneReport,
-    /// Peak resident memory of the process (MiB), where known.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub peak_rss_mib: Option<f64>,
-    /// Load + calibration + prune + save.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub total_seconds: Option<f64>,
-    /// libtorch intra-op threads.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub threads: Option<i32>,
-    #[serde(default)]
-    pub crate_version: String,
-}
-
-impl PruneRecord {
-    /// Read `dir/come.json`.
-    pub fn read(dir: &Path) -> Result<PruneRecord> {
-        crate::error::read_json(&dir.join(FILE))
-    }
-
-    /// Write `dir/come.json`.
-    pub fn write(&self, dir: &Path) -> Result<()> {
-        crate::model::save::write_json(&dir.join(FILE), self)
-    }
-}
+pub use crate::prune::record::{PruneRecord, FILE};
 
 /// A prune ready to run: the model loaded, its target depth checked and the calibration
 /// sample drawn. Split from [`PruneJob::run`] so that a caller can report the plan (and
@@ -93,7 +59,7 @@ impl PruneJob {
             ..
         } = self;
         let report = prune(&mut model, calib, &cfg, on_step)?;
-        super::write_dir_atomically(out, |tmp| {
+        crate::publish::write_dir_atomically(out, |tmp| {
             save_model(&model, tmp, Some(&base))?;
             let rss = crate::distill::record::peak_rss_mib();
             let record = PruneRecord {

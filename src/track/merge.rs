@@ -211,7 +211,7 @@ fn metrics(tx: &Transaction, db: &str, id: i64) -> rusqlite::Result<Metrics> {
     // Timings and memory measure the machine, not the result.
     Ok(all
         .into_iter()
-        .filter(|m| !crate::track::names::is_machine_measurement(&m.1))
+        .filter(|m| !crate::names::is_machine_measurement(&m.1))
         .collect())
 }
 

@@ -7,7 +7,7 @@
 //! |---|---|
 //! | `runs` | `id` pk, `hash` unique, `name`, `subgrid`, `status` (pending, running, finished, failed, interrupted), `config` (canonical JSON of the Experiment), `created` / `started` / `finished` / `heartbeat` (RFC 3339 UTC), `error`, `pid`, `host` (the owner while running), `attempts` |
 //! | `params` | `run_id`, `key` (dotted path), `value` (JSON) |
-//! | `metrics` | `run_id`, `task`, `name`, `value`, `stderr`, `context`, `step`; unique per (run, task, name, context, step). Naming: [`crate::track::names`] |
+//! | `metrics` | `run_id`, `task`, `name`, `value`, `stderr`, `context`, `step`; unique per (run, task, name, context, step). Naming: [`crate::names`] |
 //! | `artifacts` | `run_id`, `path`, `sha256`, `kind` (see [`kinds`]), `bytes` |
 //! | `environment` | `run_id`, `key`, `value` |
 //! | `stages` | `run_id`, `stage`, `status`, `seconds`, `cache_key`, `output`, `updated` |
@@ -25,8 +25,8 @@
 //! [`Store::stale_after`] counts as interrupted: [`Store::claim`] takes it over and
 //! [`Store::reap_stale`] marks it.
 
-use crate::experiment::canonical_json;
-use crate::grid::RunSpec;
+use crate::experiment::RunSpec;
+use crate::hashing::canonical_json;
 use crate::rng::SplitMix64;
 use polars::prelude::*;
 use rusqlite::{
@@ -176,6 +176,12 @@ pub enum StoreError {
     Export { path: PathBuf, msg: String },
 }
 
+impl From<StoreError> for crate::error::Error {
+    fn from(e: StoreError) -> Self {
+        crate::error::Error::Store(Box::new(e))
+    }
+}
+
 impl StoreError {
     fn is_busy(&self) -> bool {
         match self {
@@ -253,7 +259,7 @@ pub struct DocScore {
     pub acc_norm: f64,
 }
 
-/// One measurement; naming in [`crate::track::names`].
+/// One measurement; naming in [`crate::names`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Metric {
     /// lm-eval task name, a corpus for perplexities, or "" for whole-run measurements.

@@ -17,7 +17,7 @@ use clap::Args;
 use come_repro::eval::tasks::{load_task, TaskData, TaskSource};
 use come_repro::grid::ModelSource;
 use come_repro::model::tokenizer::Tokenizer;
-use come_repro::track::names::SEVEN_TASKS;
+use come_repro::names::SEVEN_TASKS;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -146,7 +146,7 @@ fn write_references(bundle: &Bundle, excerpt: &str) -> Result<()> {
     let tok = bundle.tokenizer()?;
     let model = accuracy::smol_model(seed, tch::Device::Cpu, tch::Kind::Float)?;
     let smol = accuracy::score(&model, &tok, &bundle.tasks, docs, None)?;
-    come_repro::model::save::write_json(&dir.join(SMOL_REFERENCE), &smol)?;
+    come_repro::publish::write_json(&dir.join(SMOL_REFERENCE), &smol)?;
     println!(
         "reference: synthetic SmolLM2 shape, {} tasks x {docs} docs, f32 CPU, {:.1} s",
         bundle.tasks.len(),
@@ -163,7 +163,7 @@ fn write_references(bundle: &Bundle, excerpt: &str) -> Result<()> {
         docs,
         Some((excerpt, STORIES_PPL_SEQLEN)),
     )?;
-    come_repro::model::save::write_json(&dir.join(STORIES_REFERENCE), &st)?;
+    come_repro::publish::write_json(&dir.join(STORIES_REFERENCE), &st)?;
     Ok(())
 }
 
@@ -192,7 +192,7 @@ pub fn prepare(a: PrepareArgs) -> Result<()> {
         t.docs.truncate(a.docs);
         tasks.push(t);
     }
-    come_repro::model::save::write_json(&dir.join("tasks.json"), &tasks)?;
+    come_repro::publish::write_json(&dir.join("tasks.json"), &tasks)?;
 
     let gguf = come_repro::paths::smollm2_gguf();
     let ck = come_repro::model::gguf::import(&gguf)?;
@@ -201,10 +201,7 @@ pub fn prepare(a: PrepareArgs) -> Result<()> {
     ck.tokenizer
         .save(tok_dir.join("tokenizer.json"), false)
         .map_err(|e| anyhow::anyhow!("writing the tokenizer: {e}"))?;
-    come_repro::model::save::write_json(
-        &tok_dir.join("tokenizer_config.json"),
-        &ck.tokenizer_config,
-    )?;
+    come_repro::publish::write_json(&tok_dir.join("tokenizer_config.json"), &ck.tokenizer_config)?;
     drop(ck);
 
     let stories = dir.join("stories");
@@ -238,7 +235,7 @@ pub fn prepare(a: PrepareArgs) -> Result<()> {
     };
     write_references(&bundle, &excerpt)?;
     // Last: a bundle without BUILD.json is not a bundle (`Bundle::open`).
-    come_repro::model::save::write_json(&dir.join("BUILD.json"), &info)?;
+    come_repro::publish::write_json(&dir.join("BUILD.json"), &info)?;
     println!("prepared {}", dir.display());
     Ok(())
 }

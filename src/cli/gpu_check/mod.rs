@@ -268,8 +268,7 @@ fn goals_met(summary: &Value) -> Value {
 }
 
 fn write_summary(path: &Path, v: &Value) -> Result<()> {
-    come_repro::model::save::write_json(path, v)
-        .with_context(|| format!("writing {}", path.display()))
+    come_repro::publish::write_json(path, v).with_context(|| format!("writing {}", path.display()))
 }
 
 /// A goal as the summary records it: the measured value, the bound, whether it is met.

@@ -30,7 +30,7 @@ mod subset;
 mod winogrande;
 
 pub use mmlu::category as mmlu_category;
-pub use subset::{subset, SplitMix64};
+pub use subset::{subset, SplitMix64, Subset};
 
 use crate::error::{Error, Result};
 use read::Files;
@@ -118,7 +118,7 @@ impl Default for TaskSource {
     }
 }
 
-const KNOWN: [&str; 8] = crate::track::names::ALL_TASKS;
+const KNOWN: [&str; 8] = crate::names::ALL_TASKS;
 
 pub fn known_tasks() -> &'static [&'static str] {
     &KNOWN

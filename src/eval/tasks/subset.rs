@@ -1,7 +1,37 @@
 //! Which documents to evaluate: all, the first N (lm-eval's `--limit`), or a seeded random
 //! sample that any platform reproduces from the seed alone.
 
+use crate::error::{Error, Result};
 pub use crate::rng::SplitMix64;
+
+/// Which documents of each task are scored: all, the first `limit` (or a seeded sample
+/// of `limit` when `seed` is set), or a `fraction` of them.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Subset {
+    pub limit: Option<usize>,
+    pub fraction: Option<f64>,
+    pub seed: Option<u64>,
+}
+
+impl Subset {
+    /// Zero documents, or a fraction outside (0, 1], is a typo, not a request: refuse it
+    /// rather than score nothing (NaN accuracies) or the whole split.
+    pub fn validate(&self) -> Result<()> {
+        if self.limit == Some(0) {
+            return Err(Error::Invalid(
+                "`limit` must be at least 1 document (leave it out for all)".into(),
+            ));
+        }
+        if let Some(f) = self.fraction {
+            if !(f > 0.0 && f <= 1.0) {
+                return Err(Error::Invalid(format!(
+                    "`fraction` must be in (0, 1], got {f}"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
 
 /// Indices of the documents to evaluate, ascending.
 ///

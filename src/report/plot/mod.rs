@@ -16,7 +16,7 @@ use super::common::{average, eval_sig, labels, measure, method_label, method_of,
 use super::paper::{same_model, PublishedRow};
 use super::recovery::{recovery_cells, recovery_method, recovery_rank};
 use super::{Convention, RunData};
-use crate::track::names::{self, SEVEN_TASKS};
+use crate::names::{self, SEVEN_TASKS};
 use canvas::MAX_SERIES;
 use std::collections::BTreeMap;
 
