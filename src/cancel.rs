@@ -1,6 +1,6 @@
 //! Cancellation: one process-wide flag that Ctrl-C sets. Long work (a grid, a recovery's
-//! steps) checks it between units and stops with an error the grid records as
-//! "interrupted".
+//! steps, a prune's rounds, an evaluation's tasks) checks it between units and stops with
+//! [`Error::Interrupted`], which the grid records as an interrupted run, not a failed one.
 
 use crate::error::{Error, Result};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,10 +14,10 @@ pub fn requested() -> bool {
     STOP.load(Ordering::SeqCst)
 }
 
-/// Err("interrupted") once a stop was asked for.
+/// [`Error::Interrupted`] once a stop was asked for.
 pub fn check() -> Result<()> {
     if requested() {
-        return Err(Error::Invalid("interrupted".into()));
+        return Err(Error::Interrupted);
     }
     Ok(())
 }

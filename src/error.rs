@@ -39,6 +39,9 @@ pub enum Error {
     Tokenizer { path: PathBuf, msg: String },
     #[error("{0}")]
     Invalid(String),
+    /// The user asked to stop (Ctrl-C); the work so far is not a result.
+    #[error("interrupted")]
+    Interrupted,
     #[error("torch: {0}")]
     Torch(#[from] tch::TchError),
     /// A forward did not fit in device memory, even after backing off.

@@ -192,7 +192,7 @@ pub fn run_grid(
                 store.finish_scored(id, &out.metrics, &out.artifacts, &out.docs)?;
                 sum.ran += 1;
             }
-            Err(e) if STOP.load(Ordering::SeqCst) => {
+            Err(e) if matches!(e, Error::Interrupted) || STOP.load(Ordering::SeqCst) => {
                 store.interrupt(id)?;
                 sum.interrupted = true;
                 progress.note(&format!("{}: interrupted ({e})", run.name));
@@ -681,9 +681,6 @@ impl EvalHooks for RunHooks<'_, '_> {
     }
     fn note(&mut self, line: &str) {
         self.progress.note(line);
-    }
-    fn proceed(&mut self) -> Result<()> {
-        check_stop()
     }
 }
 

@@ -44,7 +44,7 @@ pub fn drop_layers(model: &mut crate::model::Model, victims: &[usize]) -> Result
 }
 
 /// Remove the layers at `victims` (any order) in one shot, recording each drop.
-fn drop_all(p: &mut Pruner, mut victims: Vec<(usize, f64)>, what: &str) {
+fn drop_all(p: &mut Pruner, mut victims: Vec<(usize, f64)>, what: &str) -> Result<()> {
     let t0 = Instant::now();
     victims.sort_by_key(|v| std::cmp::Reverse(v.0));
     for (v, s) in &victims {
@@ -54,10 +54,11 @@ fn drop_all(p: &mut Pruner, mut victims: Vec<(usize, f64)>, what: &str) {
         p.record(
             step(format!("{what}: drop {v}"), vec![*v], originals, Some(*s)),
             t0,
-        );
+        )?;
     }
     // One-shot plans end here: nothing re-scores the pruned model.
     p.state.release();
+    Ok(())
 }
 
 /// CoMe-P: the pair by all-token angular distance, then the split r in {0, 1/G, .., 1}
@@ -97,7 +98,7 @@ pub fn come_p(p: &mut Pruner, target: usize) -> Result<()> {
         st.nll = Some(nll);
         st.concat = rec;
         p.apply(l, 2, Some(layer))?;
-        p.record(st, t0);
+        p.record(st, t0)?;
     }
     Ok(())
 }
@@ -109,8 +110,7 @@ pub fn shortgpt(p: &mut Pruner, target: usize) -> Result<()> {
     idx.sort_by(|&a, &b| bi[a].total_cmp(&bi[b]));
     let k = p.model.n_layers() - target;
     let victims = idx.into_iter().take(k).map(|i| (i, bi[i])).collect();
-    drop_all(p, victims, "shortgpt");
-    Ok(())
+    drop_all(p, victims, "shortgpt")
 }
 
 /// SLEB: repeatedly drop the layer whose removal raises calibration NLL least (first and
@@ -140,7 +140,7 @@ pub fn sleb(p: &mut Pruner, target: usize) -> Result<()> {
         );
         st.nll = Some(nll);
         p.apply(l, 1, None)?;
-        p.record(st, t0);
+        p.record(st, t0)?;
     }
     Ok(())
 }
@@ -150,8 +150,7 @@ pub fn reverse(p: &mut Pruner, target: usize) -> Result<()> {
     let n = p.model.n_layers();
     let k = n - target;
     let victims = (n - 1 - k..n - 1).map(|i| (i, 0.0)).collect();
-    drop_all(p, victims, "reverse");
-    Ok(())
+    drop_all(p, victims, "reverse")
 }
 
 /// Layers allowed to go under the "+" variants (first/last protected).
@@ -186,8 +185,7 @@ fn drop_lowest(
         .take(k)
         .map(|i| (i, importance[i]))
         .collect();
-    drop_all(p, victims, what);
-    Ok(())
+    drop_all(p, victims, what)
 }
 
 /// Magnitude: a layer's importance is the mean |w| over its weights.
@@ -314,7 +312,7 @@ pub fn laco(p: &mut Pruner, target: usize) -> Result<()> {
                 );
                 st.nll = None;
                 p.apply(lu, c, Some(cand))?;
-                p.record(st, t0);
+                p.record(st, t0)?;
                 l -= p.cfg.laco_interval.max(1) as i64;
             } else {
                 l -= 1;
@@ -361,7 +359,7 @@ pub fn mka(p: &mut Pruner, target: usize) -> Result<()> {
         );
         st.ratio = Some(alpha);
         p.apply(l, 2, Some(layer))?;
-        p.record(st, t0);
+        p.record(st, t0)?;
     }
     Ok(())
 }

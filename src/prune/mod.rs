@@ -393,11 +393,14 @@ impl Pruner<'_> {
         }
     }
 
-    pub fn record(&mut self, mut step: Step, t0: Instant) {
+    /// Keep a finished round, report it, and stop here if the user asked to (Ctrl-C):
+    /// rounds are the prune's unit of work, minutes each on a large model.
+    pub fn record(&mut self, mut step: Step, t0: Instant) -> Result<()> {
         step.round = self.steps.len();
         step.seconds = t0.elapsed().as_secs_f64();
         (self.on_step)(self.steps.len() + 1, &step.action);
         self.steps.push(step);
+        crate::cancel::check()
     }
 }
 
@@ -537,7 +540,7 @@ fn progressive(p: &mut Pruner, target: usize) -> Result<()> {
                 p.apply(victim, 1, None)?;
             }
         }
-        p.record(step, t0);
+        p.record(step, t0)?;
     }
     Ok(())
 }

@@ -104,9 +104,10 @@ pub trait EvalHooks {
     fn note(&mut self, _line: &str) {}
     fn task_done(&mut self, _result: &TaskResult) {}
     fn ppl_done(&mut self, _result: &PplOutcome) {}
-    /// Asked before each task and corpus; an error ends the stage with it (Ctrl-C).
+    /// Asked before each task and corpus; an error ends the stage with it. By default,
+    /// whether the user asked to stop (Ctrl-C).
     fn proceed(&mut self) -> Result<()> {
-        Ok(())
+        crate::cancel::check()
     }
 }
 
