@@ -1,0 +1,292 @@
+//! What the store holds, as plain data: a run's status and row, metrics, per-document
+//! scores, artifacts (with their content hashes), stage records, filters and diffs.
+
+use super::*;
+
+/// Artifact kinds the runner records.
+pub mod kinds {
+    pub const PRUNED_CHECKPOINT: &str = "pruned-checkpoint";
+    pub const COME_JSON: &str = "come.json";
+    pub const DISTILL_JSON: &str = "distill.json";
+    pub const RESULTS_JSON: &str = "results.json";
+}
+
+/// Life cycle of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Pending,
+    Running,
+    Finished,
+    Failed,
+    Interrupted,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Running => "running",
+            Status::Finished => "finished",
+            Status::Failed => "failed",
+            Status::Interrupted => "interrupted",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Status> {
+        Some(match s {
+            "pending" => Status::Pending,
+            "running" => Status::Running,
+            "finished" => Status::Finished,
+            "failed" => Status::Failed,
+            "interrupted" => Status::Interrupted,
+            _ => return None,
+        })
+    }
+}
+
+/// What [`Store::claim`] decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// This process owns the run now: execute it, then `finish` / `fail` / `interrupt`.
+    Run(i64),
+    /// Already finished (and not forced).
+    Skip(i64),
+    /// Failed in an earlier attempt, with its error: not retried unless forced or put
+    /// back with [`Store::requeue_failed`] (`grid --retry-failed`).
+    Failed { id: i64, error: Option<String> },
+    /// Another live process is running it.
+    Busy {
+        id: i64,
+        pid: Option<i64>,
+        host: Option<String>,
+    },
+}
+
+/// One scored document of a task: 1.0 where the gold answer won (acc) and where it won
+/// by length-normalised likelihood (acc_norm), else 0.0.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DocScore {
+    pub task: String,
+    pub doc_id: i64,
+    pub acc: f64,
+    pub acc_norm: f64,
+}
+
+/// One measurement; naming in [`crate::names`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Metric {
+    /// lm-eval task name, a corpus for perplexities, or "" for whole-run measurements.
+    pub task: String,
+    pub name: String,
+    pub value: f64,
+    pub stderr: Option<f64>,
+    /// Free-form qualifier, e.g. "n=100" or "dense".
+    pub context: String,
+    /// For curves (distillation steps); 0 otherwise.
+    pub step: i64,
+}
+
+impl Metric {
+    pub fn new(task: impl Into<String>, name: impl Into<String>, value: f64) -> Metric {
+        Metric {
+            task: task.into(),
+            name: name.into(),
+            value,
+            stderr: None,
+            context: String::new(),
+            step: 0,
+        }
+    }
+    pub fn with_stderr(mut self, stderr: f64) -> Metric {
+        self.stderr = Some(stderr);
+        self
+    }
+    pub fn with_context(mut self, context: impl Into<String>) -> Metric {
+        self.context = context.into();
+        self
+    }
+    pub fn with_step(mut self, step: i64) -> Metric {
+        self.step = step;
+        self
+    }
+    /// `task/name[context]@step` (empty parts left out): a stable label for diffs.
+    pub fn key(&self) -> String {
+        let mut k = if self.task.is_empty() {
+            self.name.clone()
+        } else {
+            format!("{}/{}", self.task, self.name)
+        };
+        if !self.context.is_empty() {
+            k.push_str(&format!("[{}]", self.context));
+        }
+        if self.step != 0 {
+            k.push_str(&format!("@{}", self.step));
+        }
+        k
+    }
+}
+
+/// A file (or directory) a run produced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Artifact {
+    pub path: String,
+    pub sha256: String,
+    pub kind: String,
+    pub bytes: Option<i64>,
+}
+
+impl Artifact {
+    /// Hash a file, or a directory (sha256 over `relative-path sha256\n` lines of its files
+    /// in sorted order), and record its size in bytes.
+    pub fn from_path(path: impl AsRef<Path>, kind: impl Into<String>) -> Result<Artifact> {
+        let path = path.as_ref();
+        let (sha256, bytes) = if path.is_dir() {
+            hash_dir(path)?
+        } else {
+            hash_file(path)?
+        };
+        Ok(Artifact {
+            path: path.to_string_lossy().into_owned(),
+            sha256,
+            kind: kind.into(),
+            bytes: Some(bytes),
+        })
+    }
+}
+
+/// sha256 (hex) and length of a file, streamed.
+pub fn hash_file(path: &Path) -> Result<(String, i64)> {
+    let io = |e| StoreError::Io {
+        path: path.to_path_buf(),
+        cause: e,
+    };
+    let mut f = std::fs::File::open(path).map_err(io)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut n: i64 = 0;
+    loop {
+        let k = f.read(&mut buf).map_err(io)?;
+        if k == 0 {
+            break;
+        }
+        h.update(&buf[..k]);
+        n += k as i64;
+    }
+    Ok((hex::encode(h.finalize()), n))
+}
+
+pub(super) fn hash_dir(dir: &Path) -> Result<(String, i64)> {
+    pub(super) fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+        for e in std::fs::read_dir(dir)? {
+            let p = e?.path();
+            if p.is_dir() {
+                walk(&p, out)?;
+            } else {
+                out.push(p);
+            }
+        }
+        Ok(())
+    }
+    let mut files = Vec::new();
+    walk(dir, &mut files).map_err(|e| StoreError::Io {
+        path: dir.to_path_buf(),
+        cause: e,
+    })?;
+    files.sort();
+    let mut h = Sha256::new();
+    let mut total = 0;
+    for f in files {
+        let (s, n) = hash_file(&f)?;
+        let rel = f
+            .strip_prefix(dir)
+            .unwrap_or(&f)
+            .to_string_lossy()
+            .into_owned();
+        h.update(format!("{rel} {s}\n").as_bytes());
+        total += n;
+    }
+    Ok((hex::encode(h.finalize()), total))
+}
+
+/// Stage bookkeeping, so that shared work (e.g. one pruned checkpoint evaluated several
+/// ways) can be found by its cache key and reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StageStatus {
+    Running,
+    Finished,
+    Failed,
+    /// Taken from another run's finished stage with the same cache key.
+    Reused,
+}
+
+impl StageStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StageStatus::Running => "running",
+            StageStatus::Finished => "finished",
+            StageStatus::Failed => "failed",
+            StageStatus::Reused => "reused",
+        }
+    }
+    pub(super) fn parse(s: &str) -> StageStatus {
+        match s {
+            "running" => StageStatus::Running,
+            "finished" => StageStatus::Finished,
+            "reused" => StageStatus::Reused,
+            _ => StageStatus::Failed,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StageRecord {
+    pub stage: String,
+    pub status: StageStatus,
+    pub seconds: Option<f64>,
+    /// Identity of the stage's output (e.g. `Experiment::prune_hash`).
+    pub cache_key: Option<String>,
+    /// Where the output lives (e.g. the pruned checkpoint directory).
+    pub output: Option<String>,
+}
+
+/// One row of `runs`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunRow {
+    pub id: i64,
+    pub hash: String,
+    pub name: String,
+    pub subgrid: String,
+    pub status: Status,
+    /// The canonical Experiment JSON.
+    pub config: Value,
+    pub created: String,
+    pub started: Option<String>,
+    pub finished: Option<String>,
+    pub heartbeat: Option<String>,
+    pub error: Option<String>,
+    pub pid: Option<i64>,
+    pub host: Option<String>,
+    pub attempts: i64,
+}
+
+/// Selects runs in [`Store::runs`]; empty fields match everything.
+#[derive(Debug, Clone, Default)]
+pub struct RunFilter {
+    pub status: Option<Status>,
+    /// Matches runs whose comma-separated sub-grid list contains this name.
+    pub subgrid: Option<String>,
+    pub name_contains: Option<String>,
+    pub hash_prefix: Option<String>,
+}
+
+/// What differs between two runs (entries equal in both are left out).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunDiff {
+    pub a: i64,
+    pub b: i64,
+    /// (key, value in a, value in b); None where the key is absent.
+    pub params: Vec<(String, Option<Value>, Option<Value>)>,
+    /// (metric key, value in a, value in b).
+    pub metrics: Vec<(String, Option<f64>, Option<f64>)>,
+}
