@@ -699,7 +699,7 @@ proptest! {
 /// models, so it is checked only where they are present).
 #[test]
 fn documented_example_expands() {
-    let src = std::fs::read_to_string("src/grid.rs").unwrap();
+    let src = std::fs::read_to_string("src/grid/mod.rs").unwrap();
     let doc: Vec<&str> = src
         .lines()
         .filter_map(|l| l.strip_prefix("//!"))

@@ -1,0 +1,315 @@
+//! From parts to runs: sub-grids combined with the base, every combination of the axes
+//! (in odometer order, last axis fastest), excludes applied, dense runs added.
+
+use super::*;
+
+/// Axis assignments of one combination: (dotted key, value).
+pub(super) type Assign = Vec<(String, Value)>;
+
+/// Advance a mixed-radix counter, last digit fastest; false once it wraps around.
+pub(super) fn odometer_step(idx: &mut [usize], sizes: &[usize]) -> bool {
+    for d in (0..idx.len()).rev() {
+        idx[d] += 1;
+        if idx[d] < sizes[d] {
+            return true;
+        }
+        idx[d] = 0;
+    }
+    false
+}
+
+impl GridSpec {
+    pub(super) fn combine(
+        &mut self,
+        name: &str,
+        loc: Loc,
+        top: &Part,
+        sub: &Part,
+        diags: &mut Diags,
+    ) -> SubGrid {
+        let shared: Vec<usize> = top
+            .excludes
+            .iter()
+            .map(|x| {
+                self.excludes.push(x.clone());
+                self.excludes.len() - 1
+            })
+            .collect();
+        self.combine_shared(name, loc, top, sub, &shared, diags)
+    }
+
+    /// Shared part + sub-grid part -> one sub-grid (sub-grid axes replace shared ones).
+    pub(super) fn combine_shared(
+        &mut self,
+        name: &str,
+        loc: Loc,
+        top: &Part,
+        sub: &Part,
+        shared_excludes: &[usize],
+        diags: &mut Diags,
+    ) -> SubGrid {
+        let mut base = top.base.clone();
+        deep_merge(&mut base, sub.base.clone());
+        let model_loc = if sub.base.contains_key("model") {
+            sub.model_loc
+        } else {
+            top.model_loc
+        };
+        let sub_keys: Vec<&String> = sub
+            .axes
+            .iter()
+            .chain(&sub.zips)
+            .flat_map(|d| &d.keys)
+            .collect();
+        let mut dims: Vec<Dim> = top
+            .axes
+            .iter()
+            .filter(|d| !sub_keys.contains(&&d.keys[0]))
+            .cloned()
+            .collect();
+        dims.extend(sub.axes.iter().cloned());
+        for z in &top.zips {
+            if let Some(k) = z.keys.iter().find(|k| sub_keys.contains(k)) {
+                diags.push(
+                    loc,
+                    k,
+                    format!("sub-grid `{name}` varies a key that a shared [[zip]] also sets"),
+                );
+            }
+        }
+        dims.extend(top.zips.iter().cloned());
+        dims.extend(sub.zips.iter().cloned());
+        // A key may be set by one dimension only.
+        let mut seen: HashMap<&str, usize> = HashMap::new();
+        for (i, d) in dims.iter().enumerate() {
+            for k in &d.keys {
+                if let Some(j) = seen.insert(k, i) {
+                    if j != i {
+                        let at = d
+                            .rows
+                            .first()
+                            .and_then(|r| r.first())
+                            .map_or(loc, |(_, l)| *l);
+                        diags.push(at, k, "set by two axes (an axis and a zip, or two zips)");
+                    }
+                }
+            }
+        }
+        let mut excludes = shared_excludes.to_vec();
+        for x in &sub.excludes {
+            self.excludes.push(x.clone());
+            excludes.push(self.excludes.len() - 1);
+        }
+        SubGrid {
+            name: name.to_string(),
+            loc,
+            base,
+            model_loc,
+            dims,
+            excludes,
+            dense: sub.dense.or(top.dense).unwrap_or(false),
+        }
+    }
+
+    /// Expand into runs: per sub-grid the cartesian product of its axes (zips advance
+    /// together), excludes removed, dense runs added; then the union over sub-grids with
+    /// identical runs (same hash) kept once. Order: sub-grids in file order, dense runs
+    /// first, then combinations with the first axis outermost.
+    pub fn expand(&self) -> Result<Vec<RunSpec>> {
+        let mut diags = Diags { items: Vec::new() };
+        let mut matched = vec![false; self.excludes.len()];
+        let mut runs: Vec<RunSpec> = Vec::new();
+        let mut by_hash: HashMap<String, usize> = HashMap::new();
+        for s in &self.subgrids {
+            for run in self.expand_one(s, &mut matched, &mut diags) {
+                match by_hash.get(&run.hash) {
+                    Some(&i) => {
+                        if let Some(r) = runs.get_mut(i) {
+                            if !r.subgrid.split(',').any(|x| x == s.name) {
+                                r.subgrid = format!("{},{}", r.subgrid, s.name);
+                            }
+                        }
+                    }
+                    None => {
+                        by_hash.insert(run.hash.clone(), runs.len());
+                        runs.push(run);
+                    }
+                }
+            }
+        }
+        for (x, hit) in self.excludes.iter().zip(&matched) {
+            if !*hit {
+                let keys: Vec<String> = x.conds.iter().map(|(k, v)| format!("{k} = {v}")).collect();
+                diags.push(
+                    x.loc,
+                    "exclude",
+                    format!(
+                        "{{ {} }} matches no combination (check the values)",
+                        keys.join(", ")
+                    ),
+                );
+            }
+        }
+        diags.finish(&self.path)?;
+        // Names are labels: disambiguate the rare clash with the hash.
+        let mut count: HashMap<String, usize> = HashMap::new();
+        for r in &runs {
+            *count.entry(r.name.clone()).or_default() += 1;
+        }
+        for r in &mut runs {
+            if count.get(&r.name).copied().unwrap_or(0) > 1 {
+                r.name = format!("{}#{}", r.name, r.hash.get(..8).unwrap_or(&r.hash));
+            }
+        }
+        Ok(runs)
+    }
+
+    pub(super) fn expand_one(
+        &self,
+        s: &SubGrid,
+        matched: &mut [bool],
+        diags: &mut Diags,
+    ) -> Vec<RunSpec> {
+        let mut reported = 0usize;
+        let kept = self.combinations(s, matched, diags, &mut reported);
+        let varied = varied_keys(s, &kept);
+        let mut out: Vec<RunSpec> = Vec::new();
+        if s.dense {
+            let mut seen: Vec<String> = Vec::new();
+            for (assign, exp) in &kept {
+                // A dense run has nothing to prune and nothing to recover.
+                let mut dense = exp.clone();
+                dense.prune = None;
+                dense.recovery = RecoveryConfig::default();
+                let h = dense.hash();
+                if seen.contains(&h) {
+                    continue;
+                }
+                seen.push(h);
+                let name = run_name(&dense, assign, &varied);
+                out.push(RunSpec::new(name, s.name.clone(), dense));
+            }
+        }
+        for (assign, mut exp) in kept {
+            if let Some(msg) = run_problem(&exp) {
+                if reported < 3 {
+                    let what: Vec<String> =
+                        assign.iter().map(|(k, v)| format!("{k} = {v}")).collect();
+                    diags.push(
+                        s.loc,
+                        &s.name,
+                        format!("combination {{ {} }}: {msg}", what.join(", ")),
+                    );
+                }
+                reported += 1;
+                continue;
+            }
+            if exp.recovery.is_none() {
+                // Settings of a recovery that does not run are no part of the run.
+                exp.recovery = RecoveryConfig::default();
+            }
+            let name = run_name(&exp, &assign, &varied);
+            out.push(RunSpec::new(name, s.name.clone(), exp));
+        }
+        out
+    }
+
+    /// The sub-grid's combinations that deserialise and survive the excludes, each with
+    /// its axis assignments. Combinations that fail are reported (the first three).
+    pub(super) fn combinations(
+        &self,
+        s: &SubGrid,
+        matched: &mut [bool],
+        diags: &mut Diags,
+        reported: &mut usize,
+    ) -> Vec<(Assign, Experiment)> {
+        let sizes: Vec<usize> = s.dims.iter().map(|d| d.rows.len()).collect();
+        let total = sizes.iter().try_fold(1usize, |acc, &n| acc.checked_mul(n));
+        match total {
+            Some(n) if n <= MAX_COMBINATIONS => {}
+            _ => {
+                diags.push(
+                    s.loc,
+                    &s.name,
+                    format!("more than {MAX_COMBINATIONS} combinations; split the grid"),
+                );
+                return Vec::new();
+            }
+        }
+        let mut kept: Vec<(Assign, Experiment)> = Vec::new();
+        if sizes.contains(&0) {
+            return kept;
+        }
+        let mut idx = vec![0usize; sizes.len()];
+        loop {
+            let mut assign: Assign = Vec::new();
+            let mut json = s.base.clone();
+            for (d, &i) in s.dims.iter().zip(&idx) {
+                for (k, (v, _)) in d
+                    .keys
+                    .iter()
+                    .zip(d.rows.get(i).map(Vec::as_slice).unwrap_or(&[]))
+                {
+                    set_path(&mut json, k, v.clone());
+                    assign.push((k.clone(), v.clone()));
+                }
+            }
+            // An ids file is part of the run's identity through its content hash.
+            let resolved = Experiment::from_value(Value::Object(json)).and_then(|mut exp| {
+                if let Some(p) = exp.prune.as_mut() {
+                    p.calib.resolve()?;
+                }
+                Ok(exp)
+            });
+            match resolved {
+                Ok(exp) => {
+                    if !self.excluded(s, &exp, matched) {
+                        kept.push((assign, exp));
+                    }
+                }
+                Err(e) => {
+                    if *reported < 3 {
+                        let what: Vec<String> =
+                            assign.iter().map(|(k, v)| format!("{k} = {v}")).collect();
+                        diags.push(
+                            s.loc,
+                            &s.name,
+                            format!("combination {{ {} }}: {e}", what.join(", ")),
+                        );
+                    }
+                    *reported += 1;
+                }
+            }
+            if !odometer_step(&mut idx, &sizes) {
+                return kept;
+            }
+        }
+    }
+
+    /// Does an exclude of the sub-grid drop `exp`? Every exclude that matches is marked.
+    pub(super) fn excluded(&self, s: &SubGrid, exp: &Experiment, matched: &mut [bool]) -> bool {
+        let mut resolved = exp.to_value();
+        if let Some(m) = resolved.as_object_mut() {
+            // Left out of the hashed form when off; matched as any other key here.
+            m.entry("recovery")
+                .or_insert_with(|| serde_json::to_value(&exp.recovery).unwrap_or(Value::Null));
+        }
+        let mut drop = false;
+        for &xi in &s.excludes {
+            let Some(x) = self.excludes.get(xi) else {
+                continue;
+            };
+            let hit = x
+                .conds
+                .iter()
+                .all(|(k, v)| get_path(&resolved, k).is_some_and(|r| same_value(r, v)));
+            if hit {
+                if let Some(m) = matched.get_mut(xi) {
+                    *m = true;
+                }
+                drop = true;
+            }
+        }
+        drop
+    }
+}
