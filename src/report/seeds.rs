@@ -5,7 +5,7 @@
 //! the documents' sampling error that the other tables give.
 
 use super::common::{
-    average, eval_note, labels, level_groups, measure, method_of, method_rank, slug,
+    average, eval_note, labels, level_groups, measure, method_of, method_rank, slug, Measured,
 };
 use super::recovery::{recovery_cells, recovery_method, recovery_rank};
 use super::table::{Col, Row, Table};
@@ -102,18 +102,9 @@ pub fn seed_tables(runs: &[RunData], conv: Convention) -> Vec<Table> {
     out
 }
 
-/// The table of replicate groups `rows` = (label, recovery cell, runs).
-fn build(
-    id: String,
-    title: String,
-    caption: String,
-    rows: &[(String, String, &Vec<&RunData>)],
-    conv: Convention,
-) -> Table {
-    let measured: Vec<Vec<_>> = rows
-        .iter()
-        .map(|(_, _, v)| v.iter().map(|r| measure(r, conv)).collect())
-        .collect();
+/// The columns the measured runs fill (tasks, Avg and sd, each perplexity and its sd, the
+/// seed count), and the tasks Avg averages.
+fn columns(measured: &[Vec<Measured>]) -> (Vec<Col>, Vec<String>) {
     let order: Vec<&str> = SEVEN_TASKS.iter().copied().chain(["mmlu"]).collect();
     let tasks: Vec<String> = order
         .iter()
@@ -138,7 +129,22 @@ fn build(
         columns.extend([Col::Ppl(p.clone()), Col::Sd(Box::new(Col::Ppl(p.clone())))]);
     }
     columns.push(Col::Seeds);
+    (columns, avg_tasks)
+}
 
+/// The table of replicate groups `rows` = (label, recovery cell, runs).
+fn build(
+    id: String,
+    title: String,
+    caption: String,
+    rows: &[(String, String, &Vec<&RunData>)],
+    conv: Convention,
+) -> Table {
+    let measured: Vec<Vec<Measured>> = rows
+        .iter()
+        .map(|(_, _, v)| v.iter().map(|r| measure(r, conv)).collect())
+        .collect();
+    let (columns, avg_tasks) = columns(&measured);
     // Every seed must have the value, or the row shows none (a mean of fewer seeds would
     // not be the row's).
     let stat = |xs: Vec<Option<f64>>| -> (Option<f64>, Option<f64>) {
@@ -150,7 +156,7 @@ fn build(
             _ => (None, None),
         }
     };
-    let value = |m: &super::common::Measured, c: &Col| -> Option<f64> {
+    let value = |m: &Measured, c: &Col| -> Option<f64> {
         match c {
             Col::Task(t) => m.acc.get(t).map(|v| 100.0 * v.0),
             Col::Avg => average(m, &avg_tasks).0,
