@@ -12,7 +12,6 @@ use crate::error::{Error, Result};
 use crate::model::tokenizer::Tokenizer;
 use crate::rng::SplitMix64;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
 /// How the rows are ordered before the first `nrows` are taken.
@@ -80,7 +79,8 @@ impl Default for CalibConfig {
 }
 
 fn file_sha256(path: &Path) -> Result<String> {
-    Ok(hex::encode(Sha256::digest(crate::error::read_file(path)?)))
+    let (sha, _) = crate::hashing::sha256_file(path).map_err(|e| Error::io(path, e))?;
+    Ok(sha)
 }
 
 impl CalibConfig {
@@ -209,7 +209,7 @@ fn from_ids(path: &Path, vocab: usize, cfg: &CalibConfig) -> Result<CalibSet> {
 fn from_text(tok: &Tokenizer, cfg: &CalibConfig) -> Result<CalibSet> {
     let path = cfg.source_path();
     let bytes = crate::error::read_file(&path)?;
-    let sha = hex::encode(Sha256::digest(&bytes));
+    let sha = crate::hashing::sha256_hex(&bytes);
     let text =
         String::from_utf8(bytes).map_err(|e| Error::format(&path, format!("not UTF-8: {e}")))?;
     let all: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();

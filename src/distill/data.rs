@@ -39,7 +39,7 @@ fn default_source() -> PathBuf {
 /// Text rows of `path`: non-blank lines, or the `text` field of each jsonl object.
 pub fn read_rows(path: &Path) -> Result<(Vec<String>, String)> {
     let bytes = crate::error::read_file(path)?;
-    let sha = hex::encode(Sha256::digest(&bytes));
+    let sha = crate::hashing::sha256_hex(&bytes);
     let text =
         String::from_utf8(bytes).map_err(|e| Error::format(path, format!("not UTF-8: {e}")))?;
     let jsonl = path

@@ -6,13 +6,13 @@ use crate::error::Result;
 use crate::experiment::ModelSource;
 use crate::model::import::{write_checkpoint, ImportedCheckpoint};
 use crate::model::{gguf, llama2c};
-use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
 /// The first 12 hex digits of the sha256 of a file's bytes.
 pub fn short_hash(path: &Path) -> Result<String> {
-    let bytes = crate::error::read_file(path)?;
-    Ok(hex::encode(Sha256::digest(&bytes))[..12].to_string())
+    let (sha, _) =
+        crate::hashing::sha256_file(path).map_err(|e| crate::error::Error::io(path, e))?;
+    Ok(sha[..12].to_string())
 }
 
 /// An HF directory for `source`: used as is, or imported once into `cache` (keyed by the

@@ -9,7 +9,6 @@
 use crate::error::{Error, Result};
 use polars::prelude::*;
 use serde_json::{Map, Value};
-use sha2::{Digest, Sha256};
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
@@ -21,7 +20,7 @@ impl Files {
     pub fn bytes(&mut self, path: &Path) -> Result<Vec<u8>> {
         let bytes = crate::error::read_file(path)?;
         self.0
-            .push((path.to_path_buf(), hex::encode(Sha256::digest(&bytes))));
+            .push((path.to_path_buf(), crate::hashing::sha256_hex(&bytes)));
         Ok(bytes)
     }
 

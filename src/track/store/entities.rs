@@ -156,23 +156,11 @@ impl Artifact {
 
 /// sha256 (hex) and length of a file, streamed.
 pub fn hash_file(path: &Path) -> Result<(String, i64)> {
-    let io = |e| StoreError::Io {
+    let (sha, n) = crate::hashing::sha256_file(path).map_err(|e| StoreError::Io {
         path: path.to_path_buf(),
         cause: e,
-    };
-    let mut f = std::fs::File::open(path).map_err(io)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut n: i64 = 0;
-    loop {
-        let k = f.read(&mut buf).map_err(io)?;
-        if k == 0 {
-            break;
-        }
-        h.update(&buf[..k]);
-        n += k as i64;
-    }
-    Ok((hex::encode(h.finalize()), n))
+    })?;
+    Ok((sha, n as i64))
 }
 
 pub(super) fn hash_dir(dir: &Path) -> Result<(String, i64)> {
