@@ -1168,3 +1168,64 @@ fn seed_replicates_become_one_row_with_mean_and_spread() {
     let summary = report::write_report(&plain, &opts).unwrap();
     assert!(!summary.tables.iter().any(|t| t.starts_with("seeds_")));
 }
+
+#[test]
+fn budget_curves_draw_one_line_per_recovery_across_budgets() {
+    let d = tempfile::tempdir().unwrap();
+    let store = Store::open(d.path().join("s.sqlite")).unwrap();
+    finish(&store, &spec(None), &metrics(0.0, 5.5));
+    let come = (Method::Come, MergeOp::Concat, 0.3);
+    let drop = (Method::Come, MergeOp::Drop, 0.3);
+    // Perplexity falls with the budget and flattens: 4k, 8k, 16k.
+    for (tokens, ppl) in [(4096, 40.0), (8192, 20.0), (16384, 18.0)] {
+        for (prune, extra) in [(come, 0.0), (drop, 5.0)] {
+            let mut rec = recovery(RecoveryMethod::Hierarchical, "cosine");
+            rec.tokens = tokens;
+            finish_recovered(
+                &store,
+                prune,
+                &rec,
+                &recovered_metrics(0.05, ppl + extra, 1.0),
+            );
+        }
+    }
+    // One LoRA budget: not a line.
+    let lora = recovery(RecoveryMethod::Lora, "cosine");
+    finish_recovered(&store, come, &lora, &recovered_metrics(0.05, 30.0, 1.0));
+    let out = d.path().join("out");
+    let opts = ReportOptions {
+        out_dir: out.clone(),
+        ..Default::default()
+    };
+    report::write_report(&store, &opts).unwrap();
+    let svg = std::fs::read_to_string(out.join("budget_wikitext2_m_s0.3.svg")).unwrap();
+    well_formed(&svg).unwrap();
+    assert!(report::plot::raster::text_outside(&svg).unwrap().is_empty());
+    let legend = texts_of_class(&svg, "legend");
+    assert_eq!(
+        legend,
+        [
+            "CoMe (merge=concat) + hierarchical",
+            "CoMe (merge=drop) + hierarchical"
+        ],
+        "{svg}"
+    );
+    assert!(out.join("budget_acc_m_s0.3.png").exists());
+    // Two budgets are not a curve.
+    let two = Store::open(d.path().join("two.sqlite")).unwrap();
+    for tokens in [4096, 8192] {
+        let mut rec = recovery(RecoveryMethod::Hierarchical, "cosine");
+        rec.tokens = tokens;
+        finish_recovered(&two, come, &rec, &recovered_metrics(0.05, 9.0, 1.0));
+    }
+    let out2 = d.path().join("out2");
+    report::write_report(
+        &two,
+        &ReportOptions {
+            out_dir: out2.clone(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(!out2.join("budget_wikitext2_m_s0.3.svg").exists());
+}

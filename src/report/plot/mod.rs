@@ -1,10 +1,12 @@
 //! Figures from the runs, per model and evaluation setting: where the runs cover several
 //! pruning levels, line charts of average accuracy and WikiText-2 perplexity against the
 //! level (one line per variant); where they cover one level (an ablation), horizontal
-//! bar charts (one bar per variant). Drawn as SVG by hand ([`line`], [`bar`]) with an
+//! bar charts (one bar per variant); where recovered runs differ in their budget, budget
+//! curves ([`budget`]). Drawn as SVG by hand ([`line`], [`bar`]) with an
 //! embedded font, and rasterised to PNG from the same SVG ([`raster`]).
 
 mod bar;
+mod budget;
 mod canvas;
 mod line;
 pub mod raster;
@@ -86,6 +88,7 @@ pub fn plots(
                 levels.push(*l);
             }
         }
+        out.extend(budget::budget_charts(&g));
         if levels.len() >= 2 {
             let paper_model = aliases.get(model).cloned().unwrap_or_else(|| model.clone());
             out.extend(sweep_charts(&g, published, &paper_model));

@@ -1,0 +1,129 @@
+//! Budget curves: where recovered runs differ in their training budget
+//! (`recovery.tokens`), line charts of average accuracy and of each perplexity against
+//! the budget (log2 of the tokens), one line per pruned model and recovery method, so a
+//! reader sees where each curve flattens.
+
+use super::line::{LineChart, Point, Series};
+use super::{Group, MAX_SERIES};
+use crate::names;
+use crate::report::common::{average, labels, measure, Level};
+use crate::report::recovery::{recovery_cells, recovery_method, recovery_rank};
+use crate::report::RunData;
+use std::collections::BTreeSet;
+
+const TOKENS: &str = "recovery.tokens";
+
+/// Charts of `g` per pruning level where at least three budgets were run.
+pub(super) fn budget_charts(g: &Group) -> Vec<(String, String)> {
+    let mut levels: Vec<Level> = Vec::new();
+    for (l, _, _) in &g.members {
+        if !levels.iter().any(|x| x.same(l)) {
+            levels.push(*l);
+        }
+    }
+    levels.iter().flat_map(|level| at_level(g, level)).collect()
+}
+
+fn at_level(g: &Group, level: &Level) -> Vec<(String, String)> {
+    let runs: Vec<&RunData> = g
+        .members
+        .iter()
+        .filter(|(l, r, _)| l.same(level) && recovery_rank(&recovery_method(r)) > 0)
+        .map(|(_, r, _)| *r)
+        .filter(|r| r.param(TOKENS).and_then(|v| v.as_f64()).is_some())
+        .collect();
+    let budgets: BTreeSet<u64> = runs
+        .iter()
+        .filter_map(|r| r.param(TOKENS)?.as_u64())
+        .collect();
+    if budgets.len() < 3 {
+        return vec![];
+    }
+    // Lines are the runs without their budget: the same label for every budget.
+    let stripped: Vec<RunData> = runs
+        .iter()
+        .map(|r| {
+            let mut s = (*r).clone();
+            s.params.remove(TOKENS);
+            s
+        })
+        .collect();
+    let refs: Vec<&RunData> = stripped.iter().collect();
+    let line_labels: Vec<String> = labels(&refs)
+        .into_iter()
+        .zip(recovery_cells(&refs))
+        .map(|(l, rec)| format!("{l} + {rec}"))
+        .collect();
+    // (file kind, chart title, y label, log scale, value of a run)
+    type Value<'a> = Box<dyn Fn(&RunData) -> Option<f64> + 'a>;
+    let mut kinds: Vec<(String, String, String, bool, Value)> = vec![(
+        "acc".into(),
+        g.acc_title(&level.text()),
+        "average accuracy (%)".into(),
+        false,
+        Box::new(|r: &RunData| average(&measure(r, g.conv), &g.tasks).0),
+    )];
+    for (_, metric, label) in names::PPL_CORPORA {
+        kinds.push((
+            metric.trim_start_matches("ppl_").to_string(),
+            format!("{}: {label}, {}", g.model, level.text()),
+            format!("{label} (log scale)"),
+            true,
+            Box::new(move |r: &RunData| measure(r, g.conv).ppl.get(metric).copied()),
+        ));
+    }
+    let mut out = Vec::new();
+    for (kind, title, y_label, log_y, value) in kinds {
+        let mut series = lines(&runs, &line_labels, &value);
+        if series.is_empty() {
+            continue;
+        }
+        series.truncate(MAX_SERIES);
+        let chart = LineChart {
+            title,
+            x_label: "training tokens per trained unit, log2 (13 = 8k, 16 = 64k, 19 = 512k)".into(),
+            y_label,
+            series,
+            reference: None,
+            log_y,
+        };
+        out.push((
+            format!("budget_{kind}_{}_{}.svg", g.slug, level.slug()),
+            chart.svg(),
+        ));
+    }
+    out
+}
+
+/// One line per label: (log2 budget, value) of its runs, in budget order; lines of fewer
+/// than two points are left out.
+fn lines(
+    runs: &[&RunData],
+    labels: &[String],
+    value: &dyn Fn(&RunData) -> Option<f64>,
+) -> Vec<Series> {
+    let mut series: Vec<Series> = Vec::new();
+    for (r, label) in runs.iter().zip(labels) {
+        let (Some(tokens), Some(y)) = (r.param(TOKENS).and_then(|v| v.as_f64()), value(r)) else {
+            continue;
+        };
+        let p = Point {
+            x: tokens.log2(),
+            y,
+            se: None,
+        };
+        match series.iter_mut().find(|s| s.label == *label) {
+            Some(s) => s.points.push(p),
+            None => series.push(Series {
+                label: label.clone(),
+                points: vec![p],
+                dashed: false,
+            }),
+        }
+    }
+    series.retain(|s| s.points.len() >= 2);
+    for s in &mut series {
+        s.points.sort_by(|a, b| a.x.total_cmp(&b.x));
+    }
+    series
+}
