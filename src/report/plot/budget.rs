@@ -13,6 +13,9 @@ use std::collections::BTreeSet;
 
 const TOKENS: &str = "recovery.tokens";
 
+/// What a chart plots of a run: a value and its standard error, if measured.
+type Measure<'a> = dyn Fn(&RunData) -> Option<(f64, Option<f64>)> + 'a;
+
 /// Charts of `g` per pruning level where at least three budgets were run.
 pub(super) fn budget_charts(g: &Group) -> Vec<(String, String)> {
     let mut levels: Vec<Level> = Vec::new();
@@ -55,13 +58,16 @@ fn at_level(g: &Group, level: &Level) -> Vec<(String, String)> {
         .map(|(l, rec)| format!("{l} + {rec}"))
         .collect();
     // (file kind, chart title, y label, log scale, value of a run)
-    type Value<'a> = Box<dyn Fn(&RunData) -> Option<f64> + 'a>;
+    type Value<'a> = Box<Measure<'a>>;
     let mut kinds: Vec<(String, String, String, bool, Value)> = vec![(
         "acc".into(),
         g.acc_title(&level.text()),
-        "average accuracy (%)".into(),
+        "average accuracy (%), ±1 SE".into(),
         false,
-        Box::new(|r: &RunData| average(&measure(r, g.conv), &g.tasks).0),
+        Box::new(|r: &RunData| {
+            let (avg, se) = average(&measure(r, g.conv), &g.tasks);
+            avg.map(|a| (a, se))
+        }),
     )];
     for (_, metric, label) in names::PPL_CORPORA {
         kinds.push((
@@ -69,7 +75,7 @@ fn at_level(g: &Group, level: &Level) -> Vec<(String, String)> {
             format!("{}: {label}, {}", g.model, level.text()),
             format!("{label} (log scale)"),
             true,
-            Box::new(move |r: &RunData| measure(r, g.conv).ppl.get(metric).copied()),
+            Box::new(move |r: &RunData| measure(r, g.conv).ppl.get(metric).map(|p| (*p, None))),
         ));
     }
     let mut out = Vec::new();
@@ -97,20 +103,17 @@ fn at_level(g: &Group, level: &Level) -> Vec<(String, String)> {
 
 /// One line per label: (log2 budget, value) of its runs, in budget order; lines of fewer
 /// than two points are left out.
-fn lines(
-    runs: &[&RunData],
-    labels: &[String],
-    value: &dyn Fn(&RunData) -> Option<f64>,
-) -> Vec<Series> {
+fn lines(runs: &[&RunData], labels: &[String], value: &Measure) -> Vec<Series> {
     let mut series: Vec<Series> = Vec::new();
     for (r, label) in runs.iter().zip(labels) {
-        let (Some(tokens), Some(y)) = (r.param(TOKENS).and_then(|v| v.as_f64()), value(r)) else {
+        let (Some(tokens), Some((y, se))) = (r.param(TOKENS).and_then(|v| v.as_f64()), value(r))
+        else {
             continue;
         };
         let p = Point {
             x: tokens.log2(),
             y,
-            se: None,
+            se,
         };
         match series.iter_mut().find(|s| s.label == *label) {
             Some(s) => s.points.push(p),
