@@ -1,11 +1,11 @@
 //! Assembling one results table from runs: the dense row, our rows, the published rows,
 //! their columns and the caption that states how every number was measured.
 
-use super::common::{average, items_text, measure, method_label, Measured};
+use super::common::{average, items_text, measure, method_label, task_columns, Measured};
 use super::paper::{same_model, PublishedRow};
 use super::table::{Col, Phase, Row, Table};
 use super::{Convention, RunData};
-use crate::names::{self, SEVEN_TASKS};
+use crate::names;
 
 /// One of our rows: its label, its key-column values and the run it shows.
 pub(super) struct Entry<'a> {
@@ -38,20 +38,10 @@ impl Builder<'_> {
             ours.push((e.label.clone(), measure(e.run, self.conv)));
             keys.push(e.keys.clone());
         }
-        let order: Vec<&str> = SEVEN_TASKS.iter().copied().chain(["mmlu"]).collect();
-        let tasks: Vec<String> = order
-            .iter()
-            .filter(|t| {
-                ours.iter().any(|(_, m)| m.acc.contains_key(**t))
-                    || self.published.iter().any(|p| p.tasks.contains_key(**t))
-            })
-            .map(|t| t.to_string())
-            .collect();
-        let avg_tasks: Vec<String> = tasks
-            .iter()
-            .filter(|t| SEVEN_TASKS.contains(&t.as_str()))
-            .cloned()
-            .collect();
+        let (tasks, avg_tasks) = task_columns(|t| {
+            ours.iter().any(|(_, m)| m.acc.contains_key(t))
+                || self.published.iter().any(|p| p.tasks.contains_key(t))
+        });
         let ppl_cols: Vec<String> = names::PPL_CORPORA
             .iter()
             .map(|(_, metric, _)| metric)

@@ -430,3 +430,21 @@ pub(super) fn level_groups(runs: &[RunData]) -> Vec<LevelGroup<'_>> {
     }
     out
 }
+
+/// The task columns of a table in paper order (the seven, then MMLU), those for which
+/// `measured` holds, and the ones its Avg averages (the seven among them).
+pub(super) fn task_columns(measured: impl Fn(&str) -> bool) -> (Vec<String>, Vec<String>) {
+    let tasks: Vec<String> = names::SEVEN_TASKS
+        .iter()
+        .copied()
+        .chain(["mmlu"])
+        .filter(|t| measured(t))
+        .map(str::to_string)
+        .collect();
+    let avg_tasks = tasks
+        .iter()
+        .filter(|t| names::SEVEN_TASKS.contains(&t.as_str()))
+        .cloned()
+        .collect();
+    (tasks, avg_tasks)
+}

@@ -5,13 +5,14 @@
 //! the documents' sampling error that the other tables give.
 
 use super::common::{
-    average, eval_note, labels, level_groups, measure, method_of, method_rank, slug, Measured,
+    average, eval_note, labels, level_groups, measure, method_of, method_rank, slug, task_columns,
+    Measured,
 };
 use super::recovery::{recovery_cells, recovery_method, recovery_rank};
 use super::table::{Col, Row, Table};
 use super::{Convention, RunData};
 use crate::hashing::canonical_json;
-use crate::names::{self, SEVEN_TASKS};
+use crate::names;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -105,17 +106,8 @@ pub fn seed_tables(runs: &[RunData], conv: Convention) -> Vec<Table> {
 /// The columns the measured runs fill (tasks, Avg and sd, each perplexity and its sd, the
 /// seed count), and the tasks Avg averages.
 fn columns(measured: &[Vec<Measured>]) -> (Vec<Col>, Vec<String>) {
-    let order: Vec<&str> = SEVEN_TASKS.iter().copied().chain(["mmlu"]).collect();
-    let tasks: Vec<String> = order
-        .iter()
-        .filter(|t| measured.iter().flatten().any(|m| m.acc.contains_key(**t)))
-        .map(|t| t.to_string())
-        .collect();
-    let avg_tasks: Vec<String> = tasks
-        .iter()
-        .filter(|t| SEVEN_TASKS.contains(&t.as_str()))
-        .cloned()
-        .collect();
+    let (tasks, avg_tasks) =
+        task_columns(|t| measured.iter().flatten().any(|m| m.acc.contains_key(t)));
     let ppls: Vec<String> = names::PPL_CORPORA
         .iter()
         .map(|(_, metric, _)| metric.to_string())
