@@ -129,12 +129,18 @@ impl PeakSampler {
     }
 
     /// Stop sampling; bytes above the starting level at the peak.
-    pub fn finish(mut self) -> u64 {
+    pub fn finish(self) -> u64 {
+        let start = self.start;
+        self.finish_absolute().saturating_sub(start)
+    }
+
+    /// Stop sampling; bytes in use at the peak.
+    pub fn finish_absolute(mut self) -> u64 {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        self.peak.load(Ordering::Relaxed).saturating_sub(self.start)
+        self.peak.load(Ordering::Relaxed)
     }
 }
 

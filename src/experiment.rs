@@ -6,6 +6,7 @@
 
 use crate::calib::CalibConfig;
 use crate::error::{Error, Result};
+use crate::eval::latency::Protocol;
 use crate::hashing::hash_value;
 use crate::prune::PruneConfig;
 use serde::{Deserialize, Serialize};
@@ -41,10 +42,21 @@ pub struct EvalConfig {
     /// answers, which no recovery trains on). Left out when false.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub ppl_ood: bool,
-    /// Also time prefill and decode at batch 1 (see [`crate::eval::latency`]): tables
-    /// gain speed-up columns. Left out of the serialised form when false (old hashes).
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub latency: bool,
+    /// Also time prefill and generation under a named protocol (`"sleb"` or `"short"`,
+    /// see [`crate::eval::latency`]): tables gain speed-up columns. Left out when off.
+    /// The short protocol is written `true`, the form (and hash) of the runs timed before
+    /// protocols had names; a grid's `latency = true` asks for the default, sleb.
+    #[serde(skip_serializing_if = "Option::is_none", with = "latency_field")]
+    pub latency: Option<Protocol>,
+    /// Timed iterations of prefill and of generation, `[prefill, generation]`, in place of
+    /// the protocol's (sleb: 50 and 10; short: 5 rounds of both), for CPU runs. The shapes
+    /// stay the protocol's; the metric's context records the iterations. Left out when
+    /// unset.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "positive_pair"
+    )]
+    pub latency_iters: Option<[usize; 2]>,
     /// Padded tokens per scoring batch, or `"auto"` (sized for the device). Either backs
     /// off when a batch runs out of memory.
     pub token_budget: crate::eval::batching::BatchSize,
@@ -67,7 +79,8 @@ impl Default for EvalConfig {
             ppl_c4: false,
             ppl_val: false,
             ppl_ood: false,
-            latency: false,
+            latency: None,
+            latency_iters: None,
             token_budget: crate::eval::batching::BatchSize::default(),
         }
     }
@@ -82,10 +95,69 @@ impl EvalConfig {
         }
     }
 
+    /// The latency spec of this evaluation, if it times latency.
+    pub fn latency_spec(&self) -> Option<crate::eval::latency::LatencySpec> {
+        self.latency
+            .map(|p| p.spec().with_iters(self.latency_iters))
+    }
+
     /// Counts and sizes in range (task names are checked where the data is found).
     pub fn validate(&self) -> Result<()> {
         self.subset().validate()?;
+
         check_eval_sizes(self.mmlu_fewshot, self.ppl_seqlen, self.ppl_windows)
+    }
+}
+
+/// Two counts, each at least 1 (checked while reading, so a grid's error has its line).
+fn positive_pair<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<[usize; 2]>, D::Error> {
+    let v = Option::<[usize; 2]>::deserialize(d)?;
+    if let Some(it) = v.filter(|it| it.contains(&0)) {
+        return Err(serde::de::Error::custom(format!(
+            "iterations must be at least 1 each, got {it:?}"
+        )));
+    }
+    Ok(v)
+}
+
+/// `eval.latency` in its stored form: false (off), `"sleb"`, `"short"`, or `true` for the
+/// short protocol (what every run stored before protocols had names measured).
+mod latency_field {
+    use super::Protocol;
+    use serde::de::{self, Visitor};
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<Protocol>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            None => s.serialize_bool(false),
+            Some(Protocol::Short) => s.serialize_bool(true),
+            Some(p) => s.serialize_str(p.name()),
+        }
+    }
+
+    struct Latency;
+
+    impl Visitor<'_> for Latency {
+        type Value = Option<Protocol>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("false, \"sleb\" or \"short\"")
+        }
+        fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
+            Ok(v.then_some(Protocol::Short))
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            match v {
+                "sleb" => Ok(Some(Protocol::Sleb)),
+                "short" => Ok(Some(Protocol::Short)),
+                _ => Err(E::invalid_value(de::Unexpected::Str(v), &self)),
+            }
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Protocol>, D::Error> {
+        d.deserialize_any(Latency)
     }
 }
 

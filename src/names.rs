@@ -53,9 +53,10 @@ pub const RUN_PRUNE_PEAK_RSS: &str = "prune_peak_rss_mib";
 pub const RUN_CALIB_WINDOWS: &str = "calib_windows";
 
 /// Metrics that measure the machine (time, rates, memory), not the model: never
-/// compared between runs.
+/// compared between runs. `key` is a metric name or a store key (`task/name[context]@step`).
 pub fn is_machine_measurement(key: &str) -> bool {
-    key.ends_with("_seconds") || key.ends_with("_per_s") || key.ends_with("_mib")
+    let name = key.split(['[', '@']).next().unwrap_or(key);
+    name.ends_with("_seconds") || name.ends_with("_per_s") || name.ends_with("_mib")
 }
 pub const RUN_EVAL_SECONDS: &str = "eval_seconds";
 pub const RUN_EVAL_LOAD_SECONDS: &str = "eval_load_seconds";
@@ -69,9 +70,14 @@ pub const TOKENS_FORWARDED: &str = "tokens_forwarded";
 pub const TOKENS_PADDED: &str = "tokens_padded";
 pub const HEAD_POSITIONS: &str = "head_positions";
 pub const FORWARDS: &str = "forwards";
-/// Latency at batch 1 (`eval.latency`), context `prompt=<P>,new=<N>`.
+/// Latency (`eval.latency`): prefill and generation tokens/s, context the protocol and
+/// sizes (`protocol=sleb,prefill=...`, or the short protocol's `prompt=<P>,new=<N>`).
 pub const RUN_PREFILL_TOKENS_PER_S: &str = "prefill_tokens_per_s";
 pub const RUN_DECODE_TOKENS_PER_S: &str = "decode_tokens_per_s";
+/// Peak host memory (resident set) and, on CUDA, device memory of a stage that ran (MiB),
+/// context `stage=<model|prune|distill|eval>`.
+pub const STAGE_PEAK_RSS_MIB: &str = "stage_peak_rss_mib";
+pub const STAGE_PEAK_DEVICE_MIB: &str = "stage_peak_device_mib";
 /// Layers the prune removed.
 pub const RUN_LAYERS_REMOVED: &str = "layers_removed";
 /// Recovery (distill stage): wall time, training tokens in all, and their rate.

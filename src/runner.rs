@@ -10,11 +10,11 @@
 
 use crate::distill::{DistillRecord, Event, RecoveryConfig};
 use crate::error::{Error, Result};
-use crate::eval::latency::LatencySpec;
 use crate::eval::ppl_corpus::Corpus;
 use crate::eval::tasks::{load_task, TaskSource};
 use crate::experiment::Experiment;
 use crate::grid::{GridSpec, RunSpec};
+use crate::memory::{PeakMemory, PeakWindow};
 use crate::model::load::{load_model, LoadOptions};
 use crate::model::tokenizer::Tokenizer;
 use crate::names;
@@ -254,16 +254,18 @@ fn device_description(spec: &str) -> String {
 pub static CURRENT: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(-1);
 
 fn stage<T>(
-    store: &Store,
-    id: i64,
+    ctx: &Ctx,
     name: &str,
     cache_key: Option<String>,
+    metrics: &mut Vec<Metric>,
     f: impl FnOnce() -> Result<(T, Option<String>, bool)>,
 ) -> Result<T> {
     check_stop()?;
     let t0 = Instant::now();
+    let window = PeakWindow::start(ctx.device);
     // Caught here too, so the stage is recorded as failed with the panic.
     let r = crate::panic_guard::catch(f);
+    let peak = window.finish();
     let (status, output, out) = match r {
         Ok((v, output, reused)) => (
             if reused {
@@ -276,8 +278,12 @@ fn stage<T>(
         ),
         Err(e) => (StageStatus::Failed, None, Err(e)),
     };
-    store.record_stage(
-        id,
+    // A reused stage's peak is that of reading its output, not of making it.
+    if status == StageStatus::Finished {
+        metrics.extend(peak_metrics(name, &peak));
+    }
+    ctx.store.record_stage(
+        ctx.id,
         &StageRecord {
             stage: name.into(),
             status,
@@ -287,6 +293,25 @@ fn stage<T>(
         },
     )?;
     out
+}
+
+/// A stage's peak memory as metrics, context `stage=<name>` (`,from=process` when the
+/// kernel kept the process's high-water mark and the host peak may be an earlier one).
+fn peak_metrics(stage: &str, peak: &PeakMemory) -> Vec<Metric> {
+    let mut context = format!("stage={stage}");
+    if !peak.host_from_start {
+        context.push_str(",from=process");
+    }
+    let mut m = vec![];
+    if let Some(v) = peak.host_mib {
+        m.push(Metric::new("", names::STAGE_PEAK_RSS_MIB, v).with_context(context));
+    }
+    if let Some(v) = peak.device_mib {
+        m.push(
+            Metric::new("", names::STAGE_PEAK_DEVICE_MIB, v).with_context(format!("stage={stage}")),
+        );
+    }
+    m
 }
 
 /// What a run leaves in the store.
@@ -315,11 +340,16 @@ fn execute(
         device: crate::runtime::parse_device(opts.device_for(exp))?,
         dtype: exp.runtime.dtype.kind(),
     };
-    let ctx = Ctx { id, store, opts };
+    let ctx = Ctx {
+        id,
+        store,
+        opts,
+        device: lo.device,
+    };
     let mut out = Outcome::default();
     progress.stage(&run.name, "model");
     let source = spec.model_source(&exp.model)?;
-    let base = stage(store, id, "model", None, || {
+    let base = stage(&ctx, "model", None, &mut out.metrics, || {
         let (dir, reused) = prepare_model(&source, &opts.cache_dir.join("models"), &exp.model)?;
         Ok((dir.clone(), Some(dir.display().to_string()), reused))
     })?;
@@ -353,6 +383,8 @@ struct Ctx<'a> {
     id: i64,
     store: &'a Store,
     opts: &'a RunnerOptions,
+    /// Where the run's model computes (its stages' device memory is sampled there).
+    device: tch::Device,
 }
 
 /// The pruned checkpoint of `exp`, from the cache (`pruned/<prune_hash[..16]>`) or made.
@@ -367,7 +399,7 @@ fn prune_stage(
 ) -> Result<PathBuf> {
     let key = exp.prune_hash().unwrap_or_default();
     let dir = ctx.opts.cache_dir.join("pruned").join(&key[..16]);
-    stage(ctx.store, ctx.id, "prune", Some(key.clone()), || {
+    stage(ctx, "prune", Some(key.clone()), &mut out.metrics, || {
         let _lock = ctx.lock(&dir)?;
         let reused = dir.join(stages::prune::FILE).exists();
         if !reused {
@@ -428,7 +460,7 @@ fn distill_stage(
         .ok_or_else(|| Error::Invalid("recovery needs a pruned model (set `prune`)".into()))?;
     let dir = ctx.opts.cache_dir.join("distilled").join(&key[..16]);
     let devices = ctx.devices(lo)?;
-    stage(ctx.store, ctx.id, "distill", Some(key.clone()), || {
+    stage(ctx, "distill", Some(key.clone()), &mut out.metrics, || {
         let _lock = ctx.lock(&dir)?;
         let reused = dir.join(crate::distill::record::FILE).exists();
         if !reused {
@@ -634,10 +666,10 @@ fn eval_stage(
         ppl: &ppl,
         ppl_seqlen: e.ppl_seqlen.unwrap_or(0),
         ppl_windows: e.ppl_windows,
-        latency: e.latency.then(LatencySpec::default),
+        latency: e.latency_spec(),
     };
     let t0 = Instant::now();
-    let result = stage(ctx.store, ctx.id, "eval", None, || {
+    let result = stage(ctx, "eval", None, &mut out.metrics, || {
         let mut hooks = RunHooks {
             ctx,
             progress: &mut *progress,

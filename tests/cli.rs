@@ -187,11 +187,13 @@ fn bench_latency_prints_the_speedup_table() {
         m,
         "--model",
         m,
-        "--prompt-len",
+        "--protocol",
+        "short",
+        "--prefill-len",
         "16",
-        "--new-tokens",
+        "--gen-new",
         "4",
-        "--repeats",
+        "--prefill-iters",
         "1",
     ];
     let out = run(&args);
@@ -203,16 +205,64 @@ fn bench_latency_prints_the_speedup_table() {
     );
     assert_eq!(text.matches("| 5 | 0.3 |").count(), 2, "{text}");
     assert!(text.contains("1.00x"), "{text}");
-    // Longer than the model's positions: refused.
+    assert!(
+        text.starts_with("prompt=16,new=4,repeats=1 (scaled down"),
+        "{text}"
+    );
+    // SLEB's protocol, scaled down: the sizes used are printed with it.
+    let out = run(&[
+        "bench",
+        "latency",
+        "--model",
+        m,
+        "--prefill-len",
+        "32",
+        "--prefill-iters",
+        "2",
+        "--gen-batch",
+        "3",
+        "--gen-prompt",
+        "8",
+        "--gen-new",
+        "4",
+        "--gen-iters",
+        "2",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.starts_with("protocol=sleb,prefill=1x32x2,generate=3x8+4x2 (scaled down"),
+        "{text}"
+    );
+    // Longer than the model's positions: refused, under either protocol (the sleb
+    // default's 2048-token prompt too).
     fails_with(
-        &["bench", "latency", "--model", m, "--prompt-len", "600"],
+        &[
+            "bench",
+            "latency",
+            "--model",
+            m,
+            "--protocol",
+            "short",
+            "--prefill-len",
+            "600",
+        ],
         &["max_position_embeddings (512)"],
+    );
+    fails_with(
+        &["bench", "latency", "--model", m],
+        &["2048 positions exceed max_position_embeddings (512)"],
     );
 }
 
-/// `eval.latency = true`: every run records prefill and decode tokens/s (the prompt fitted
-/// to stories260K's 512 positions), and the main table gains speed-up columns against the
-/// dense run, 1.00 on the dense row itself.
+/// `eval.latency = true` (the default protocol, sleb): every run records prefill and
+/// generation tokens/s (the prefill prompt fitted to stories260K's 512 positions), and
+/// the main table gains speed-up columns against the dense run, 1.00 on the dense row
+/// itself, with the protocol and its sizes in the caption.
 #[test]
 fn grid_latency_gives_speedup_columns() {
     let d = tempfile::tempdir().unwrap();
@@ -245,7 +295,10 @@ latency = true
         for name in ["prefill_tokens_per_s", "decode_tokens_per_s"] {
             let x = m.iter().find(|x| x.name == name).expect(name);
             assert!(x.value > 0.0 && x.value.is_finite(), "{name} {}", x.value);
-            assert_eq!(x.context, "prompt=448,new=64");
+            assert_eq!(
+                x.context,
+                "protocol=sleb,prefill=1x512x50,generate=64x64+128x10"
+            );
         }
         // The scoring profile is stored per task, the model load per run.
         let get = |task: &str, name: &str| {
@@ -280,5 +333,9 @@ latency = true
     );
     let dense = text.lines().find(|l| l.starts_with("| Dense")).unwrap();
     assert!(dense.trim_end().ends_with("| 1.00 | 1.00 |"), "{dense}");
-    assert!(text.contains("prompt=448,new=64"), "{text}");
+    assert!(
+        text.contains("SLEB's latency protocol")
+            && text.contains("protocol=sleb,prefill=1x512x50,generate=64x64+128x10"),
+        "{text}"
+    );
 }

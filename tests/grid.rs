@@ -768,6 +768,56 @@ fn batch_budget_is_a_number_or_auto() {
     );
 }
 
+/// `eval.latency` names a protocol; `true` in a grid is the default (sleb), while the
+/// short protocol keeps the stored form `true` of the runs timed before protocols had
+/// names, so their hashes still match.
+#[test]
+fn latency_names_a_protocol_and_short_keeps_old_hashes() {
+    use come_repro::eval::latency::Protocol;
+    let d = models_dir();
+    let run = |v: &str| {
+        expand(
+            d.path(),
+            &format!("[base]\nmodel = \"m\"\n[base.eval]\nlatency = {v}\n"),
+        )
+        .remove(0)
+    };
+    let plain = expand(d.path(), "[base]\nmodel = \"m\"\n").remove(0);
+    assert_eq!(run("false").hash, plain.hash);
+    let sleb = run("true");
+    assert_eq!(sleb.experiment.eval.latency, Some(Protocol::Sleb));
+    assert_eq!(run("\"sleb\"").hash, sleb.hash);
+    assert_eq!(get(&sleb, "eval.latency"), json!("sleb"));
+    let short = run("\"short\"");
+    assert_eq!(short.experiment.eval.latency, Some(Protocol::Short));
+    assert_ne!(short.hash, sleb.hash);
+    let stored = short.experiment.to_value();
+    assert_eq!(stored["eval"]["latency"], json!(true));
+    // The stored form reads back as what was run.
+    let back = come_repro::experiment::Experiment::from_value(stored).unwrap();
+    assert_eq!(back.eval.latency, Some(Protocol::Short));
+    // Iterations scaled for a CPU: the shapes stay, the context records the counts.
+    let scaled = run("\"sleb\"\nlatency_iters = [10, 3]");
+    let spec = scaled.experiment.eval.latency_spec().unwrap();
+    assert_eq!(
+        spec.context(),
+        "protocol=sleb,prefill=1x2048x10,generate=64x64+128x3"
+    );
+    assert_ne!(scaled.hash, sleb.hash);
+    assert_error(
+        d.path(),
+        "\n[base]\nmodel = \"m\"\n[base.eval]\nlatency = \"sleb\"\nlatency_iters = [0, 3]\n",
+        5,
+        &["`eval.latency_iters`", "at least 1 each"],
+    );
+    assert_error(
+        d.path(),
+        "\n[base]\nmodel = \"m\"\n[base.eval]\nlatency = \"fast\"\n",
+        4,
+        &["`eval.latency`", "\"sleb\" or \"short\""],
+    );
+}
+
 #[test]
 fn c4_perplexity_is_opt_in_and_needs_the_file() {
     let d = models_dir();

@@ -26,6 +26,7 @@ const LAYERS: [(&str, &[&str]); 5] = [
             "error",
             "hashing",
             "heap",
+            "memory",
             "mkl_dispatch",
             "names",
             "panic_guard",

@@ -1229,3 +1229,58 @@ fn budget_curves_draw_one_line_per_recovery_across_budgets() {
     .unwrap();
     assert!(!out2.join("budget_wikitext2_m_s0.3.svg").exists());
 }
+
+/// Stage peaks make one memory table per model: a column per stage that any run made
+/// (host, then GPU), "-" where a run reused the stage from the cache.
+#[test]
+fn memory_table_shows_each_made_stage() {
+    let d = tempfile::tempdir().unwrap();
+    let store = Store::open(d.path().join("s.sqlite")).unwrap();
+    let peak = |stage: &str, v: f64| {
+        Metric::new("", come_repro::names::STAGE_PEAK_RSS_MIB, v)
+            .with_context(format!("stage={stage}"))
+    };
+    let mut made = metrics(0.1, 9.0);
+    made.extend([
+        peak("model", 700.0),
+        peak("prune", 1234.4),
+        peak("eval", 900.0),
+    ]);
+    made.push(
+        Metric::new("", come_repro::names::STAGE_PEAK_DEVICE_MIB, 2048.0)
+            .with_context("stage=prune"),
+    );
+    finish(
+        &store,
+        &spec(Some((Method::Come, MergeOp::Concat, 0.3))),
+        &made,
+    );
+    // The prune stage reused: only eval's peak.
+    let mut reused = metrics(0.2, 20.0);
+    reused.push(peak("eval", 880.0).with_context("stage=eval,from=process"));
+    finish(
+        &store,
+        &spec(Some((Method::Come, MergeOp::Linear, 0.3))),
+        &reused,
+    );
+    // No peaks at all (runs made before they were recorded): no row.
+    finish(&store, &spec(None), &metrics(0.0, 5.5));
+    let runs = come_repro::report::load_runs(&store).unwrap();
+    let tables = come_repro::report::memory::memory_tables(&runs);
+    assert_eq!(tables.len(), 1);
+    let t = &tables[0];
+    assert_eq!(t.id, "memory_m");
+    let headers: Vec<String> = t.columns.iter().map(|c| c.header()).collect();
+    assert_eq!(
+        headers,
+        ["model MiB", "prune MiB", "eval MiB", "prune GPU MiB"]
+    );
+    assert_eq!(t.rows.len(), 2);
+    assert_eq!(
+        t.rows[0].cells,
+        [Some(700.0), Some(1234.4), Some(900.0), Some(2048.0)]
+    );
+    assert_eq!(t.rows[1].cells, [None, None, Some(880.0), None]);
+    let md = t.to_markdown();
+    assert!(md.contains("| 700 | 1234 | 900 | 2048 |"), "{md}");
+}

@@ -378,6 +378,26 @@ fn grid_killed_during_distillation_resumes_to_the_uninterrupted_result() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Every stage that ran recorded its peak host memory, from its own start.
+    let store = Store::open(clean.join("store.sqlite")).unwrap();
+    let run = &store.runs(&RunFilter::default()).unwrap()[0];
+    let peaks: BTreeMap<String, f64> = store
+        .metrics(run.id)
+        .unwrap()
+        .into_iter()
+        .filter(|m| m.name == come_repro::names::STAGE_PEAK_RSS_MIB)
+        .map(|m| (m.context, m.value))
+        .collect();
+    let stages: Vec<&str> = peaks.keys().map(|c| c.split(',').next().unwrap()).collect();
+    assert_eq!(
+        stages,
+        ["stage=distill", "stage=eval", "stage=model", "stage=prune"]
+    );
+    assert!(
+        peaks.values().all(|&v| v > 10.0 && v < 64.0 * 1024.0),
+        "{peaks:?}"
+    );
+    drop(store);
     // Killed once the first layer is finished, then rerun.
     let db = d.path().join("store.sqlite");
     let mut child = spawn(d.path(), &grid, &db);

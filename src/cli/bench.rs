@@ -161,23 +161,15 @@ fn forward(
     Ok(())
 }
 
-fn vm_kib(field: &str) -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    s.lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-}
-
 fn load(dir: PathBuf, rt: RuntimeArgs) -> Result<()> {
     let opts = rt.load_options()?;
     // Touch libtorch first so its own start-up memory is not charged to loading.
     let _ = Tensor::zeros([1], (Kind::Float, tch::Device::Cpu));
-    let base = vm_kib("VmRSS:").unwrap_or(0);
+    let base = come_repro::memory::status_kib("VmRSS:").unwrap_or(0);
     let t0 = Instant::now();
     let model = load_model(&dir, opts)?;
     let dt = t0.elapsed().as_secs_f64();
-    let peak = vm_kib("VmHWM:").unwrap_or(0);
+    let peak = come_repro::memory::status_kib("VmHWM:").unwrap_or(0);
     let f32_bytes = model.num_params() as f64 * 4.0;
     let mib = |k: u64| k as f64 / 1024.0;
     println!("load {} in {dt:.2}s", dir.display());

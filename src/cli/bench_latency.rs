@@ -1,11 +1,12 @@
 //! `come-repro bench latency`: the speed-up a pruned model buys, as the paper reports it
 //! (what is timed: [`come_repro::eval::latency`]). The first model is the reference of
-//! the speed-up column.
+//! the speed-up column. Sizes default to the protocol's own; a CPU run may scale them
+//! down, and the printed and written context records what was used.
 
 use super::common::{load, RuntimeArgs};
 use anyhow::Result;
 use clap::Args;
-use come_repro::eval::latency::{measure, LatencySpec};
+use come_repro::eval::latency::{measure, LatencySpec, Protocol};
 use serde_json::json;
 use std::path::PathBuf;
 
@@ -14,15 +15,27 @@ pub struct LatencyArgs {
     /// Checkpoints to time, the dense one first (repeat the flag).
     #[arg(long, required = true)]
     pub model: Vec<PathBuf>,
-    #[arg(long, default_value_t = 512, value_parser = super::common::at_least_one)]
-    pub prompt_len: usize,
-    #[arg(long, default_value_t = 64, value_parser = super::common::at_least_one)]
-    pub new_tokens: usize,
-    #[arg(long, default_value_t = 5, value_parser = super::common::at_least_one)]
-    pub repeats: usize,
-    /// Prompts decoded together (generation throughput; SLEB measures at 64).
-    #[arg(long, default_value_t = 1, value_parser = super::common::at_least_one)]
-    pub batch: usize,
+    /// `sleb`: SLEB's and CoMe's latency.py; `short`: batch-1 prefill then cached decode.
+    #[arg(long, value_enum, default_value_t = Protocol::Sleb)]
+    pub protocol: Protocol,
+    /// Prompt tokens of the prefill phase (sleb 2048, short 512).
+    #[arg(long, value_parser = super::common::at_least_one)]
+    pub prefill_len: Option<usize>,
+    /// Timed prefills (sleb 50, mean; short 5, median, for both phases).
+    #[arg(long, value_parser = super::common::at_least_one)]
+    pub prefill_iters: Option<usize>,
+    /// Sequences generated together (sleb 64, short 1).
+    #[arg(long, value_parser = super::common::at_least_one)]
+    pub gen_batch: Option<usize>,
+    /// Prompt tokens before generation (sleb 64; short: the prefill's prompt).
+    #[arg(long, value_parser = super::common::at_least_one)]
+    pub gen_prompt: Option<usize>,
+    /// Tokens generated per sequence (sleb 128, short 64).
+    #[arg(long, value_parser = super::common::at_least_one)]
+    pub gen_new: Option<usize>,
+    /// Timed generations (sleb 10, mean).
+    #[arg(long, value_parser = super::common::at_least_one)]
+    pub gen_iters: Option<usize>,
     /// Also write the table as JSON here.
     #[arg(long)]
     pub output: Option<PathBuf>,
@@ -30,53 +43,79 @@ pub struct LatencyArgs {
     pub rt: RuntimeArgs,
 }
 
+impl LatencyArgs {
+    /// The protocol's sizes with the flags given over them.
+    fn spec(&self) -> LatencySpec {
+        let d = self.protocol.spec();
+        let prefill_len = self.prefill_len.unwrap_or(d.prefill_len);
+        LatencySpec {
+            protocol: self.protocol,
+            prefill_len,
+            prefill_iters: self.prefill_iters.unwrap_or(d.prefill_iters),
+            gen_batch: self.gen_batch.unwrap_or(d.gen_batch),
+            gen_prompt: match self.protocol {
+                Protocol::Short => prefill_len,
+                Protocol::Sleb => self.gen_prompt.unwrap_or(d.gen_prompt),
+            },
+            gen_new: self.gen_new.unwrap_or(d.gen_new),
+            gen_iters: match self.protocol {
+                Protocol::Short => self.prefill_iters.unwrap_or(d.gen_iters),
+                Protocol::Sleb => self.gen_iters.unwrap_or(d.gen_iters),
+            },
+        }
+    }
+}
+
 pub fn run(a: LatencyArgs) -> Result<()> {
-    let spec = LatencySpec {
-        prompt_len: a.prompt_len,
-        new_tokens: a.new_tokens,
-        repeats: a.repeats,
-        batch: a.batch,
-    };
+    let spec = a.spec();
     let mut rows = vec![];
     for dir in &a.model {
         let (m, _) = load(dir, &a.rt)?;
+        // Sizes asked for are timed as asked, or refused when they do not fit.
         let t = measure(&m, spec)?;
         let params = m.current_config().total_params();
         rows.push((dir.clone(), m.n_layers(), params, t));
     }
     let (p0, d0) = (rows[0].3.prefill_s, rows[0].3.decode_s);
+    let scaled = if rows[0].3.spec.is_full() {
+        "the protocol's own sizes"
+    } else {
+        "scaled down from the protocol's sizes"
+    };
     println!(
-        "prompt {} tokens, {} decoded, batch {}, median of {}, {} thread(s), {}",
-        a.prompt_len,
-        a.new_tokens,
-        a.batch,
-        a.repeats,
+        "{} ({scaled}), {} thread(s), {}",
+        rows[0].3.spec.context(),
         tch::get_num_threads(),
         a.rt.dtype
     );
     println!(
-        "| model | layers | params (M) | prefill tok/s | decode tok/s | prefill speed-up | decode speed-up |"
+        "| model | layers | params (M) | prefill s | generation s | prefill tok/s | generation tok/s | prefill speed-up | generation speed-up |"
     );
-    println!("|---|--:|--:|--:|--:|--:|--:|");
+    println!("|---|--:|--:|--:|--:|--:|--:|--:|--:|");
     let mut out = vec![];
     for (dir, layers, params, t) in &rows {
         let (pre, dec) = (t.prefill_tokens_per_s(), t.decode_tokens_per_s());
         println!(
-            "| {} | {layers} | {:.1} | {pre:.0} | {dec:.1} | {:.2}x | {:.2}x |",
+            "| {} | {layers} | {:.1} | {:.3} | {:.3} | {pre:.0} | {dec:.1} | {:.2}x | {:.2}x |",
             dir.display(),
             *params as f64 / 1e6,
+            t.prefill_s,
+            t.decode_s,
             p0 / t.prefill_s,
             d0 / t.decode_s
         );
         out.push(json!({
             "model": dir, "layers": layers, "params": params,
-            "prefill_tokens_per_s": pre, "decode_tokens_per_s": dec,
-            "prefill_speedup": p0 / t.prefill_s, "decode_speedup": d0 / t.decode_s,
+            "prefill_seconds": t.prefill_s, "generation_seconds": t.decode_s,
+            "prefill_tokens_per_s": pre, "generation_tokens_per_s": dec,
+            "prefill_speedup": p0 / t.prefill_s, "generation_speedup": d0 / t.decode_s,
+            "context": t.spec.context(),
         }));
     }
     if let Some(path) = &a.output {
         let v = json!({
-            "prompt_len": a.prompt_len, "new_tokens": a.new_tokens, "repeats": a.repeats,
+            "protocol": a.protocol, "full_sizes": rows[0].3.spec.is_full(),
+            "context": rows[0].3.spec.context(),
             "threads": tch::get_num_threads(), "dtype": a.rt.dtype, "device": a.rt.device,
             "rows": out,
         });

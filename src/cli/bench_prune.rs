@@ -269,7 +269,7 @@ fn synthetic(shape: Shape, a: &PruneBenchArgs) -> Result<()> {
     );
     println!(
         "  peak host RSS     {:>9.0} MiB; model {:.0} MiB",
-        come_repro::distill::record::peak_rss_mib(),
+        come_repro::memory::peak_rss_mib(),
         params as f64 * opts.dtype.elt_size_in_bytes() as f64 / (1 << 20) as f64
     );
     if let Some(m) = device_mib() {

@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use come_repro::eval::batching::BatchSize;
 use come_repro::eval::harness::TaskResult;
-use come_repro::eval::latency::LatencySpec;
+use come_repro::eval::latency::Protocol;
 use come_repro::eval::perplexity::PplResult;
 use come_repro::eval::ppl_corpus::Corpus;
 use come_repro::eval::profile::ScoreProfile;
@@ -67,10 +67,16 @@ pub struct EvalArgs {
     /// Also write per-document log-likelihoods (JSONL) here.
     #[arg(long)]
     pub samples: Option<PathBuf>,
-    /// Also time prefill (512-token prompt) and decode (64 tokens) at batch 1, warm,
-    /// median of 5 (the prompt shortened to fit a shorter context).
-    #[arg(long)]
-    pub latency: bool,
+    /// Also time prefill and generation under a protocol: `sleb` (the default: SLEB's and
+    /// CoMe's, prefill 1 x 2048 and generation 64 x (64 + 128)) or `short` (batch 1, 512 +
+    /// 64); prompts are shortened to fit a shorter context. `bench latency` scales sizes.
+    #[arg(long, num_args = 0..=1, default_missing_value = "sleb", value_name = "PROTOCOL")]
+    pub latency: Option<Protocol>,
+    /// Timed iterations of prefill and of generation in place of the protocol's (sleb:
+    /// 50,10), e.g. `5,2` on a CPU; recorded with the result.
+    #[arg(long, value_delimiter = ',', num_args = 2, value_name = "PREFILL,GENERATION",
+          value_parser = super::common::at_least_one)]
+    pub latency_iters: Option<Vec<usize>>,
     #[command(flatten)]
     pub rt: RuntimeArgs,
 }
@@ -157,7 +163,10 @@ pub fn run(a: EvalArgs) -> Result<()> {
         ppl: &corpora,
         ppl_seqlen: a.seqlen,
         ppl_windows: a.max_windows,
-        latency: a.latency.then(LatencySpec::default),
+        latency: a.latency.map(|p| {
+            let iters = a.latency_iters.as_deref().map(|v| [v[0], v[1]]);
+            p.spec().with_iters(iters)
+        }),
     };
     let outcome = evaluate(&model, &tok, &inputs, &mut Printer::default())?;
     let ppl: Vec<(String, PplResult)> = outcome
@@ -176,10 +185,8 @@ pub fn run(a: EvalArgs) -> Result<()> {
     println!("{}", table(&results, &ppl));
     if let Some(l) = &outcome.latency {
         println!(
-            "latency (batch 1, prompt {}, {} decoded, median of {}): prefill {:.0} tok/s, decode {:.1} tok/s",
-            l.spec.prompt_len,
-            l.spec.new_tokens,
-            l.spec.repeats,
+            "latency ({}): prefill {:.0} tok/s, generation {:.1} tok/s",
+            l.spec.context(),
             l.prefill_tokens_per_s(),
             l.decode_tokens_per_s()
         );
@@ -204,8 +211,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
             obj.insert(
                 "latency".into(),
                 serde_json::json!({
-                    "prompt_len": l.spec.prompt_len, "new_tokens": l.spec.new_tokens,
-                    "repeats": l.spec.repeats,
+                    "protocol": l.spec.protocol, "context": l.spec.context(),
                     "prefill_tokens_per_s": l.prefill_tokens_per_s(),
                     "decode_tokens_per_s": l.decode_tokens_per_s(),
                 }),

@@ -158,18 +158,20 @@ pub fn run(cmd: RunsCmd) -> Result<()> {
                 println!("error: {e}");
             }
             println!("config:\n{}", serde_json::to_string_pretty(&r.config)?);
+            let metrics = s.metrics(id)?;
             println!("stages:");
             for st in s.stages(id)? {
                 println!(
-                    "  {:<8} {:<9} {:>8.1}s {}",
+                    "  {:<8} {:<9} {:>8.1}s {:>18} {}",
                     st.stage,
                     st.status.as_str(),
                     st.seconds.unwrap_or(0.0),
+                    stage_peaks(&metrics, &st.stage),
                     st.output.unwrap_or_default()
                 );
             }
             println!("metrics:");
-            for m in s.metrics(id)? {
+            for m in metrics {
                 let se = m.stderr.map(|x| format!(" ± {x:.4}")).unwrap_or_default();
                 println!("  {:<32} {:.6}{se}", m.key(), m.value);
             }
@@ -329,5 +331,24 @@ fn print_comparison(a: &str, b: &str, c: &Comparison) {
             100.0 * m,
             100.0 * sd.unwrap_or(0.0)
         );
+    }
+}
+
+/// "peak 812 MiB" (host), with the device's after a slash on CUDA; empty for a stage that
+/// did not run (reused from the cache) or ran before peaks were recorded.
+fn stage_peaks(metrics: &[come_repro::track::Metric], stage: &str) -> String {
+    let of = |name: &str| {
+        metrics.iter().find(|m| {
+            m.name == name && m.context.split(',').next() == Some(&format!("stage={stage}"))
+        })
+    };
+    match (
+        of(come_repro::names::STAGE_PEAK_RSS_MIB),
+        of(come_repro::names::STAGE_PEAK_DEVICE_MIB),
+    ) {
+        (Some(h), Some(d)) => format!("peak {:.0}/{:.0} MiB", h.value, d.value),
+        (Some(h), None) => format!("peak {:.0} MiB", h.value),
+        (None, Some(d)) => format!("device {:.0} MiB", d.value),
+        (None, None) => String::new(),
     }
 }

@@ -125,15 +125,3 @@ impl DistillRecord {
             .collect()
     }
 }
-
-/// Peak resident memory of this process (MiB), from /proc; NaN where unavailable.
-pub fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map_or(f64::NAN, |k| k / 1024.0)
-}

@@ -6,11 +6,12 @@
 use super::config::{LayerInputs, RecoveryConfig, RecoveryMethod};
 use super::data::{self, DataSet};
 use super::plan::{self, Unit};
-use super::record::{peak_rss_mib, DistillRecord};
+use super::record::DistillRecord;
 use super::teacher::{dir_digest, TeacherStates};
 use super::{resume, workers};
 use crate::calib::CalibConfig;
 use crate::error::{Error, Result};
+use crate::memory::peak_rss_mib;
 use crate::model::load::{load_model, LoadOptions};
 use crate::model::tokenizer::Tokenizer;
 use crate::model::{Model, ModelConfig};

@@ -254,6 +254,7 @@ impl GridSpec {
                     assign.push((k.clone(), v.clone()));
                 }
             }
+            default_latency_protocol(&mut json);
             // An ids file is part of the run's identity through its content hash.
             let resolved = Experiment::from_value(Value::Object(json)).and_then(|mut exp| {
                 if let Some(p) = exp.prune.as_mut() {
@@ -311,5 +312,17 @@ impl GridSpec {
             }
         }
         drop
+    }
+}
+
+/// In a grid, `eval.latency = true` asks for the default protocol (sleb); in a stored
+/// experiment `true` is the short protocol, the form runs timed before protocols had
+/// names keep, so only the grid's own text is read this way.
+fn default_latency_protocol(json: &mut Map<String, Value>) {
+    if let Some(Value::Object(e)) = json.get_mut("eval") {
+        if e.get("latency") == Some(&Value::Bool(true)) {
+            let name = crate::eval::latency::Protocol::default().name();
+            e.insert("latency".into(), Value::String(name.into()));
+        }
     }
 }

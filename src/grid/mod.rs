@@ -16,7 +16,8 @@
 //! ppl_windows = 8
 //! token_budget = "auto"     # padded tokens per forward, or a number; backs off on OOM
 //! # ppl_c4 = true           # C4 validation perplexity too (your copy, via COME_C4)
-//! # latency = true          # batch-1 prefill/decode tokens/s; tables gain speed-ups
+//! # latency = "sleb"        # prefill/generation speed (SLEB's protocol; true = "sleb",
+//!                           # "short" = batch-1 512+64); tables gain speed-ups
 //! [base.runtime]
 //! dtype = "f32"
 //!

@@ -31,6 +31,7 @@ pub(super) fn schema() -> Value {
             e.insert("ppl_val".into(), Value::Bool(false));
             e.insert("ppl_ood".into(), Value::Bool(false));
             e.insert("latency".into(), Value::Bool(false));
+            e.insert("latency_iters".into(), serde_json::json!([1, 1]));
         }
         if let Some(Value::Object(c)) = m.get_mut("prune").and_then(|p| p.get_mut("calib")) {
             c.insert("ids".into(), Value::String(String::new()));

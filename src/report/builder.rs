@@ -102,7 +102,8 @@ impl Builder<'_> {
                     | Col::RecoverySeconds
                     | Col::DeltaAvg
                     | Col::Sd(_)
-                    | Col::Seeds => None,
+                    | Col::Seeds
+                    | Col::PeakMemory { .. } => None,
                 })
                 .collect();
             rows.push(Row {
@@ -156,7 +157,8 @@ impl Builder<'_> {
                     | Col::DeltaAvg
                     | Col::SpeedUp(_)
                     | Col::Sd(_)
-                    | Col::Seeds => None,
+                    | Col::Seeds
+                    | Col::PeakMemory { .. } => None,
                 })
                 .collect();
             let label = match p.sparsity {
@@ -229,10 +231,7 @@ impl Builder<'_> {
             .then_some(dense_latency.as_ref())
             .flatten()
         {
-            caption.push_str(&format!(
-                " Prefill × / Decode ×: tokens/s at batch 1 ({}; KV-cached decode, warm, median of repeats) over the dense model's on the same machine.",
-                l.context
-            ));
+            caption.push_str(&super::common::latency_caption(&l.context));
         }
         if !self.published.is_empty() {
             caption.push_str(

@@ -41,6 +41,20 @@ impl Latency {
     }
 }
 
+/// What the speed-up columns measured, from the metric's context (the protocol and its
+/// sizes, see [`crate::eval::latency`]).
+pub(crate) fn latency_caption(context: &str) -> String {
+    if context.starts_with("protocol=sleb") {
+        format!(
+            " Prefill × / Decode ×: the dense model's time over this model's on the same machine, under SLEB's latency protocol (CoMe's latency.py; sizes as measured: {context}, where prefill=1xLxN is N forwards of a batch-1 prompt of L tokens without KV cache and generate=BxP+GxN is N generations of G tokens after B prompts of P tokens, KV-cached, the prompt's prefill included; mean over N after two untimed rounds, where SLEB runs one)."
+        )
+    } else {
+        format!(
+            " Prefill × / Decode ×: tokens/s at batch 1 ({context}; KV-cached decode, warm, median of repeats; the short protocol, not the paper's) over the dense model's on the same machine."
+        )
+    }
+}
+
 pub(crate) fn measure(run: &RunData, conv: Convention) -> Measured {
     let mut m = Measured::default();
     for t in names::ALL_TASKS {

@@ -15,6 +15,8 @@
 //!   Recovery column when a run of theirs was recovered;
 //! - seed tables, where runs differ only in their recovery seed: one row per setting with
 //!   the mean over seeds and the spread over seeds of every measure (see [`seeds`]);
+//! - memory tables, one per model: the peak host (and GPU) memory of every stage a run
+//!   made (see [`memory`]);
 //! - tables of the published rows alone (so they show even for models we cannot run);
 //! - figures (SVG and PNG): line charts of average accuracy and perplexity against the
 //!   pruning level, one line per variant, or bar charts where the runs share one level
@@ -26,6 +28,7 @@
 
 mod builder;
 mod common;
+pub mod memory;
 pub mod paired;
 pub mod paper;
 pub mod plot;
@@ -197,6 +200,7 @@ pub fn build(runs: &[RunData], opts: &ReportOptions) -> (Vec<Table>, Vec<(String
     tables.extend(tables::ablation_tables(runs, opts.convention));
     tables.extend(recovery::recovery_tables(runs, opts.convention));
     tables.extend(seeds::seed_tables(runs, opts.convention));
+    tables.extend(memory::memory_tables(runs));
     tables.extend(tables::published_tables(&opts.published, opts.convention));
     tables::unique_ids(&mut tables);
     let plots = plot::plots(runs, &opts.published, &opts.model_aliases, opts.convention);

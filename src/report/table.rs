@@ -31,6 +31,8 @@ pub enum Col {
     Sd(Box<Col>),
     /// How many seeds a row averages.
     Seeds,
+    /// Peak memory of a stage in MiB, host or device (memory tables).
+    PeakMemory { stage: String, device: bool },
 }
 
 /// The phase of generation a speed-up is measured in.
@@ -58,13 +60,16 @@ impl Col {
             Col::SpeedUp(Phase::Decode) => "Decode ×".into(),
             Col::Sd(c) => format!("sd {}", c.header()),
             Col::Seeds => "Seeds".into(),
+            Col::PeakMemory { stage, device } => {
+                format!("{stage} {}", if *device { "GPU MiB" } else { "MiB" })
+            }
         }
     }
     fn decimals(&self) -> usize {
         match self {
             Col::Retention | Col::RecoverySeconds => 1,
             Col::At(c, _) | Col::Sd(c) => c.decimals(),
-            Col::Seeds => 0,
+            Col::Seeds | Col::PeakMemory { .. } => 0,
             _ => 2,
         }
     }

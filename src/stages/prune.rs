@@ -61,7 +61,7 @@ impl PruneJob {
         let report = prune(&mut model, calib, &cfg, on_step)?;
         crate::publish::write_dir_atomically(out, |tmp| {
             save_model(&model, tmp, Some(&base))?;
-            let rss = crate::distill::record::peak_rss_mib();
+            let rss = crate::memory::peak_rss_mib();
             let record = PruneRecord {
                 source_model: base.clone(),
                 report,

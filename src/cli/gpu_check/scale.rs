@@ -8,13 +8,14 @@ use crate::cli::bench_prune::{synthetic_prune, SyntheticPrune};
 use anyhow::{bail, Context, Result};
 use come_repro::distill::layer::{train_layer, LayerJob};
 use come_repro::distill::plan::Unit;
-use come_repro::distill::record::{peak_rss_mib, DataRecord};
+use come_repro::distill::record::DataRecord;
 use come_repro::distill::teacher::TeacherStates;
 use come_repro::distill::{data::DataSet, RecoveryConfig, RecoveryMethod};
 use come_repro::eval::batching::BatchSize;
 use come_repro::eval::harness::{evaluate_task, EvalOptions};
-use come_repro::eval::latency::{measure, LatencySpec};
+use come_repro::eval::latency::{measure, LatencySpec, Protocol};
 use come_repro::eval::loglik::ScoreOptions;
+use come_repro::memory::peak_rss_mib;
 use come_repro::model::forward::{layer_forward, AttnMask, Context as FwdContext, NoTap};
 use come_repro::model::load::LoadOptions;
 use come_repro::model::synthetic::{hashed_model, tiny_config, Shape};
@@ -367,34 +368,30 @@ pub fn latency(ctx: &mut Ctx) -> Result<Value> {
         bail!("needs the pruned model of prune-7b, which did not run or failed");
     };
     let (b, p, g) = s.generate;
-    let prefill = LatencySpec {
-        prompt_len: s.prefill,
-        new_tokens: 1,
-        repeats: s.repeats,
-        batch: 1,
-    };
-    let generate = LatencySpec {
-        prompt_len: p,
-        new_tokens: g,
-        repeats: s.repeats,
-        batch: b,
+    // SLEB's protocol at its shapes; the iterations scaled to the check's time.
+    let spec = LatencySpec {
+        protocol: Protocol::Sleb,
+        prefill_len: s.prefill,
+        prefill_iters: s.repeats,
+        gen_batch: b,
+        gen_prompt: p,
+        gen_new: g,
+        gen_iters: s.repeats,
     };
     let mut rows = vec![];
     for (name, m) in [("dense", dense_m), ("pruned", pruned)] {
-        let (r, peak) =
-            ctx.peak_device(|| -> Result<_> { Ok((measure(m, prefill)?, measure(m, generate)?)) });
-        let (pf, gen) = r?;
-        rows.push((name, m.n_layers(), pf, gen, peak));
+        let (r, peak) = ctx.peak_device(|| measure(m, spec));
+        rows.push((name, m.n_layers(), r?, peak));
     }
-    let (pf0, g0) = (rows[0].2.prefill_s, rows[0].3.decode_s);
+    let (pf0, g0) = (rows[0].2.prefill_s, rows[0].2.decode_s);
     let table: Vec<Value> = rows
         .iter()
-        .map(|(name, layers, pf, gen, peak)| {
+        .map(|(name, layers, t, peak)| {
             json!({
                 "model": name, "layers": layers,
-                "prefill_seconds": pf.prefill_s, "prefill_tokens_per_s": pf.prefill_tokens_per_s(),
-                "generate_seconds": gen.decode_s, "generate_tokens_per_s": gen.decode_tokens_per_s(),
-                "prefill_speedup": pf0 / pf.prefill_s, "generate_speedup": g0 / gen.decode_s,
+                "prefill_seconds": t.prefill_s, "prefill_tokens_per_s": t.prefill_tokens_per_s(),
+                "generate_seconds": t.decode_s, "generate_tokens_per_s": t.decode_tokens_per_s(),
+                "prefill_speedup": pf0 / t.prefill_s, "generate_speedup": g0 / t.decode_s,
                 "peak_device_mib": peak,
             })
         })
@@ -403,6 +400,7 @@ pub fn latency(ctx: &mut Ctx) -> Result<Value> {
         "prefill": { "batch": 1, "prompt": s.prefill },
         "generate": { "batch": b, "prompt": p, "new_tokens": g },
         "repeats": s.repeats,
+        "context": spec.context(),
         "models": table,
     }))
 }
