@@ -1178,15 +1178,17 @@ fn budget_curves_draw_one_line_per_recovery_across_budgets() {
     let drop = (Method::Come, MergeOp::Drop, 0.3);
     // Perplexity falls with the budget and flattens: 4k, 8k, 16k.
     for (tokens, ppl) in [(4096, 40.0), (8192, 20.0), (16384, 18.0)] {
-        for (prune, extra) in [(come, 0.0), (drop, 5.0)] {
+        // Compute: 11 merged units for concat, 4 for drop.
+        for (prune, extra, units) in [(come, 0.0, 11.0), (drop, 5.0, 4.0)] {
             let mut rec = recovery(RecoveryMethod::Hierarchical, "cosine");
             rec.tokens = tokens;
-            finish_recovered(
-                &store,
-                prune,
-                &rec,
-                &recovered_metrics(0.05, ppl + extra, 1.0),
-            );
+            let mut m = recovered_metrics(0.05, ppl + extra, 1.0);
+            m.push(Metric::new(
+                "",
+                come_repro::names::RUN_RECOVERY_LAYER_TOKEN_PASSES,
+                tokens as f64 * units,
+            ));
+            finish_recovered(&store, prune, &rec, &m);
         }
     }
     // One LoRA budget: not a line.
@@ -1211,6 +1213,11 @@ fn budget_curves_draw_one_line_per_recovery_across_budgets() {
         "{svg}"
     );
     assert!(out.join("budget_acc_m_s0.3.png").exists());
+    // The same lines against compute: drop's cheaper units put its line further left.
+    let svg = std::fs::read_to_string(out.join("budget_compute_wikitext2_m_s0.3.svg")).unwrap();
+    well_formed(&svg).unwrap();
+    assert_eq!(texts_of_class(&svg, "legend").len(), 2, "{svg}");
+    assert!(svg.contains("token passes"), "{svg}");
     // Two budgets are not a curve.
     let two = Store::open(d.path().join("two.sqlite")).unwrap();
     for tokens in [4096, 8192] {

@@ -1,7 +1,9 @@
 //! Budget curves: where recovered runs differ in their training budget
 //! (`recovery.tokens`), line charts of average accuracy and of each perplexity against
 //! the budget (log2 of the tokens), one line per pruned model and recovery method, so a
-//! reader sees where each curve flattens.
+//! reader sees where each curve flattens. The same curves against compute (`budget_compute_*`:
+//! the recorded layer-token passes, log2) compare methods at matched compute, where the
+//! first compare them at matched training text.
 
 use super::line::{LineChart, Point, Series};
 use super::{Group, MAX_SERIES};
@@ -78,40 +80,64 @@ fn at_level(g: &Group, level: &Level) -> Vec<(String, String)> {
             Box::new(move |r: &RunData| measure(r, g.conv).ppl.get(metric).map(|p| (*p, None))),
         ));
     }
+    let text = |r: &RunData| r.param(TOKENS).and_then(|v| v.as_f64());
+    let passes = |r: &RunData| {
+        r.metric("", names::RUN_RECOVERY_LAYER_TOKEN_PASSES)
+            .map(|m| m.value)
+    };
+    // (file prefix, x label, x of a run)
+    let axes: [(&str, &str, &dyn Fn(&RunData) -> Option<f64>); 2] = [
+        (
+            "budget",
+            "training tokens per trained unit, log2 (13 = 8k, 16 = 64k, 19 = 512k)",
+            &text,
+        ),
+        (
+            "budget_compute",
+            "compute: decoder-layer token passes (forward + backward), log2 (20 = 1M, 24 = 16M)",
+            &passes,
+        ),
+    ];
     let mut out = Vec::new();
-    for (kind, title, y_label, log_y, value) in kinds {
-        let mut series = lines(&runs, &line_labels, &value);
-        if series.is_empty() {
-            continue;
+    for (prefix, x_label, x) in axes {
+        for (kind, title, y_label, log_y, value) in &kinds {
+            let mut series = lines(&runs, &line_labels, x, value);
+            if series.is_empty() {
+                continue;
+            }
+            series.truncate(MAX_SERIES);
+            let chart = LineChart {
+                title: title.clone(),
+                x_label: x_label.into(),
+                y_label: y_label.clone(),
+                series,
+                reference: None,
+                log_y: *log_y,
+            };
+            out.push((
+                format!("{prefix}_{kind}_{}_{}.svg", g.slug, level.slug()),
+                chart.svg(),
+            ));
         }
-        series.truncate(MAX_SERIES);
-        let chart = LineChart {
-            title,
-            x_label: "training tokens per trained unit, log2 (13 = 8k, 16 = 64k, 19 = 512k)".into(),
-            y_label,
-            series,
-            reference: None,
-            log_y,
-        };
-        out.push((
-            format!("budget_{kind}_{}_{}.svg", g.slug, level.slug()),
-            chart.svg(),
-        ));
     }
     out
 }
 
-/// One line per label: (log2 budget, value) of its runs, in budget order; lines of fewer
+/// One line per label: (log2 of `x`, value) of its runs, in `x` order; lines of fewer
 /// than two points are left out.
-fn lines(runs: &[&RunData], labels: &[String], value: &Measure) -> Vec<Series> {
+fn lines(
+    runs: &[&RunData],
+    labels: &[String],
+    x: &dyn Fn(&RunData) -> Option<f64>,
+    value: &Measure,
+) -> Vec<Series> {
     let mut series: Vec<Series> = Vec::new();
     for (r, label) in runs.iter().zip(labels) {
-        let (Some(tokens), Some((y, se))) = (r.param(TOKENS).and_then(|v| v.as_f64()), value(r))
-        else {
+        let (Some(at), Some((y, se))) = (x(r).filter(|v| *v > 0.0), value(r)) else {
             continue;
         };
         let p = Point {
-            x: tokens.log2(),
+            x: at.log2(),
             y,
             se,
         };
