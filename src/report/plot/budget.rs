@@ -18,6 +18,9 @@ const TOKENS: &str = "recovery.tokens";
 /// What a chart plots of a run: a value and its standard error, if measured.
 type Measure<'a> = dyn Fn(&RunData) -> Option<(f64, Option<f64>)> + 'a;
 
+/// Where a run sits on a chart's x axis, if it was measured.
+type XOf<'a> = dyn Fn(&RunData) -> Option<f64> + 'a;
+
 /// Charts of `g` per pruning level where at least three budgets were run.
 pub(super) fn budget_charts(g: &Group) -> Vec<(String, String)> {
     let mut levels: Vec<Level> = Vec::new();
@@ -86,7 +89,7 @@ fn at_level(g: &Group, level: &Level) -> Vec<(String, String)> {
             .map(|m| m.value)
     };
     // (file prefix, x label, x of a run)
-    let axes: [(&str, &str, &dyn Fn(&RunData) -> Option<f64>); 2] = [
+    let axes: [(&str, &str, &XOf); 2] = [
         (
             "budget",
             "training tokens per trained unit, log2 (13 = 8k, 16 = 64k, 19 = 512k)",
@@ -125,12 +128,7 @@ fn at_level(g: &Group, level: &Level) -> Vec<(String, String)> {
 
 /// One line per label: (log2 of `x`, value) of its runs, in `x` order; lines of fewer
 /// than two points are left out.
-fn lines(
-    runs: &[&RunData],
-    labels: &[String],
-    x: &dyn Fn(&RunData) -> Option<f64>,
-    value: &Measure,
-) -> Vec<Series> {
+fn lines(runs: &[&RunData], labels: &[String], x: &XOf, value: &Measure) -> Vec<Series> {
     let mut series: Vec<Series> = Vec::new();
     for (r, label) in runs.iter().zip(labels) {
         let (Some(at), Some((y, se))) = (x(r).filter(|v| *v > 0.0), value(r)) else {
