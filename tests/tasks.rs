@@ -793,3 +793,49 @@ fn mmlu_groups_aggregate_as_lm_eval() {
         close(v.stderr, &want["acc_stderr"], c);
     }
 }
+
+/// lm-eval's `task_hashes` (SHA-256 over every document's doc, prompt and target hashes),
+/// equal to what lm-eval 0.4.13 itself wrote for the shipped data through the local task
+/// configs (scripts/golden/lm_eval_task_hashes.py): every document of the seven tasks and
+/// of each MMLU subject, and lm-eval's `--limit 100` (the first 100 of each).
+#[test]
+fn task_hashes_equal_lm_evals() {
+    use come_repro::eval::tasks::lm_hash::task_hashes;
+    let golden = json("tests/golden/lm_eval_task_hashes.json");
+    let mut all = BTreeMap::new();
+    let mut first_100 = BTreeMap::new();
+    for name in known_tasks() {
+        let t = load_task(name, &shared()).unwrap();
+        let docs: Vec<&Doc> = t.docs.iter().collect();
+        all.extend(task_hashes(name, &docs));
+        if *name == "mmlu" {
+            for subject_docs in by_subject(&t).values() {
+                let n = subject_docs.len().min(100);
+                first_100.extend(task_hashes(name, &subject_docs[..n]));
+            }
+        } else {
+            first_100.extend(task_hashes(name, &docs[..100]));
+        }
+    }
+    let as_map = |v: &Value| -> BTreeMap<String, String> {
+        v.as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, h)| (k.clone(), h.as_str().unwrap().to_string()))
+            .collect()
+    };
+    assert_eq!(all.len(), 7 + 57);
+    assert_eq!(all, as_map(&golden["all"]));
+    assert_eq!(first_100, as_map(&golden["limit_100"]));
+}
+
+/// A document read from a Hugging Face schema has no known lm-eval form: no hash, so its
+/// task reports none rather than a wrong one.
+#[test]
+fn hf_schema_documents_carry_no_task_hash() {
+    let path = manifest().join("tests/fixtures/tasks/piqa_hf.jsonl");
+    let t = load_task("piqa", &with_override("piqa", path)).unwrap();
+    assert!(t.docs.iter().all(|d| d.lm_eval_hash.is_none()));
+    let docs: Vec<&Doc> = t.docs.iter().collect();
+    assert!(come_repro::eval::tasks::lm_hash::task_hashes("piqa", &docs).is_empty());
+}

@@ -45,6 +45,9 @@ pub struct TaskResult {
     /// humanities) over the subjects evaluated; empty elsewhere.
     pub categories: BTreeMap<String, MetricValue>,
     pub files: Vec<(std::path::PathBuf, String)>,
+    /// lm-eval's `task_hashes` of the documents evaluated (per MMLU subject for MMLU);
+    /// empty where the documents' lm-eval form is not known.
+    pub task_hashes: BTreeMap<String, String>,
     pub tokens_scored: usize,
     pub tokens_forwarded: usize,
     /// Wall time. Where tasks share CPU workers ([`super::pool`]) they overlap at their
@@ -240,6 +243,7 @@ pub fn finish_task(
         groups,
         categories,
         files: task.files.clone(),
+        task_hashes: super::tasks::lm_hash::task_hashes(&task.name, docs),
         tokens_scored,
         tokens_forwarded: profile.forwarded_tokens,
         seconds,

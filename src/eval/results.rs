@@ -128,6 +128,12 @@ pub fn lm_eval_json(tasks: &[TaskResult], ppl: &[(String, PplResult)], info: &Ru
         "n-shot": n_shot,
         "higher_is_better": higher,
         "n-samples": n_samples,
+        // lm-eval's per-task SHA-256 over documents, prompts and targets: equal hashes
+        // mean byte-identical prompts (see eval::tasks::lm_hash).
+        "task_hashes": tasks
+            .iter()
+            .flat_map(|t| t.task_hashes.iter().map(|(k, v)| (k.clone(), json!(v))))
+            .collect::<Map<String, Value>>(),
         "config": {
             "model": "come-repro",
             "model_args": info.model_args,

@@ -76,6 +76,7 @@ mod tests {
             gold: 0,
             choice_texts: choices.iter().map(|s| s.to_string()).collect(),
             group: None,
+            lm_eval_hash: None,
         }
     }
 

@@ -6,6 +6,7 @@
 //! `"Question: " + question`; every item there has 4 choices (see README-tasks.md). Hugging
 //! Face schema (allenai/ai2_arc): {question, choices {text, label}, answerKey}, 3-5 choices.
 
+use super::lm_hash::PyJson;
 use super::read::{Files, Records};
 use super::{locate, mc_doc, non_empty, Doc, TaskSource};
 use crate::error::Result;
@@ -42,14 +43,30 @@ pub fn load(task: &str, src: &TaskSource, files: &mut Files) -> Result<Vec<Doc>>
             check_choices(&recs, r, &choices, gold)?;
             (q.to_string(), choices, gold)
         };
-        docs.push(mc_doc(
-            i,
-            format!("Question: {question}\nAnswer:"),
-            choices,
-            gold,
-        ));
+        let lm_doc = (!hf).then(|| arc_like_doc("question", &question, &choices, gold));
+        let context = format!("Question: {question}\nAnswer:");
+        docs.push(mc_doc(i, context, choices, gold).with_lm_eval(lm_doc, &gold.to_string()));
     }
     non_empty(&path, docs)
+}
+
+/// The local configs' ARC-schema document of a shared row: the question under `key`, the
+/// choices labelled A, B, ... and the gold's label as the answer key.
+pub(super) fn arc_like_doc(key: &str, question: &str, choices: &[String], gold: usize) -> PyJson {
+    let labels: Vec<String> = (0..choices.len())
+        .map(|k| char::from(b'A' + k as u8).to_string())
+        .collect();
+    PyJson::dict(vec![
+        (key, PyJson::str(question)),
+        (
+            "choices",
+            PyJson::dict(vec![
+                ("text", PyJson::strs(choices)),
+                ("label", PyJson::strs(&labels)),
+            ]),
+        ),
+        ("answerKey", PyJson::str(&labels[gold])),
+    ])
 }
 
 /// `choices {text, label}` + the answer key -> (texts, index of the key among the labels).

@@ -8,6 +8,7 @@
 //! super_glue's passages carry (see README-tasks.md). Hugging Face schema: super_glue
 //! {question, passage, label} or google/boolq {question, passage, answer (bool)}.
 
+use super::lm_hash::PyJson;
 use super::read::{Files, Records};
 use super::{locate, mc_doc, non_empty, Doc, TaskSource};
 use crate::error::Result;
@@ -31,7 +32,7 @@ pub fn load(src: &TaskSource, files: &mut Files) -> Result<Vec<Doc>> {
     };
     let mut docs = Vec::with_capacity(recs.rows.len());
     for (i, r) in recs.rows.iter().enumerate() {
-        let (context, gold) = if hf {
+        let (context, gold, lm_doc) = if hf {
             let gold = match (r.fields.get("label"), r.fields.get("answer")) {
                 (Some(v), _) if !v.is_null() => recs.index(r, "label")?,
                 (_, Some(Value::Bool(b))) => usize::from(*b),
@@ -42,7 +43,7 @@ pub fn load(src: &TaskSource, files: &mut Files) -> Result<Vec<Doc>> {
                 recs.str(r, "passage")?,
                 recs.str(r, "question")?
             );
-            (context, gold)
+            (context, gold, None)
         } else {
             let query = recs.str(r, "query")?;
             let Some(body) = query.strip_prefix("Passage: ") else {
@@ -58,12 +59,23 @@ pub fn load(src: &TaskSource, files: &mut Files) -> Result<Vec<Doc>> {
                     );
                 }
             }
-            (format!("{body}\nAnswer:"), recs.index(r, "gold")?)
+            let gold = recs.index(r, "gold")?;
+            // The local config's document: passage and question split at the last
+            // "\nQuestion: ", the question without its "?" (the template adds it back).
+            let cut = body.rfind("\nQuestion: ").unwrap_or(0);
+            let question = &body[cut + "\nQuestion: ".len()..body.len() - 1];
+            let lm_doc = PyJson::dict(vec![
+                ("passage", PyJson::str(&body[..cut])),
+                ("question", PyJson::str(question)),
+                ("label", PyJson::Int(gold as i64)),
+            ]);
+            (format!("{body}\nAnswer:"), gold, Some(lm_doc))
         };
         if gold > 1 {
             return Err(recs.err(r, format!("label must be 0 or 1, found {gold}")));
         }
-        docs.push(mc_doc(i, context, vec!["no".into(), "yes".into()], gold));
+        let doc = mc_doc(i, context, vec!["no".into(), "yes".into()], gold);
+        docs.push(doc.with_lm_eval(lm_doc, &gold.to_string()));
     }
     non_empty(&path, docs)
 }

@@ -10,6 +10,7 @@
 //! shared copy gives `... on a roof. he`. The Hugging Face schema {activity_label, ctx_a,
 //! ctx_b, endings, label} (jsonl or parquet) gets lm-eval's query exactly.
 
+use super::lm_hash::PyJson;
 use super::pytext::{hellaswag_preprocess, py_capitalize};
 use super::read::{numbered_lines, Files, Records};
 use super::{locate, mc_doc, non_empty, Doc, TaskSource};
@@ -59,11 +60,19 @@ fn load_txt(files: &mut Files, path: &Path) -> Result<Vec<Doc>> {
                 ))
             }
         };
-        let choices = [e1, e2, e3, e4]
+        let choices: Vec<String> = [e1, e2, e3, e4]
             .iter()
             .map(|(_, e)| hellaswag_preprocess(e))
             .collect();
-        docs.push(mc_doc(docs.len(), hellaswag_preprocess(ctx), choices, gold));
+        let query = hellaswag_preprocess(ctx);
+        let lm_doc = PyJson::dict(vec![
+            ("query", PyJson::str(&query)),
+            ("choices", PyJson::strs(&choices)),
+            ("label", PyJson::Int(gold as i64)),
+        ]);
+        docs.push(
+            mc_doc(docs.len(), query, choices, gold).with_lm_eval(Some(lm_doc), &gold.to_string()),
+        );
     }
     non_empty(path, docs)
 }

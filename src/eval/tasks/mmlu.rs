@@ -13,6 +13,7 @@
 //! (same name with the leading `test` replaced by `dev`, as in cais/mmlu's
 //! `test-00000-of-00001.parquet` / `dev-00000-of-00001.parquet`).
 
+use super::lm_hash::PyJson;
 use super::pytext::py_strip;
 use super::read::{parse_csv, Files, Records};
 use super::{non_empty, Doc, Request, TaskSource};
@@ -106,12 +107,12 @@ struct Item {
 
 pub fn load(src: &TaskSource, files: &mut Files) -> Result<Vec<Doc>> {
     let shots = src.mmlu_fewshot;
-    let (path, subjects) = match src.overrides.get("mmlu") {
-        Some(p) if !p.is_dir() => (p.clone(), hf_file(files, p, shots)?),
-        Some(p) => (p.join("test"), shared_layout(files, p, shots)?),
+    let (path, subjects, shared) = match src.overrides.get("mmlu") {
+        Some(p) if !p.is_dir() => (p.clone(), hf_file(files, p, shots)?, false),
+        Some(p) => (p.join("test"), shared_layout(files, p, shots)?, true),
         None => {
             let root = src.data_dir.join("mmlu");
-            (root.join("test"), shared_layout(files, &root, shots)?)
+            (root.join("test"), shared_layout(files, &root, shots)?, true)
         }
     };
     let mut docs = Vec::new();
@@ -128,7 +129,16 @@ pub fn load(src: &TaskSource, files: &mut Files) -> Result<Vec<Doc>> {
         }
         for item in test {
             let context = format!("{prefix}{}", prompt(&item));
-            docs.push(Doc {
+            // The local configs' document (cais/mmlu's schema, read from the CSVs).
+            let lm_doc = shared.then(|| {
+                PyJson::dict(vec![
+                    ("question", PyJson::str(&item.question)),
+                    ("subject", PyJson::str(&subject)),
+                    ("choices", PyJson::strs(&item.choices)),
+                    ("answer", PyJson::Int(item.answer as i64)),
+                ])
+            });
+            let doc = Doc {
                 doc_id: docs.len(),
                 requests: LETTERS
                     .iter()
@@ -140,7 +150,9 @@ pub fn load(src: &TaskSource, files: &mut Files) -> Result<Vec<Doc>> {
                 gold: item.answer,
                 choice_texts: LETTERS.iter().map(|l| l.to_string()).collect(),
                 group: Some(subject.clone()),
-            });
+                lm_eval_hash: None,
+            };
+            docs.push(doc.with_lm_eval(lm_doc, &item.answer.to_string()));
         }
     }
     non_empty(&path, docs)

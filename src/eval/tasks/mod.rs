@@ -21,6 +21,7 @@
 mod arc;
 mod boolq;
 mod hellaswag;
+pub mod lm_hash;
 mod mmlu;
 mod openbookqa;
 mod piqa;
@@ -57,6 +58,10 @@ pub struct Doc {
     pub choice_texts: Vec<String>,
     /// MMLU subject (e.g. `abstract_algebra`); `None` elsewhere.
     pub group: Option<String>,
+    /// lm-eval's `doc_hash + prompt_hash + target_hash` of this document (see
+    /// [`lm_hash`]); None where its lm-eval form is not known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lm_eval_hash: Option<String>,
 }
 
 #[derive(
@@ -183,6 +188,7 @@ fn mc_doc(doc_id: usize, context: String, choices: Vec<String>, gold: usize) -> 
         gold,
         choice_texts: choices,
         group: None,
+        lm_eval_hash: None,
     }
 }
 

@@ -40,7 +40,10 @@ pub fn load(src: &TaskSource, files: &mut Files) -> Result<Vec<Doc>> {
             check_choices(&recs, r, &choices, gold)?;
             (recs.str(r, "query")?, choices, gold)
         };
-        docs.push(mc_doc(i, stem.to_string(), choices, gold));
+        let lm_doc = (!hf).then(|| super::arc::arc_like_doc("question_stem", stem, &choices, gold));
+        docs.push(
+            mc_doc(i, stem.to_string(), choices, gold).with_lm_eval(lm_doc, &gold.to_string()),
+        );
     }
     non_empty(&path, docs)
 }

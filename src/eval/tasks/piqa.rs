@@ -5,6 +5,7 @@
 //! `valid-labels.lst` beside it (for any `X.jsonl`, `X-labels.lst`), one 0/1 per line,
 //! aligned by record. Hugging Face schema: {goal, sol1, sol2, label} in jsonl or parquet.
 
+use super::lm_hash::PyJson;
 use super::read::{numbered_lines, Files, Records};
 use super::{locate, mc_doc, non_empty, Doc, TaskSource};
 use crate::error::{Error, Result};
@@ -44,12 +45,19 @@ pub fn load(src: &TaskSource, files: &mut Files) -> Result<Vec<Doc>> {
                 g
             }
         };
-        docs.push(mc_doc(
-            i,
-            format!("Question: {goal}\nAnswer:"),
-            choices,
-            gold,
-        ));
+        // The local config's document: the row with the label from the labels file.
+        let lm_doc = labels.is_some().then(|| {
+            PyJson::dict(vec![
+                ("goal", PyJson::str(goal)),
+                ("sol1", PyJson::str(&choices[0])),
+                ("sol2", PyJson::str(&choices[1])),
+                ("label", PyJson::Int(gold as i64)),
+            ])
+        });
+        docs.push(
+            mc_doc(i, format!("Question: {goal}\nAnswer:"), choices, gold)
+                .with_lm_eval(lm_doc, &gold.to_string()),
+        );
     }
     non_empty(&path, docs)
 }

@@ -9,6 +9,7 @@
 //! continuation, gold}, already split at the blank; the continuation is stripped as
 //! lm-eval strips it. Hugging Face schema: {sentence, option1, option2, answer}.
 
+use super::lm_hash::PyJson;
 use super::pytext::py_strip;
 use super::read::{Files, Record, Records};
 use super::{locate, non_empty, Doc, Request, TaskSource};
@@ -41,6 +42,16 @@ pub fn load(src: &TaskSource, files: &mut Files) -> Result<Vec<Doc>> {
         } else {
             from_shared(&recs, r)?
         };
+        // The local config's document is the shared row (continuation unstripped).
+        let lm_doc = if hf {
+            None
+        } else {
+            Some(PyJson::dict(vec![
+                ("context_options", PyJson::strs(&contexts)),
+                ("continuation", PyJson::str(recs.str(r, "continuation")?)),
+                ("gold", PyJson::Int(gold as i64)),
+            ]))
+        };
         let requests = contexts
             .iter()
             .map(|c| Request {
@@ -48,13 +59,15 @@ pub fn load(src: &TaskSource, files: &mut Files) -> Result<Vec<Doc>> {
                 continuation: format!(" {target}"),
             })
             .collect();
-        docs.push(Doc {
+        let doc = Doc {
             doc_id: i,
             requests,
             gold,
             choice_texts: contexts,
             group: None,
-        });
+            lm_eval_hash: None,
+        };
+        docs.push(doc.with_lm_eval(lm_doc, &target));
     }
     non_empty(&path, docs)
 }
