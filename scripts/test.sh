@@ -6,4 +6,6 @@ cd "$root"
 ./scripts/setup.sh
 # The Slurm tests run against a real single-node cluster on this machine (idempotent).
 ./scripts/slurm-local.sh start
+# The MLflow export tests run against a real tracking server on 127.0.0.1 (idempotent).
+./scripts/mlflow-local.sh start
 cargo test --release --all-targets "$@"

@@ -47,6 +47,9 @@ pub enum Error {
     /// A forward did not fit in device memory, even after backing off.
     #[error("out of memory: {0}")]
     OutOfMemory(String),
+    /// A remote service's error (`track::mlflow::MlflowError`), boxed like `Store`.
+    #[error(transparent)]
+    Remote(Box<dyn std::error::Error + Send + Sync>),
     /// The run store's error (`track::StoreError`), boxed so that this foundation type
     /// does not depend on the store.
     #[error(transparent)]

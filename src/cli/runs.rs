@@ -61,14 +61,23 @@ pub enum RunsCmd {
         #[arg(long)]
         into: PathBuf,
     },
-    /// One row per (run, metric) with the parameters as columns.
+    /// One row per (run, metric) with the parameters as columns (`--csv`, `--parquet`), or
+    /// every run to an MLflow tracking server (`--mlflow http://HOST:PORT`): params,
+    /// metrics with their steps, tags (config hash, git commit, stages), files through the
+    /// artifact proxy, under a parent run for the store. Exporting again creates nothing
+    /// new and updates runs whose status changed.
     Export {
         #[arg(long, default_value = "results/come.sqlite")]
         db: PathBuf,
-        #[arg(long, conflicts_with = "parquet")]
+        #[arg(long, conflicts_with_all = ["parquet", "mlflow"])]
         csv: Option<PathBuf>,
-        #[arg(long)]
+        #[arg(long, conflicts_with = "mlflow")]
         parquet: Option<PathBuf>,
+        #[arg(long, value_name = "URL")]
+        mlflow: Option<String>,
+        /// MLflow experiment (created if missing).
+        #[arg(long, default_value = "come-repro", requires = "mlflow")]
+        experiment: String,
     },
 }
 
@@ -233,12 +242,29 @@ pub fn run(cmd: RunsCmd) -> Result<()> {
                 .with_context(|| format!("comparing runs {a:?} and {b:?} in {}", db.display()))?;
             print_comparison(&side(&s, &a)?, &side(&s, &b)?, &c);
         }
-        RunsCmd::Export { db, csv, parquet } => {
+        RunsCmd::Export {
+            db,
+            csv,
+            parquet,
+            mlflow,
+            experiment,
+        } => {
             let s = Store::open(&db)?;
-            match (csv, parquet) {
-                (Some(p), _) => s.export_csv(&p)?,
-                (None, Some(p)) => s.export_parquet(&p)?,
-                (None, None) => bail!("pass --csv FILE or --parquet FILE"),
+            match (csv, parquet, mlflow) {
+                (Some(p), _, _) => s.export_csv(&p)?,
+                (None, Some(p), _) => s.export_parquet(&p)?,
+                (None, None, Some(url)) => {
+                    use come_repro::track::mlflow::{export_store, Client};
+                    let r =
+                        export_store(&s, &Client::new(&url), &experiment).with_context(|| {
+                            format!("exporting {} to MLflow at {url}", db.display())
+                        })?;
+                    println!(
+                        "MLflow experiment `{experiment}` (id {}): {} runs created, {} updated, {} unchanged; {} metrics, {} params, {} artifacts sent",
+                        r.experiment_id, r.created, r.updated, r.unchanged, r.metrics, r.params, r.artifacts
+                    );
+                }
+                (None, None, None) => bail!("pass --csv FILE, --parquet FILE or --mlflow URL"),
             }
         }
     }

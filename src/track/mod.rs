@@ -4,6 +4,7 @@
 
 pub mod env;
 pub mod merge;
+pub mod mlflow;
 pub mod store;
 
 pub use merge::{Conflict, MergeReport};
