@@ -193,7 +193,12 @@ pub fn run_grid(
                 sum.ran += 1;
             }
             Err(e) if matches!(e, Error::Interrupted) || STOP.load(Ordering::SeqCst) => {
-                store.interrupt(id)?;
+                // A second Ctrl-C marks the run itself (then exits): not an error here.
+                if let Err(err) = store.interrupt(id) {
+                    if store.run(id)?.status != crate::track::Status::Interrupted {
+                        return Err(err.into());
+                    }
+                }
                 sum.interrupted = true;
                 progress.note(&format!("{}: interrupted ({e})", run.name));
                 break;
