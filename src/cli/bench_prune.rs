@@ -176,6 +176,11 @@ pub struct SyntheticPrune {
     pub report: come_repro::prune::PruneReport,
     pub build_s: f64,
     pub prune_s: f64,
+    /// Peak resident host memory while pruning, from after the build (None where the
+    /// kernel does not let the high-water mark be reset).
+    pub prune_peak_rss_mib: Option<f64>,
+    /// The process's peak before pruning: the build's (hashed weights made in f32 first).
+    pub build_peak_rss_mib: f64,
 }
 
 /// Build and prune (shared by `bench prune --synthetic` and the GPU check).
@@ -205,13 +210,19 @@ pub fn synthetic_prune(
         gqa_mapping: GqaMapping::Hf,
         ..Default::default()
     };
+    // The build's transient copies are not the pruning's memory.
+    let build_peak_rss_mib = come_repro::memory::peak_rss_mib();
+    let reset = come_repro::memory::reset_peak_rss();
     let t1 = Instant::now();
     let report = prune(&mut model, calib, &cfg, |_, _| {})?;
+    let prune_s = t1.elapsed().as_secs_f64();
     Ok(SyntheticPrune {
         model,
         report,
         build_s,
-        prune_s: t1.elapsed().as_secs_f64(),
+        prune_s,
+        prune_peak_rss_mib: reset.then(come_repro::memory::peak_rss_mib),
+        build_peak_rss_mib,
     })
 }
 
@@ -232,6 +243,8 @@ fn synthetic(shape: Shape, a: &PruneBenchArgs) -> Result<()> {
         report: rep,
         build_s,
         prune_s,
+        prune_peak_rss_mib: prune_peak,
+        build_peak_rss_mib: build_peak,
         ..
     } = synthetic_prune(&config, opts, a.calib_seqs, a.calib_seqlen, target)?;
     let rounds: f64 = rep.steps.iter().map(|s| s.seconds).sum();
@@ -268,8 +281,9 @@ fn synthetic(shape: Shape, a: &PruneBenchArgs) -> Result<()> {
         rep.state_on_disk
     );
     println!(
-        "  peak host RSS     {:>9.0} MiB; model {:.0} MiB",
-        come_repro::memory::peak_rss_mib(),
+        "  peak host RSS     {:>9.0} MiB while pruning ({:.0} MiB while building the weights); model {:.0} MiB",
+        prune_peak.unwrap_or(f64::NAN),
+        build_peak,
         params as f64 * opts.dtype.elt_size_in_bytes() as f64 / (1 << 20) as f64
     );
     if let Some(m) = device_mib() {

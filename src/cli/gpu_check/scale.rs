@@ -166,6 +166,8 @@ pub fn prune(ctx: &mut Ctx) -> Result<Value> {
         report,
         build_s,
         prune_s,
+        prune_peak_rss_mib,
+        ..
     } = r?;
     let rounds: Vec<Value> = report
         .steps
@@ -183,6 +185,7 @@ pub fn prune(ctx: &mut Ctx) -> Result<Value> {
         "layer_passes": report.layer_passes,
         "state_on_disk": report.state_on_disk,
         "peak_host_rss_mib": peak_rss_mib(),
+        "prune_peak_host_rss_mib": prune_peak_rss_mib,
         "peak_device_mib": peak,
         "correspondence": report.correspondence,
         "goals": if ctx.quick { json!({}) } else { json!({ "prune_seconds": super::goal(prune_s, 120.0) }) },
