@@ -277,18 +277,8 @@ fn full_forward(m: &Model, prompt: &Tensor) -> Result<f64> {
 /// `sleb` generation: `new` tokens greedily after `prompt` with a KV cache, the prompt's
 /// prefill included (the first token comes from it, the others from `new - 1` steps).
 fn generate(m: &Model, prompt: &Tensor, new: usize) -> Result<f64> {
-    let _g = tch::no_grad_guard();
-    let mut cache = KvCache::new(m.n_layers());
-    crate::runtime::synchronize(m.device);
-    let t0 = Instant::now();
-    let h = m.forward_cached(prompt, None, &mut cache)?;
-    let mut next = next_ids(m, &h);
-    for _ in 1..new {
-        let h = m.forward_cached(&next, None, &mut cache)?;
-        next = next_ids(m, &h);
-    }
-    let _ = next.int64_value(&[0, 0]);
-    Ok(t0.elapsed().as_secs_f64())
+    let (prefill, steps) = prefill_then_decode(m, prompt, new.saturating_sub(1))?;
+    Ok(prefill + steps)
 }
 
 /// Untimed rounds before each sleb phase. SLEB runs one; on a CPU the second forward of
