@@ -13,7 +13,7 @@
 //! The store is only read. MLflow limits batches to 1000 metrics, 100 params and 100 tags,
 //! and a param, once logged, cannot change; the config hash pins the params of a run.
 
-use super::store::{parse_rfc3339_ms, Store};
+use super::store::{now_ms, parse_rfc3339_ms, Store};
 use super::{Metric, RunRow, Status};
 use crate::error::{Error, Result};
 use serde_json::{json, Value};
@@ -385,12 +385,6 @@ pub fn export_store(store: &Store, client: &Client, experiment: &str) -> Result<
         export_run(store, client, &exp, &parent, &run, &mut report)?;
     }
     Ok(report)
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 fn export_run(

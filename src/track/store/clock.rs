@@ -3,7 +3,8 @@
 
 use super::*;
 
-pub(super) fn now_ms() -> i64 {
+/// Now in milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)

@@ -48,8 +48,7 @@ mod lifecycle;
 mod queries;
 mod schema;
 
-use clock::now_ms;
-pub use clock::{format_rfc3339_ms, now_rfc3339, parse_rfc3339_ms};
+pub use clock::{format_rfc3339_ms, now_ms, now_rfc3339, parse_rfc3339_ms};
 pub use entities::{
     hash_file, kinds, Artifact, Claim, DocScore, Metric, RunDiff, RunFilter, RunRow, StageRecord,
     StageStatus, Status,
