@@ -7,6 +7,7 @@
 use crate::calib::CalibConfig;
 use crate::error::{Error, Result};
 use crate::eval::latency::Protocol;
+use crate::eval::perplexity::PplProtocol;
 use crate::hashing::hash_value;
 use crate::prune::PruneConfig;
 use serde::{Deserialize, Serialize};
@@ -28,6 +29,10 @@ pub struct EvalConfig {
     /// WikiText-2 perplexity window length (None: no perplexity).
     pub ppl_seqlen: Option<usize>,
     pub ppl_windows: Option<usize>,
+    /// Which tokens of each window are scored: `gptq` (all but the first, the default)
+    /// or `llama_cpp` (the second half, as `llama-perplexity`). Left out when default.
+    #[serde(default, skip_serializing_if = "PplProtocol::is_default")]
+    pub ppl_protocol: PplProtocol,
     /// Also C4 validation perplexity (GPTQ's stream, the user's copy: `COME_C4` or
     /// `DATA/c4/`), at `ppl_seqlen`, `ppl_windows` or 256 windows. Left out of the
     /// serialised form when false, so hashes of runs made before it existed still match.
@@ -76,6 +81,7 @@ impl Default for EvalConfig {
             mmlu_fewshot: 0,
             ppl_seqlen: Some(2048),
             ppl_windows: None,
+            ppl_protocol: PplProtocol::default(),
             ppl_c4: false,
             ppl_val: false,
             ppl_ood: false,

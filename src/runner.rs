@@ -671,6 +671,7 @@ fn eval_stage(
         ppl: &ppl,
         ppl_seqlen: e.ppl_seqlen.unwrap_or(0),
         ppl_windows: e.ppl_windows,
+        ppl_protocol: e.ppl_protocol,
         latency: e.latency_spec(),
     };
     let t0 = Instant::now();
@@ -771,9 +772,7 @@ fn eval_metrics(r: &EvalOutcome) -> Vec<Metric> {
     for p in &r.ppl {
         let (task, metric) = p.corpus.recorded_as();
         let res = &p.result;
-        metrics.push(
-            Metric::new(&task, &metric, res.ppl).with_context(format!("seqlen={}", res.seqlen)),
-        );
+        metrics.push(Metric::new(&task, &metric, res.ppl).with_context(res.context()));
         metrics.push(Metric::new(&task, names::N, res.windows as f64));
     }
     if let Some(l) = &r.latency {

@@ -8,6 +8,7 @@
 use clap::ValueEnum;
 use come_repro::calib::Shuffle;
 use come_repro::distill::config::{Attach, LayerInputs, LossKind, RecoveryMethod, Validation};
+use come_repro::eval::perplexity::PplProtocol;
 use come_repro::experiment::Experiment;
 use come_repro::grid::GridSpec;
 use come_repro::prune::merge::{GqaMapping, NormMode};
@@ -84,6 +85,9 @@ fn enumerated() -> Vec<(&'static str, Vec<String>, Getter)> {
         }),
         ("runtime.dtype", values::<Dtype>(), |e| {
             Some(name_of(&e.runtime.dtype))
+        }),
+        ("eval.ppl_protocol", values::<PplProtocol>(), |e| {
+            Some(name_of(&e.eval.ppl_protocol))
         }),
     ]
 }
@@ -192,6 +196,11 @@ axes = {{ "runtime.dtype" = {dtypes} }}
 dense = true
 base = {{ eval = {{ tasks = {tasks}, ppl_c4 = true, ppl_val = true, ppl_ood = true }} }}
 axes = {{ "eval.token_budget" = ["auto", 256] }}
+
+# Both perplexity protocols.
+[grids.ppl_protocol]
+dense = true
+axes = {{ "eval.ppl_protocol" = {ppl_protocols} }}
 "#,
         m = m.display(),
         methods = list(&values::<Method>()),
@@ -208,6 +217,7 @@ axes = {{ "eval.token_budget" = ["auto", 256] }}
         validation = list(&values::<Validation>()),
         dtypes = list(&values::<Dtype>()),
         tasks = list(&tasks),
+        ppl_protocols = list(&values::<PplProtocol>()),
     )
 }
 

@@ -818,6 +818,33 @@ fn latency_names_a_protocol_and_short_keeps_old_hashes() {
     );
 }
 
+/// `eval.ppl_protocol`: the default (gptq) is left out of the hash; llama.cpp's rule is
+/// a different run; an unknown name is refused naming the choices.
+#[test]
+fn ppl_protocol_is_a_choice_and_the_default_keeps_old_hashes() {
+    use come_repro::eval::perplexity::PplProtocol;
+    let d = models_dir();
+    let run = |v: &str| {
+        expand(
+            d.path(),
+            &format!("[base]\nmodel = \"m\"\n[base.eval]\nppl_protocol = {v}\n"),
+        )
+        .remove(0)
+    };
+    let plain = expand(d.path(), "[base]\nmodel = \"m\"\n").remove(0);
+    assert_eq!(run("\"gptq\"").hash, plain.hash);
+    let l = run("\"llama_cpp\"");
+    assert_eq!(l.experiment.eval.ppl_protocol, PplProtocol::LlamaCpp);
+    assert_ne!(l.hash, plain.hash);
+    assert_eq!(get(&l, "eval.ppl_protocol"), json!("llama_cpp"));
+    assert_error(
+        d.path(),
+        "\n[base]\nmodel = \"m\"\n[base.eval]\nppl_protocol = \"llama\"\n",
+        4,
+        &["`eval.ppl_protocol`", "gptq", "llama_cpp"],
+    );
+}
+
 #[test]
 fn c4_perplexity_is_opt_in_and_needs_the_file() {
     let d = models_dir();

@@ -9,7 +9,7 @@
 mod common;
 
 use come_repro::calib::{self, CalibConfig};
-use come_repro::eval::perplexity::perplexity;
+use come_repro::eval::perplexity::{perplexity, PplOptions};
 use come_repro::model::load::{load_model, LoadOptions};
 use come_repro::model::tokenizer::Tokenizer;
 use come_repro::prune::merge::{GqaMapping, NormMode};
@@ -219,9 +219,18 @@ fn wikitext_ppl(model: &come_repro::model::Model) -> f64 {
     let tok = reference_tokenizer(&Tokenizer::from_dir(&common::smollm2()).unwrap());
     let text = std::fs::read_to_string(come_repro::paths::wikitext2_test()).unwrap();
     let ids = tok.encode(&text, false).unwrap();
-    perplexity(model, &ids, 2048, None, 1, |_, _| {})
-        .unwrap()
-        .ppl
+    perplexity(
+        model,
+        &ids,
+        2048,
+        PplOptions {
+            batch_size: 1,
+            ..Default::default()
+        },
+        |_, _| {},
+    )
+    .unwrap()
+    .ppl
 }
 
 #[test]

@@ -245,6 +245,7 @@ fn eval_stage_scores_tasks_and_corpora_through_its_hooks() {
         ppl: &ppl,
         ppl_seqlen: 64,
         ppl_windows: Some(2),
+        ppl_protocol: Default::default(),
         latency: None,
     };
     let mut seen = Seen::default();

@@ -6,7 +6,7 @@ use super::common::{bar, default_import_dir, load, RuntimeArgs};
 use super::import::import_into;
 use anyhow::Result;
 use clap::Args;
-use come_repro::eval::perplexity::perplexity;
+use come_repro::eval::perplexity::{perplexity, PplOptions};
 use come_repro::generate::{generate, GenerateOptions};
 use come_repro::model::{gguf, llama2c};
 use come_repro::paths;
@@ -81,7 +81,12 @@ pub fn run(a: DemoArgs) -> Result<()> {
     let tokens = tok.encode(&text, true)?;
     let t0 = Instant::now();
     let pb = bar(a.windows as u64, "ppl windows");
-    let res = perplexity(&model, &tokens, 2048, Some(a.windows), 1, |d, _| {
+    let opts = PplOptions {
+        max_windows: Some(a.windows),
+        batch_size: 1,
+        ..Default::default()
+    };
+    let res = perplexity(&model, &tokens, 2048, opts, |d, _| {
         pb.set_position(d as u64)
     })?;
     pb.finish_and_clear();

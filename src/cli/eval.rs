@@ -7,6 +7,7 @@ use clap::Args;
 use come_repro::eval::batching::BatchSize;
 use come_repro::eval::harness::TaskResult;
 use come_repro::eval::latency::Protocol;
+use come_repro::eval::perplexity::PplProtocol;
 use come_repro::eval::perplexity::PplResult;
 use come_repro::eval::ppl_corpus::Corpus;
 use come_repro::eval::profile::ScoreProfile;
@@ -61,6 +62,10 @@ pub struct EvalArgs {
     /// Score only the first N perplexity windows (C4 default: 256, as GPTQ).
     #[arg(long)]
     pub max_windows: Option<usize>,
+    /// Perplexity scoring: `gptq` (every token but each window's first) or `llama_cpp`
+    /// (the second half of each window, as llama.cpp's `llama-perplexity`).
+    #[arg(long, value_enum, default_value = "gptq")]
+    pub ppl_protocol: PplProtocol,
     /// Write lm-eval-compatible results JSON here.
     #[arg(long)]
     pub output: Option<PathBuf>,
@@ -163,6 +168,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
         ppl: &corpora,
         ppl_seqlen: a.seqlen,
         ppl_windows: a.max_windows,
+        ppl_protocol: a.ppl_protocol,
         latency: a.latency.map(|p| {
             let iters = a.latency_iters.as_deref().map(|v| [v[0], v[1]]);
             p.spec().with_iters(iters)

@@ -10,6 +10,7 @@ mod common;
 mod demo;
 mod distill;
 mod eval;
+mod export;
 mod generate;
 mod gpu_check;
 mod grid;
@@ -40,6 +41,9 @@ enum Command {
     /// Convert a GGUF or llama2.c checkpoint into a Hugging Face checkpoint directory.
     #[command(subcommand)]
     Import(import::ImportCmd),
+    /// Write a checkpoint in another format: `export gguf` for llama.cpp.
+    #[command(subcommand)]
+    Export(export::ExportCmd),
     /// Continue a prompt with a model (greedy unless --temperature is set).
     Generate(generate::GenerateArgs),
     /// Evaluate a model: zero-shot tasks scored as lm-evaluation-harness does, perplexity.
@@ -71,6 +75,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Import(c) => import::run(c),
+        Command::Export(c) => export::run(c),
         Command::Generate(a) => generate::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Prune(a) => prune::run(a),

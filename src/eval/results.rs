@@ -187,10 +187,8 @@ pub fn table(tasks: &[TaskResult], ppl: &[(String, PplResult)]) -> String {
         }
     }
     for (name, p) in ppl {
-        s += &format!(
-            "|{name} (seqlen {})|{}|ppl|{:.4}| |\n",
-            p.seqlen, p.windows, p.ppl
-        );
+        let how = p.context().replace(',', ", ").replace('=', " ");
+        s += &format!("|{name} ({how})|{}|ppl|{:.4}| |\n", p.windows, p.ppl);
     }
     s
 }

@@ -30,6 +30,7 @@ pub(super) fn schema() -> Value {
             e.insert("ppl_c4".into(), Value::Bool(false));
             e.insert("ppl_val".into(), Value::Bool(false));
             e.insert("ppl_ood".into(), Value::Bool(false));
+            e.insert("ppl_protocol".into(), Value::String("gptq".into()));
             e.insert("latency".into(), Value::Bool(false));
             e.insert("latency_iters".into(), serde_json::json!([1, 1]));
         }

@@ -8,7 +8,7 @@ use crate::eval::harness::{finish_task, prepare_task, EvalOptions, PreparedTask,
 use crate::eval::latency::{measure, Latency, LatencySpec};
 use crate::eval::loglik::ScoreOptions;
 use crate::eval::loglik::{Score, TokenRequest};
-use crate::eval::perplexity::{perplexity, PplResult};
+use crate::eval::perplexity::{perplexity, PplOptions, PplProtocol, PplResult};
 use crate::eval::pool::ScoreHooks;
 use crate::eval::ppl_corpus::Corpus;
 use crate::eval::profile::ScoreProfile;
@@ -72,6 +72,7 @@ pub struct EvalInputs<'a> {
     pub ppl_seqlen: usize,
     /// Windows scored per corpus (None: the corpus default: all, or 256 for C4).
     pub ppl_windows: Option<usize>,
+    pub ppl_protocol: PplProtocol,
     /// Also time prefill and decode (the prompt shortened to fit a short context).
     pub latency: Option<LatencySpec>,
 }
@@ -249,7 +250,13 @@ fn corpus_ppl(
     let name = p.corpus.name();
     let windows = inp.ppl_windows.or(p.corpus.default_windows());
     hooks.progress(&name, 0, 0);
-    let result = perplexity(model, &tokens, inp.ppl_seqlen, windows, 1, |done, total| {
+    let opts = PplOptions {
+        max_windows: windows,
+        batch_size: 1,
+        protocol: inp.ppl_protocol,
+        bos: tok.bos_id,
+    };
+    let result = perplexity(model, &tokens, inp.ppl_seqlen, opts, |done, total| {
         hooks.progress(&name, done, total)
     })
     .map_err(|e| match e {

@@ -9,7 +9,7 @@ use come_repro::model::import::write_checkpoint;
 use come_repro::model::{gguf, llama2c};
 use std::path::PathBuf;
 
-fn cached(name: &str, build: impl FnOnce(&std::path::Path)) -> PathBuf {
+pub fn cached(name: &str, build: impl FnOnce(&std::path::Path)) -> PathBuf {
     // Tests of one binary run on threads: serialise the import within the process.
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());

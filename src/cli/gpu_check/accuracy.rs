@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use come_repro::eval::batching::BatchSize;
 use come_repro::eval::harness::{evaluate_task, EvalOptions};
 use come_repro::eval::loglik::ScoreOptions;
-use come_repro::eval::perplexity::perplexity;
+use come_repro::eval::perplexity::{perplexity, PplOptions};
 use come_repro::eval::shift::Shift;
 use come_repro::eval::tasks::TaskData;
 use come_repro::model::synthetic::{hashed_model, Shape};
@@ -63,7 +63,19 @@ pub fn score(
     let ppl = match ppl {
         Some((text, seqlen)) => {
             let ids = tok.encode(text, true)?;
-            Some(perplexity(model, &ids, seqlen, None, 4, |_, _| {})?.ppl)
+            Some(
+                perplexity(
+                    model,
+                    &ids,
+                    seqlen,
+                    PplOptions {
+                        batch_size: 4,
+                        ..Default::default()
+                    },
+                    |_, _| {},
+                )?
+                .ppl,
+            )
         }
         None => None,
     };

@@ -369,11 +369,15 @@ impl GgufFile {
 }
 
 mod dequant;
+mod export;
+mod export_vocab;
 mod import_plan;
 mod parse;
 mod qk_order;
+pub mod write;
 
 pub use dequant::dequantize;
+pub use export::{export, ExportReport, GgufType};
 pub use import_plan::import;
 use parse::parse_header;
 pub use qk_order::{permute_qk_rows, unpermute_qk_rows};
