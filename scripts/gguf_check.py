@@ -13,7 +13,8 @@ exported as f32, f16 and q8_0:
   source checkpoint for f32; the GGUF imported back for f16 and q8_0, i.e. the weights
   llama.cpp reads).
 
-Writes results/gguf/summary.json and results/gguf/README.md.
+Writes results/gguf/summary.json and results/gguf/README.md, then exits non-zero if a
+number is outside its bound (BOUNDS below).
 Usage: .venv/bin/python scripts/gguf_check.py --llama-bin DIR [--work DIR]
 """
 
@@ -218,6 +219,33 @@ def main() -> None:
     (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     write_readme(out / "README.md", summary)
     print(f"wrote {out}/summary.json and README.md")
+    failed = violations(rows)
+    if failed:
+        sys.exit("GGUF check failed:\n  " + "\n  ".join(failed))
+    print("all GGUF checks passed")
+
+
+# Bounds per storage type: (llama.cpp vs come-repro perplexity, relative; greedy must be
+# equal; transformers' largest logit difference). q8_0 is looser on the llama.cpp side
+# because llama.cpp's Q8_0 kernels also quantise the activations (see README.md).
+BOUNDS = {"f32": (1e-3, True, 1e-4), "f16": (1e-3, True, 0.25), "q8_0": (2e-2, False, 4.0)}
+
+
+def violations(rows: list) -> list:
+    out = []
+    for r in rows:
+        ppl_tol, greedy, logit_tol = BOUNDS[r["type"]]
+        what = f"{r['model']} {r['type']}"
+        if r["ppl_rel_diff"] > ppl_tol:
+            out.append(f"{what}: perplexity differs by {r['ppl_rel_diff']:.2e} (bound {ppl_tol})")
+        if greedy and not all(r["greedy_equal"]):
+            out.append(f"{what}: greedy continuations differ")
+        t = r["transformers"]
+        if t["max_abs_logit_diff"] > logit_tol:
+            out.append(f"{what}: transformers' logits differ by {t['max_abs_logit_diff']:.3g} (bound {logit_tol})")
+        if not all(t["gguf_tokenizer_ids_equal"]):
+            out.append(f"{what}: transformers' GGUF tokenizer gives other ids")
+    return out
 
 
 def common_prefix(a: str, b: str) -> int:

@@ -2,7 +2,10 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
+use come_repro::model::save::save_model;
+use come_repro::model::synthetic::{hashed_model, Shape};
 use come_repro::model::{gguf, import::write_checkpoint, llama2c};
+use come_repro::runtime::Dtype;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -14,6 +17,27 @@ pub enum ImportCmd {
         #[arg(long)]
         out: PathBuf,
         /// Replace an existing output directory.
+        #[arg(long)]
+        force: bool,
+    },
+    /// A model of a published shape with hashed uniform weights (no download), for
+    /// measuring memory and time at that size: every stage runs on it as on a real one.
+    /// The tokenizer files are copied from `--tokenizer-from` (ids must fit the vocab).
+    Synthetic {
+        #[arg(long, value_enum)]
+        shape: Shape,
+        /// Layers (default: the shape's own).
+        #[arg(long)]
+        layers: Option<usize>,
+        #[arg(long)]
+        tokenizer_from: PathBuf,
+        /// Storage precision of the weights.
+        #[arg(long, value_enum, default_value = "bf16")]
+        dtype: Dtype,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long)]
+        out: PathBuf,
         #[arg(long)]
         force: bool,
     },
@@ -36,6 +60,18 @@ pub fn run(cmd: ImportCmd) -> Result<()> {
             import_into(&out, force, || Ok(gguf::import(&file)?))?;
             out
         }
+        ImportCmd::Synthetic {
+            shape,
+            layers,
+            tokenizer_from,
+            dtype,
+            seed,
+            out,
+            force,
+        } => {
+            synthetic(shape, layers, &tokenizer_from, dtype, seed, &out, force)?;
+            out
+        }
         ImportCmd::Llama2c {
             file,
             tokenizer,
@@ -51,6 +87,40 @@ pub fn run(cmd: ImportCmd) -> Result<()> {
         out.display(),
         t0.elapsed().as_secs_f64()
     );
+    Ok(())
+}
+
+fn synthetic(
+    shape: Shape,
+    layers: Option<usize>,
+    tokenizer_from: &Path,
+    dtype: Dtype,
+    seed: u64,
+    out: &Path,
+    force: bool,
+) -> Result<()> {
+    if out.exists() && !force {
+        bail!(
+            "{} already exists (use --force to replace it)",
+            out.display()
+        );
+    }
+    let tok = come_repro::model::tokenizer::Tokenizer::from_dir(tokenizer_from)
+        .with_context(|| format!("tokenizer from {}", tokenizer_from.display()))?;
+    let config = shape.config(layers)?;
+    if tok.vocab_size() as i64 > config.vocab_size {
+        bail!(
+            "the tokenizer in {} has {} tokens, more than the model's vocab_size {}",
+            tokenizer_from.display(),
+            tok.vocab_size(),
+            config.vocab_size
+        );
+    }
+    let model = hashed_model(&config, seed, tch::Device::Cpu, dtype.kind());
+    come_repro::publish::write_dir_atomically(out, |tmp| {
+        save_model(&model, tmp, Some(tokenizer_from))
+    })
+    .with_context(|| format!("writing {}", out.display()))?;
     Ok(())
 }
 
