@@ -82,7 +82,11 @@ fn fill(dir: &Path) -> (Store, i64, i64) {
 }
 
 fn export(db: &Path, url: &str, experiment: &str) -> std::process::Output {
-    common::bin::run(&[
+    export_with(db, url, experiment, &[])
+}
+
+fn export_with(db: &Path, url: &str, experiment: &str, extra: &[&str]) -> std::process::Output {
+    let mut args = vec![
         "runs",
         "export",
         "--db",
@@ -91,7 +95,25 @@ fn export(db: &Path, url: &str, experiment: &str) -> std::process::Output {
         url,
         "--experiment",
         experiment,
-    ])
+    ];
+    args.extend_from_slice(extra);
+    common::bin::run(&args)
+}
+
+/// A file of a run through the artifact proxy.
+fn artifact(url: &str, run: &Value, rel: &str) -> String {
+    let uri = run["info"]["artifact_uri"].as_str().unwrap();
+    let root = uri
+        .strip_prefix("mlflow-artifacts:")
+        .unwrap()
+        .trim_start_matches('/');
+    ureq::get(&format!(
+        "{url}/api/2.0/mlflow-artifacts/artifacts/{root}/{rel}"
+    ))
+    .call()
+    .unwrap()
+    .into_string()
+    .unwrap()
 }
 
 /// The MLflow run carrying config hash `hash`.
@@ -127,7 +149,17 @@ fn export_round_trips_and_is_idempotent() {
         .unwrap()
         .as_nanos();
     let experiment = format!("come-test-{}-{nanos}", std::process::id());
-    let out = common::bin::ok(export(&db, &url, &experiment));
+    // Tables (a directory with a subdirectory) go to the parent run.
+    let tables = d.path().join("tables");
+    std::fs::create_dir_all(tables.join("figures")).unwrap();
+    std::fs::write(tables.join("main.md"), "| a | b |\n").unwrap();
+    std::fs::write(tables.join("figures/curve.svg"), "<svg/>").unwrap();
+    let out = common::bin::ok(export_with(
+        &db,
+        &url,
+        &experiment,
+        &["--tables", tables.to_str().unwrap()],
+    ));
     assert!(
         out.contains("2 runs created, 0 updated, 0 unchanged"),
         "{out}"
@@ -197,10 +229,31 @@ fn export_round_trips_and_is_idempotent() {
     assert_eq!(tags["mlflow.source.git.commit"], "0123abcd");
     assert_eq!(tags["come.status"], "finished");
     let parent = tags["mlflow.parentRunId"].clone();
+    let parent_run = c.get_run(&parent).unwrap()["run"].clone();
+    assert_eq!(parent_run["info"]["status"], "FINISHED");
+    assert_eq!(artifact(&url, &parent_run, "tables/main.md"), "| a | b |\n");
     assert_eq!(
-        c.get_run(&parent).unwrap()["run"]["info"]["status"],
-        "FINISHED"
+        artifact(&url, &parent_run, "tables/figures/curve.svg"),
+        "<svg/>"
     );
+    // The run's results JSON: its config and every metric as the store keeps them.
+    let record: Value = serde_json::from_str(&artifact(&url, &run, "results/run.json")).unwrap();
+    assert_eq!(record["hash"], ra.hash.as_str());
+    assert_eq!(record["status"], "finished");
+    assert_eq!(record["config"], ra.config);
+    // serde_json reads some floats back an ulp off, so values compare to 1e-12.
+    let stored = store.metrics(a).unwrap();
+    let sent = record["metrics"].as_array().unwrap();
+    assert_eq!(sent.len(), stored.len());
+    for (s, m) in sent.iter().zip(&stored) {
+        let same = s["task"] == m.task.as_str()
+            && s["name"] == m.name.as_str()
+            && s["context"] == m.context.as_str()
+            && s["step"] == m.step
+            && (s["value"].as_f64().unwrap() - m.value).abs() <= 1e-12 * m.value.abs().max(1.0)
+            && s["stderr"].as_f64() == m.stderr;
+        assert!(same, "{s} vs {m:?}");
+    }
     // The artifact went through the proxy, byte for byte.
     let uri = run["info"]["artifact_uri"].as_str().unwrap();
     let root = uri
@@ -279,4 +332,19 @@ fn server_errors_are_clear_and_leave_the_store_alone() {
     assert!(err.contains("answered HTTP 404"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
     assert_eq!(sha(&db), before);
+    // Table files that do not exist: refused before anything is sent (the server is down
+    // here, so a request would fail with another message).
+    let gone = d.path().join("no-tables");
+    let o = export_with(
+        &db,
+        "http://127.0.0.1:9",
+        "come-x",
+        &["--tables", gone.to_str().unwrap()],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("no-tables") && err.contains("no such table"),
+        "{err}"
+    );
 }

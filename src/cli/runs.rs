@@ -78,6 +78,10 @@ pub enum RunsCmd {
         /// MLflow experiment (created if missing).
         #[arg(long, default_value = "come-repro", requires = "mlflow")]
         experiment: String,
+        /// Table files or directories (e.g. what `tables --out` wrote) to attach to the
+        /// store's parent run under `tables/`.
+        #[arg(long, requires = "mlflow")]
+        tables: Vec<PathBuf>,
     },
 }
 
@@ -248,6 +252,7 @@ pub fn run(cmd: RunsCmd) -> Result<()> {
             parquet,
             mlflow,
             experiment,
+            tables,
         } => {
             let s = Store::open(&db)?;
             match (csv, parquet, mlflow) {
@@ -255,8 +260,8 @@ pub fn run(cmd: RunsCmd) -> Result<()> {
                 (None, Some(p), _) => s.export_parquet(&p)?,
                 (None, None, Some(url)) => {
                     use come_repro::track::mlflow::{export_store, Client};
-                    let r =
-                        export_store(&s, &Client::new(&url), &experiment).with_context(|| {
+                    let r = export_store(&s, &Client::new(&url), &experiment, &tables)
+                        .with_context(|| {
                             format!("exporting {} to MLflow at {url}", db.display())
                         })?;
                     println!(

@@ -18,7 +18,7 @@ use super::{Metric, RunRow, Status};
 use crate::error::{Error, Result};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Why the server could not take the export.
@@ -360,27 +360,45 @@ pub const PARENT_TAG: &str = "come.store";
 pub const HASH_TAG: &str = "come.config_hash";
 pub const STATUS_TAG: &str = "come.status";
 
-/// Export every run of `store` into experiment `experiment` of the server `client`.
-pub fn export_store(store: &Store, client: &Client, experiment: &str) -> Result<ExportReport> {
+/// Export every run of `store` into experiment `experiment` of the server `client`; the
+/// files under `tables` (files or directories, e.g. what `tables --out` wrote) go to the
+/// store's parent run under `tables/`.
+pub fn export_store(
+    store: &Store,
+    client: &Client,
+    experiment: &str,
+    tables: &[PathBuf],
+) -> Result<ExportReport> {
+    // Missing table files are an error before anything is sent.
+    let tables = table_files(tables)?;
     let exp = client.experiment_id(experiment)?;
     let store_id = store.path().display().to_string();
-    let parent = match client.find_runs(&exp, PARENT_TAG, &store_id)?.first() {
-        Some(r) => field_str(r, &["info", "run_id"], "runs/search")?,
+    let (parent, parent_uri) = match client.find_runs(&exp, PARENT_TAG, &store_id)?.first() {
+        Some(r) => (
+            field_str(r, &["info", "run_id"], "runs/search")?,
+            field_str(r, &["info", "artifact_uri"], "runs/search")?,
+        ),
         None => {
             let name = store
                 .path()
                 .file_stem()
                 .map_or("store".into(), |s| s.to_string_lossy().to_string());
             let tags = vec![(PARENT_TAG.to_string(), store_id.clone())];
-            let (id, _) = client.create_run(&exp, &name, now_ms(), &tags)?;
+            let (id, uri) = client.create_run(&exp, &name, now_ms(), &tags)?;
             client.update_run(&id, "FINISHED", Some(now_ms()))?;
-            id
+            (id, uri)
         }
     };
     let mut report = ExportReport {
         experiment_id: exp.clone(),
         ..Default::default()
     };
+    for (rel, path) in tables {
+        let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        if client.put_artifact(&parent_uri, &format!("tables/{rel}"), &bytes)? {
+            report.artifacts += 1;
+        }
+    }
     for run in store.runs(&Default::default())? {
         export_run(store, client, &exp, &parent, &run, &mut report)?;
     }
@@ -445,6 +463,11 @@ fn export_run(
     report.metrics += metrics.len();
     report.params += params.len();
     report.artifacts += upload_artifacts(store, client, run, &artifact_uri)?;
+    let record = serde_json::to_vec_pretty(&run_record(store, run)?)
+        .map_err(|e| Error::Invalid(format!("run {}: {e}", run.id)))?;
+    if client.put_artifact(&artifact_uri, RUN_RECORD, &record)? {
+        report.artifacts += 1;
+    }
     let end = run.finished.as_deref().and_then(parse_rfc3339_ms);
     client.update_run(&id, status, end)?;
     Ok(())
@@ -496,6 +519,77 @@ fn run_tags(store: &Store, run: &RunRow, parent: &str) -> Result<Vec<(String, St
         .into_iter()
         .map(|(k, v)| (k, truncate(v, MAX_TAG_LEN)))
         .collect())
+}
+
+/// Where each run's results JSON goes among its artifacts.
+pub const RUN_RECORD: &str = "results/run.json";
+
+/// A run's results as one JSON file: what it is (hash, name, status, times, error), its
+/// resolved config, and every metric as the store keeps it (task, name, value, standard
+/// error, context, step).
+pub fn run_record(store: &Store, run: &RunRow) -> Result<Value> {
+    Ok(json!({
+        "hash": run.hash,
+        "name": run.name,
+        "subgrid": run.subgrid,
+        "status": run.status.as_str(),
+        "created": run.created,
+        "started": run.started,
+        "finished": run.finished,
+        "error": run.error,
+        "config": run.config,
+        "metrics": store.metrics(run.id)?,
+    }))
+}
+
+/// The files of `roots` with their paths relative to the root they came from (a file given
+/// directly keeps its name), sorted. Hidden files are left out.
+fn table_files(roots: &[PathBuf]) -> Result<Vec<(String, PathBuf)>> {
+    fn walk(dir: &Path, rel: &str, out: &mut Vec<(String, PathBuf)>) -> Result<()> {
+        let mut entries: Vec<_> = std::fs::read_dir(dir)
+            .map_err(|e| Error::io(dir, e))?
+            .filter_map(|e| e.ok())
+            .collect();
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let name = e.file_name().to_string_lossy().to_string();
+            if name.starts_with('.') {
+                continue;
+            }
+            let r = if rel.is_empty() {
+                name
+            } else {
+                format!("{rel}/{name}")
+            };
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, &r, out)?;
+            } else {
+                out.push((r, p));
+            }
+        }
+        Ok(())
+    }
+    let mut out = vec![];
+    for root in roots {
+        if root.is_dir() {
+            walk(root, "", &mut out)?;
+        } else if root.is_file() {
+            let name = root
+                .file_name()
+                .map_or("table".into(), |n| n.to_string_lossy().to_string());
+            out.push((name, root.clone()));
+        } else {
+            return Err(Error::io(
+                root,
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no such table file or directory",
+                ),
+            ));
+        }
+    }
+    Ok(out)
 }
 
 /// The run's recorded files (directories are left out) under `<kind>/<file name>`.
