@@ -42,8 +42,11 @@ PROMPTS = [
     "In 1789, 954 people stormed the Bastille; by 5:30 p.m. it had fallen!",
 ]
 NEW_TOKENS = 32
-PPL_CTX = 1024
+# Perplexity windows per model (stories260K's context is 512 tokens).
+PPL_CTX = {"smollm2": 1024, "stories": 256}
 PPL_CHUNKS = 20
+# Characters of WikiText-2 test whose tokenisation is compared id for id.
+TOKENIZE_CHARS = 60_000
 TYPES = ["f32", "f16", "q8_0"]
 
 
@@ -62,16 +65,24 @@ def come(*args) -> subprocess.CompletedProcess:
     return run([BIN, *args])
 
 
-def prepare(work: Path) -> dict[str, Path]:
-    """The dense and pruned source checkpoints."""
+def prepare(work: Path) -> dict[str, tuple[str, Path]]:
+    """The source checkpoints by label: (family, directory)."""
+    models = shared("models", "COME_MODELS")
     dense, pruned = work / "smollm2-135m", work / "smollm2-135m-come30"
     if not (dense / "config.json").exists():
-        gguf = shared("models", "COME_MODELS") / "smollm2-135m-instruct-q4_1/SmolLM2-135M-Instruct.Q4_1.gguf"
+        gguf = models / "smollm2-135m-instruct-q4_1/SmolLM2-135M-Instruct.Q4_1.gguf"
         come("import", "gguf", gguf, "--out", dense, "--force")
     if not (pruned / "config.json").exists():
         # CoMe (concatenation, act-l1 sensitivity), 9 of 30 layers merged away.
         come("prune", "--model", dense, "--out", pruned, "--target-layers", "21")
-    return {"dense": dense, "come30": pruned}
+    stories, s_pruned = work / "stories260k", work / "stories260k-come3"
+    if not (stories / "config.json").exists():
+        come("import", "llama2c", models / "stories260K/stories260K.bin", "--tokenizer",
+             models / "stories260K/tok512.bin", "--out", stories, "--force")
+    if not (s_pruned / "config.json").exists():
+        come("prune", "--model", stories, "--out", s_pruned, "--target-layers", "3")
+    return {"dense": ("smollm2", dense), "come30": ("smollm2", pruned),
+            "stories": ("stories", stories), "stories-come3": ("stories", s_pruned)}
 
 
 def hf_logits(model, tok, prompts):
@@ -110,10 +121,28 @@ def transformers_check(src: Path, gguf: Path) -> dict:
 
 def llama_generate(bin_dir: Path, gguf: Path, prompt: str) -> str:
     p = run([bin_dir / "llama-simple", "-m", gguf, "-n", NEW_TOKENS, prompt])
+    # It echoes the prompt's tokens first, BOS (`<s>`) included where the model adds one.
     text = p.stdout
-    if not text.startswith(prompt):
-        sys.exit(f"llama-simple output does not start with the prompt: {text!r}")
-    return text[len(prompt):].rstrip("\n")
+    at = text.find(prompt)
+    if at < 0:
+        sys.exit(f"llama-simple output does not contain the prompt: {text!r}")
+    return text[at + len(prompt):].rstrip("\n")
+
+
+def tokenization(bin_dir: Path, gguf: Path, src: Path, text: Path, work: Path) -> dict:
+    """llama.cpp's token ids for the start of the text against the source tokenizer.json's
+    (the `tokenizers` library, which come-repro uses)."""
+    from tokenizers import Tokenizer
+
+    sample = work / "tokenize-sample.txt"
+    sample.write_text(text.read_text(encoding="utf-8")[:TOKENIZE_CHARS], encoding="utf-8")
+    p = run([bin_dir / "llama-tokenize", "-m", gguf, "-f", sample, "--ids", "--log-disable"])
+    theirs = json.loads(p.stdout.strip().splitlines()[-1])
+    ours = Tokenizer.from_file(str(src / "tokenizer.json")).encode(sample.read_text(encoding="utf-8")).ids
+    first = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), None)
+    if first is None and len(ours) != len(theirs):
+        first = min(len(ours), len(theirs))
+    return {"tokens": len(ours), "llama_cpp_tokens": len(theirs), "equal": first is None, "first_difference": first}
 
 
 def come_generate(model: Path, prompt: str) -> str:
@@ -122,8 +151,8 @@ def come_generate(model: Path, prompt: str) -> str:
     return text[len(prompt):].rstrip("\n")
 
 
-def llama_ppl(bin_dir: Path, gguf: Path, text: Path) -> dict:
-    p = run([bin_dir / "llama-perplexity", "-m", gguf, "-f", text, "-c", PPL_CTX,
+def llama_ppl(bin_dir: Path, gguf: Path, text: Path, ctx: int) -> dict:
+    p = run([bin_dir / "llama-perplexity", "-m", gguf, "-f", text, "-c", ctx,
              "--chunks", PPL_CHUNKS, "-t", "2"])
     m = re.search(r"Final estimate: PPL = ([0-9.]+) \+/- ([0-9.]+)", p.stdout + p.stderr)
     if not m:
@@ -131,9 +160,9 @@ def llama_ppl(bin_dir: Path, gguf: Path, text: Path) -> dict:
     return {"ppl": float(m.group(1)), "stderr": float(m.group(2))}
 
 
-def come_ppl(model: Path, text: Path, work: Path) -> float:
+def come_ppl(model: Path, text: Path, work: Path, ctx: int) -> float:
     out = work / f"ppl-{model.name}.json"
-    come("eval", "--model", model, "--ppl", text, "--seqlen", PPL_CTX, "--max-windows", PPL_CHUNKS,
+    come("eval", "--model", model, "--ppl", text, "--seqlen", ctx, "--max-windows", PPL_CHUNKS,
          "--ppl-protocol", "llama_cpp", "--threads", "2", "--output", out)
     (res,) = json.loads(out.read_text())["perplexity"].values()
     assert res["protocol"] == "llama_cpp" and res["windows"] == PPL_CHUNKS, res
@@ -167,8 +196,9 @@ def main() -> None:
     text = shared("data", "COME_DATA") / "wikitext2/wikitext2_raw_test.txt"
     sources = prepare(a.work)
     rows = []
-    for label, src in sources.items():
-        come_src = {"generate": {p: come_generate(src, p) for p in PROMPTS}, "ppl": come_ppl(src, text, a.work)}
+    for label, (family, src) in sources.items():
+        ctx = PPL_CTX[family]
+        come_src = {"generate": {p: come_generate(src, p) for p in PROMPTS}, "ppl": come_ppl(src, text, a.work, ctx)}
         for ty in TYPES:
             t0 = time.time()
             gguf = a.work / f"{src.name}-{ty}.gguf"
@@ -180,13 +210,15 @@ def main() -> None:
             else:
                 back = a.work / f"{src.name}-{ty}-reimported"
                 come("import", "gguf", gguf, "--out", back, "--force")
-                same = {"generate": {p: come_generate(back, p) for p in PROMPTS}, "ppl": come_ppl(back, text, a.work)}
+                same = {"generate": {p: come_generate(back, p) for p in PROMPTS}, "ppl": come_ppl(back, text, a.work, ctx)}
             lc_gen = {p: llama_generate(a.llama_bin, gguf, p) for p in PROMPTS}
-            lc_ppl = llama_ppl(a.llama_bin, gguf, text)
+            lc_ppl = llama_ppl(a.llama_bin, gguf, text, ctx)
             row = {
                 "model": label,
                 "type": ty,
                 "gguf_bytes": gguf.stat().st_size,
+                "ppl_ctx": ctx,
+                "tokenization": tokenization(a.llama_bin, gguf, src, text, a.work),
                 "transformers": transformers_check(src, gguf),
                 "llama_cpp": {"ppl": lc_ppl, "generate": lc_gen},
                 "come_repro_same_weights": same,
@@ -210,6 +242,7 @@ def main() -> None:
                      "transformers": transformers.__version__, "gguf": importlib.metadata.version("gguf")},
         "prompts": PROMPTS,
         "new_tokens": NEW_TOKENS,
+        "tokenize_chars": TOKENIZE_CHARS,
         "perplexity": {"text": "WikiText-2 test (shared data, wikitext2_raw_test.txt)", "ctx": PPL_CTX,
                        "chunks": PPL_CHUNKS, "protocol": "llama-perplexity: second half of each window"},
         "rows": rows,
@@ -245,6 +278,8 @@ def violations(rows: list) -> list:
             out.append(f"{what}: transformers' logits differ by {t['max_abs_logit_diff']:.3g} (bound {logit_tol})")
         if not all(t["gguf_tokenizer_ids_equal"]):
             out.append(f"{what}: transformers' GGUF tokenizer gives other ids")
+        if not r["tokenization"]["equal"]:
+            out.append(f"{what}: llama.cpp tokenises differently from token {r['tokenization']['first_difference']}")
     return out
 
 
@@ -263,12 +298,19 @@ def write_readme(path: Path, s: dict) -> None:
         f"{s['llama_cpp']['source']} by `scripts/llama-cpp-local.sh`; transformers "
         f"{s['versions']['transformers']}, gguf {s['versions']['gguf']}, torch "
         f"{s['versions']['torch']}; 2 CPU threads). Models: SmolLM2-135M-Instruct imported "
-        "from the shipped GGUF (`dense`, 30 layers) and CoMe-pruned from it (`come30`: "
-        "`prune --target-layers 21`, concatenation, no recovery). Raw numbers: `summary.json`.",
+        "from the shipped GGUF (`dense`, 30 layers; byte-level BPE, llama.cpp's `gpt2` "
+        "vocabulary) and CoMe-pruned from it (`come30`: `prune --target-layers 21`, "
+        "concatenation, no recovery); stories260K imported from llama2.c (`stories`, 5 layers; "
+        "SentencePiece-style, llama.cpp's `llama` vocabulary with scores) and CoMe-pruned to 3 "
+        "layers (`stories-come3`). Raw numbers: `summary.json`.",
         "",
+        f"- Tokenisation: llama.cpp's `llama-tokenize` on the first {s['tokenize_chars']:,} "
+        "characters of WikiText-2 test against the source tokenizer.json: `ids` gives the "
+        "tokens compared and whether every id is equal.",
         f"- Perplexity: {s['perplexity']['text']}, {s['perplexity']['chunks']} windows of "
-        f"{s['perplexity']['ctx']} tokens scored as `llama-perplexity` scores them (the second "
-        "half of each window). come-repro's number is `eval --ppl-protocol llama_cpp` on the "
+        f"{s['perplexity']['ctx']['smollm2']} tokens (stories260K: "
+        f"{s['perplexity']['ctx']['stories']}) scored as `llama-perplexity` scores them (the "
+        "second half of each window, BOS first where the model adds one). come-repro's number is `eval --ppl-protocol llama_cpp` on the "
         "weights llama.cpp reads: the source checkpoint for f32, the GGUF imported back for "
         "f16 and q8_0.",
         f"- Greedy: {s['new_tokens']} new tokens from `llama-simple` and from `come-repro "
@@ -279,9 +321,9 @@ def write_readme(path: Path, s: dict) -> None:
         "over the prompts' positions. Its GGUF tokenizer gives the source tokenizer's ids on "
         "every prompt in every row.",
         "",
-        "| model | type | MiB | llama.cpp ppl | come-repro ppl | rel. diff | greedy equal "
+        "| model | type | MiB | ids | llama.cpp ppl | come-repro ppl | rel. diff | greedy equal "
         "| first diff. | transformers max abs logit diff | top-1 agree |",
-        "|---|---|---:|---:|---:|---:|---|---|---:|---:|",
+        "|---|---|---:|---|---:|---:|---:|---|---|---:|---:|",
     ]
     for r in s["rows"]:
         t = r["transformers"]
@@ -293,6 +335,7 @@ def write_readme(path: Path, s: dict) -> None:
                 diffs.append(f"{common_prefix(a, b)}/{len(b)}")
         lines.append(
             f"| {r['model']} | {r['type']} | {r['gguf_bytes'] / 2**20:.1f} | "
+            f"{r['tokenization']['tokens']:,} {'equal' if r['tokenization']['equal'] else 'DIFFER'} | "
             f"{r['llama_cpp']['ppl']['ppl']:.4f} | {r['come_repro_same_weights']['ppl']:.4f} | "
             f"{r['ppl_rel_diff']:.1e} | {sum(r['greedy_equal'])}/{len(r['greedy_equal'])} | "
             f"{', '.join(diffs) or '-'} | "

@@ -25,10 +25,18 @@ if [ ! -f "$work/stories/config.json" ]; then
     --tokenizer "$models/stories260K/tok512.bin" --out "$work/stories" --force
 fi
 tsv="$out/peaks.tsv"
-printf 'layers\tstage\tpeak_rss_mib\tseconds\tcommand\n' >"$tsv.partial"
+# Resumable: a (layers, stage) already in the partial table is not measured again (delete
+# $tsv.partial to start over).
+if [ ! -f "$tsv.partial" ]; then
+  printf 'layers\tstage\tpeak_rss_mib\tseconds\tcommand\n' >"$tsv.partial"
+fi
 measure() { # layers stage command...
   local layers="$1" stage="$2"
   shift 2
+  if grep -q "^$layers	$stage	" "$tsv.partial"; then
+    echo "[$layers layers] $stage: measured already" >&2
+    return
+  fi
   echo "[$layers layers] $stage: $*" >&2
   /usr/bin/time -f '%M %e' -o "$work/time.txt" "$@" >"$work/$stage-$layers.log" 2>&1 || {
     tail -20 "$work/$stage-$layers.log" >&2
@@ -52,6 +60,8 @@ for L in 4 8; do
     --out "$work/lora-$L" --method lora --tokens 4096 --val-tokens 2048 --threads 2 --force
   measure "$L" eval "$bin" eval --model "$p" --tasks piqa --limit 20 --ppl wikitext2 \
     --max-windows 1 --threads 2
+  # The models of this size take 10-20 GB of disk.
+  rm -rf "$s" "$p" "$work/hier-$L" "$work/lora-$L" "$work/teacher-cache-$L"
 done
 mv "$tsv.partial" "$tsv"
 python3 - "$tsv" "$out/README.md" <<'PY'

@@ -195,6 +195,62 @@ fn as_comparable(v: &GgufValue) -> String {
     }
 }
 
+/// stories260K's SentencePiece-style tokenizer becomes llama.cpp's `llama` vocabulary:
+/// token types, BOS and the space prefix, and scores whose order is that of the scores in
+/// llama2.c's own tok512.bin (llama.cpp merges by score, as run.c does).
+#[test]
+fn sentencepiece_style_vocabulary_keeps_llama2c_score_order() {
+    let file = export_to(&common::stories(), GgufType::F32, "stories-f32");
+    let g = GgufFile::open(&file).unwrap();
+    assert_eq!(g.get_str("tokenizer.ggml.model").unwrap(), "llama");
+    assert!(g.get("tokenizer.ggml.merges").is_none());
+    assert_eq!(
+        g.get("tokenizer.ggml.add_bos_token"),
+        Some(&GgufValue::Bool(true))
+    );
+    assert_eq!(
+        g.get("tokenizer.ggml.add_space_prefix"),
+        Some(&GgufValue::Bool(true))
+    );
+    assert_eq!(g.get_u64("tokenizer.ggml.bos_token_id").unwrap(), 1);
+    assert_eq!(g.get_u64("tokenizer.ggml.eos_token_id").unwrap(), 2);
+    let types: Vec<i64> = g
+        .get_array("tokenizer.ggml.token_type")
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        &types[..5],
+        &[2, 3, 3, 6, 6],
+        "unk, bos, eos, <0x00>, <0x01>"
+    );
+    assert_eq!(types.iter().filter(|&&t| t == 6).count(), 256);
+    let ours: Vec<f64> = g
+        .get_array("tokenizer.ggml.scores")
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    let bytes = std::fs::read(come_repro::paths::stories260k_tok()).unwrap();
+    let orig =
+        come_repro::model::llama2c::Vocab::parse(&bytes, 512, Path::new("tok512.bin")).unwrap();
+    assert_eq!(ours.len(), orig.scores.len());
+    // Among tokens some merge makes, a higher llama2.c score never ranks lower here.
+    let merged: Vec<usize> = (0..ours.len()).filter(|&i| ours[i] > -1e8).collect();
+    assert!(merged.len() > 100, "{}", merged.len());
+    for &a in &merged {
+        for &b in &merged {
+            if orig.scores[a] > orig.scores[b] {
+                assert!(
+                    ours[a] > ours[b],
+                    "token {a} outranks {b} in tok512.bin but not here"
+                );
+            }
+        }
+    }
+}
+
 /// Largest |a - b| over the logits, and the logits' largest magnitude.
 fn logit_gap(a: &Tensor, b: &Tensor) -> (f64, f64) {
     (
@@ -280,10 +336,21 @@ fn unsupported_and_broken_checkpoints_are_refused() {
             .to_string()
     };
 
-    // SentencePiece-style tokenizer (byte fallback): stories260K.
-    let e = err(&common::stories());
+    // A tokenizer that is neither byte-level nor SentencePiece-style BPE.
+    let wp = tmp.path().join("wordpiece");
+    std::fs::create_dir_all(&wp).unwrap();
+    let src = pruned_smollm2();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(src.join(f), wp.join(f)).unwrap();
+    }
+    std::fs::write(
+        wp.join("tokenizer.json"),
+        r#"{"model": {"type": "WordPiece", "vocab": {}}, "normalizer": null, "pre_tokenizer": null}"#,
+    )
+    .unwrap();
+    let e = err(&wp);
     assert!(
-        e.contains("tokenizer.json") && e.contains("byte fallback"),
+        e.contains("tokenizer.json") && e.contains("WordPiece"),
         "{e}"
     );
     // A family llama.cpp's llama architecture cannot express.
@@ -293,7 +360,6 @@ fn unsupported_and_broken_checkpoints_are_refused() {
     // No tokenizer.json.
     let copy = tmp.path().join("no-tok");
     std::fs::create_dir_all(&copy).unwrap();
-    let src = pruned_smollm2();
     for f in ["config.json", "model.safetensors"] {
         std::fs::copy(src.join(f), copy.join(f)).unwrap();
     }
