@@ -152,11 +152,13 @@ def come_generate(model: Path, prompt: str) -> str:
 
 
 def llama_ppl(bin_dir: Path, gguf: Path, text: Path, ctx: int) -> dict:
-    p = run([bin_dir / "llama-perplexity", "-m", gguf, "-f", text, "-c", ctx,
+    # One window per batch: with several, llama-perplexity stops without a result when
+    # their total exceeds the model's trained context (stories260K: 512).
+    p = run([bin_dir / "llama-perplexity", "-m", gguf, "-f", text, "-c", ctx, "-b", ctx,
              "--chunks", PPL_CHUNKS, "-t", "2"])
     m = re.search(r"Final estimate: PPL = ([0-9.]+) \+/- ([0-9.]+)", p.stdout + p.stderr)
     if not m:
-        sys.exit(f"no perplexity in llama-perplexity's output:\n{p.stderr[-2000:]}")
+        sys.exit(f"no perplexity in llama-perplexity's output:\n{(p.stdout + p.stderr)[-2000:]}")
     return {"ppl": float(m.group(1)), "stderr": float(m.group(2))}
 
 
