@@ -43,7 +43,14 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     let t0 = Instant::now();
     let new = generate(&model, &ids, &opts)?;
     let dt = t0.elapsed().as_secs_f64();
-    let text = tok.decode(&new, true)?;
+    // Decoded after the prompt, not alone: a SentencePiece decoder strips the leading
+    // space of the first piece it sees, which would glue the continuation to the prompt.
+    let prefix = tok.decode(&ids, true)?;
+    let full = tok.decode(&[ids.as_slice(), new.as_slice()].concat(), true)?;
+    let text = match full.strip_prefix(prefix.as_str()) {
+        Some(rest) => rest.to_string(),
+        None => tok.decode(&new, true)?,
+    };
     println!("{}{}", a.prompt, text);
     eprintln!(
         "[{} new tokens in {:.2}s, {:.1} tok/s]",
