@@ -132,78 +132,31 @@ fn hyper_parameters(c: &ModelConfig, name: &str, ty: GgufType) -> Vec<(String, G
 }
 
 fn plan(c: &ModelConfig, weights: &WeightFiles, ty: GgufType) -> Vec<Planned> {
-    let (h, ff, v) = (c.hidden_size, c.intermediate_size, c.vocab_size);
-    let q_out = c.num_attention_heads * c.head_dim;
-    let kv_out = c.num_key_value_heads * c.head_dim;
-    let mut out = vec![];
-    let mut add = |gname: String, hf_name: String, hf_shape: Vec<i64>, heads: Option<i64>| {
-        let dims = hf_shape.iter().rev().map(|&d| d as u64).collect();
-        let entry = TensorEntry {
-            name: gname,
-            dims,
-            ty: ty.storage(hf_shape.len(), *hf_shape.last().unwrap_or(&0)),
-        };
-        out.push(Planned {
-            entry,
-            hf_name,
-            hf_shape,
-            permute_heads: heads,
-        });
+    let sizes = super::names::LlamaSizes {
+        layers: c.num_hidden_layers,
+        hidden: c.hidden_size,
+        ff: c.intermediate_size,
+        vocab: c.vocab_size,
+        heads: c.num_attention_heads,
+        kv_heads: c.num_key_value_heads,
+        head_dim: c.head_dim,
+        // A separate head only when the checkpoint has one; llama.cpp reuses token_embd
+        // otherwise, as tied embeddings do.
+        lm_head: !c.tie_word_embeddings || weights.contains("lm_head.weight"),
     };
-    add(
-        "token_embd.weight".into(),
-        "model.embed_tokens.weight".into(),
-        vec![v, h],
-        None,
-    );
-    for l in 0..c.num_hidden_layers {
-        let layer: [(&str, &str, Vec<i64>, Option<i64>); 9] = [
-            ("attn_norm", "input_layernorm", vec![h], None),
-            (
-                "attn_q",
-                "self_attn.q_proj",
-                vec![q_out, h],
-                Some(c.num_attention_heads),
-            ),
-            (
-                "attn_k",
-                "self_attn.k_proj",
-                vec![kv_out, h],
-                Some(c.num_key_value_heads),
-            ),
-            ("attn_v", "self_attn.v_proj", vec![kv_out, h], None),
-            ("attn_output", "self_attn.o_proj", vec![h, q_out], None),
-            ("ffn_norm", "post_attention_layernorm", vec![h], None),
-            ("ffn_gate", "mlp.gate_proj", vec![ff, h], None),
-            ("ffn_up", "mlp.up_proj", vec![ff, h], None),
-            ("ffn_down", "mlp.down_proj", vec![h, ff], None),
-        ];
-        for (g, hf, shape, heads) in layer {
-            add(
-                format!("blk.{l}.{g}.weight"),
-                format!("model.layers.{l}.{hf}.weight"),
-                shape,
-                heads,
-            );
-        }
-    }
-    add(
-        "output_norm.weight".into(),
-        "model.norm.weight".into(),
-        vec![h],
-        None,
-    );
-    // A separate head only when the checkpoint has one; llama.cpp reuses token_embd
-    // otherwise, as tied embeddings do.
-    if !c.tie_word_embeddings || weights.contains("lm_head.weight") {
-        add(
-            "output.weight".into(),
-            "lm_head.weight".into(),
-            vec![v, h],
-            None,
-        );
-    }
-    out
+    super::names::llama_tensors(sizes)
+        .into_iter()
+        .map(|t| Planned {
+            entry: TensorEntry {
+                name: t.gguf,
+                dims: t.shape.iter().rev().map(|&d| d as u64).collect(),
+                ty: ty.storage(t.shape.len(), *t.shape.last().unwrap_or(&0)),
+            },
+            hf_name: t.hf,
+            hf_shape: t.shape,
+            permute_heads: t.qk_heads,
+        })
+        .collect()
 }
 
 /// The bytes of one planned tensor, read from the checkpoint.

@@ -150,75 +150,25 @@ struct Planned<'a> {
 /// counterpart (e.g. `rope_freqs` of LLaMA-3 rope scaling) are an error, not silently
 /// dropped, since the model would compute something else without them.
 fn plan_tensors<'a>(g: &'a GgufFile, p: &LlamaParams) -> Result<Vec<Planned<'a>>> {
-    let (h, ff, v) = (p.n_embd as i64, p.n_ff as i64, p.vocab as i64);
-    let q_out = (p.n_head * p.head_dim) as i64;
-    let kv_out = (p.n_head_kv * p.head_dim) as i64;
-    let mut want: Vec<(String, String, Vec<i64>, RowOrder)> = vec![(
-        "token_embd.weight".into(),
-        "model.embed_tokens.weight".into(),
-        vec![v, h],
-        RowOrder::Keep,
-    )];
-    for l in 0..p.n_layer {
-        let per_layer: [(&str, &str, Vec<i64>, RowOrder); 9] = [
-            ("attn_norm", "input_layernorm", vec![h], RowOrder::Keep),
-            (
-                "attn_q",
-                "self_attn.q_proj",
-                vec![q_out, h],
-                RowOrder::Unpermute(p.n_head),
-            ),
-            (
-                "attn_k",
-                "self_attn.k_proj",
-                vec![kv_out, h],
-                RowOrder::Unpermute(p.n_head_kv),
-            ),
-            (
-                "attn_v",
-                "self_attn.v_proj",
-                vec![kv_out, h],
-                RowOrder::Keep,
-            ),
-            (
-                "attn_output",
-                "self_attn.o_proj",
-                vec![h, q_out],
-                RowOrder::Keep,
-            ),
-            (
-                "ffn_norm",
-                "post_attention_layernorm",
-                vec![h],
-                RowOrder::Keep,
-            ),
-            ("ffn_gate", "mlp.gate_proj", vec![ff, h], RowOrder::Keep),
-            ("ffn_up", "mlp.up_proj", vec![ff, h], RowOrder::Keep),
-            ("ffn_down", "mlp.down_proj", vec![h, ff], RowOrder::Keep),
-        ];
-        for (gname, hname, shape, order) in per_layer {
-            want.push((
-                format!("blk.{l}.{gname}.weight"),
-                format!("model.layers.{l}.{hname}.weight"),
-                shape,
-                order,
-            ));
-        }
-    }
-    want.push((
-        "output_norm.weight".into(),
-        "model.norm.weight".into(),
-        vec![h],
-        RowOrder::Keep,
-    ));
-    if g.tensor("output.weight").is_some() {
-        want.push((
-            "output.weight".into(),
-            "lm_head.weight".into(),
-            vec![v, h],
-            RowOrder::Keep,
-        ));
-    }
+    let sizes = super::names::LlamaSizes {
+        layers: p.n_layer as i64,
+        hidden: p.n_embd as i64,
+        ff: p.n_ff as i64,
+        vocab: p.vocab as i64,
+        heads: p.n_head as i64,
+        kv_heads: p.n_head_kv as i64,
+        head_dim: p.head_dim as i64,
+        lm_head: g.tensor("output.weight").is_some(),
+    };
+    let want: Vec<(String, String, Vec<i64>, RowOrder)> = super::names::llama_tensors(sizes)
+        .into_iter()
+        .map(|t| {
+            let order = t
+                .qk_heads
+                .map_or(RowOrder::Keep, |n| RowOrder::Unpermute(n as u64));
+            (t.gguf, t.hf, t.shape, order)
+        })
+        .collect();
 
     let mut planned = Vec::with_capacity(want.len());
     for (gname, hf_name, shape, order) in want {

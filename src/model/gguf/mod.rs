@@ -372,6 +372,7 @@ mod dequant;
 mod export;
 mod export_vocab;
 mod import_plan;
+mod names;
 mod parse;
 mod qk_order;
 pub mod write;
