@@ -47,6 +47,17 @@ pub enum Error {
     /// A forward did not fit in device memory, even after backing off.
     #[error("out of memory: {0}")]
     OutOfMemory(String),
+    /// The disk under the calibration states' spill directory is too small (`need_mib` is
+    /// 0 when it filled up during the run).
+    #[error(
+        "{path}: no room for the calibration states ({}{free_mib} MiB free); point COME_TMP at a directory with room, or raise COME_STATE_BUDGET_MIB to keep them in memory",
+        if *need_mib > 0 { format!("{need_mib} MiB needed, ") } else { String::new() }
+    )]
+    NoSpace {
+        path: PathBuf,
+        need_mib: u64,
+        free_mib: u64,
+    },
     /// A remote service's error (`track::mlflow::MlflowError`), boxed like `Store`.
     #[error(transparent)]
     Remote(Box<dyn std::error::Error + Send + Sync>),

@@ -9,11 +9,15 @@
 //! The choice: in memory while the states fit `COME_STATE_BUDGET_MIB` (default 256 MiB on
 //! CPU, 32 GiB on CUDA), on disk otherwise (under `COME_TMP`, or the system's temporary
 //! directory). Both give bitwise-identical states, so decisions do not depend on it.
+//! The disk's free space is checked before the first write: a CPU run whose states do not
+//! fit there but take at most half of the available memory keeps them in memory instead;
+//! otherwise the run stops at once with [`Error::NoSpace`], naming the directory, rather
+//! than after minutes of calibration with a bare "No space left on device".
 
 use crate::error::{Error, Result};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
 /// Shape of one boundary: `rows` sequences of `seqlen` tokens of width `hidden`.
@@ -61,21 +65,103 @@ fn budget(device: Device) -> u64 {
     mib << 20
 }
 
+/// Room left on the disk beside the states, so that filling it does not starve the rest
+/// of the run (the output checkpoint, the run store).
+const DISK_MARGIN: u64 = 512 << 20;
+
+/// The directory the spill files go under.
+fn spill_root() -> PathBuf {
+    std::env::var_os("COME_TMP")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir)
+}
+
+/// Bytes an unprivileged writer can still put on the file system holding `dir`.
+fn free_bytes(dir: &Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `c` is a valid NUL-terminated path and `st` is writable for one statvfs.
+    if unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: statvfs returned 0, so it filled `st`.
+    let st = unsafe { st.assume_init() };
+    // The fields' integer types differ between platforms (u64 on 64-bit Linux).
+    #[allow(clippy::unnecessary_cast)]
+    Ok(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+/// The kernel's estimate of memory available without swapping (Linux), if readable.
+fn memory_available() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib << 10)
+}
+
+const MIB: u64 = 1 << 20;
+
+/// Where the states go, from what they need and what the machine has (pure, for tests).
+#[derive(Debug, PartialEq, Eq)]
+enum Placement {
+    Memory,
+    Disk,
+    /// Neither has room: MiB needed on disk.
+    Nowhere {
+        need_mib: u64,
+    },
+}
+
+fn placement(
+    total: u64,
+    budget: u64,
+    disk_free: u64,
+    memory: Option<u64>,
+    cuda: bool,
+) -> Placement {
+    if total <= budget {
+        Placement::Memory
+    } else if disk_free >= total + DISK_MARGIN {
+        Placement::Disk
+    } else if !cuda && memory.is_some_and(|m| total <= m / 2) {
+        Placement::Memory
+    } else {
+        Placement::Nowhere {
+            need_mib: (total + DISK_MARGIN).div_ceil(MIB),
+        }
+    }
+}
+
 impl BoundaryStore {
-    /// A store for up to `boundaries` boundaries of `shape`, placed by the budget.
+    /// A store for up to `boundaries` boundaries of `shape`, placed by the budget and, when
+    /// over it, by the free disk space (see the module's comment).
     pub fn new(shape: Shape, boundaries: usize, device: Device) -> Result<Self> {
         let total = shape.bytes() * boundaries as u64;
-        let slots = if total <= budget(device) {
-            Slots::Memory(vec![])
+        let budget = budget(device);
+        let root = spill_root();
+        let free = if total <= budget {
+            0
         } else {
-            let root = std::env::var_os("COME_TMP")
-                .map(PathBuf::from)
-                .unwrap_or_else(std::env::temp_dir);
-            let dir = tempfile::Builder::new()
-                .prefix("come-calib-")
-                .tempdir_in(&root)
-                .map_err(|e| Error::io(&root, e))?;
-            Slots::Disk { dir, files: vec![] }
+            free_bytes(&root).map_err(|e| Error::io(&root, e))?
+        };
+        let slots = match placement(total, budget, free, memory_available(), device.is_cuda()) {
+            Placement::Memory => Slots::Memory(vec![]),
+            Placement::Disk => {
+                let dir = tempfile::Builder::new()
+                    .prefix("come-calib-")
+                    .tempdir_in(&root)
+                    .map_err(|e| Error::io(&root, e))?;
+                Slots::Disk { dir, files: vec![] }
+            }
+            Placement::Nowhere { need_mib } => {
+                return Err(Error::NoSpace {
+                    path: root,
+                    need_mib,
+                    free_mib: free / MIB,
+                })
+            }
         };
         Ok(BoundaryStore {
             shape,
@@ -118,7 +204,7 @@ impl BoundaryStore {
                         .write(true)
                         .create_new(true)
                         .open(&p)
-                        .map_err(|e| Error::io(&p, e))?;
+                        .map_err(|e| spill_error(&p, e))?;
                     files.push(f);
                 }
             }
@@ -141,7 +227,7 @@ impl BoundaryStore {
                     .contiguous();
                 files[b]
                     .write_all_at(bytes_of(&h), first as u64 * self.shape.row_bytes())
-                    .map_err(|e| Error::io(dir.path().join(format!("boundary-{b}.raw")), e))
+                    .map_err(|e| spill_error(&dir.path().join(format!("boundary-{b}.raw")), e))
             }
         }
     }
@@ -174,6 +260,21 @@ impl BoundaryStore {
     }
 }
 
+/// A failed spill write; a full disk (filled by someone else since the check in `new`)
+/// gets the same explanation as a disk found too small up front.
+fn spill_error(path: &Path, e: std::io::Error) -> Error {
+    if e.raw_os_error() == Some(libc::ENOSPC) {
+        let dir = path.parent().unwrap_or(path);
+        let free = free_bytes(dir).unwrap_or(0);
+        return Error::NoSpace {
+            path: path.to_path_buf(),
+            need_mib: 0,
+            free_mib: free / MIB,
+        };
+    }
+    Error::io(path, e)
+}
+
 /// The bytes of a contiguous CPU tensor.
 fn bytes_of(t: &Tensor) -> &[u8] {
     debug_assert!(t.is_contiguous() && t.device() == Device::Cpu);
@@ -190,4 +291,57 @@ fn bytes_of_mut(t: &mut Tensor) -> &mut [u8] {
     // SAFETY: as in `bytes_of`; the exclusive borrow of `t` makes the slice unique (the
     // tensor is freshly allocated by the caller and shares its storage with nothing).
     unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut u8, n) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placement_follows_budget_then_disk_then_memory() {
+        let g = 1u64 << 30;
+        assert_eq!(placement(g, 2 * g, 0, None, false), Placement::Memory);
+        assert_eq!(placement(2 * g, g, 3 * g, Some(g), false), Placement::Disk);
+        // The disk lacks room (margin included), half the memory has it: CPU only.
+        let tight = 2 * g + DISK_MARGIN - 1;
+        assert_eq!(
+            placement(2 * g, g, tight, Some(4 * g), false),
+            Placement::Memory
+        );
+        let need_mib = (2 * g + DISK_MARGIN) / MIB;
+        let nowhere = Placement::Nowhere { need_mib };
+        assert_eq!(placement(2 * g, g, tight, Some(4 * g), true), nowhere);
+        assert_eq!(placement(2 * g, g, tight, Some(4 * g - 1), false), nowhere);
+        assert_eq!(placement(2 * g, g, tight, None, false), nowhere);
+    }
+
+    #[test]
+    fn free_bytes_of_a_real_directory() {
+        let d = tempfile::tempdir().unwrap();
+        assert!(free_bytes(d.path()).unwrap() > 0);
+        let missing = d.path().join("missing");
+        assert!(free_bytes(&missing).is_err());
+    }
+
+    /// /dev/full answers every write with ENOSPC, as a full disk does.
+    #[test]
+    fn a_full_disk_during_the_run_is_named() {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let e = std::io::Write::write_all(&mut f, &[0u8; 16]).unwrap_err();
+        let err = spill_error(Path::new("/dev/full"), e);
+        assert!(matches!(err, Error::NoSpace { need_mib: 0, .. }), "{err}");
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with("/dev/full: no room") && msg.contains("COME_TMP"),
+            "{msg}"
+        );
+        let other = std::io::Error::from_raw_os_error(libc::EACCES);
+        assert!(matches!(
+            spill_error(Path::new("/x"), other),
+            Error::Io { .. }
+        ));
+    }
 }
