@@ -1,9 +1,11 @@
 //! The tokenizer a GGUF carries in its metadata (`tokenizer.ggml.*`), rebuilt as a Hugging
 //! Face `tokenizers::Tokenizer`, with the small JSON files transformers reads beside it.
 //!
-//! Only byte-level BPE (`tokenizer.ggml.model = "gpt2"`) is handled. The pre-tokenizer is
-//! not stored in the file, only named by `tokenizer.ggml.pre`; each name we accept maps to
-//! the pre-tokenizer of the tokenizer.json the GGUF was converted from.
+//! Two models: byte-level BPE (`tokenizer.ggml.model = "gpt2"`), whose pre-tokenizer is
+//! not stored in the file, only named by `tokenizer.ggml.pre` (each name we accept maps to
+//! the pre-tokenizer of the tokenizer.json the GGUF was converted from), and
+//! SentencePiece-style BPE (`llama`: LLaMA-2, Mistral v0.1, llama2.c), which merges by
+//! token score (see `sentencepiece`).
 
 use super::gguf::{GgufFile, GgufValue};
 use crate::error::{Error, Result};
@@ -18,7 +20,10 @@ use tokenizers::processors::template::TemplateProcessing;
 use tokenizers::processors::PostProcessorWrapper;
 use tokenizers::{AddedToken, DecoderWrapper, Tokenizer};
 
+mod sentencepiece;
+
 /// llama.cpp token types (`tokenizer.ggml.token_type`).
+const TOKEN_NORMAL: i64 = 1;
 const TOKEN_CONTROL: i64 = 3;
 const TOKEN_USER_DEFINED: i64 = 4;
 
@@ -102,44 +107,54 @@ fn flag(g: &GgufFile, key: &str) -> Result<bool> {
     }
 }
 
-/// Build the tokenizer and its HF config files from a GGUF's metadata.
-pub fn build(g: &GgufFile) -> Result<GgufTokenizer> {
-    let model = g.get_str("tokenizer.ggml.model")?;
-    if model != "gpt2" {
-        return Err(Error::unsupported(
-            &g.path,
-            format!("tokenizer.ggml.model `{model}` (only `gpt2` byte-level BPE tokenizers are imported)"),
-        ));
-    }
-    let tokens = string_array(g, "tokenizer.ggml.tokens")?;
-    let n = tokens.len();
-    if n == 0 || u32::try_from(n).is_err() {
-        return Err(Error::format(&g.path, format!("vocabulary of {n} tokens")));
-    }
-    let types: Vec<i64> = match g.get("tokenizer.ggml.token_type") {
-        None => vec![1; n],
-        Some(_) => g
-            .get_array("tokenizer.ggml.token_type")?
-            .iter()
-            .map(|v| v.as_i64().unwrap_or(-1))
-            .collect(),
-    };
-    if types.len() != n {
-        return Err(Error::format(
-            &g.path,
-            format!("{} token types for {n} tokens", types.len()),
-        ));
-    }
+/// The vocabulary-wide metadata both tokenizer models share.
+struct Vocabulary<'a> {
+    tokens: Vec<&'a str>,
+    /// llama.cpp token types, one per token (normal when the file has none).
+    types: Vec<i64>,
+}
 
-    let mut vocab = Vocab::default();
-    for (i, t) in tokens.iter().enumerate() {
-        if let Some(first) = vocab.insert(t.to_string(), i as u32) {
+impl<'a> Vocabulary<'a> {
+    fn read(g: &'a GgufFile) -> Result<Self> {
+        let tokens = string_array(g, "tokenizer.ggml.tokens")?;
+        let n = tokens.len();
+        if n == 0 || u32::try_from(n).is_err() {
+            return Err(Error::format(&g.path, format!("vocabulary of {n} tokens")));
+        }
+        let types: Vec<i64> = match g.get("tokenizer.ggml.token_type") {
+            None => vec![TOKEN_NORMAL; n],
+            Some(_) => g
+                .get_array("tokenizer.ggml.token_type")?
+                .iter()
+                .map(|v| v.as_i64().unwrap_or(-1))
+                .collect(),
+        };
+        if types.len() != n {
             return Err(Error::format(
                 &g.path,
-                format!("token {t:?} appears twice in the vocabulary (ids {first} and {i})"),
+                format!("{} token types for {n} tokens", types.len()),
             ));
         }
+        Ok(Vocabulary { tokens, types })
     }
+
+    /// Token -> id, refusing a token listed twice (a model could not tell them apart).
+    fn ids(&self, g: &GgufFile) -> Result<Vocab> {
+        let mut vocab = Vocab::default();
+        for (i, t) in self.tokens.iter().enumerate() {
+            if let Some(first) = vocab.insert(t.to_string(), i as u32) {
+                return Err(Error::format(
+                    &g.path,
+                    format!("token {t:?} appears twice in the vocabulary (ids {first} and {i})"),
+                ));
+            }
+        }
+        Ok(vocab)
+    }
+}
+
+/// Byte-level BPE (`gpt2`): the vocabulary, the merges list, the named pre-tokenizer.
+fn byte_level_bpe(g: &GgufFile, v: &Vocabulary) -> Result<Tokenizer> {
     let merges = string_array(g, "tokenizer.ggml.merges")?
         .into_iter()
         .enumerate()
@@ -154,81 +169,88 @@ pub fn build(g: &GgufFile) -> Result<GgufTokenizer> {
         })
         .collect::<Result<Vec<_>>>()?;
     let bpe = BPE::builder()
-        .vocab_and_merges(vocab, merges)
+        .vocab_and_merges(v.ids(g)?, merges)
         .build()
         .map_err(|e| Error::format(&g.path, format!("BPE vocabulary/merges: {e}")))?;
-
-    let bos = token_id(g, "tokenizer.ggml.bos_token_id", n)?;
-    let eos = token_id(g, "tokenizer.ggml.eos_token_id", n)?;
-    let unk = token_id(g, "tokenizer.ggml.unknown_token_id", n)?;
-    let pad = token_id(g, "tokenizer.ggml.padding_token_id", n)?;
-    let add_bos = flag(g, "tokenizer.ggml.add_bos_token")?;
-    let add_eos = flag(g, "tokenizer.ggml.add_eos_token")?;
-    let content = |id: Option<u32>| {
-        id.and_then(|i| tokens.get(i as usize))
-            .map(|s| s.to_string())
-    };
-
     let mut tok = Tokenizer::new(bpe);
     tok.with_pre_tokenizer(Some(pre_tokenizer(g)?));
     tok.with_decoder(Some(DecoderWrapper::ByteLevel(ByteLevel::default())));
-    let byte_level = PostProcessorWrapper::ByteLevel(ByteLevel::new(false, false, true));
-    let post = if add_bos || add_eos {
-        for (on, id, which) in [(add_bos, bos, "bos"), (add_eos, eos, "eos")] {
-            if on && id.is_none() {
-                return Err(Error::format(
-                    &g.path,
-                    format!(
-                        "tokenizer.ggml.add_{which}_token is set but there is no {which}_token_id"
-                    ),
-                ));
-            }
-        }
-        let bos_s = content(bos).filter(|_| add_bos);
-        let eos_s = content(eos).filter(|_| add_eos);
-        // "BOS $A EOS" for one sequence, both halves with type ids 0 and 1 for a pair.
-        let (mut single, mut pair) = (vec![], vec![]);
-        for (seq, type_id) in [("$A", 0), ("$B", 1)] {
-            let part: Vec<String> = [bos_s.as_deref(), Some(seq), eos_s.as_deref()]
-                .into_iter()
-                .flatten()
-                .map(|p| format!("{p}:{type_id}"))
-                .collect();
-            if type_id == 0 {
-                single = part.clone();
-            }
-            pair.extend(part);
-        }
-        let specials: Vec<(String, u32)> = [(&bos_s, bos), (&eos_s, eos)]
-            .into_iter()
-            .filter_map(|(s, id)| Some((s.clone()?, id?)))
-            .collect();
-        let template = TemplateProcessing::builder()
-            .try_single(single)
-            .and_then(|b| b.try_pair(pair))
-            .map_err(|e| Error::format(&g.path, format!("BOS/EOS template: {e}")))?
-            .special_tokens(specials)
-            .build()
-            .map_err(|e| Error::format(&g.path, format!("BOS/EOS template: {e}")))?;
-        PostProcessorWrapper::Sequence(PostSequence::new(vec![byte_level, template.into()]))
-    } else {
-        byte_level
-    };
-    tok.with_post_processor(Some(post));
+    Ok(tok)
+}
 
-    // Control tokens (<|endoftext|>, <|im_start|>, ...) must match as whole units before
-    // BPE runs, as in the original tokenizer; user-defined ones too, but they decode.
+/// The BOS/EOS template for the flags, after `base` (the byte-level post-processor, which
+/// only fixes offsets) where there is one.
+fn post_processor(
+    g: &GgufFile,
+    tokens: &[&str],
+    bos: Option<u32>,
+    eos: Option<u32>,
+    base: Option<PostProcessorWrapper>,
+) -> Result<Option<PostProcessorWrapper>> {
+    let add_bos = flag(g, "tokenizer.ggml.add_bos_token")?;
+    let add_eos = flag(g, "tokenizer.ggml.add_eos_token")?;
+    if !(add_bos || add_eos) {
+        return Ok(base);
+    }
+    for (on, id, which) in [(add_bos, bos, "bos"), (add_eos, eos, "eos")] {
+        if on && id.is_none() {
+            return Err(Error::format(
+                &g.path,
+                format!("tokenizer.ggml.add_{which}_token is set but there is no {which}_token_id"),
+            ));
+        }
+    }
+    let content = |id: Option<u32>, on: bool| {
+        id.filter(|_| on)
+            .and_then(|i| tokens.get(i as usize))
+            .map(|s| s.to_string())
+    };
+    let bos_s = content(bos, add_bos);
+    let eos_s = content(eos, add_eos);
+    // "BOS $A EOS" for one sequence, both halves with type ids 0 and 1 for a pair.
+    let (mut single, mut pair) = (vec![], vec![]);
+    for (seq, type_id) in [("$A", 0), ("$B", 1)] {
+        let part: Vec<String> = [bos_s.as_deref(), Some(seq), eos_s.as_deref()]
+            .into_iter()
+            .flatten()
+            .map(|p| format!("{p}:{type_id}"))
+            .collect();
+        if type_id == 0 {
+            single = part.clone();
+        }
+        pair.extend(part);
+    }
+    let specials: Vec<(String, u32)> = [(&bos_s, bos), (&eos_s, eos)]
+        .into_iter()
+        .filter_map(|(s, id)| Some((s.clone()?, id?)))
+        .collect();
+    let template = TemplateProcessing::builder()
+        .try_single(single)
+        .and_then(|b| b.try_pair(pair))
+        .map_err(|e| Error::format(&g.path, format!("BOS/EOS template: {e}")))?
+        .special_tokens(specials)
+        .build()
+        .map_err(|e| Error::format(&g.path, format!("BOS/EOS template: {e}")))?;
+    Ok(Some(match base {
+        Some(b) => PostProcessorWrapper::Sequence(PostSequence::new(vec![b, template.into()])),
+        None => template.into(),
+    }))
+}
+
+/// Control tokens (<|endoftext|>, <|im_start|>, <s>, ...) must match as whole units before
+/// the model runs, as in the original tokenizer; user-defined ones too, but they decode.
+fn add_special_tokens(g: &GgufFile, tok: &mut Tokenizer, v: &Vocabulary) -> Result<()> {
     let added = |ty: i64, special: bool| -> Vec<AddedToken> {
-        tokens
+        v.tokens
             .iter()
-            .zip(&types)
+            .zip(&v.types)
             .filter(|(_, &t)| t == ty)
             .map(|(s, _)| AddedToken::from(s.to_string(), special).normalized(false))
             .collect()
     };
     tok.add_special_tokens(&added(TOKEN_CONTROL, true));
     tok.add_tokens(&added(TOKEN_USER_DEFINED, false));
-    for (i, (s, &t)) in tokens.iter().zip(&types).enumerate() {
+    for (i, (s, &t)) in v.tokens.iter().zip(&v.types).enumerate() {
         if (t == TOKEN_CONTROL || t == TOKEN_USER_DEFINED) && tok.token_to_id(s) != Some(i as u32) {
             return Err(Error::format(
                 &g.path,
@@ -236,6 +258,7 @@ pub fn build(g: &GgufFile) -> Result<GgufTokenizer> {
             ));
         }
     }
+    let n = v.tokens.len();
     if tok.get_vocab_size(true) != n {
         return Err(Error::format(
             &g.path,
@@ -245,7 +268,62 @@ pub fn build(g: &GgufFile) -> Result<GgufTokenizer> {
             ),
         ));
     }
+    Ok(())
+}
 
+/// Build the tokenizer and its HF config files from a GGUF's metadata.
+pub fn build(g: &GgufFile) -> Result<GgufTokenizer> {
+    let model = g.get_str("tokenizer.ggml.model")?;
+    let v = Vocabulary::read(g)?;
+    let n = v.tokens.len();
+    let bos = token_id(g, "tokenizer.ggml.bos_token_id", n)?;
+    let eos = token_id(g, "tokenizer.ggml.eos_token_id", n)?;
+    let unk = token_id(g, "tokenizer.ggml.unknown_token_id", n)?;
+    let pad = token_id(g, "tokenizer.ggml.padding_token_id", n)?;
+    let (mut tok, base) = match model {
+        "gpt2" => {
+            let base = PostProcessorWrapper::ByteLevel(ByteLevel::new(false, false, true));
+            (byte_level_bpe(g, &v)?, Some(base))
+        }
+        "llama" => (sentencepiece::tokenizer(g, &v.tokens, &v.types, unk)?, None),
+        _ => {
+            return Err(Error::unsupported(
+                &g.path,
+                format!(
+                    "tokenizer.ggml.model `{model}` (imported: `gpt2` byte-level BPE and \
+                     `llama` SentencePiece-style BPE)"
+                ),
+            ))
+        }
+    };
+    tok.with_post_processor(post_processor(g, &v.tokens, bos, eos, base)?);
+    add_special_tokens(g, &mut tok, &v)?;
+    let (tokenizer_config, special_tokens_map, generation_config) =
+        config_files(g, &v.tokens, [bos, eos, unk, pad])?;
+    Ok(GgufTokenizer {
+        tokenizer: tok,
+        tokenizer_config,
+        special_tokens_map,
+        generation_config,
+        vocab_size: n,
+        bos_token_id: bos,
+        eos_token_id: eos,
+        pad_token_id: pad,
+        unk_token_id: unk,
+    })
+}
+
+/// transformers' tokenizer_config.json, special_tokens_map.json and
+/// generation_config.json, from the BOS/EOS/UNK/PAD ids (in that order).
+fn config_files(
+    g: &GgufFile,
+    tokens: &[&str],
+    [bos, eos, unk, pad]: [Option<u32>; 4],
+) -> Result<(Value, Value, Value)> {
+    let content = |id: Option<u32>| {
+        id.and_then(|i| tokens.get(i as usize))
+            .map(|s| s.to_string())
+    };
     let n_ctx = g
         .get_str("general.architecture")
         .ok()
@@ -263,15 +341,20 @@ pub fn build(g: &GgufFile) -> Result<GgufTokenizer> {
         }
     }
     let mut cfg = special_map.clone();
-    cfg.insert("add_bos_token".into(), add_bos.into());
-    cfg.insert("add_eos_token".into(), add_eos.into());
+    for key in ["add_bos_token", "add_eos_token"] {
+        cfg.insert(
+            key.into(),
+            flag(g, &format!("tokenizer.ggml.{key}"))?.into(),
+        );
+    }
     cfg.insert("add_prefix_space".into(), false.into());
     cfg.insert("clean_up_tokenization_spaces".into(), false.into());
     if let Some(c) = n_ctx {
         cfg.insert("model_max_length".into(), c.into());
     }
-    // Not GPT2Tokenizer: transformers 5 rebuilds that class's pre-tokenizer as plain
-    // ByteLevel and would drop the digit split; this class loads tokenizer.json as is.
+    // Not GPT2Tokenizer or LlamaTokenizer: transformers 5 rebuilds those classes'
+    // pre-tokenizers and would drop SmolLM's digit split; this class loads tokenizer.json
+    // as is.
     cfg.insert("tokenizer_class".into(), "PreTrainedTokenizerFast".into());
     if let Some(t) = g.get("tokenizer.chat_template") {
         let t = t
@@ -289,17 +372,11 @@ pub fn build(g: &GgufFile) -> Result<GgufTokenizer> {
             generation.insert(key.into(), id.into());
         }
     }
-    Ok(GgufTokenizer {
-        tokenizer: tok,
-        tokenizer_config: Value::Object(cfg),
-        special_tokens_map: Value::Object(special_map),
-        generation_config: json!(generation),
-        vocab_size: n,
-        bos_token_id: bos,
-        eos_token_id: eos,
-        pad_token_id: pad,
-        unk_token_id: unk,
-    })
+    Ok((
+        Value::Object(cfg),
+        Value::Object(special_map),
+        json!(generation),
+    ))
 }
 
 #[cfg(test)]
@@ -391,7 +468,7 @@ mod tests {
     #[test]
     fn bad_metadata_is_an_error() {
         let err = |extra: Vec<(&str, GgufValue)>| build(&gguf(extra)).err().unwrap().to_string();
-        assert!(err(vec![("tokenizer.ggml.model", s("llama"))]).contains("`llama`"));
+        assert!(err(vec![("tokenizer.ggml.model", s("bert"))]).contains("`bert`"));
         assert!(err(vec![("tokenizer.ggml.pre", s("qwen2"))]).contains("`qwen2`"));
         let e = err(vec![(
             "tokenizer.ggml.merges",
