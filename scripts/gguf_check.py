@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Independent checks of `come-repro export gguf` (run by scripts/gguf-check.sh).
 
-For SmolLM2-135M (imported from the shipped GGUF) and a CoMe-pruned copy of it, each
-exported as f32, f16 and q8_0:
+For SmolLM2-135M (imported from the shipped GGUF), a CoMe-pruned copy of it, and
+stories260K (imported from llama2.c; a SentencePiece-style vocabulary, llama.cpp's `llama`),
+each exported as f32, f16 and q8_0:
 
 - transformers' own GGUF loader (`from_pretrained(dir, gguf_file=...)`, through the `gguf`
   package) against transformers on the source safetensors checkpoint: logits on three
@@ -15,7 +16,7 @@ exported as f32, f16 and q8_0:
 
 Writes results/gguf/summary.json and results/gguf/README.md, then exits non-zero if a
 number is outside its bound (BOUNDS below).
-Usage: .venv/bin/python scripts/gguf_check.py --llama-bin DIR [--work DIR]
+Usage: .venv/bin/python scripts/gguf_check.py --llama-bin DIR [--work DIR] [--only LABEL...]
 """
 
 from __future__ import annotations
@@ -42,8 +43,8 @@ PROMPTS = [
     "In 1789, 954 people stormed the Bastille; by 5:30 p.m. it had fallen!",
 ]
 NEW_TOKENS = 32
-# Perplexity windows per model family.
-PPL_CTX = {"smollm2": 1024}
+# Perplexity windows per model family (stories260K was trained on 512-token sequences).
+PPL_CTX = {"smollm2": 1024, "stories": 512}
 PPL_CHUNKS = 20
 # Characters of WikiText-2 test whose tokenisation is compared id for id.
 TOKENIZE_CHARS = 60_000
@@ -65,20 +66,22 @@ def come(*args) -> subprocess.CompletedProcess:
     return run([BIN, *args])
 
 
-def prepare(work: Path) -> dict[str, tuple[str, Path]]:
-    """The source checkpoints by label: (family, directory)."""
+def prepare(work: Path, wanted: set[str]) -> dict[str, tuple[str, Path]]:
+    """The source checkpoints by label: (family, directory), built where missing."""
     models = shared("models", "COME_MODELS")
     dense, pruned = work / "smollm2-135m", work / "smollm2-135m-come30"
-    if not (dense / "config.json").exists():
+    stories = work / "stories260k"
+    if wanted & {"dense", "come30"} and not (dense / "config.json").exists():
         gguf = models / "smollm2-135m-instruct-q4_1/SmolLM2-135M-Instruct.Q4_1.gguf"
         come("import", "gguf", gguf, "--out", dense, "--force")
-    if not (pruned / "config.json").exists():
+    if "come30" in wanted and not (pruned / "config.json").exists():
         # CoMe (concatenation, act-l1 sensitivity), 9 of 30 layers merged away.
         come("prune", "--model", dense, "--out", pruned, "--target-layers", "21")
-    # stories260K (a SentencePiece-style vocabulary) is not among them yet: our importer
-    # cannot read such a GGUF back for the f16/q8_0 rows, and its greedy text from
-    # llama.cpp differed from ours on 2 of 3 prompts in a first run (not yet explained).
-    return {"dense": ("smollm2", dense), "come30": ("smollm2", pruned)}
+    if "stories260k" in wanted and not (stories / "config.json").exists():
+        come("import", "llama2c", models / "stories260K/stories260K.bin",
+             "--tokenizer", models / "stories260K/tok512.bin", "--out", stories, "--force")
+    every = {"dense": ("smollm2", dense), "come30": ("smollm2", pruned), "stories260k": ("stories", stories)}
+    return {k: v for k, v in every.items() if k in wanted}
 
 
 def hf_logits(model, tok, prompts):
@@ -186,6 +189,8 @@ def main() -> None:
     ap.add_argument("--llama-bin", type=Path)
     ap.add_argument("--work", type=Path, default=ROOT / "target/gguf-check")
     ap.add_argument("--readme-only", action="store_true", help="rewrite README.md from summary.json")
+    ap.add_argument("--only", nargs="+", metavar="LABEL", choices=["dense", "come30", "stories260k"],
+                    help="check only these models (dense, come30, stories260k); nothing is written")
     a = ap.parse_args()
     if a.readme_only:
         out = ROOT / "results/gguf"
@@ -196,7 +201,7 @@ def main() -> None:
         ap.error("--llama-bin is required")
     torch.set_num_threads(2)
     text = shared("data", "COME_DATA") / "wikitext2/wikitext2_raw_test.txt"
-    sources = prepare(a.work)
+    sources = prepare(a.work, set(a.only or ["dense", "come30", "stories260k"]))
     rows = []
     for label, (family, src) in sources.items():
         ctx = PPL_CTX[family]
@@ -249,6 +254,9 @@ def main() -> None:
                        "chunks": PPL_CHUNKS, "protocol": "llama-perplexity: second half of each window"},
         "rows": rows,
     }
+    if a.only:
+        failed = violations(rows)
+        sys.exit("GGUF check failed:\n  " + "\n  ".join(failed) if failed else 0)
     out = ROOT / "results/gguf"
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
@@ -301,14 +309,17 @@ def write_readme(path: Path, s: dict) -> None:
         f"{s['versions']['transformers']}, gguf {s['versions']['gguf']}, torch "
         f"{s['versions']['torch']}; 2 CPU threads). Models: SmolLM2-135M-Instruct imported "
         "from the shipped GGUF (`dense`, 30 layers; byte-level BPE, llama.cpp's `gpt2` "
-        "vocabulary) and CoMe-pruned from it (`come30`: `prune --target-layers 21`, "
-        "concatenation, no recovery). Raw numbers: `summary.json`.",
+        "vocabulary), CoMe-pruned from it (`come30`: `prune --target-layers 21`, "
+        "concatenation, no recovery), and stories260K imported from llama2.c (`stories260k`, "
+        "5 layers; SentencePiece-style BPE with byte fallback, llama.cpp's `llama` "
+        "vocabulary, which merges by token score). Raw numbers: `summary.json`.",
         "",
         f"- Tokenisation: llama.cpp's `llama-tokenize` on the first {s['tokenize_chars']:,} "
         "characters of WikiText-2 test against the source tokenizer.json: `ids` gives the "
         "tokens compared and whether every id is equal.",
         f"- Perplexity: {s['perplexity']['text']}, {s['perplexity']['chunks']} windows of "
-        f"{s['perplexity']['ctx']['smollm2']} tokens scored as `llama-perplexity` scores them (the "
+        f"{s['perplexity']['ctx']['smollm2']} tokens for SmolLM2 and {s['perplexity']['ctx']['stories']} "
+        "for stories260K (its training length), scored as `llama-perplexity` scores them (the "
         "second half of each window, BOS first where the model adds one). come-repro's number is `eval --ppl-protocol llama_cpp` on the "
         "weights llama.cpp reads: the source checkpoint for f32, the GGUF imported back for "
         "f16 and q8_0.",
@@ -343,7 +354,7 @@ def write_readme(path: Path, s: dict) -> None:
     lines += [
         "",
         "f32 and f16 agree with llama.cpp to 1e-4 in perplexity and token for token in "
-        "greedy decoding, pruned model included; transformers reads the f32 files to the "
+        "greedy decoding, pruned model and SentencePiece vocabulary included; transformers reads the f32 files to the "
         "same logits bit for bit. q8_0 is further apart for a reason of llama.cpp's, not of "
         "the file: its Q8_0 kernels quantise the activations to 8 bits too before each "
         "matrix product, while come-repro (like transformers) multiplies the dequantised "
