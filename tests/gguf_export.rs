@@ -67,6 +67,15 @@ fn logits(dir: &Path, ids: &[i64]) -> Tensor {
         .unwrap()
 }
 
+/// The ids of the prompt whose logits are compared (TEXTS[1], special tokens added).
+fn prompt_ids(tok: &Tokenizer) -> Vec<i64> {
+    tok.encode(TEXTS[1], true)
+        .unwrap()
+        .iter()
+        .map(|&i| i as i64)
+        .collect()
+}
+
 const TEXTS: &[&str] = &[
     "The capital of France is",
     "In 1789, 954 people stormed the Bastille; by 5:30 p.m. it had fallen!",
@@ -263,12 +272,7 @@ fn sentencepiece_vocabulary_round_trips_through_our_importer() {
         .nth(20_000)
         .map_or(wiki.len(), |(i, _)| i);
     let ts = Tokenizer::from_dir(&src).unwrap();
-    let ids: Vec<i64> = ts
-        .encode(TEXTS[1], true)
-        .unwrap()
-        .iter()
-        .map(|&i| i as i64)
-        .collect();
+    let ids = prompt_ids(&ts);
     let reference = logits(&src, &ids);
     for (ty, name, bound) in [
         (GgufType::F32, "stories-rt-f32", 0.0),
@@ -302,13 +306,7 @@ fn logit_gap(a: &Tensor, b: &Tensor) -> (f64, f64) {
 #[test]
 fn f16_and_q8_0_stay_within_their_bounds() {
     let src = pruned_smollm2();
-    let tok = Tokenizer::from_dir(&src).unwrap();
-    let ids: Vec<i64> = tok
-        .encode(TEXTS[1], true)
-        .unwrap()
-        .iter()
-        .map(|&i| i as i64)
-        .collect();
+    let ids = prompt_ids(&Tokenizer::from_dir(&src).unwrap());
     let reference = logits(&src, &ids);
     let src_t = tensors(&src);
     for (ty, name) in [

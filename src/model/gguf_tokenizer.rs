@@ -379,6 +379,28 @@ fn config_files(
     ))
 }
 
+/// A GGUF with metadata only (no tensors), `extra` entries replacing or adding keys: the
+/// unit tests' input.
+#[cfg(test)]
+fn metadata_file(
+    path: &str,
+    mut metadata: std::collections::BTreeMap<String, GgufValue>,
+    extra: Vec<(&str, GgufValue)>,
+) -> GgufFile {
+    for (k, v) in extra {
+        metadata.insert(k.into(), v);
+    }
+    GgufFile {
+        path: path.into(),
+        version: 3,
+        metadata,
+        tensors: vec![],
+        alignment: 32,
+        data_offset: 0,
+        file_len: 0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -410,18 +432,7 @@ mod tests {
         );
         m.insert("tokenizer.ggml.bos_token_id".into(), GgufValue::U32(0));
         m.insert("tokenizer.ggml.eos_token_id".into(), GgufValue::U32(0));
-        for (k, v) in extra {
-            m.insert(k.into(), v);
-        }
-        GgufFile {
-            path: "unit.gguf".into(),
-            version: 3,
-            metadata: m,
-            tensors: vec![],
-            alignment: 32,
-            data_offset: 0,
-            file_len: 0,
-        }
+        metadata_file("unit.gguf", m, extra)
     }
 
     fn ids(t: &Tokenizer, text: &str, special: bool) -> Vec<u32> {

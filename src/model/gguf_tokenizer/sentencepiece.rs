@@ -177,18 +177,7 @@ mod tests {
         m.insert("tokenizer.ggml.bos_token_id".into(), GgufValue::U32(1));
         m.insert("tokenizer.ggml.eos_token_id".into(), GgufValue::U32(2));
         m.insert("tokenizer.ggml.add_bos_token".into(), GgufValue::Bool(true));
-        for (k, v) in extra {
-            m.insert(k.into(), v);
-        }
-        GgufFile {
-            path: "spm.gguf".into(),
-            version: 3,
-            metadata: m,
-            tensors: vec![],
-            alignment: 32,
-            data_offset: 0,
-            file_len: 0,
-        }
+        super::super::metadata_file("spm.gguf", m, extra)
     }
 
     // Ids: pieces start at 259.
