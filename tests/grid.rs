@@ -129,6 +129,41 @@ model = ["m", "g"]
 }
 
 #[test]
+fn sub_grids_that_differ_only_in_their_bases_are_named_by_sub_grid() {
+    let d = models_dir();
+    let runs = expand(
+        d.path(),
+        r#"
+[base]
+model = "m"
+prune = { sparsity = 0.3 }
+recovery = { method = "hierarchical" }
+[grids.default_rate]
+axes = { "prune.merge" = ["concat", "drop"] }
+[grids.fast]
+base = { recovery = { lr = 3.2e-3 } }
+axes = { "prune.merge" = ["concat", "drop"] }
+[grids.only_concat]
+base = { prune = { merge = "concat" }, recovery = { lr = 1e-2 } }
+axes = { "recovery.seed" = [0, 1] }
+"#,
+    );
+    let names: Vec<&str> = runs.iter().map(|r| r.name.as_str()).collect();
+    // Only clashing names change: `only_concat`'s names are unique already.
+    assert_eq!(
+        names,
+        [
+            "m/default_rate/concat",
+            "m/default_rate/drop",
+            "m/fast/concat",
+            "m/fast/drop",
+            "m/seed=0",
+            "m/seed=1",
+        ]
+    );
+}
+
+#[test]
 fn zip_advances_together() {
     let d = models_dir();
     let runs = expand(

@@ -151,16 +151,7 @@ impl GridSpec {
             }
         }
         diags.finish(&self.path)?;
-        // Names are labels: disambiguate the rare clash with the hash.
-        let mut count: HashMap<String, usize> = HashMap::new();
-        for r in &runs {
-            *count.entry(r.name.clone()).or_default() += 1;
-        }
-        for r in &mut runs {
-            if count.get(&r.name).copied().unwrap_or(0) > 1 {
-                r.name = format!("{}#{}", r.name, r.hash.get(..8).unwrap_or(&r.hash));
-            }
-        }
+        disambiguate_names(&mut runs);
         Ok(runs)
     }
 
@@ -323,6 +314,38 @@ fn default_latency_protocol(json: &mut Map<String, Value>) {
         if e.get("latency") == Some(&Value::Bool(true)) {
             let name = crate::eval::latency::Protocol::default().name();
             e.insert("latency".into(), Value::String(name.into()));
+        }
+    }
+}
+
+/// Names are labels built from the keys a sub-grid varies, so runs of two sub-grids that
+/// differ only in their bases (say a LoRA and a hierarchical sub-grid over the same budgets)
+/// get the same name. Such runs are told apart by their sub-grid's name, placed after the
+/// model (`model/<sub-grid>/...`); a clash left after that (two runs of one sub-grid) gets
+/// the hash.
+pub(super) fn disambiguate_names(runs: &mut [RunSpec]) {
+    let clashes = |runs: &[RunSpec]| -> Vec<bool> {
+        let mut count: HashMap<&str, usize> = HashMap::new();
+        for r in runs {
+            *count.entry(r.name.as_str()).or_default() += 1;
+        }
+        runs.iter().map(|r| count[r.name.as_str()] > 1).collect()
+    };
+    let first = clashes(runs);
+    for (r, clash) in runs.iter_mut().zip(first) {
+        if clash {
+            // A run shared by several sub-grids is named after the first.
+            let sub = r.subgrid.split(',').next().unwrap_or_default();
+            r.name = match r.name.split_once('/') {
+                Some((model, rest)) => format!("{model}/{sub}/{rest}"),
+                None => format!("{}/{sub}", r.name),
+            };
+        }
+    }
+    let left = clashes(runs);
+    for (r, clash) in runs.iter_mut().zip(left) {
+        if clash {
+            r.name = format!("{}#{}", r.name, r.hash.get(..8).unwrap_or(&r.hash));
         }
     }
 }
