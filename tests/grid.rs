@@ -146,10 +146,14 @@ axes = { "prune.merge" = ["concat", "drop"] }
 [grids.only_concat]
 base = { prune = { merge = "concat" }, recovery = { lr = 1e-2 } }
 axes = { "recovery.seed" = [0, 1] }
+[grids.partly]
+base = { recovery = { lr = 5e-2 } }
+axes = { "prune.merge" = ["concat", "linear"] }
 "#,
     );
     let names: Vec<&str> = runs.iter().map(|r| r.name.as_str()).collect();
-    // Only clashing names change: `only_concat`'s names are unique already.
+    // `only_concat`'s names are unique already; a sub-grid with one clash is named as a
+    // whole (`partly` clashes on concat only).
     assert_eq!(
         names,
         [
@@ -159,6 +163,8 @@ axes = { "recovery.seed" = [0, 1] }
             "m/fast/drop",
             "m/seed=0",
             "m/seed=1",
+            "m/partly/concat",
+            "m/partly/linear",
         ]
     );
 }

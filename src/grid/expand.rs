@@ -320,8 +320,10 @@ fn default_latency_protocol(json: &mut Map<String, Value>) {
 
 /// Names are labels built from the keys a sub-grid varies, so runs of two sub-grids that
 /// differ only in their bases (say a LoRA and a hierarchical sub-grid over the same budgets)
-/// get the same name. Such runs are told apart by their sub-grid's name, placed after the
-/// model (`model/<sub-grid>/...`); a clash left after that (two runs of one sub-grid) gets
+/// get the same name. Every run of a sub-grid with such a clash is then named after its
+/// sub-grid too, placed after the model (`model/<sub-grid>/...`), so that its names read
+/// alike (dense runs and pruned runs count as two groups: a dense run shared in all but
+/// its evaluation settings does not rename the pruned ones); a clash left after that gets
 /// the hash.
 pub(super) fn disambiguate_names(runs: &mut [RunSpec]) {
     let clashes = |runs: &[RunSpec]| -> Vec<bool> {
@@ -331,11 +333,20 @@ pub(super) fn disambiguate_names(runs: &mut [RunSpec]) {
         }
         runs.iter().map(|r| count[r.name.as_str()] > 1).collect()
     };
-    let first = clashes(runs);
-    for (r, clash) in runs.iter_mut().zip(first) {
-        if clash {
-            // A run shared by several sub-grids is named after the first.
-            let sub = r.subgrid.split(',').next().unwrap_or_default();
+    // A run shared by several sub-grids belongs to the first.
+    let group = |r: &RunSpec| {
+        let sub = r.subgrid.split(',').next().unwrap_or_default().to_string();
+        (sub, r.experiment.prune.is_none())
+    };
+    let named: Vec<(String, bool)> = runs
+        .iter()
+        .zip(clashes(runs))
+        .filter(|(_, clash)| *clash)
+        .map(|(r, _)| group(r))
+        .collect();
+    for r in runs.iter_mut() {
+        let (sub, dense) = group(r);
+        if named.contains(&(sub.clone(), dense)) {
             r.name = match r.name.split_once('/') {
                 Some((model, rest)) => format!("{model}/{sub}/{rest}"),
                 None => format!("{}/{sub}", r.name),
