@@ -22,6 +22,7 @@ pub mod model;
 pub mod names;
 pub mod panic_guard;
 pub mod paths;
+pub mod progress;
 pub mod prune;
 pub mod publish;
 pub mod report;

@@ -8,7 +8,7 @@
 //! either nothing or a complete artifact, and the store says `running` for a run whose
 //! process is gone, which the next invocation re-claims.
 
-use crate::distill::{DistillRecord, Event, RecoveryConfig};
+use crate::distill::{DistillRecord, RecoveryConfig};
 use crate::error::{Error, Result};
 use crate::eval::ppl_corpus::Corpus;
 use crate::eval::tasks::{load_task, TaskSource};
@@ -18,6 +18,7 @@ use crate::memory::{PeakMemory, PeakWindow};
 use crate::model::load::{load_model, LoadOptions};
 use crate::model::tokenizer::Tokenizer;
 use crate::names;
+use crate::progress::{Event, Sink};
 use crate::prune::PruneConfig;
 use crate::stages::{
     self, distill_checkpoint, evaluate, prepare_model, prune_checkpoint, EvalHooks, EvalInputs,
@@ -32,17 +33,6 @@ use std::time::{Duration, Instant};
 
 use crate::cancel::check as check_stop;
 pub use crate::cancel::STOP;
-
-/// Reports progress; the CLI draws bars, tests ignore it.
-pub trait Progress {
-    fn grid(&mut self, _done: usize, _total: usize, _current: &str) {}
-    fn stage(&mut self, _run: &str, _stage: &str) {}
-    fn items(&mut self, _what: &str, _done: usize, _total: usize) {}
-    fn note(&mut self, _line: &str) {}
-}
-
-pub struct Quiet;
-impl Progress for Quiet {}
 
 #[derive(Debug, Clone, Default)]
 pub struct RunnerOptions {
@@ -131,11 +121,7 @@ fn select_by_name_and_params(runs: Vec<RunSpec>, opts: &RunnerOptions) -> Vec<Ru
         .collect()
 }
 
-pub fn run_grid(
-    spec: &GridSpec,
-    opts: &RunnerOptions,
-    progress: &mut dyn Progress,
-) -> Result<Summary> {
+pub fn run_grid(spec: &GridSpec, opts: &RunnerOptions, events: Sink) -> Result<Summary> {
     spec.require_models()?;
     let mut runs = select(spec.expand()?, opts)?;
     if let Some(p) = opts.prefer {
@@ -152,7 +138,7 @@ pub fn run_grid(
         let hashes: Vec<String> = runs.iter().map(|r| r.hash.clone()).collect();
         let n = store.requeue_failed(&hashes)?;
         if n > 0 {
-            progress.note(&format!("retrying {n} failed run(s)"));
+            events(Event::Note(format!("retrying {n} failed run(s)")));
         }
     }
     let env = crate::track::env::collect();
@@ -165,7 +151,11 @@ pub fn run_grid(
             sum.interrupted = true;
             break;
         }
-        progress.grid(i, runs.len(), &run.name);
+        events(Event::Run {
+            done: i,
+            total: runs.len(),
+            name: run.name.clone(),
+        });
         let id = match store.claim(run, opts.force)? {
             Claim::Skip(_) => {
                 sum.skipped += 1;
@@ -186,7 +176,7 @@ pub fn run_grid(
         let env = run_env(&env, run, opts);
         store.record_env(id, &env)?;
         // A bug in one run (a panic) fails that run, not the grid.
-        let outcome = crate::panic_guard::catch(|| execute(spec, run, id, &store, opts, progress));
+        let outcome = crate::panic_guard::catch(|| execute(spec, run, id, &store, opts, events));
         match outcome {
             Ok(out) => {
                 store.finish_scored(id, &out.metrics, &out.artifacts, &out.docs)?;
@@ -200,12 +190,12 @@ pub fn run_grid(
                     }
                 }
                 sum.interrupted = true;
-                progress.note(&format!("{}: interrupted ({e})", run.name));
+                events(Event::Note(format!("{}: interrupted ({e})", run.name)));
                 break;
             }
             Err(e) => {
                 store.fail(id, &e.to_string())?;
-                progress.note(&format!("{}: FAILED: {e}", run.name));
+                events(Event::Note(format!("{}: FAILED: {e}", run.name)));
                 sum.failed.push((run.name.clone(), e.to_string()));
                 if opts.fail_fast {
                     CURRENT.store(-1, Ordering::SeqCst);
@@ -216,7 +206,11 @@ pub fn run_grid(
         }
         CURRENT.store(-1, Ordering::SeqCst);
     }
-    progress.grid(runs.len(), runs.len(), "");
+    events(Event::Run {
+        done: runs.len(),
+        total: runs.len(),
+        name: String::new(),
+    });
     Ok(sum)
 }
 
@@ -337,7 +331,7 @@ fn execute(
     id: i64,
     store: &Store,
     opts: &RunnerOptions,
-    progress: &mut dyn Progress,
+    events: Sink,
 ) -> Result<Outcome> {
     let exp = &run.experiment;
     inject_panic(&run.name);
@@ -352,7 +346,10 @@ fn execute(
         device: lo.device,
     };
     let mut out = Outcome::default();
-    progress.stage(&run.name, "model");
+    events(Event::Stage {
+        run: run.name.clone(),
+        stage: "model",
+    });
     let source = spec.model_source(&exp.model)?;
     let base = stage(&ctx, "model", None, &mut out.metrics, || {
         let (dir, reused) = prepare_model(&source, &opts.cache_dir.join("models"), &exp.model)?;
@@ -360,15 +357,24 @@ fn execute(
     })?;
     let mut model_dir = base.clone();
     if let Some(pc) = &exp.prune {
-        progress.stage(&run.name, "prune");
-        model_dir = prune_stage(&ctx, exp, pc, &base, lo, &mut out, progress)?;
+        events(Event::Stage {
+            run: run.name.clone(),
+            stage: "prune",
+        });
+        model_dir = prune_stage(&ctx, exp, pc, &base, lo, &mut out, events)?;
     }
     if !exp.recovery.is_none() {
-        progress.stage(&run.name, "distill");
-        model_dir = distill_stage(&ctx, exp, &base, &model_dir, lo, &mut out, progress)?;
+        events(Event::Stage {
+            run: run.name.clone(),
+            stage: "distill",
+        });
+        model_dir = distill_stage(&ctx, exp, &base, &model_dir, lo, &mut out, events)?;
     }
-    progress.stage(&run.name, "eval");
-    eval_stage(&ctx, exp, &model_dir, lo, &mut out, progress)?;
+    events(Event::Stage {
+        run: run.name.clone(),
+        stage: "eval",
+    });
+    eval_stage(&ctx, exp, &model_dir, lo, &mut out, events)?;
     Ok(out)
 }
 
@@ -400,7 +406,7 @@ fn prune_stage(
     base: &Path,
     lo: LoadOptions,
     out: &mut Outcome,
-    progress: &mut dyn Progress,
+    events: Sink,
 ) -> Result<PathBuf> {
     let key = exp.prune_hash().unwrap_or_default();
     let dir = ctx.opts.cache_dir.join("pruned").join(&key[..16]);
@@ -408,10 +414,7 @@ fn prune_stage(
         let _lock = ctx.lock(&dir)?;
         let reused = dir.join(stages::prune::FILE).exists();
         if !reused {
-            prune_checkpoint(base, pc, lo, &dir, |done, what| {
-                progress.items("prune steps", done, 0);
-                progress.note(&format!("  {what}"));
-            })?;
+            prune_checkpoint(base, pc, lo, &dir, &mut *events)?;
         }
         Ok(((), Some(dir.display().to_string()), reused))
     })?;
@@ -459,7 +462,7 @@ fn distill_stage(
     pruned: &Path,
     lo: LoadOptions,
     out: &mut Outcome,
-    progress: &mut dyn Progress,
+    events: Sink,
 ) -> Result<PathBuf> {
     let key = stages::distill::cache_key(exp)
         .ok_or_else(|| Error::Invalid("recovery needs a pruned model (set `prune`)".into()))?;
@@ -478,7 +481,7 @@ fn distill_stage(
                 out: &dir,
                 cache: &ctx.opts.cache_dir.join("teacher"),
             };
-            job.run(ctx, progress)?;
+            job.run(ctx, &mut *events)?;
         }
         Ok(((), Some(dir.display().to_string()), reused))
     })?;
@@ -531,7 +534,7 @@ struct DistillJob<'a> {
 }
 
 impl DistillJob<'_> {
-    fn run(self, ctx: &Ctx, progress: &mut dyn Progress) -> Result<DistillRecord> {
+    fn run(self, ctx: &Ctx, events: Sink) -> Result<DistillRecord> {
         let (tx, rx) = std::sync::mpsc::channel::<Event>();
         std::thread::scope(|s| {
             let worker = s.spawn(move || {
@@ -552,7 +555,7 @@ impl DistillJob<'_> {
             let mut last = Instant::now();
             loop {
                 match rx.recv_timeout(Duration::from_secs(1)) {
-                    Ok(e) => show_event(progress, e),
+                    Ok(e) => events(e),
                     Err(RecvTimeoutError::Timeout) => {}
                     // The worker is done (its sender dropped).
                     Err(RecvTimeoutError::Disconnected) => break,
@@ -566,20 +569,6 @@ impl DistillJob<'_> {
                 .join()
                 .unwrap_or_else(|_| Err(Error::Invalid("distillation panicked".into())))
         })
-    }
-}
-
-fn show_event(progress: &mut dyn Progress, e: Event) {
-    match e {
-        Event::Unit { index, of, label } => {
-            progress.note(&format!("  distill {label} ({}/{of})", index + 1));
-            progress.items(&label, 0, 0);
-        }
-        Event::Step {
-            unit, step, steps, ..
-        } => progress.items(&unit, step, steps),
-        Event::Teacher { done, total } => progress.items("teacher states", done, total),
-        Event::Note(line) => progress.note(&format!("  {line}")),
     }
 }
 
@@ -621,7 +610,7 @@ fn eval_stage(
     model_dir: &Path,
     lo: LoadOptions,
     out: &mut Outcome,
-    progress: &mut dyn Progress,
+    events: Sink,
 ) -> Result<()> {
     let e = &exp.eval;
     // Task data and perplexity texts first: bad input fails before the model loads.
@@ -678,7 +667,7 @@ fn eval_stage(
     let result = stage(ctx, "eval", None, &mut out.metrics, || {
         let mut hooks = RunHooks {
             ctx,
-            progress: &mut *progress,
+            events: &mut *events,
             last: Instant::now(),
         };
         Ok((evaluate(&model, &tok, &inputs, &mut hooks)?, None, false))
@@ -705,20 +694,17 @@ fn eval_stage(
 /// [`HEARTBEAT`] while items move, Ctrl-C between tasks.
 struct RunHooks<'a, 'p> {
     ctx: &'a Ctx<'a>,
-    progress: &'p mut dyn Progress,
+    events: Sink<'p>,
     last: Instant,
 }
 
 impl EvalHooks for RunHooks<'_, '_> {
-    fn progress(&mut self, what: &str, done: usize, total: usize) {
-        self.progress.items(what, done, total);
+    fn event(&mut self, e: Event) {
+        (self.events)(e);
         if self.last.elapsed() >= HEARTBEAT {
             let _ = self.ctx.store.heartbeat(self.ctx.id);
             self.last = Instant::now();
         }
-    }
-    fn note(&mut self, line: &str) {
-        self.progress.note(line);
     }
 }
 

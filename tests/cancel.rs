@@ -6,6 +6,7 @@
 use come_repro::calib::CalibSet;
 use come_repro::cancel;
 use come_repro::model::synthetic::{random_model, tiny_config};
+use come_repro::progress::Event;
 use come_repro::prune::{prune, Method, PruneConfig};
 use come_repro::rng::SplitMix64;
 use come_repro::Error;
@@ -32,15 +33,22 @@ fn a_stop_request_ends_prune_rounds_and_is_typed() {
     // Without a stop: four rounds (8 -> 4 layers).
     let mut m = random_model(config.clone(), 3);
     let mut rounds = 0;
-    prune(&mut m, calib(), &cfg, |_, _| rounds += 1).unwrap();
+    prune(&mut m, calib(), &cfg, &mut |e| {
+        if matches!(e, Event::Items { .. }) {
+            rounds += 1
+        }
+    })
+    .unwrap();
     assert_eq!((rounds, m.n_layers()), (4, 4));
 
     // A stop asked for during the first round: that round completes, no second starts.
     let mut m = random_model(config, 3);
     let mut rounds = 0;
-    let e = prune(&mut m, calib(), &cfg, |_, _| {
-        rounds += 1;
-        cancel::STOP.store(true, Ordering::SeqCst);
+    let e = prune(&mut m, calib(), &cfg, &mut |e| {
+        if matches!(e, Event::Items { .. }) {
+            rounds += 1;
+            cancel::STOP.store(true, Ordering::SeqCst);
+        }
     })
     .unwrap_err();
     assert!(matches!(e, Error::Interrupted), "{e}");

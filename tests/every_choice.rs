@@ -14,7 +14,7 @@ use come_repro::grid::GridSpec;
 use come_repro::prune::merge::{GqaMapping, NormMode};
 use come_repro::prune::score::Sensitivity;
 use come_repro::prune::{MergeOp, Method, PairScore};
-use come_repro::runner::{run_grid, Quiet, RunnerOptions};
+use come_repro::runner::{run_grid, RunnerOptions};
 use come_repro::runtime::Dtype;
 use come_repro::track::names::{self, ALL_TASKS};
 use come_repro::track::{RunFilter, Status, Store};
@@ -253,7 +253,7 @@ fn every_value_of_every_enumerated_option_runs() {
         ..Default::default()
     };
     let t0 = std::time::Instant::now();
-    let sum = run_grid(&spec, &opts, &mut Quiet).unwrap();
+    let sum = run_grid(&spec, &opts, &mut come_repro::progress::ignore).unwrap();
     eprintln!(
         "{} runs ({} ran, {} failed) in {:.1} s",
         sum.total,

@@ -197,7 +197,7 @@ fn pruned_come_json() -> &'static Value {
                 &cfg,
                 Default::default(),
                 &dir,
-                |_, _| {},
+                &mut come_repro::progress::ignore,
             )
             .unwrap();
         }

@@ -31,6 +31,7 @@ const LAYERS: [(&str, &[&str]); 5] = [
             "names",
             "panic_guard",
             "paths",
+            "progress",
             "publish",
             "rng",
             "runtime",

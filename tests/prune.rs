@@ -303,8 +303,13 @@ fn every_method_reaches_the_target_with_a_consistent_correspondence() {
                 protect_last: 1,
                 ..Default::default()
             };
-            let rep = prune(&mut m, calib(2, 16), &cfg, |_, _| {})
-                .unwrap_or_else(|e| panic!("{method}/{merge:?}: {e}"));
+            let rep = prune(
+                &mut m,
+                calib(2, 16),
+                &cfg,
+                &mut come_repro::progress::ignore,
+            )
+            .unwrap_or_else(|e| panic!("{method}/{merge:?}: {e}"));
             assert_eq!(m.n_layers(), 5, "{method}/{merge:?}");
             assert_eq!(rep.correspondence.len(), 5);
             let mut all: Vec<usize> = rep.correspondence.concat();
@@ -350,7 +355,13 @@ fn incremental_rescoring_equals_full_recompute() {
             incremental,
             ..Default::default()
         };
-        let rep = prune(&mut m, calib(2, 16), &cfg, |_, _| {}).unwrap();
+        let rep = prune(
+            &mut m,
+            calib(2, 16),
+            &cfg,
+            &mut come_repro::progress::ignore,
+        )
+        .unwrap();
         let ids = TensorRng::new(6).ids(128, &[1, 6]);
         (rep, m.forward(&ids, None).unwrap())
     };
@@ -426,7 +437,7 @@ fn bad_targets_are_clear_errors() {
             target_layers: Some(2),
             ..Default::default()
         },
-        |_, _| {},
+        &mut come_repro::progress::ignore,
     )
     .unwrap_err();
     assert!(e.to_string().contains("no_repeat"), "{e}");
@@ -447,7 +458,13 @@ fn one_shot_methods_need_at_most_one_pass() {
             target_layers: Some(5),
             ..Default::default()
         };
-        let rep = prune(&mut m, calib(3, 16), &cfg, |_, _| {}).unwrap();
+        let rep = prune(
+            &mut m,
+            calib(3, 16),
+            &cfg,
+            &mut come_repro::progress::ignore,
+        )
+        .unwrap();
         assert_eq!(rep.layer_passes, passes, "{method}");
         assert_eq!(m.n_layers(), 5);
     }
@@ -471,8 +488,13 @@ fn every_sensitivity_variant_prunes_with_come_and_come_p() {
                 comep_grid: 2,
                 ..Default::default()
             };
-            let rep = prune(&mut m, calib(2, 16), &cfg, |_, _| {})
-                .unwrap_or_else(|e| panic!("{method:?}/{sensitivity:?}: {e}"));
+            let rep = prune(
+                &mut m,
+                calib(2, 16),
+                &cfg,
+                &mut come_repro::progress::ignore,
+            )
+            .unwrap_or_else(|e| panic!("{method:?}/{sensitivity:?}: {e}"));
             assert_eq!(m.n_layers(), 4, "{method:?}/{sensitivity:?}");
             // CoMe-P scores a concat candidate every step but may keep a single layer.
             assert!(

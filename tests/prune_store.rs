@@ -27,7 +27,13 @@ fn run(method: &str) -> (PruneReport, tch::Tensor) {
         ..Default::default()
     };
     // 5 sequences in chunks of 2: a short last chunk is read back too.
-    let rep = prune(&mut m, calib(5, 16), &cfg, |_, _| {}).unwrap();
+    let rep = prune(
+        &mut m,
+        calib(5, 16),
+        &cfg,
+        &mut come_repro::progress::ignore,
+    )
+    .unwrap();
     let ids = TensorRng::new(6).ids(128, &[1, 6]);
     (rep, m.forward(&ids, None).unwrap())
 }

@@ -125,7 +125,7 @@ fn run(cfg: &PruneConfig) -> (come_repro::model::Model, PruneReport) {
     let mut model = load_model(&dir, LoadOptions::default()).unwrap();
     let tok = Tokenizer::from_dir(&dir).unwrap();
     let set = calib::sample(&tok, &cfg.calib).unwrap();
-    let rep = prune(&mut model, set, cfg, |_, _| {}).unwrap();
+    let rep = prune(&mut model, set, cfg, &mut come_repro::progress::ignore).unwrap();
     (model, rep)
 }
 

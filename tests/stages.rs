@@ -12,6 +12,7 @@ use come_repro::experiment::Experiment;
 use come_repro::grid::GridSpec;
 use come_repro::model::load::{load_model, LoadOptions};
 use come_repro::model::tokenizer::Tokenizer;
+use come_repro::progress::{ignore, Event};
 use come_repro::prune::{Method, PruneConfig};
 use come_repro::stages::{
     self, evaluate, prune_checkpoint, EvalHooks, EvalInputs, PplOutcome, PplText, PruneRecord,
@@ -133,12 +134,25 @@ fn prune_checkpoint_writes_a_record_that_reads_back_and_replaces_atomically() {
     let d = tempfile::tempdir().unwrap();
     let out = d.path().join("cache/pruned/abc");
     let cfg = stories_prune();
-    let mut steps = vec![];
-    let rec = prune_checkpoint(&base, &cfg, LoadOptions::default(), &out, |n, what| {
-        steps.push((n, what.to_string()))
+    let mut events = vec![];
+    let rec = prune_checkpoint(&base, &cfg, LoadOptions::default(), &out, &mut |e| {
+        events.push(e)
     })
     .unwrap();
-    assert_eq!(steps.len(), 2);
+    // Each round: its count, then its description.
+    let rounds: Vec<usize> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Items { what, done, .. } if what == "prune steps" => Some(*done),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(rounds, [1, 2]);
+    let notes: Vec<&Event> = events
+        .iter()
+        .filter(|e| matches!(e, Event::Note(_)))
+        .collect();
+    assert_eq!(notes.len(), 2);
     assert_eq!(rec.report.correspondence.len(), 3);
     assert_eq!(rec.source_model, base);
     assert!(rec.total_seconds.is_some() && rec.threads.is_some());
@@ -180,7 +194,7 @@ fn prune_checkpoint_writes_a_record_that_reads_back_and_replaces_atomically() {
         target_layers: Some(9),
         ..cfg.clone()
     };
-    let e = prune_checkpoint(&base, &bad, LoadOptions::default(), &out, |_, _| {});
+    let e = prune_checkpoint(&base, &bad, LoadOptions::default(), &out, &mut ignore);
     assert!(e.is_err());
     assert!(out.join("config.json").exists());
     assert_eq!(
@@ -193,7 +207,7 @@ fn prune_checkpoint_writes_a_record_that_reads_back_and_replaces_atomically() {
         method: Method::Reverse,
         ..cfg
     };
-    let rec = prune_checkpoint(&base, &other, LoadOptions::default(), &out, |_, _| {}).unwrap();
+    let rec = prune_checkpoint(&base, &other, LoadOptions::default(), &out, &mut ignore).unwrap();
     assert_eq!(
         PruneRecord::read(&out).unwrap().report.config.method,
         rec.report.config.method
@@ -212,8 +226,10 @@ struct Seen {
 }
 
 impl EvalHooks for Seen {
-    fn progress(&mut self, what: &str, done: usize, total: usize) {
-        self.progress.insert(what.to_string(), (done, total));
+    fn event(&mut self, e: Event) {
+        if let Event::Items { what, done, total } = e {
+            self.progress.insert(what, (done, total));
+        }
     }
     fn task_done(&mut self, r: &TaskResult) {
         self.tasks.push(r.task.clone());

@@ -214,7 +214,7 @@ pub fn synthetic_prune(
     let build_peak_rss_mib = come_repro::memory::peak_rss_mib();
     let reset = come_repro::memory::reset_peak_rss();
     let t1 = Instant::now();
-    let report = prune(&mut model, calib, &cfg, |_, _| {})?;
+    let report = prune(&mut model, calib, &cfg, &mut come_repro::progress::ignore)?;
     let prune_s = t1.elapsed().as_secs_f64();
     Ok(SyntheticPrune {
         model,

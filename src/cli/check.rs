@@ -2,7 +2,7 @@
 //! every metric with a committed baseline; any move beyond its tolerance fails with a
 //! readable diff. `--update` rewrites the baseline (an explicit, reviewable change).
 
-use super::grid::Bars;
+use super::bars::Bars;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use come_repro::grid::GridSpec;
@@ -74,7 +74,7 @@ pub fn run(a: CheckArgs) -> Result<()> {
         threads: a.threads,
         ..Default::default()
     };
-    let sum = run_grid(&spec, &opts, &mut Bars::new())?;
+    let sum = run_grid(&spec, &opts, &mut Bars::new().sink())?;
     let failed: Vec<_> = sum.failed.iter().chain(&sum.failed_before).collect();
     if !failed.is_empty() {
         bail!("{} run(s) failed: {failed:?}", failed.len());

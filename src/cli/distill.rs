@@ -2,12 +2,12 @@
 //! layer-local distillation, optionally followed by logit KD, or the LoRA baseline) and
 //! save it as an HF checkpoint plus `distill.json`.
 
-use super::common::{bar, note, RuntimeArgs};
+use super::bars::Bars;
+use super::common::RuntimeArgs;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use come_repro::distill::{
-    recover, Attach, Event, LayerInputs, Losses, RecoverInputs, RecoveryConfig, RecoveryMethod,
-    Validation,
+    recover, Attach, LayerInputs, Losses, RecoverInputs, RecoveryConfig, RecoveryMethod, Validation,
 };
 use std::path::PathBuf;
 
@@ -179,35 +179,15 @@ pub fn run(a: DistillArgs) -> Result<()> {
         devices,
         cache_dir: a.teacher_cache.as_deref(),
     };
-    let pb = bar(0, "teacher");
-    let mut on = |e: Event| match e {
-        Event::Teacher { done, total } => {
-            pb.set_message("teacher states");
-            pb.set_length(total as u64);
-            pb.set_position(done as u64);
-        }
-        Event::Unit { index, of, label } => note(&pb, &format!("[{}/{of}] {label}", index + 1)),
-        Event::Step {
-            unit,
-            step,
-            steps,
-            loss,
-            tokens_per_s,
-        } => {
-            pb.set_length(steps as u64);
-            pb.set_position(step as u64);
-            pb.set_message(format!("{unit} loss {loss:.4e} {tokens_per_s:.0} tok/s"));
-        }
-        Event::Note(s) => note(&pb, &s),
-    };
-    let rec = recover(&inp, &mut on).with_context(|| {
+    let mut bars = Bars::new();
+    let rec = recover(&inp, &mut bars.sink()).with_context(|| {
         format!(
             "recovering {} against {}",
             a.model.display(),
             a.teacher.display()
         )
     })?;
-    pb.finish_and_clear();
+    bars.finish();
     for u in &rec.units {
         let what = u
             .layer

@@ -1,7 +1,8 @@
 //! `come-repro eval`: zero-shot tasks scored exactly as lm-evaluation-harness does, and
 //! WikiText-2 (or any text's) perplexity; lm-eval-compatible JSON with `--output`.
 
-use super::common::{bar, load, note, RuntimeArgs};
+use super::bars::Bars;
+use super::common::{load, RuntimeArgs};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use come_repro::eval::batching::BatchSize;
@@ -13,8 +14,8 @@ use come_repro::eval::ppl_corpus::Corpus;
 use come_repro::eval::profile::ScoreProfile;
 use come_repro::eval::results::{lm_eval_json, table, RunInfo};
 use come_repro::eval::tasks::{known_tasks, load_task, TaskSource};
+use come_repro::progress::Event;
 use come_repro::stages::{evaluate, EvalHooks, EvalInputs, PplOutcome, PplText, Subset};
-use indicatif::ProgressBar;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -174,7 +175,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
             p.spec().with_iters(iters)
         }),
     };
-    let outcome = evaluate(&model, &tok, &inputs, &mut Printer::default())?;
+    let outcome = evaluate(&model, &tok, &inputs, &mut Printer { bars: Bars::new() })?;
     let ppl: Vec<(String, PplResult)> = outcome
         .ppl
         .iter()
@@ -239,43 +240,18 @@ pub fn run(a: EvalArgs) -> Result<()> {
     Ok(())
 }
 
-/// The evaluation's progress as bars (one per task or corpus) and a summary line each.
-#[derive(Default)]
+/// The evaluation's progress as bars and a summary line per task and corpus.
 struct Printer {
-    bar: Option<(String, ProgressBar)>,
-}
-
-impl Printer {
-    fn finish_bar(&mut self) {
-        if let Some((_, pb)) = self.bar.take() {
-            pb.finish_and_clear();
-        }
-    }
+    bars: Bars,
 }
 
 impl EvalHooks for Printer {
-    fn progress(&mut self, what: &str, done: usize, total: usize) {
-        if self.bar.as_ref().is_none_or(|(name, _)| name != what) {
-            self.finish_bar();
-            self.bar = Some((what.to_string(), bar(total as u64, what)));
-        }
-        if let Some((_, pb)) = &self.bar {
-            if total > 0 {
-                pb.set_length(total as u64);
-            }
-            pb.set_position(done as u64);
-        }
-    }
-
-    fn note(&mut self, line: &str) {
-        match &self.bar {
-            Some((_, pb)) => note(pb, &format!("note: {line}")),
-            None => eprintln!("note: {line}"),
-        }
+    fn event(&mut self, e: Event) {
+        self.bars.event(e);
     }
 
     fn task_done(&mut self, r: &TaskResult) {
-        self.finish_bar();
+        self.bars.clear();
         let summary: Vec<String> = r
             .metrics
             .iter()
@@ -293,7 +269,7 @@ impl EvalHooks for Printer {
     }
 
     fn ppl_done(&mut self, p: &PplOutcome) {
-        self.finish_bar();
+        self.bars.clear();
         let (res, dt) = (&p.result, p.seconds);
         eprintln!(
             "{:>14}: ppl {:.4} over {} window(s) of {} ({} predicted) in {:.1}s ({:.0} tok/s)",

@@ -1,12 +1,11 @@
 //! `come-repro grid FILE`: run (or resume) a grid of experiments into the run store.
 
-use super::common::{bar, log_off_terminal, note};
+use super::bars::Bars;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use come_repro::grid::GridSpec;
-use come_repro::runner::{run_grid, select, Progress, RunnerOptions, CURRENT, STOP};
+use come_repro::runner::{run_grid, select, RunnerOptions, CURRENT, STOP};
 use come_repro::track::{Status, Store};
-use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 
@@ -107,66 +106,6 @@ pub fn options(a: &GridArgs) -> RunnerOptions {
     }
 }
 
-/// Bars: the grid (runs), the current run's stage, the current stage's items.
-pub struct Bars {
-    grid: ProgressBar,
-    items: ProgressBar,
-    _mp: MultiProgress,
-}
-
-impl Bars {
-    pub fn new() -> Bars {
-        let mp = MultiProgress::new();
-        let grid = mp.add(bar(0, "runs"));
-        let items = mp.add(ProgressBar::new(0));
-        items.set_style(
-            ProgressStyle::with_template(
-                "{prefix:>24} {msg:>14} [{bar:30}] {pos}/{len} {per_sec} eta {eta}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-        );
-        log_off_terminal(&items);
-        Bars {
-            grid,
-            items,
-            _mp: mp,
-        }
-    }
-}
-
-impl Progress for Bars {
-    fn grid(&mut self, done: usize, total: usize, current: &str) {
-        self.grid.set_length(total as u64);
-        self.grid.set_position(done as u64);
-        self.grid.set_message(current.to_string());
-        if done == total {
-            self.grid.finish_and_clear();
-            self.items.finish_and_clear();
-        }
-    }
-    fn stage(&mut self, run: &str, stage: &str) {
-        self.items.set_prefix(format!("{run} {stage}"));
-        // Position and clock from zero, so each stage's rate and ETA are its own.
-        self.items.reset();
-        self.items.set_length(0);
-    }
-    fn items(&mut self, what: &str, done: usize, total: usize) {
-        if self.items.message() != what {
-            // A new task within the stage: its rate and ETA start afresh.
-            self.items.reset();
-            self.items.set_message(what.to_string());
-        }
-        if total > 0 {
-            self.items.set_length(total as u64);
-        }
-        self.items.set_position(done as u64);
-    }
-    fn note(&mut self, line: &str) {
-        note(&self.grid, line);
-    }
-}
-
 /// First Ctrl-C: stop after the current stage and mark the run interrupted. Second: mark
 /// it interrupted now and exit.
 pub fn install_ctrlc(db: PathBuf) {
@@ -232,7 +171,7 @@ pub fn run(a: GridArgs) -> Result<()> {
     install_ctrlc(opts.db.clone());
     let mut bars = Bars::new();
     let t0 = std::time::Instant::now();
-    let sum = run_grid(&spec, &opts, &mut bars)
+    let sum = run_grid(&spec, &opts, &mut bars.sink())
         .with_context(|| format!("running {}", a.file.display()))?;
     report(&a, &sum, t0.elapsed());
     if sum.interrupted {

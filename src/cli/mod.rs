@@ -1,5 +1,6 @@
 //! Command-line entry: parse, dispatch, report errors. One file per subcommand.
 
+mod bars;
 mod bench;
 mod bench_attention;
 mod bench_latency;

@@ -2,7 +2,8 @@
 //! `come.json` (config, target mapping, layer correspondence, per-step scores, channels
 //! kept, calibration sample, timings).
 
-use super::common::{bar, note, RuntimeArgs};
+use super::bars::Bars;
+use super::common::RuntimeArgs;
 use anyhow::Result;
 use clap::Args;
 use come_repro::calib::{CalibConfig, Shuffle};
@@ -127,12 +128,9 @@ pub fn run(a: PruneArgs) -> Result<()> {
         job.calib.n_sequences,
         job.calib.seqlen
     );
-    let pb = bar(mapping.layers_removed as u64, "steps");
-    let rec = job.run(&a.out, |done, what| {
-        pb.set_position(done as u64);
-        note(&pb, &format!("  {what}"));
-    })?;
-    pb.finish_and_clear();
+    let mut bars = Bars::new();
+    let rec = job.run(&a.out, &mut bars.sink())?;
+    bars.finish();
     let report = &rec.report;
     println!(
         "pruned {} -> {} layers in {:.1}s (prune {:.1}s, {} layer passes), {} -> {} params, peak RSS {:.0} MiB: {}",

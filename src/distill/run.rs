@@ -34,32 +34,7 @@ pub struct RecoverInputs<'a> {
     pub cache_dir: Option<&'a Path>,
 }
 
-/// Progress of the stage, for bars and logs.
-#[derive(Debug, Clone)]
-pub enum Event {
-    /// A unit (student layer, or the whole model) starts: index, count, label.
-    Unit {
-        index: usize,
-        of: usize,
-        label: String,
-    },
-    /// An optimiser step finished.
-    Step {
-        unit: String,
-        step: usize,
-        steps: usize,
-        loss: f64,
-        tokens_per_s: f64,
-    },
-    /// Teacher states: sequences done of total.
-    Teacher {
-        done: usize,
-        total: usize,
-    },
-    Note(String),
-}
-
-pub type Sink<'a> = &'a mut (dyn FnMut(Event) + Send);
+pub use crate::progress::{Event, Sink};
 
 /// Stop between steps when the user asked to (Ctrl-C in a grid).
 pub use crate::cancel::check as check_stop;
@@ -289,6 +264,12 @@ fn teacher_states(
         data,
         &b,
         cache.as_deref(),
-        |done, total| on(Event::Teacher { done, total }),
+        |done, total| {
+            on(Event::Items {
+                what: "teacher states".into(),
+                done,
+                total,
+            })
+        },
     )
 }

@@ -12,6 +12,7 @@ pub mod store;
 use crate::calib::{CalibConfig, CalibSet};
 use crate::error::{Error, Result};
 use crate::model::{Layer, Model};
+use crate::progress::{Event, Sink};
 use merge::{GqaMapping, NormMode, ShareOptions};
 use score::{channel_scores, Sensitivity};
 use serde::{Deserialize, Serialize};
@@ -354,9 +355,6 @@ pub mod nan_as_null {
     }
 }
 
-/// Called after each step with the step count and a one-line description.
-pub type StepCallback<'a> = Box<dyn FnMut(usize, &str) + 'a>;
-
 /// Everything a plan needs while it runs.
 pub struct Pruner<'a> {
     pub model: &'a mut Model,
@@ -366,7 +364,8 @@ pub struct Pruner<'a> {
     pub steps: Vec<Step>,
     /// The depth the plan stops at.
     pub target: usize,
-    pub on_step: StepCallback<'a>,
+    /// Each kept round: the rounds done so far, and the round's one-line description.
+    pub events: Sink<'a>,
 }
 
 impl Pruner<'_> {
@@ -398,7 +397,12 @@ impl Pruner<'_> {
     pub fn record(&mut self, mut step: Step, t0: Instant) -> Result<()> {
         step.round = self.steps.len();
         step.seconds = t0.elapsed().as_secs_f64();
-        (self.on_step)(self.steps.len() + 1, &step.action);
+        (self.events)(Event::Items {
+            what: "prune steps".into(),
+            done: self.steps.len() + 1,
+            total: 0,
+        });
+        (self.events)(Event::Note(step.action.clone()));
         self.steps.push(step);
         crate::cancel::check()
     }
@@ -409,7 +413,7 @@ pub fn prune(
     model: &mut Model,
     calib: CalibSet,
     cfg: &PruneConfig,
-    on_step: impl FnMut(usize, &str),
+    events: Sink,
 ) -> Result<PruneReport> {
     let t0 = Instant::now();
     let target = target_layers(model, cfg)?;
@@ -432,7 +436,7 @@ pub fn prune(
         corr,
         steps: vec![],
         target: target.target_layers,
-        on_step: Box::new(on_step),
+        events,
     };
     match cfg.method {
         Method::Come => progressive(&mut p, target.target_layers)?,

@@ -15,6 +15,7 @@ use crate::eval::profile::ScoreProfile;
 use crate::eval::tasks::{subset, TaskData};
 use crate::model::tokenizer::Tokenizer;
 use crate::model::Model;
+use crate::progress::Event;
 use std::time::Instant;
 
 pub use crate::eval::tasks::Subset;
@@ -99,16 +100,23 @@ pub struct EvalOutcome {
 
 /// What the caller sees while the stage runs; every method has a no-op default.
 pub trait EvalHooks {
-    /// Progress of a task (documents) or a corpus (windows); `total` 0 while unknown.
-    fn progress(&mut self, _what: &str, _done: usize, _total: usize) {}
-    /// A line worth telling the user (e.g. the out-of-memory back-off).
-    fn note(&mut self, _line: &str) {}
+    /// Progress ([`Event::Items`] of a task's documents or a corpus's windows) and notes
+    /// (e.g. the out-of-memory back-off).
+    fn event(&mut self, _e: Event) {}
     fn task_done(&mut self, _result: &TaskResult) {}
     fn ppl_done(&mut self, _result: &PplOutcome) {}
     /// Asked before each task and corpus; an error ends the stage with it. By default,
     /// whether the user asked to stop (Ctrl-C).
     fn proceed(&mut self) -> Result<()> {
         crate::cancel::check()
+    }
+}
+
+fn items(what: &str, done: usize, total: usize) -> Event {
+    Event::Items {
+        what: what.to_string(),
+        done,
+        total,
     }
 }
 
@@ -143,7 +151,7 @@ pub fn evaluate(
     let latency = match inp.latency {
         Some(spec) => {
             hooks.proceed()?;
-            hooks.progress("latency", 0, 0);
+            hooks.event(items("latency", 0, 0));
             let max = model.config.max_position_embeddings.max(0) as usize;
             Some(measure(model, spec.fitted(max)?)?)
         }
@@ -185,10 +193,10 @@ fn score_tasks(
     collect.show_current();
     crate::eval::pool::score_tasks(model, &views, &mut opts.score, &mut collect)?;
     if opts.score.token_budget < before {
-        collect.hooks.note(&format!(
+        collect.hooks.event(Event::Note(format!(
             "out of memory at {before} tokens per batch; continued with {}",
             opts.score.token_budget
-        ));
+        )));
     }
     Ok(collect.results)
 }
@@ -210,7 +218,7 @@ impl Collect<'_, '_> {
         let k = self.results.len();
         if let Some(p) = self.prepared.get(k) {
             self.hooks
-                .progress(&p.task.name, self.done[k], p.requests.len());
+                .event(items(&p.task.name, self.done[k], p.requests.len()));
         }
     }
 }
@@ -249,7 +257,7 @@ fn corpus_ppl(
     let tokens = tok.encode(&p.text, inp.add_special)?;
     let name = p.corpus.name();
     let windows = inp.ppl_windows.or(p.corpus.default_windows());
-    hooks.progress(&name, 0, 0);
+    hooks.event(items(&name, 0, 0));
     let opts = PplOptions {
         max_windows: windows,
         batch_size: 1,
@@ -257,7 +265,7 @@ fn corpus_ppl(
         bos: tok.bos_id,
     };
     let result = perplexity(model, &tokens, inp.ppl_seqlen, opts, |done, total| {
-        hooks.progress(&name, done, total)
+        hooks.event(items(&name, done, total))
     })
     .map_err(|e| match e {
         Error::Invalid(m) => Error::Invalid(format!("{name} perplexity: {m}")),

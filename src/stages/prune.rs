@@ -8,6 +8,7 @@ use crate::model::load::{load_model, LoadOptions};
 use crate::model::save::save_model;
 use crate::model::tokenizer::Tokenizer;
 use crate::model::Model;
+use crate::progress::Sink;
 use crate::prune::{prune, target_layers, PruneConfig, TargetMapping};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -48,8 +49,8 @@ impl PruneJob {
     }
 
     /// Prune and write the checkpoint with its `come.json` to `out` (replacing it).
-    /// `on_step(done, description)` follows the steps.
-    pub fn run(self, out: &Path, on_step: impl FnMut(usize, &str)) -> Result<PruneRecord> {
+    /// `events` follows the rounds.
+    pub fn run(self, out: &Path, events: Sink) -> Result<PruneRecord> {
         let PruneJob {
             base,
             cfg,
@@ -58,7 +59,7 @@ impl PruneJob {
             t0,
             ..
         } = self;
-        let report = prune(&mut model, calib, &cfg, on_step)?;
+        let report = prune(&mut model, calib, &cfg, events)?;
         crate::publish::write_dir_atomically(out, |tmp| {
             save_model(&model, tmp, Some(&base))?;
             let rss = crate::memory::peak_rss_mib();
@@ -83,7 +84,7 @@ pub fn prune_checkpoint(
     cfg: &PruneConfig,
     load: LoadOptions,
     out: &Path,
-    on_step: impl FnMut(usize, &str),
+    events: Sink,
 ) -> Result<PruneRecord> {
-    PruneJob::prepare(base, cfg, load)?.run(out, on_step)
+    PruneJob::prepare(base, cfg, load)?.run(out, events)
 }
