@@ -53,6 +53,38 @@ pub fn sha256_file(path: &Path) -> std::io::Result<(String, u64)> {
     Ok((hex::encode(h.finalize()), n))
 }
 
+/// Content identity of a directory: sha256 (hex) of its manifest, one line
+/// `<relative path> <sha256 of the file>` per file kept by `keep` (any depth, paths sorted),
+/// and the kept files' total length. Renaming, adding or changing a kept file changes it;
+/// file times do not.
+pub fn sha256_dir(dir: &Path, keep: impl Fn(&Path) -> bool) -> std::io::Result<(String, u64)> {
+    fn walk(dir: &Path, out: &mut Vec<std::path::PathBuf>) -> std::io::Result<()> {
+        for e in std::fs::read_dir(dir)? {
+            let p = e?.path();
+            if p.is_dir() {
+                walk(&p, out)?;
+            } else {
+                out.push(p);
+            }
+        }
+        Ok(())
+    }
+    let mut files = Vec::new();
+    walk(dir, &mut files)?;
+    files.retain(|f| keep(f));
+    files.sort();
+    let mut h = Sha256::new();
+    let mut total = 0;
+    for f in files {
+        let (sha, n) = sha256_file(&f)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", f.display())))?;
+        let rel = f.strip_prefix(dir).unwrap_or(&f).to_string_lossy();
+        h.update(format!("{rel} {sha}\n").as_bytes());
+        total += n;
+    }
+    Ok((hex::encode(h.finalize()), total))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -74,5 +106,26 @@ mod tests {
             (sha256_hex(&big), big.len() as u64)
         );
         assert!(sha256_file(&d.path().join("missing")).is_err());
+    }
+
+    #[test]
+    fn a_directory_digest_is_its_manifest_of_kept_files() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("sub")).unwrap();
+        std::fs::write(d.path().join("b.txt"), b"abc").unwrap();
+        std::fs::write(d.path().join("sub/a.bin"), b"").unwrap();
+        let abc = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+        let empty = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+        let manifest = format!("b.txt {abc}\nsub/a.bin {empty}\n");
+        assert_eq!(
+            sha256_dir(d.path(), |_| true).unwrap(),
+            (sha256_hex(manifest.as_bytes()), 3)
+        );
+        let only_txt = |p: &Path| p.extension().is_some_and(|e| e == "txt");
+        assert_eq!(
+            sha256_dir(d.path(), only_txt).unwrap(),
+            (sha256_hex(format!("b.txt {abc}\n").as_bytes()), 3)
+        );
+        assert!(sha256_dir(&d.path().join("missing"), |_| true).is_err());
     }
 }

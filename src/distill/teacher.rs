@@ -8,10 +8,9 @@ use super::data::DataSet;
 use crate::error::{Error, Result};
 use crate::model::{Model, Tap};
 use memmap2::Mmap;
-use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use tch::{Device, Kind, Tensor};
 
@@ -49,28 +48,18 @@ impl Tap for Capture<'_> {
     }
 }
 
-/// Content identity of a checkpoint directory: config and every weight file.
+/// Content identity of a checkpoint directory: its config and weight files (the
+/// tokenizer and records do not change the states), by the one directory recipe
+/// ([`crate::hashing::sha256_dir`]).
 pub fn dir_digest(dir: &Path) -> Result<String> {
-    let mut h = Sha256::new();
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| Error::io(dir, e))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.file_name().is_some_and(|n| n == "config.json")
-                || p.extension().is_some_and(|e| e == "safetensors")
-        })
-        .collect();
-    files.sort();
-    for f in files {
-        let mut file = std::fs::File::open(&f).map_err(|e| Error::io(&f, e))?;
-        h.update(
-            f.file_name()
-                .map(|n| n.as_encoded_bytes())
-                .unwrap_or_default(),
-        );
-        std::io::copy(&mut file, &mut h).map_err(|e| Error::io(&f, e))?;
-    }
-    Ok(hex::encode(h.finalize()))
+    let weights = |p: &Path| {
+        p.parent() == Some(dir)
+            && (p.file_name().is_some_and(|n| n == "config.json")
+                || p.extension().is_some_and(|e| e == "safetensors"))
+    };
+    crate::hashing::sha256_dir(dir, weights)
+        .map(|(sha, _)| sha)
+        .map_err(|e| Error::io(dir, e))
 }
 
 impl TeacherStates {

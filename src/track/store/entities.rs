@@ -164,36 +164,11 @@ pub fn hash_file(path: &Path) -> Result<(String, i64)> {
 }
 
 pub(super) fn hash_dir(dir: &Path) -> Result<(String, i64)> {
-    pub(super) fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
-        for e in std::fs::read_dir(dir)? {
-            let p = e?.path();
-            if p.is_dir() {
-                walk(&p, out)?;
-            } else {
-                out.push(p);
-            }
-        }
-        Ok(())
-    }
-    let mut files = Vec::new();
-    walk(dir, &mut files).map_err(|e| StoreError::Io {
+    let (sha, n) = crate::hashing::sha256_dir(dir, |_| true).map_err(|e| StoreError::Io {
         path: dir.to_path_buf(),
         cause: e,
     })?;
-    files.sort();
-    let mut h = Sha256::new();
-    let mut total = 0;
-    for f in files {
-        let (s, n) = hash_file(&f)?;
-        let rel = f
-            .strip_prefix(dir)
-            .unwrap_or(&f)
-            .to_string_lossy()
-            .into_owned();
-        h.update(format!("{rel} {s}\n").as_bytes());
-        total += n;
-    }
-    Ok((hex::encode(h.finalize()), total))
+    Ok((sha, n as i64))
 }
 
 /// Stage bookkeeping, so that shared work (e.g. one pruned checkpoint evaluated several
