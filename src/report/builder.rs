@@ -24,6 +24,19 @@ pub(super) struct Builder<'a> {
     pub published: Vec<&'a PublishedRow>,
 }
 
+/// The columns a table shows, from what its rows measured.
+struct Layout {
+    /// Task columns, and the tasks the average is over.
+    tasks: Vec<String>,
+    avg_tasks: Vec<String>,
+    ppl_cols: Vec<String>,
+    /// Some row has a standard error of its average.
+    has_se: bool,
+    columns: Vec<Col>,
+    /// The dense row's latency (speed-up columns are relative to it).
+    dense_latency: Option<super::common::Latency>,
+}
+
 impl Builder<'_> {
     /// The table: rows in the order dense, `ours`, published.
     pub fn build(self, id: String, title: String, extra_caption: &str) -> Table {
@@ -38,6 +51,23 @@ impl Builder<'_> {
             ours.push((e.label.clone(), measure(e.run, self.conv)));
             keys.push(e.keys.clone());
         }
+        let layout = self.layout(&ours);
+        let (mut rows, max_se) = self.our_rows(&layout, &ours, keys);
+        let (published, footnotes) = self.published_rows(&layout, &blank);
+        rows.extend(published);
+        let caption = self.caption(&layout, &ours, max_se, extra_caption);
+        Table {
+            id,
+            title,
+            key_columns: self.key_columns,
+            columns: layout.columns,
+            rows,
+            caption,
+            footnotes,
+        }
+    }
+
+    fn layout(&self, ours: &[(String, Measured)]) -> Layout {
         let (tasks, avg_tasks) = task_columns(|t| {
             ours.iter().any(|(_, m)| m.acc.contains_key(t))
                 || self.published.iter().any(|p| p.tasks.contains_key(t))
@@ -71,19 +101,36 @@ impl Builder<'_> {
         if dense_latency.is_some() && ours.iter().skip(1).any(|(_, m)| m.latency.is_some()) {
             columns.extend([Col::SpeedUp(Phase::Prefill), Col::SpeedUp(Phase::Decode)]);
         }
+        Layout {
+            tasks,
+            avg_tasks,
+            ppl_cols,
+            has_se,
+            columns,
+            dense_latency,
+        }
+    }
 
+    /// The dense row and ours, and the largest standard error of an average among them.
+    fn our_rows(
+        &self,
+        layout: &Layout,
+        ours: &[(String, Measured)],
+        keys: Vec<Vec<String>>,
+    ) -> (Vec<Row>, Option<f64>) {
         let dense_avg = self
             .dense
             .and_then(|_| ours.first())
-            .and_then(|(_, m)| average(m, &avg_tasks).0);
+            .and_then(|(_, m)| average(m, &layout.avg_tasks).0);
         let mut rows = Vec::new();
         let mut max_se: Option<f64> = None;
         for ((label, m), keys) in ours.iter().zip(keys) {
-            let (avg, se) = average(m, &avg_tasks);
+            let (avg, se) = average(m, &layout.avg_tasks);
             if let Some(s) = se {
                 max_se = Some(max_se.map_or(s, |x: f64| x.max(s)));
             }
-            let cells = columns
+            let cells = layout
+                .columns
                 .iter()
                 .map(|c| match c {
                     Col::Task(t) => m.acc.get(t).map(|v| 100.0 * v.0),
@@ -94,7 +141,7 @@ impl Builder<'_> {
                         _ => None,
                     },
                     Col::Ppl(p) => m.ppl.get(p).copied(),
-                    Col::SpeedUp(phase) => match (&m.latency, &dense_latency) {
+                    Col::SpeedUp(phase) => match (&m.latency, &layout.dense_latency) {
                         (Some(l), Some(d)) => l.speedup(d, *phase),
                         _ => None,
                     },
@@ -113,6 +160,13 @@ impl Builder<'_> {
                 cells,
             });
         }
+        (rows, max_se)
+    }
+
+    /// The published rows, each citing its source by footnote number, and the footnotes.
+    fn published_rows(&self, layout: &Layout, blank: &[String]) -> (Vec<Row>, Vec<String>) {
+        let avg_tasks = &layout.avg_tasks;
+        let mut rows = Vec::new();
         let mut footnotes: Vec<String> = Vec::new();
         for p in &self.published {
             let cite = p.citation();
@@ -142,7 +196,8 @@ impl Builder<'_> {
                 (Some(a), Some(d)) if d > 0.0 && !p.is_dense() => Some(100.0 * a / d),
                 _ => None,
             });
-            let cells = columns
+            let cells = layout
+                .columns
                 .iter()
                 .map(|c| match c {
                     Col::Task(t) => p.tasks.get(t).copied(),
@@ -169,12 +224,30 @@ impl Builder<'_> {
             };
             rows.push(Row {
                 label,
-                keys: blank.clone(),
+                keys: blank.to_vec(),
                 source: Some(k),
                 cells,
             });
         }
+        (rows, footnotes)
+    }
 
+    /// How every number of the table was measured.
+    fn caption(
+        &self,
+        layout: &Layout,
+        ours: &[(String, Measured)],
+        max_se: Option<f64>,
+        extra_caption: &str,
+    ) -> String {
+        let Layout {
+            tasks,
+            avg_tasks,
+            ppl_cols,
+            has_se,
+            columns,
+            dense_latency,
+        } = layout;
         let mut caption = String::new();
         if !extra_caption.is_empty() {
             caption.push_str(extra_caption);
@@ -183,7 +256,7 @@ impl Builder<'_> {
         if !tasks.is_empty() {
             caption.push_str(&format!("{}.", self.conv.describe()));
         }
-        let items = items_text(&ours, &tasks);
+        let items = items_text(ours, tasks);
         if !items.is_empty() {
             caption.push_str(&format!(" Items per task: {items}."));
         }
@@ -194,7 +267,7 @@ impl Builder<'_> {
                 avg_tasks.len(),
                 labels.join(", ")
             ));
-            if has_se {
+            if *has_se {
                 caption.push_str(&format!(
                     "; ±Avg: its standard error, sqrt(Σ se_i²)/{} from the per-task standard errors",
                     avg_tasks.len()
@@ -238,14 +311,6 @@ impl Builder<'_> {
                 " Published rows are copied from their sources (their own evaluation settings and metric; Avg and Ret.% as reported or, if absent, computed from the tasks shown).",
             );
         }
-        Table {
-            id,
-            title,
-            key_columns: self.key_columns,
-            columns,
-            rows,
-            caption: caption.trim().to_string(),
-            footnotes,
-        }
+        caption.trim().to_string()
     }
 }
