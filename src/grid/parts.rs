@@ -48,29 +48,7 @@ pub(super) fn parse_part(
     for e in entries {
         let here = format!("{prefix}{}", e.key);
         match e.key.as_str() {
-            "base" => {
-                let Some(t) = e.node.table() else {
-                    diags.push(e.key_loc, &here, "must be a table (a partial experiment)");
-                    continue;
-                };
-                let mut ls = Vec::new();
-                leaves("", t, &mut ls);
-                for (k, node, kloc) in ls {
-                    if let Err(m) = check_key(schema, &k) {
-                        diags.push(kloc, &k, m);
-                        continue;
-                    }
-                    let v = node.to_json();
-                    if let Err(m) = check_value(&k, &v) {
-                        diags.push(node.loc, &k, m);
-                        continue;
-                    }
-                    if k == "model" {
-                        part.model_loc = node.loc;
-                    }
-                    set_path(&mut part.base, &k, v);
-                }
-            }
+            "base" => parse_base(e, &here, schema, diags, &mut part),
             "axes" => {
                 let Some(t) = e.node.table() else {
                     diags.push(
@@ -90,107 +68,8 @@ pub(super) fn parse_part(
                     }
                 }
             }
-            "zip" => {
-                let groups: Vec<&Node> = match &e.node.kind {
-                    Kind::Array(a) => a.iter().collect(),
-                    Kind::Table(_) => vec![&e.node],
-                    Kind::Leaf(_) => {
-                        diags.push(
-                            e.key_loc,
-                            &here,
-                            "must be [[zip]] tables of equal-length arrays",
-                        );
-                        continue;
-                    }
-                };
-                for g in groups {
-                    let Some(t) = g.table() else {
-                        diags.push(g.loc, &here, "each [[zip]] entry must be a table");
-                        continue;
-                    };
-                    let mut ls = Vec::new();
-                    leaves("", t, &mut ls);
-                    let axes: Vec<Dim> = ls
-                        .into_iter()
-                        .filter_map(|(k, node, kloc)| parse_axis(&k, node, kloc, schema, diags))
-                        .collect();
-                    if axes.is_empty() {
-                        diags.push(g.loc, &here, "empty [[zip]] group");
-                        continue;
-                    }
-                    let n = axes[0].rows.len();
-                    if let Some(bad) = axes.iter().find(|a| a.rows.len() != n) {
-                        let lens: Vec<String> = axes
-                            .iter()
-                            .map(|a| format!("{} has {}", a.keys[0], a.rows.len()))
-                            .collect();
-                        let at = bad
-                            .rows
-                            .first()
-                            .and_then(|r| r.first())
-                            .map_or(g.loc, |(_, l)| *l);
-                        diags.push(
-                            at,
-                            &bad.keys[0],
-                            format!("zipped axes need equal lengths ({})", lens.join(", ")),
-                        );
-                        continue;
-                    }
-                    let keys: Vec<String> = axes.iter().map(|a| a.keys[0].clone()).collect();
-                    let rows: Vec<Vec<(Value, Loc)>> = (0..n)
-                        .map(|i| {
-                            axes.iter()
-                                .filter_map(|a| a.rows.get(i).and_then(|r| r.first()).cloned())
-                                .collect()
-                        })
-                        .collect();
-                    part.zips.push(Dim { keys, rows });
-                }
-            }
-            "exclude" => {
-                let Kind::Array(items) = &e.node.kind else {
-                    diags.push(
-                        e.key_loc,
-                        &here,
-                        "must be an array of tables: [{ \"key\" = value, ... }]",
-                    );
-                    continue;
-                };
-                for it in items {
-                    let Some(t) = it.table() else {
-                        diags.push(
-                            it.loc,
-                            &here,
-                            "each entry must be a table { \"key\" = value }",
-                        );
-                        continue;
-                    };
-                    let mut ls = Vec::new();
-                    leaves("", t, &mut ls);
-                    let mut conds = Vec::new();
-                    let mut ok = !ls.is_empty();
-                    if ls.is_empty() {
-                        diags.push(it.loc, &here, "empty exclude entry would drop every run");
-                    }
-                    for (k, node, kloc) in ls {
-                        if let Err(m) = check_key(schema, &k) {
-                            diags.push(kloc, &k, m);
-                            ok = false;
-                            continue;
-                        }
-                        let v = node.to_json();
-                        if let Err(m) = check_value(&k, &v) {
-                            diags.push(node.loc, &k, m);
-                            ok = false;
-                            continue;
-                        }
-                        conds.push((k, v));
-                    }
-                    if ok {
-                        part.excludes.push(Exclude { conds, loc: it.loc });
-                    }
-                }
-            }
+            "zip" => parse_zips(e, &here, schema, diags, &mut part),
+            "exclude" => parse_excludes(e, &here, schema, diags, &mut part),
             "dense" => match &e.node.kind {
                 Kind::Leaf(Value::Bool(b)) => part.dense = Some(*b),
                 _ => diags.push(e.node.loc, &here, "expected true or false"),
@@ -199,6 +78,136 @@ pub(super) fn parse_part(
         }
     }
     part
+}
+
+/// `base`: a partial experiment, each key known and each value of its key's type.
+fn parse_base(e: &Entry, here: &str, schema: &Value, diags: &mut Diags, part: &mut Part) {
+    let Some(t) = e.node.table() else {
+        diags.push(e.key_loc, here, "must be a table (a partial experiment)");
+        return;
+    };
+    let mut ls = Vec::new();
+    leaves("", t, &mut ls);
+    for (k, node, kloc) in ls {
+        if let Err(m) = check_key(schema, &k) {
+            diags.push(kloc, &k, m);
+            continue;
+        }
+        let v = node.to_json();
+        if let Err(m) = check_value(&k, &v) {
+            diags.push(node.loc, &k, m);
+            continue;
+        }
+        if k == "model" {
+            part.model_loc = node.loc;
+        }
+        set_path(&mut part.base, &k, v);
+    }
+}
+
+/// `[[zip]]`: groups of axes of equal length that advance together.
+fn parse_zips(e: &Entry, here: &str, schema: &Value, diags: &mut Diags, part: &mut Part) {
+    let groups: Vec<&Node> = match &e.node.kind {
+        Kind::Array(a) => a.iter().collect(),
+        Kind::Table(_) => vec![&e.node],
+        Kind::Leaf(_) => {
+            diags.push(
+                e.key_loc,
+                here,
+                "must be [[zip]] tables of equal-length arrays",
+            );
+            return;
+        }
+    };
+    for g in groups {
+        let Some(t) = g.table() else {
+            diags.push(g.loc, here, "each [[zip]] entry must be a table");
+            continue;
+        };
+        let mut ls = Vec::new();
+        leaves("", t, &mut ls);
+        let axes: Vec<Dim> = ls
+            .into_iter()
+            .filter_map(|(k, node, kloc)| parse_axis(&k, node, kloc, schema, diags))
+            .collect();
+        if axes.is_empty() {
+            diags.push(g.loc, here, "empty [[zip]] group");
+            continue;
+        }
+        let n = axes[0].rows.len();
+        if let Some(bad) = axes.iter().find(|a| a.rows.len() != n) {
+            let lens: Vec<String> = axes
+                .iter()
+                .map(|a| format!("{} has {}", a.keys[0], a.rows.len()))
+                .collect();
+            let at = bad
+                .rows
+                .first()
+                .and_then(|r| r.first())
+                .map_or(g.loc, |(_, l)| *l);
+            diags.push(
+                at,
+                &bad.keys[0],
+                format!("zipped axes need equal lengths ({})", lens.join(", ")),
+            );
+            continue;
+        }
+        let keys: Vec<String> = axes.iter().map(|a| a.keys[0].clone()).collect();
+        let rows: Vec<Vec<(Value, Loc)>> = (0..n)
+            .map(|i| {
+                axes.iter()
+                    .filter_map(|a| a.rows.get(i).and_then(|r| r.first()).cloned())
+                    .collect()
+            })
+            .collect();
+        part.zips.push(Dim { keys, rows });
+    }
+}
+
+/// `exclude`: combinations to leave out, each a table of known keys and valid values.
+fn parse_excludes(e: &Entry, here: &str, schema: &Value, diags: &mut Diags, part: &mut Part) {
+    let Kind::Array(items) = &e.node.kind else {
+        diags.push(
+            e.key_loc,
+            here,
+            "must be an array of tables: [{ \"key\" = value, ... }]",
+        );
+        return;
+    };
+    for it in items {
+        let Some(t) = it.table() else {
+            diags.push(
+                it.loc,
+                here,
+                "each entry must be a table { \"key\" = value }",
+            );
+            continue;
+        };
+        let mut ls = Vec::new();
+        leaves("", t, &mut ls);
+        let mut conds = Vec::new();
+        let mut ok = !ls.is_empty();
+        if ls.is_empty() {
+            diags.push(it.loc, here, "empty exclude entry would drop every run");
+        }
+        for (k, node, kloc) in ls {
+            if let Err(m) = check_key(schema, &k) {
+                diags.push(kloc, &k, m);
+                ok = false;
+                continue;
+            }
+            let v = node.to_json();
+            if let Err(m) = check_value(&k, &v) {
+                diags.push(node.loc, &k, m);
+                ok = false;
+                continue;
+            }
+            conds.push((k, v));
+        }
+        if ok {
+            part.excludes.push(Exclude { conds, loc: it.loc });
+        }
+    }
 }
 
 /// One axis: a known key and a non-empty array of values that each deserialise.
