@@ -2,6 +2,7 @@
 //! environment and stages ([`store`]), the static environment of a process ([`env`]), and
 //! the metric naming every writer and reader shares ([`names`]).
 
+pub mod baseline;
 pub mod env;
 pub mod merge;
 pub mod mlflow;
