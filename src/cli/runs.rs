@@ -4,7 +4,7 @@ use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use come_repro::report::paired::Comparison;
 use come_repro::track::{DocScore, RunFilter, Status, Store};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Subcommand)]
 pub enum RunsCmd {
@@ -121,107 +121,10 @@ pub fn merge(shards: &[PathBuf], into: &std::path::Path) -> Result<Store> {
 
 pub fn run(cmd: RunsCmd) -> Result<()> {
     match cmd {
-        RunsCmd::Merge { shards, into } => {
-            merge(&shards, &into)?;
-        }
-        RunsCmd::Ls { db, status, name } => {
-            let s = Store::open(&db)?;
-            let status = match status {
-                Some(x) => {
-                    Some(Status::parse(&x).ok_or_else(|| anyhow::anyhow!("unknown status `{x}`"))?)
-                }
-                None => None,
-            };
-            let rows = s.runs(&RunFilter {
-                status,
-                name_contains: name,
-                ..Default::default()
-            })?;
-            println!(
-                "{:>5}  {:<11} {:<12} {:<20} name",
-                "id", "status", "hash", "finished"
-            );
-            for r in rows {
-                println!(
-                    "{:>5}  {:<11} {:<12} {:<20} {}",
-                    r.id,
-                    r.status.as_str(),
-                    &r.hash[..12.min(r.hash.len())],
-                    r.finished
-                        .as_deref()
-                        .unwrap_or("-")
-                        .chars()
-                        .take(19)
-                        .collect::<String>(),
-                    r.name
-                );
-            }
-        }
-        RunsCmd::Show { id, db } => {
-            let s = Store::open(&db)?;
-            let r = s.run(id)?;
-            println!(
-                "run {} ({}) {}: {}",
-                r.id,
-                r.status.as_str(),
-                r.hash,
-                r.name
-            );
-            if let Some(e) = &r.error {
-                println!("error: {e}");
-            }
-            println!("config:\n{}", serde_json::to_string_pretty(&r.config)?);
-            let metrics = s.metrics(id)?;
-            println!("stages:");
-            for st in s.stages(id)? {
-                println!(
-                    "  {:<8} {:<9} {:>8.1}s {:>18} {}",
-                    st.stage,
-                    st.status.as_str(),
-                    st.seconds.unwrap_or(0.0),
-                    stage_peaks(&metrics, &st.stage),
-                    st.output.unwrap_or_default()
-                );
-            }
-            println!("metrics:");
-            for m in metrics {
-                let se = m.stderr.map(|x| format!(" ± {x:.4}")).unwrap_or_default();
-                println!("  {:<32} {:.6}{se}", m.key(), m.value);
-            }
-            println!("artifacts:");
-            for a in s.artifacts(id)? {
-                println!(
-                    "  {:<16} {} {}",
-                    a.kind,
-                    &a.sha256[..12.min(a.sha256.len())],
-                    a.path
-                );
-            }
-            println!("environment:");
-            for (k, v) in s.environment(id)? {
-                println!("  {k} = {v}");
-            }
-        }
-        RunsCmd::Diff { a, b, db } => {
-            let s = Store::open(&db)?;
-            let d = s.diff(a, b)?;
-            println!(
-                "{:<40} {:>20} {:>20}",
-                "",
-                format!("run {a}"),
-                format!("run {b}")
-            );
-            let show = |v: &Option<serde_json::Value>| {
-                v.as_ref().map_or("-".to_string(), |x| x.to_string())
-            };
-            for (k, x, y) in &d.params {
-                println!("{k:<40} {:>20} {:>20}", show(x), show(y));
-            }
-            let f = |v: &Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.6}"));
-            for (k, x, y) in &d.metrics {
-                println!("{k:<40} {:>20} {:>20}", f(x), f(y));
-            }
-        }
+        RunsCmd::Merge { shards, into } => merge(&shards, &into).map(|_| ()),
+        RunsCmd::Ls { db, status, name } => ls(&db, status, name),
+        RunsCmd::Show { id, db } => show(id, &db),
+        RunsCmd::Diff { a, b, db } => diff(a, b, &db),
         RunsCmd::Compare {
             a,
             b,
@@ -229,23 +132,7 @@ pub fn run(cmd: RunsCmd) -> Result<()> {
             convention,
             resamples,
             seed,
-        } => {
-            let s = Store::open(&db)?;
-            let conv = come_repro::report::Convention::parse(&convention)?;
-            seed_replicates(&s, &a)?;
-            seed_replicates(&s, &b)?;
-            let scores = |ids: &[i64]| -> Result<Vec<_>> {
-                ids.iter().map(|&id| Ok(s.doc_scores(id)?)).collect()
-            };
-            let (da, db_) = (scores(&a)?, scores(&b)?);
-            let (ra, rb): (Vec<&[DocScore]>, Vec<&[DocScore]>) = (
-                da.iter().map(Vec::as_slice).collect(),
-                db_.iter().map(Vec::as_slice).collect(),
-            );
-            let c = come_repro::report::paired::compare_groups(&ra, &rb, conv, resamples, seed)
-                .with_context(|| format!("comparing runs {a:?} and {b:?} in {}", db.display()))?;
-            print_comparison(&side(&s, &a)?, &side(&s, &b)?, &c);
-        }
+        } => compare(&a, &b, &db, &convention, resamples, seed),
         RunsCmd::Export {
             db,
             csv,
@@ -253,25 +140,159 @@ pub fn run(cmd: RunsCmd) -> Result<()> {
             mlflow,
             experiment,
             tables,
-        } => {
-            let s = Store::open(&db)?;
-            match (csv, parquet, mlflow) {
-                (Some(p), _, _) => s.export_csv(&p)?,
-                (None, Some(p), _) => s.export_parquet(&p)?,
-                (None, None, Some(url)) => {
-                    use come_repro::track::mlflow::{export_store, Client};
-                    let r = export_store(&s, &Client::new(&url), &experiment, &tables)
-                        .with_context(|| {
-                            format!("exporting {} to MLflow at {url}", db.display())
-                        })?;
-                    println!(
-                        "MLflow experiment `{experiment}` (id {}): {} runs created, {} updated, {} unchanged; {} metrics, {} params, {} artifacts sent",
-                        r.experiment_id, r.created, r.updated, r.unchanged, r.metrics, r.params, r.artifacts
-                    );
-                }
-                (None, None, None) => bail!("pass --csv FILE, --parquet FILE or --mlflow URL"),
-            }
+        } => export(&db, csv, parquet, mlflow, &experiment, &tables),
+    }
+}
+
+fn ls(db: &Path, status: Option<String>, name: Option<String>) -> Result<()> {
+    let s = Store::open(db)?;
+    let status = match status {
+        Some(x) => Some(Status::parse(&x).ok_or_else(|| anyhow::anyhow!("unknown status `{x}`"))?),
+        None => None,
+    };
+    let rows = s.runs(&RunFilter {
+        status,
+        name_contains: name,
+        ..Default::default()
+    })?;
+    println!(
+        "{:>5}  {:<11} {:<12} {:<20} name",
+        "id", "status", "hash", "finished"
+    );
+    for r in rows {
+        println!(
+            "{:>5}  {:<11} {:<12} {:<20} {}",
+            r.id,
+            r.status.as_str(),
+            &r.hash[..12.min(r.hash.len())],
+            r.finished
+                .as_deref()
+                .unwrap_or("-")
+                .chars()
+                .take(19)
+                .collect::<String>(),
+            r.name
+        );
+    }
+    Ok(())
+}
+
+/// One run: config, stages, metrics, artifacts, environment.
+fn show(id: i64, db: &Path) -> Result<()> {
+    let s = Store::open(db)?;
+    let r = s.run(id)?;
+    println!(
+        "run {} ({}) {}: {}",
+        r.id,
+        r.status.as_str(),
+        r.hash,
+        r.name
+    );
+    if let Some(e) = &r.error {
+        println!("error: {e}");
+    }
+    println!("config:\n{}", serde_json::to_string_pretty(&r.config)?);
+    let metrics = s.metrics(id)?;
+    println!("stages:");
+    for st in s.stages(id)? {
+        println!(
+            "  {:<8} {:<9} {:>8.1}s {:>18} {}",
+            st.stage,
+            st.status.as_str(),
+            st.seconds.unwrap_or(0.0),
+            stage_peaks(&metrics, &st.stage),
+            st.output.unwrap_or_default()
+        );
+    }
+    println!("metrics:");
+    for m in metrics {
+        let se = m.stderr.map(|x| format!(" ± {x:.4}")).unwrap_or_default();
+        println!("  {:<32} {:.6}{se}", m.key(), m.value);
+    }
+    println!("artifacts:");
+    for a in s.artifacts(id)? {
+        println!(
+            "  {:<16} {} {}",
+            a.kind,
+            &a.sha256[..12.min(a.sha256.len())],
+            a.path
+        );
+    }
+    println!("environment:");
+    for (k, v) in s.environment(id)? {
+        println!("  {k} = {v}");
+    }
+    Ok(())
+}
+
+fn diff(a: i64, b: i64, db: &Path) -> Result<()> {
+    let s = Store::open(db)?;
+    let d = s.diff(a, b)?;
+    println!(
+        "{:<40} {:>20} {:>20}",
+        "",
+        format!("run {a}"),
+        format!("run {b}")
+    );
+    let show =
+        |v: &Option<serde_json::Value>| v.as_ref().map_or("-".to_string(), |x| x.to_string());
+    for (k, x, y) in &d.params {
+        println!("{k:<40} {:>20} {:>20}", show(x), show(y));
+    }
+    let f = |v: &Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.6}"));
+    for (k, x, y) in &d.metrics {
+        println!("{k:<40} {:>20} {:>20}", f(x), f(y));
+    }
+    Ok(())
+}
+
+fn compare(
+    a: &[i64],
+    b: &[i64],
+    db: &Path,
+    convention: &str,
+    resamples: usize,
+    seed: u64,
+) -> Result<()> {
+    let s = Store::open(db)?;
+    let conv = come_repro::report::Convention::parse(convention)?;
+    seed_replicates(&s, a)?;
+    seed_replicates(&s, b)?;
+    let scores =
+        |ids: &[i64]| -> Result<Vec<_>> { ids.iter().map(|&id| Ok(s.doc_scores(id)?)).collect() };
+    let (da, db_) = (scores(a)?, scores(b)?);
+    let (ra, rb): (Vec<&[DocScore]>, Vec<&[DocScore]>) = (
+        da.iter().map(Vec::as_slice).collect(),
+        db_.iter().map(Vec::as_slice).collect(),
+    );
+    let c = come_repro::report::paired::compare_groups(&ra, &rb, conv, resamples, seed)
+        .with_context(|| format!("comparing runs {a:?} and {b:?} in {}", db.display()))?;
+    print_comparison(&side(&s, a)?, &side(&s, b)?, &c);
+    Ok(())
+}
+
+fn export(
+    db: &Path,
+    csv: Option<PathBuf>,
+    parquet: Option<PathBuf>,
+    mlflow: Option<String>,
+    experiment: &str,
+    tables: &[PathBuf],
+) -> Result<()> {
+    let s = Store::open(db)?;
+    match (csv, parquet, mlflow) {
+        (Some(p), _, _) => s.export_csv(&p)?,
+        (None, Some(p), _) => s.export_parquet(&p)?,
+        (None, None, Some(url)) => {
+            use come_repro::track::mlflow::{export_store, Client};
+            let r = export_store(&s, &Client::new(&url), experiment, tables)
+                .with_context(|| format!("exporting {} to MLflow at {url}", db.display()))?;
+            println!(
+                "MLflow experiment `{experiment}` (id {}): {} runs created, {} updated, {} unchanged; {} metrics, {} params, {} artifacts sent",
+                r.experiment_id, r.created, r.updated, r.unchanged, r.metrics, r.params, r.artifacts
+            );
         }
+        (None, None, None) => bail!("pass --csv FILE, --parquet FILE or --mlflow URL"),
     }
     Ok(())
 }
