@@ -109,7 +109,64 @@ fn prune_rejects_bad_targets_and_short_calibration() {
         &strs(&prune3("--calib-source", short.display().to_string())),
         &["calibration text too short"],
     );
+    fails_with(
+        &strs(&prune3("--set", "laco_spam=3".into())),
+        &["--set laco_spam=3", "did you mean `prune.laco_span`"],
+    );
     assert!(!out.exists(), "a failed prune leaves no output directory");
+}
+
+#[test]
+fn prune_and_distill_take_any_grid_key_with_set() {
+    let m = common::stories();
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("p");
+    let args = [
+        "prune",
+        "--model",
+        m.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--method",
+        "laco",
+        "--target-layers",
+        "3",
+        "--set",
+        "laco_span=3",
+        "--set",
+        "prune.laco_threshold=0.5",
+        "--calib-rows",
+        "16",
+        "--calib-seqlen",
+        "64",
+    ];
+    let r = run(&args);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let come: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("come.json")).unwrap()).unwrap();
+    let cfg = &come["report"]["config"];
+    assert_eq!(
+        (&cfg["laco_span"], &cfg["laco_threshold"]),
+        (&3.into(), &0.5.into())
+    );
+    assert_eq!(cfg["calib"]["nrows"], 16);
+    // A recovery key only grids had: the optimiser's betas.
+    let rec = d.path().join("r");
+    fails_with(
+        &[
+            "distill",
+            "--teacher",
+            m.to_str().unwrap(),
+            "--model",
+            out.to_str().unwrap(),
+            "--out",
+            rec.to_str().unwrap(),
+            "--set",
+            "betas=[0.9]",
+        ],
+        &["--set betas=[0.9]"],
+    );
+    assert!(!rec.exists());
 }
 
 #[test]

@@ -97,6 +97,10 @@ pub struct DistillArgs {
     /// when they exceed 2 GiB).
     #[arg(long)]
     pub teacher_cache: Option<PathBuf>,
+    /// Any other key a grid sets under `recovery` (repeatable, applied after the flags
+    /// above), in the grid's syntax: `--set betas=[0.9,0.95] --set eps=1e-6`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub settings: Vec<String>,
     /// Replace an existing output directory.
     #[arg(long)]
     pub force: bool,
@@ -109,7 +113,7 @@ fn parse_losses(s: &str) -> Result<Losses, String> {
 }
 
 impl DistillArgs {
-    pub fn config(&self) -> RecoveryConfig {
+    pub fn config(&self) -> Result<RecoveryConfig> {
         let mut c = RecoveryConfig {
             method: self.method,
             ..Default::default()
@@ -148,12 +152,16 @@ impl DistillArgs {
         c.eval_every = self.eval_every.or(c.eval_every);
         c.data = self.data.clone().or(c.data);
         c.kd_tokens = self.kd_tokens.or(c.kd_tokens);
-        c
+        Ok(come_repro::grid::apply_settings(
+            &c,
+            "recovery",
+            &self.settings,
+        )?)
     }
 }
 
 pub fn run(a: DistillArgs) -> Result<()> {
-    let cfg = a.config();
+    let cfg = a.config()?;
     cfg.validate()?;
     if a.out.exists() && !a.force {
         bail!(

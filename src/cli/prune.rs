@@ -14,51 +14,54 @@ use come_repro::stages::PruneJob;
 use std::path::PathBuf;
 use std::time::Instant;
 
+/// The flags' defaults are the config's (one default each, shared with the grids).
+static DEFAULT: std::sync::LazyLock<PruneConfig> = std::sync::LazyLock::new(PruneConfig::default);
+
 #[derive(Args)]
 pub struct PruneArgs {
     #[arg(long)]
     pub model: PathBuf,
     #[arg(long)]
     pub out: PathBuf,
-    #[arg(long, value_enum, default_value_t = Method::Come)]
+    #[arg(long, value_enum, default_value_t = DEFAULT.method)]
     pub method: Method,
     /// The merge operation of the CoMe schedule.
-    #[arg(long, value_enum, default_value_t = MergeOp::Concat)]
+    #[arg(long, value_enum, default_value_t = DEFAULT.merge)]
     pub merge: MergeOp,
     #[arg(long, conflicts_with = "target_layers")]
     pub sparsity: Option<f64>,
     #[arg(long)]
     pub target_layers: Option<usize>,
     /// Channel importance (act-l1 is the paper's).
-    #[arg(long, value_enum, default_value_t = Sensitivity::ActL1)]
+    #[arg(long, value_enum, default_value_t = DEFAULT.sensitivity)]
     pub sensitivity: Sensitivity,
-    #[arg(long, value_enum, default_value_t = PairScore::Sbi)]
+    #[arg(long, value_enum, default_value_t = DEFAULT.pair_score)]
     pub pair_score: PairScore,
     /// Merged RMSNorm weights: mean (reference) or fold.
-    #[arg(long, value_enum, default_value_t = NormMode::Mean)]
+    #[arg(long, value_enum, default_value_t = DEFAULT.norm)]
     pub norm: NormMode,
     /// hf (correct) or reference (the reference code's GQA head rule).
-    #[arg(long, value_enum, default_value_t = GqaMapping::Hf)]
+    #[arg(long, value_enum, default_value_t = DEFAULT.gqa_mapping)]
     pub gqa_mapping: GqaMapping,
     /// Allow merging already merged layers.
     #[arg(long)]
     pub allow_repeat: bool,
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = DEFAULT.comep_grid)]
     pub comep_grid: usize,
     /// Calibration text (default: the shared WikiText-2 train prefix).
     #[arg(long)]
     pub calib_source: Option<PathBuf>,
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = DEFAULT.calib.nrows)]
     pub calib_rows: usize,
-    #[arg(long, default_value_t = 2048)]
+    #[arg(long, default_value_t = DEFAULT.calib.seqlen)]
     pub calib_seqlen: usize,
     /// Keep at most this many windows (default: every whole window, as the paper's code).
     #[arg(long)]
     pub calib_seqs: Option<usize>,
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = DEFAULT.calib.seed)]
     pub calib_seed: u64,
     /// Row order before the first `--calib-rows` are taken: numpy is the paper's draw.
-    #[arg(long, value_enum, default_value_t = Shuffle::Numpy)]
+    #[arg(long, value_enum, default_value_t = DEFAULT.calib.shuffle)]
     pub calib_shuffle: Shuffle,
     /// Explicit calibration token ids (JSON list of token-id lists, or a 2-d .npy array)
     /// instead of the text recipe.
@@ -67,8 +70,12 @@ pub struct PruneArgs {
     /// Re-score from layer 0 every round instead of from the merge position.
     #[arg(long)]
     pub full_rescore: bool,
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = DEFAULT.seed)]
     pub seed: u64,
+    /// Any other key a grid sets under `prune` (repeatable, applied after the flags
+    /// above), in the grid's syntax: `--set laco_span=4 --set calib.nrows=64`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub settings: Vec<String>,
     /// Replace an existing output directory.
     #[arg(long)]
     pub force: bool,
@@ -78,7 +85,7 @@ pub struct PruneArgs {
 
 impl PruneArgs {
     pub fn config(&self) -> Result<PruneConfig> {
-        Ok(PruneConfig {
+        let flags = PruneConfig {
             method: self.method,
             merge: self.merge,
             target_layers: self.target_layers,
@@ -102,7 +109,12 @@ impl PruneArgs {
             incremental: !self.full_rescore,
             seed: self.seed,
             ..Default::default()
-        })
+        };
+        Ok(come_repro::grid::apply_settings(
+            &flags,
+            "prune",
+            &self.settings,
+        )?)
     }
 }
 

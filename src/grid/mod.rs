@@ -59,8 +59,10 @@
 //! unknown fields rejected) and is identified by [`Experiment::hash`], so the TOML key
 //! order and the way a value is spelled (`0.3`, `3e-1`) do not matter. Runs are named
 //! from the model and the keys their sub-grid varies, e.g. `smollm2/come/concat/s0.3`
-//! (dense runs `smollm2/dense`, a varied recovery method ends in `recovery=lora`); a name
-//! shared by different runs gets `#` and the first eight hex digits of the hash appended.
+//! (dense runs `smollm2/dense`, a varied recovery method ends in `recovery=lora`); the runs
+//! of a sub-grid whose names would clash with another sub-grid's (they differ only in their
+//! bases) carry the sub-grid's name after the model (`smollm2/lora/concat`), and a name
+//! still shared gets `#` and the first eight hex digits of the hash appended.
 //!
 //! Every problem is reported before any run starts, all at once, each with the line and
 //! column in the file and the key: malformed TOML, unknown keys (with a suggestion), values
@@ -88,6 +90,7 @@ mod models;
 mod naming;
 mod parts;
 mod schema;
+mod settings;
 mod source;
 
 use expand::*;
@@ -97,6 +100,8 @@ use naming::*;
 use parts::*;
 use schema::*;
 use source::*;
+
+pub use settings::apply_settings;
 
 /// A loaded, validated grid file.
 #[derive(Debug, Clone)]
