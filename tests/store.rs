@@ -242,6 +242,16 @@ fn environment_stages_register_and_queries() {
     let runs: Vec<RunSpec> = (0..3).map(run).collect();
     assert_eq!(store.register(&runs).unwrap(), 3);
     assert_eq!(store.register(&runs).unwrap(), 0);
+    // A grid that now names a run differently renames it; its id and hash stay.
+    let mut renamed = runs.clone();
+    renamed[2].name = "m/sub/come/seed=2".into();
+    assert_eq!(store.register(&renamed).unwrap(), 0);
+    let row = store.run(3).unwrap();
+    assert_eq!(
+        (row.name.as_str(), row.hash.as_str()),
+        ("m/sub/come/seed=2", runs[2].hash.as_str())
+    );
+    store.register(&runs).unwrap();
     assert_eq!(
         store
             .runs(&RunFilter {

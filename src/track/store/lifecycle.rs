@@ -19,6 +19,9 @@ pub(super) fn pid_alive(pid: i64) -> bool {
 
 impl Store {
     /// Add runs as `pending` (those not yet in the store); returns how many were added.
+    /// A run already there takes the grid's current name: names are labels derived from
+    /// the grid (a sub-grid added beside a run can change its name), the hash is the
+    /// identity and does not change.
     pub fn register(&self, runs: &[RunSpec]) -> Result<usize> {
         self.write("register runs", |tx| {
             let mut added = 0;
@@ -29,9 +32,18 @@ impl Store {
                     })
                     .optional()
                     .map_err(|e| self.err("register runs", e))?;
-                if exists.is_none() {
-                    self.insert_run(tx, r, Status::Pending)?;
-                    added += 1;
+                match exists {
+                    None => {
+                        self.insert_run(tx, r, Status::Pending)?;
+                        added += 1;
+                    }
+                    Some(id) => {
+                        tx.execute(
+                            "UPDATE runs SET name = ?1 WHERE id = ?2 AND name <> ?1",
+                            params![r.name, id],
+                        )
+                        .map_err(|e| self.err("register runs", e))?;
+                    }
                 }
             }
             Ok(added)
