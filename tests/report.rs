@@ -345,6 +345,39 @@ fn ablation_tables_vary_one_key() {
 }
 
 #[test]
+fn same_titled_ablations_name_what_they_fix() {
+    let d = tempfile::tempdir().unwrap();
+    let store = filled_store(d.path());
+    // The merge ablation again with folded norms: two merge tables of one title, and two
+    // norm tables (one per merge).
+    for (merge, drop) in [(MergeOp::Concat, 0.12), (MergeOp::Linear, 0.18)] {
+        let mut s = spec(Some((Method::Come, merge, 0.3)));
+        if let Some(p) = s.experiment.prune.as_mut() {
+            p.norm = come_repro::prune::merge::NormMode::Fold;
+        }
+        let s = RunSpec::new("r", "main", s.experiment);
+        finish(&store, &s, &metrics(drop, 10.0));
+    }
+    let runs = report::load_runs(&store).unwrap();
+    let (tables, _) = report::build(&runs, &ReportOptions::default());
+    let mut titles: Vec<&str> = tables
+        .iter()
+        .filter(|t| t.id.starts_with("ablation"))
+        .map(|t| t.title.as_str())
+        .collect();
+    titles.sort();
+    assert_eq!(
+        titles,
+        [
+            "Ablation of merge: m, CoMe, sparsity 0.3 (prune.norm=fold)",
+            "Ablation of merge: m, CoMe, sparsity 0.3 (prune.norm=mean)",
+            "Ablation of norm: m, CoMe, sparsity 0.3 (prune.merge=concat)",
+            "Ablation of norm: m, CoMe, sparsity 0.3 (prune.merge=linear)",
+        ]
+    );
+}
+
+#[test]
 fn published_rows_load_and_errors_name_the_line() {
     let d = tempfile::tempdir().unwrap();
     let rows = published(d.path());

@@ -254,7 +254,8 @@ pub fn ablation_tables(runs: &[RunData], conv: Convention) -> Vec<Table> {
         .flat_map(|(_, p)| p.keys())
         .filter(|k| is_ablation_key(k))
         .collect();
-    let mut out = Vec::new();
+    // Each table with the settings its rows share (for telling same-titled tables apart).
+    let mut out: Vec<(BTreeMap<String, Value>, Table)> = Vec::new();
     for key in keys {
         let mut groups: BTreeMap<String, Vec<(&RunData, Option<&Value>)>> = BTreeMap::new();
         for (r, params) in &pruned {
@@ -333,10 +334,51 @@ pub fn ablation_tables(runs: &[RunData], conv: Convention) -> Vec<Table> {
                 "Rows differ only in `{key}`; every other setting is equal. {}",
                 eval_note(Some(first))
             );
-            out.push(b.build(id, title, &note));
+            let mut shared = collapsed_params(first);
+            shared.remove(key.as_str());
+            out.push((shared, b.build(id, title, &note)));
         }
     }
-    out
+    name_shared_settings(&mut out);
+    out.into_iter().map(|(_, t)| t).collect()
+}
+
+/// Tables of one ablation that share a title (the same key varied on the same model,
+/// method and level, with other settings fixed at different values, e.g. two learning
+/// rates) name those settings in the title, so a reader can tell them apart.
+fn name_shared_settings(tables: &mut [(BTreeMap<String, Value>, Table)]) {
+    let mut by_id: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for (i, (_, t)) in tables.iter().enumerate() {
+        by_id.entry(t.id.clone()).or_default().push(i);
+    }
+    for same in by_id.values().filter(|v| v.len() > 1) {
+        let keys: BTreeSet<&String> = same.iter().flat_map(|&i| tables[i].0.keys()).collect();
+        let differing: Vec<String> = keys
+            .into_iter()
+            .filter(|k| {
+                let values: BTreeSet<String> = same
+                    .iter()
+                    .map(|&i| tables[i].0.get(*k).map(canonical_json).unwrap_or_default())
+                    .collect();
+                values.len() > 1
+            })
+            .cloned()
+            .collect();
+        for &i in same {
+            let (shared, t) = &mut tables[i];
+            let fixed: Vec<String> = differing
+                .iter()
+                .map(|k| {
+                    let v = shared.get(k).map(value_text).unwrap_or_else(|| "-".into());
+                    format!("{k}={v}")
+                })
+                .collect();
+            if fixed.is_empty() {
+                continue;
+            }
+            t.title = format!("{} ({})", t.title, fixed.join(", "));
+        }
+    }
 }
 
 /// Keys the one-key ablations vary: pruning settings other than the method and the level,
