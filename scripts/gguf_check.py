@@ -154,10 +154,11 @@ def llama_ppl(bin_dir: Path, gguf: Path, text: Path, ctx: int) -> dict:
     # One window per batch: with several, llama-perplexity stops without a result when
     # their total exceeds the model's trained context (stories260K: 512). Its log is
     # written by a thread that, on a loaded machine, now and then loses the last lines at
-    # exit; the computation is deterministic, so it is run again then (up to 3 times).
+    # exit; the computation is deterministic, so it is run again then (up to 8 times: a
+    # CPU shared with other work lost them three times in a row once).
     cmd = [bin_dir / "llama-perplexity", "-m", gguf, "-f", text, "-c", ctx, "-b", ctx,
            "--chunks", PPL_CHUNKS, "-t", "2"]
-    for attempt in range(3):
+    for attempt in range(8):
         p = run(cmd)
         m = re.search(r"Final estimate: PPL = ([0-9.]+) \+/- ([0-9.]+)", p.stdout + p.stderr)
         if m:
