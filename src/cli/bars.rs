@@ -73,10 +73,7 @@ impl Bars {
 
     /// Clears the items bar (before a summary line of its own).
     pub fn clear(&mut self) {
-        self.items.set_length(0);
-        self.items.set_position(0);
-        self.items.set_message("");
-        self.current.clear();
+        self.restart("");
     }
 
     pub fn finish(&self) {

@@ -89,20 +89,35 @@ fn parse_base(e: &Entry, here: &str, schema: &Value, diags: &mut Diags, part: &m
     let mut ls = Vec::new();
     leaves("", t, &mut ls);
     for (k, node, kloc) in ls {
-        if let Err(m) = check_key(schema, &k) {
-            diags.push(kloc, &k, m);
+        let Some(v) = checked_value(&k, node, kloc, schema, diags) else {
             continue;
-        }
-        let v = node.to_json();
-        if let Err(m) = check_value(&k, &v) {
-            diags.push(node.loc, &k, m);
-            continue;
-        }
+        };
         if k == "model" {
             part.model_loc = node.loc;
         }
         set_path(&mut part.base, &k, v);
     }
+}
+
+/// The value of one `key = value` leaf, if the key is known and the value of its type;
+/// otherwise the problem is reported where it was written.
+fn checked_value(
+    k: &str,
+    node: &Node,
+    kloc: Loc,
+    schema: &Value,
+    diags: &mut Diags,
+) -> Option<Value> {
+    if let Err(m) = check_key(schema, k) {
+        diags.push(kloc, k, m);
+        return None;
+    }
+    let v = node.to_json();
+    if let Err(m) = check_value(k, &v) {
+        diags.push(node.loc, k, m);
+        return None;
+    }
+    Some(v)
 }
 
 /// `[[zip]]`: groups of axes of equal length that advance together.
@@ -191,18 +206,10 @@ fn parse_excludes(e: &Entry, here: &str, schema: &Value, diags: &mut Diags, part
             diags.push(it.loc, here, "empty exclude entry would drop every run");
         }
         for (k, node, kloc) in ls {
-            if let Err(m) = check_key(schema, &k) {
-                diags.push(kloc, &k, m);
-                ok = false;
-                continue;
+            match checked_value(&k, node, kloc, schema, diags) {
+                Some(v) => conds.push((k, v)),
+                None => ok = false,
             }
-            let v = node.to_json();
-            if let Err(m) = check_value(&k, &v) {
-                diags.push(node.loc, &k, m);
-                ok = false;
-                continue;
-            }
-            conds.push((k, v));
         }
         if ok {
             part.excludes.push(Exclude { conds, loc: it.loc });
