@@ -16,6 +16,7 @@ pub mod generate;
 pub mod grid;
 pub mod hashing;
 pub mod heap;
+pub mod measure;
 pub mod memory;
 pub mod mkl_dispatch;
 pub mod model;

@@ -8,27 +8,19 @@
 //! either nothing or a complete artifact, and the store says `running` for a run whose
 //! process is gone, which the next invocation re-claims.
 
-use crate::distill::{DistillRecord, RecoveryConfig};
 use crate::error::{Error, Result};
-use crate::eval::ppl_corpus::Corpus;
-use crate::eval::tasks::{load_task, TaskSource};
 use crate::experiment::Experiment;
 use crate::grid::{GridSpec, RunSpec};
 use crate::memory::{PeakMemory, PeakWindow};
-use crate::model::load::{load_model, LoadOptions};
-use crate::model::tokenizer::Tokenizer;
+use crate::model::load::LoadOptions;
 use crate::names;
 use crate::progress::{Event, Sink};
-use crate::prune::PruneConfig;
 use crate::stages::{
-    self, distill_checkpoint, evaluate, prepare_model, prune_checkpoint, EvalHooks, EvalInputs,
-    EvalOutcome, PplText, PruneRecord,
+    Cache, DistillStage, EvalStage, ModelStage, PruneStage, Stage, StageCtx, StageName,
 };
-use crate::track::store::kinds;
 use crate::track::{Artifact, Claim, DocScore, Metric, StageRecord, StageStatus, Store};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
 use crate::cancel::check as check_stop;
@@ -252,51 +244,60 @@ fn device_description(spec: &str) -> String {
 /// The run being executed (for the Ctrl-C handler), -1 when none.
 pub static CURRENT: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(-1);
 
-fn stage<T>(
-    ctx: &Ctx,
-    name: &str,
-    cache_key: Option<String>,
-    metrics: &mut Vec<Metric>,
-    f: impl FnOnce() -> Result<(T, Option<String>, bool)>,
-) -> Result<T> {
+/// One stage of a run, wrapped as every stage is: Ctrl-C checked first, its time and peak
+/// memory measured, a panic inside it caught, its record written to the store (finished,
+/// reused from the cache, or failed), and what it measured added to the run's outcome.
+fn run_stage<S: Stage>(
+    run: &RunRef,
+    ctx: &mut StageCtx,
+    out: &mut Outcome,
+    stage: S,
+) -> Result<S::Output> {
+    (ctx.events)(Event::Stage {
+        run: run.name.to_string(),
+        stage: S::NAME.as_str(),
+    });
     check_stop()?;
+    let cache_key = stage.cache_key();
     let t0 = Instant::now();
-    let window = PeakWindow::start(ctx.device);
-    // Caught here too, so the stage is recorded as failed with the panic.
-    let r = crate::panic_guard::catch(f);
+    let window = PeakWindow::start(ctx.load.device);
+    let r = crate::panic_guard::catch(|| stage.run(ctx));
     let peak = window.finish();
-    let (status, output, out) = match r {
-        Ok((v, output, reused)) => (
-            if reused {
-                StageStatus::Reused
-            } else {
-                StageStatus::Finished
-            },
-            output,
-            Ok(v),
-        ),
-        Err(e) => (StageStatus::Failed, None, Err(e)),
+    let status = match &r {
+        Ok(done) if done.reused => StageStatus::Reused,
+        Ok(_) => StageStatus::Finished,
+        Err(_) => StageStatus::Failed,
     };
     // A reused stage's peak is that of reading its output, not of making it.
     if status == StageStatus::Finished {
-        metrics.extend(peak_metrics(name, &peak));
+        out.metrics.extend(peak_metrics(S::NAME, &peak));
     }
-    ctx.store.record_stage(
-        ctx.id,
+    let output = r.as_ref().ok().and_then(|d| d.output.clone());
+    run.store.record_stage(
+        run.id,
         &StageRecord {
-            stage: name.into(),
+            stage: S::NAME.as_str().into(),
             status,
             seconds: Some(t0.elapsed().as_secs_f64()),
             cache_key,
-            output,
+            output: output.map(|p| p.display().to_string()),
         },
     )?;
-    out
+    let done = r?;
+    out.metrics.extend(done.metrics);
+    for (path, kind) in done.artifacts {
+        out.artifacts.push(Artifact::from_path(path, kind)?);
+    }
+    if !done.env.is_empty() {
+        run.store.record_env(run.id, &done.env)?;
+    }
+    out.docs.extend(done.docs);
+    Ok(done.value)
 }
 
 /// A stage's peak memory as metrics, context `stage=<name>` (`,from=process` when the
 /// kernel kept the process's high-water mark and the host peak may be an earlier one).
-fn peak_metrics(stage: &str, peak: &PeakMemory) -> Vec<Metric> {
+fn peak_metrics(stage: StageName, peak: &PeakMemory) -> Vec<Metric> {
     let mut context = format!("stage={stage}");
     if !peak.host_from_start {
         context.push_str(",from=process");
@@ -335,46 +336,60 @@ fn execute(
 ) -> Result<Outcome> {
     let exp = &run.experiment;
     inject_panic(&run.name);
-    let lo = LoadOptions {
+    let load = LoadOptions {
         device: crate::runtime::parse_device(opts.device_for(exp))?,
         dtype: exp.runtime.dtype.kind(),
     };
-    let ctx = Ctx {
+    let cache = Cache::new(&opts.cache_dir);
+    let mut last = Instant::now();
+    let mut keepalive = || {
+        if last.elapsed() >= HEARTBEAT {
+            let _ = store.heartbeat(id);
+            last = Instant::now();
+        }
+    };
+    let mut ctx = StageCtx {
+        load,
+        cache: &cache,
+        events,
+        keepalive: &mut keepalive,
+        distill_devices: opts
+            .distill_devices
+            .iter()
+            .map(|d| crate::runtime::parse_device(d))
+            .collect::<Result<_>>()?,
+    };
+    let r = RunRef {
         id,
+        name: &run.name,
         store,
-        opts,
-        device: lo.device,
     };
     let mut out = Outcome::default();
-    events(Event::Stage {
-        run: run.name.clone(),
-        stage: "model",
-    });
     let source = spec.model_source(&exp.model)?;
-    let base = stage(&ctx, "model", None, &mut out.metrics, || {
-        let (dir, reused) = prepare_model(&source, &opts.cache_dir.join("models"), &exp.model)?;
-        Ok((dir.clone(), Some(dir.display().to_string()), reused))
-    })?;
+    let model = ModelStage {
+        source: &source,
+        name: &exp.model,
+    };
+    let base = run_stage(&r, &mut ctx, &mut out, model)?;
     let mut model_dir = base.clone();
-    if let Some(pc) = &exp.prune {
-        events(Event::Stage {
-            run: run.name.clone(),
-            stage: "prune",
-        });
-        model_dir = prune_stage(&ctx, exp, pc, &base, lo, &mut out, events)?;
+    if let Some(cfg) = &exp.prune {
+        let key = exp.prune_hash().unwrap_or_default();
+        let prune = PruneStage {
+            base: &base,
+            cfg,
+            key,
+        };
+        model_dir = run_stage(&r, &mut ctx, &mut out, prune)?;
     }
     if !exp.recovery.is_none() {
-        events(Event::Stage {
-            run: run.name.clone(),
-            stage: "distill",
-        });
-        model_dir = distill_stage(&ctx, exp, &base, &model_dir, lo, &mut out, events)?;
+        let distill = DistillStage::new(exp, &base, &model_dir)?;
+        model_dir = run_stage(&r, &mut ctx, &mut out, distill)?;
     }
-    events(Event::Stage {
-        run: run.name.clone(),
-        stage: "eval",
-    });
-    eval_stage(&ctx, exp, &model_dir, lo, &mut out, events)?;
+    let eval = EvalStage {
+        cfg: &exp.eval,
+        model_dir: &model_dir,
+    };
+    run_stage(&r, &mut ctx, &mut out, eval)?;
     Ok(out)
 }
 
@@ -389,386 +404,9 @@ fn inject_panic(run: &str) {
     }
 }
 
-/// What every stage of one run shares.
-struct Ctx<'a> {
+/// The run whose stages are executing, as the store knows it.
+struct RunRef<'a> {
     id: i64,
+    name: &'a str,
     store: &'a Store,
-    opts: &'a RunnerOptions,
-    /// Where the run's model computes (its stages' device memory is sampled there).
-    device: tch::Device,
-}
-
-/// The pruned checkpoint of `exp`, from the cache (`pruned/<prune_hash[..16]>`) or made.
-fn prune_stage(
-    ctx: &Ctx,
-    exp: &Experiment,
-    pc: &PruneConfig,
-    base: &Path,
-    lo: LoadOptions,
-    out: &mut Outcome,
-    events: Sink,
-) -> Result<PathBuf> {
-    let key = exp.prune_hash().unwrap_or_default();
-    let dir = ctx.opts.cache_dir.join("pruned").join(&key[..16]);
-    stage(ctx, "prune", Some(key.clone()), &mut out.metrics, || {
-        let _lock = ctx.lock(&dir)?;
-        let reused = dir.join(stages::prune::FILE).exists();
-        if !reused {
-            prune_checkpoint(base, pc, lo, &dir, &mut *events)?;
-        }
-        Ok(((), Some(dir.display().to_string()), reused))
-    })?;
-    let rec = PruneRecord::read(&dir)?;
-    // The store refuses NaN.
-    if rec.report.seconds.is_finite() {
-        out.metrics.push(Metric::new(
-            "",
-            names::RUN_PRUNE_SECONDS,
-            rec.report.seconds,
-        ));
-    }
-    out.metrics.push(Metric::new(
-        "",
-        names::RUN_LAYERS_REMOVED,
-        rec.report.target.layers_removed as f64,
-    ));
-    out.metrics.push(Metric::new(
-        "",
-        names::RUN_PRUNE_LAYER_PASSES,
-        rec.report.layer_passes as f64,
-    ));
-    out.metrics.push(Metric::new(
-        "",
-        names::RUN_CALIB_WINDOWS,
-        rec.report.calibration.n_sequences as f64,
-    ));
-    if let Some(rss) = rec.peak_rss_mib {
-        out.metrics
-            .push(Metric::new("", names::RUN_PRUNE_PEAK_RSS, rss));
-    }
-    out.artifacts.push(Artifact::from_path(
-        dir.join(stages::prune::FILE),
-        kinds::COME_JSON,
-    )?);
-    Ok(dir)
-}
-
-/// The recovered checkpoint of `exp`, from the cache (`distilled/<key[..16]>`) or made
-/// by training `pruned` against `teacher`.
-fn distill_stage(
-    ctx: &Ctx,
-    exp: &Experiment,
-    teacher: &Path,
-    pruned: &Path,
-    lo: LoadOptions,
-    out: &mut Outcome,
-    events: Sink,
-) -> Result<PathBuf> {
-    let key = stages::distill::cache_key(exp)
-        .ok_or_else(|| Error::Invalid("recovery needs a pruned model (set `prune`)".into()))?;
-    let dir = ctx.opts.cache_dir.join("distilled").join(&key[..16]);
-    let devices = ctx.devices(lo)?;
-    stage(ctx, "distill", Some(key.clone()), &mut out.metrics, || {
-        let _lock = ctx.lock(&dir)?;
-        let reused = dir.join(crate::distill::record::FILE).exists();
-        if !reused {
-            let job = DistillJob {
-                teacher,
-                pruned,
-                cfg: &exp.recovery,
-                load: lo,
-                devices,
-                out: &dir,
-                cache: &ctx.opts.cache_dir.join("teacher"),
-            };
-            job.run(ctx, &mut *events)?;
-        }
-        Ok(((), Some(dir.display().to_string()), reused))
-    })?;
-    let rec = DistillRecord::read(&dir)?;
-    out.metrics.extend(distill_metrics(&rec));
-    out.artifacts.push(Artifact::from_path(
-        dir.join(crate::distill::record::FILE),
-        kinds::DISTILL_JSON,
-    )?);
-    Ok(dir)
-}
-
-impl Ctx<'_> {
-    /// The cache entry `dir` for this run alone, keeping the run's heartbeat fresh while
-    /// another worker builds it.
-    fn lock(&self, dir: &Path) -> Result<crate::publish::EntryLock> {
-        let mut last = Instant::now();
-        crate::publish::lock_entry(dir, || {
-            if last.elapsed() >= HEARTBEAT {
-                let _ = self.store.heartbeat(self.id);
-                last = Instant::now();
-            }
-        })
-    }
-
-    /// Devices of the distillation workers: [`RunnerOptions::distill_devices`], else the
-    /// run's device once.
-    fn devices(&self, lo: LoadOptions) -> Result<Vec<tch::Device>> {
-        if self.opts.distill_devices.is_empty() {
-            return Ok(vec![lo.device]);
-        }
-        self.opts
-            .distill_devices
-            .iter()
-            .map(|d| crate::runtime::parse_device(d))
-            .collect()
-    }
-}
-
-/// One recovery, run on a worker thread while this thread shows its progress and keeps
-/// the run's heartbeat fresh (the store and the progress bars stay on this thread).
-struct DistillJob<'a> {
-    teacher: &'a Path,
-    pruned: &'a Path,
-    cfg: &'a RecoveryConfig,
-    load: LoadOptions,
-    devices: Vec<tch::Device>,
-    out: &'a Path,
-    cache: &'a Path,
-}
-
-impl DistillJob<'_> {
-    fn run(self, ctx: &Ctx, events: Sink) -> Result<DistillRecord> {
-        let (tx, rx) = std::sync::mpsc::channel::<Event>();
-        std::thread::scope(|s| {
-            let worker = s.spawn(move || {
-                let mut on = move |e: Event| {
-                    let _ = tx.send(e);
-                };
-                distill_checkpoint(
-                    self.teacher,
-                    self.pruned,
-                    self.cfg,
-                    self.load,
-                    self.devices,
-                    self.out,
-                    Some(self.cache),
-                    &mut on,
-                )
-            });
-            let mut last = Instant::now();
-            loop {
-                match rx.recv_timeout(Duration::from_secs(1)) {
-                    Ok(e) => events(e),
-                    Err(RecvTimeoutError::Timeout) => {}
-                    // The worker is done (its sender dropped).
-                    Err(RecvTimeoutError::Disconnected) => break,
-                }
-                if last.elapsed() >= HEARTBEAT {
-                    let _ = ctx.store.heartbeat(ctx.id);
-                    last = Instant::now();
-                }
-            }
-            worker
-                .join()
-                .unwrap_or_else(|_| Err(Error::Invalid("distillation panicked".into())))
-        })
-    }
-}
-
-/// The store's view of a recovery: totals, and per unit its final training loss and best
-/// validation loss (context `layer=<i>`, or `unit=<k>` for a whole-model unit).
-fn distill_metrics(rec: &DistillRecord) -> Vec<Metric> {
-    let mut m = vec![
-        Metric::new("", names::RUN_RECOVERY_SECONDS, rec.seconds),
-        Metric::new("", names::RUN_RECOVERY_TOKENS, rec.tokens as f64),
-        Metric::new("", names::RUN_RECOVERY_TEXT_TOKENS, rec.text_tokens as f64),
-        Metric::new(
-            "",
-            names::RUN_RECOVERY_LAYER_TOKEN_PASSES,
-            rec.layer_token_passes as f64,
-        ),
-        Metric::new("", names::RUN_RECOVERY_TOKENS_PER_S, rec.tokens_per_s),
-    ];
-    for (k, u) in rec.units.iter().enumerate() {
-        let context = match u.layer {
-            Some(i) => format!("layer={i}"),
-            None => format!("unit={k}"),
-        };
-        if let Some(&loss) = u.train_loss.last() {
-            m.push(Metric::new("", names::DISTILL_LOSS, loss).with_context(context.clone()));
-        }
-        if let Some(v) = u.best_val_loss {
-            m.push(Metric::new("", names::DISTILL_VAL_LOSS, v).with_context(context));
-        }
-    }
-    // The store refuses NaN (a diverged loss is +inf, which it keeps).
-    m.retain(|x| !x.value.is_nan());
-    m
-}
-
-/// Load the model, evaluate it, and add every measurement to `out`.
-fn eval_stage(
-    ctx: &Ctx,
-    exp: &Experiment,
-    model_dir: &Path,
-    lo: LoadOptions,
-    out: &mut Outcome,
-    events: Sink,
-) -> Result<()> {
-    let e = &exp.eval;
-    // Task data and perplexity texts first: bad input fails before the model loads.
-    let src = TaskSource {
-        mmlu_fewshot: e.mmlu_fewshot,
-        ..TaskSource::default()
-    };
-    let tasks = e
-        .tasks
-        .iter()
-        .map(|t| load_task(t, &src))
-        .collect::<Result<Vec<_>>>()?;
-    let mut ppl = vec![];
-    if e.ppl_seqlen.is_some() {
-        ppl.push(PplText::read(Corpus::Wikitext2(
-            crate::paths::wikitext2_test(),
-        ))?);
-        if e.ppl_c4 {
-            ppl.push(PplText::read(Corpus::C4(crate::paths::c4_validation()))?);
-        }
-        if e.ppl_val {
-            ppl.push(PplText::read(Corpus::parse(names::WIKITEXT2_VAL))?);
-        }
-        if e.ppl_ood {
-            ppl.push(PplText::read(Corpus::parse(names::TASKS_OOD))?);
-        }
-    }
-    let t_load = Instant::now();
-    let (model, tok) = (load_model(model_dir, lo)?, Tokenizer::from_dir(model_dir)?);
-    out.metrics.push(Metric::new(
-        "",
-        names::RUN_EVAL_LOAD_SECONDS,
-        t_load.elapsed().as_secs_f64(),
-    ));
-    out.metrics
-        .push(Metric::new("", names::RUN_LAYERS, model.n_layers() as f64));
-    out.metrics.push(Metric::new(
-        "",
-        names::RUN_PARAMS,
-        model.num_params() as f64,
-    ));
-    let inputs = EvalInputs {
-        tasks: &tasks,
-        subset: e.subset(),
-        token_budget: e.token_budget.initial_tokens(model.device),
-        add_special: true,
-        ppl: &ppl,
-        ppl_seqlen: e.ppl_seqlen.unwrap_or(0),
-        ppl_windows: e.ppl_windows,
-        ppl_protocol: e.ppl_protocol,
-        latency: e.latency_spec(),
-    };
-    let t0 = Instant::now();
-    let result = stage(ctx, "eval", None, &mut out.metrics, || {
-        let mut hooks = RunHooks {
-            ctx,
-            events: &mut *events,
-            last: Instant::now(),
-        };
-        Ok((evaluate(&model, &tok, &inputs, &mut hooks)?, None, false))
-    })?;
-    out.metrics.push(Metric::new(
-        "",
-        names::RUN_EVAL_SECONDS,
-        t0.elapsed().as_secs_f64(),
-    ));
-    record_data_env(ctx, exp, &result)?;
-    out.metrics.extend(eval_metrics(&result));
-    out.docs.extend(result.tasks.iter().flat_map(|t| {
-        t.docs.iter().map(|d| DocScore {
-            task: t.task.clone(),
-            doc_id: d.doc_id as i64,
-            acc: d.acc,
-            acc_norm: d.acc_norm,
-        })
-    }));
-    Ok(())
-}
-
-/// The eval stage's hooks in a grid: progress to the bars, a heartbeat at least every
-/// [`HEARTBEAT`] while items move, Ctrl-C between tasks.
-struct RunHooks<'a, 'p> {
-    ctx: &'a Ctx<'a>,
-    events: Sink<'p>,
-    last: Instant,
-}
-
-impl EvalHooks for RunHooks<'_, '_> {
-    fn event(&mut self, e: Event) {
-        (self.events)(e);
-        if self.last.elapsed() >= HEARTBEAT {
-            let _ = self.ctx.store.heartbeat(self.ctx.id);
-            self.last = Instant::now();
-        }
-    }
-}
-
-/// Every dataset file read, with its sha256, joins the run's environment.
-fn record_data_env(ctx: &Ctx, exp: &Experiment, r: &EvalOutcome) -> Result<()> {
-    let mut data_env = std::collections::BTreeMap::new();
-    for t in &r.tasks {
-        for (path, sha) in &t.files {
-            data_env.insert(format!("data.sha256:{}", path.display()), sha.clone());
-        }
-    }
-    let mut files: Vec<PathBuf> = r.ppl.iter().flat_map(|p| p.sources.clone()).collect();
-    if let Some(pc) = &exp.prune {
-        files.push(pc.calib.source_path());
-    }
-    for p in files {
-        let sha = crate::track::env::sha256_file(&p)?;
-        data_env.insert(format!("data.sha256:{}", p.display()), sha);
-    }
-    ctx.store.record_env(ctx.id, &data_env)?;
-    Ok(())
-}
-
-/// Accuracies (with standard errors) and counts per task; perplexities per corpus.
-fn eval_metrics(r: &EvalOutcome) -> Vec<Metric> {
-    let mut metrics = vec![];
-    for t in &r.tasks {
-        for (m, v) in &t.metrics {
-            let mut x = Metric::new(&t.task, m, v.value);
-            if v.stderr.is_finite() {
-                x = x.with_stderr(v.stderr);
-            }
-            metrics.push(x);
-        }
-        metrics.push(Metric::new(&t.task, names::N, t.n_docs as f64));
-        let p = &t.profile;
-        for (name, v) in [
-            (names::PROFILE_TOKENIZE_SECONDS, p.tokenize_s),
-            (names::PROFILE_INPUTS_SECONDS, p.inputs_s),
-            (names::PROFILE_FORWARD_SECONDS, p.forward_s),
-            (names::PROFILE_HEAD_SECONDS, p.head_s),
-            (names::PROFILE_OTHER_SECONDS, p.other_s),
-            (names::TOKENS_FORWARDED, p.forwarded_tokens as f64),
-            (names::TOKENS_PADDED, p.padded_tokens as f64),
-            (names::HEAD_POSITIONS, p.head_positions as f64),
-            (names::FORWARDS, p.forwards as f64),
-        ] {
-            metrics.push(Metric::new(&t.task, name, v));
-        }
-    }
-    for p in &r.ppl {
-        let (task, metric) = p.corpus.recorded_as();
-        let res = &p.result;
-        metrics.push(Metric::new(&task, &metric, res.ppl).with_context(res.context()));
-        metrics.push(Metric::new(&task, names::N, res.windows as f64));
-    }
-    if let Some(l) = &r.latency {
-        let ctx = l.spec.context();
-        for (name, v) in [
-            (names::RUN_PREFILL_TOKENS_PER_S, l.prefill_tokens_per_s()),
-            (names::RUN_DECODE_TOKENS_PER_S, l.decode_tokens_per_s()),
-        ] {
-            metrics.push(Metric::new("", name, v).with_context(ctx.clone()));
-        }
-    }
-    metrics
 }

@@ -26,6 +26,7 @@ const LAYERS: [(&str, &[&str]); 5] = [
             "error",
             "hashing",
             "heap",
+            "measure",
             "memory",
             "mkl_dispatch",
             "names",

@@ -7,8 +7,9 @@ use super::common::RuntimeArgs;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use come_repro::distill::{
-    recover, Attach, LayerInputs, Losses, RecoverInputs, RecoveryConfig, RecoveryMethod, Validation,
+    Attach, LayerInputs, Losses, RecoveryConfig, RecoveryMethod, Validation,
 };
+use come_repro::stages::distill_checkpoint;
 use std::path::PathBuf;
 
 /// A repeated option takes its last value (scripts append overrides to a base command).
@@ -178,17 +179,18 @@ pub fn run(a: DistillArgs) -> Result<()> {
             .map(|d| come_repro::runtime::parse_device(d.trim()))
             .collect::<Result<_, _>>()?
     };
-    let inp = RecoverInputs {
-        teacher: &a.teacher,
-        student: &a.model,
-        out: &a.out,
-        cfg: &cfg,
+    let mut bars = Bars::new();
+    let rec = distill_checkpoint(
+        &a.teacher,
+        &a.model,
+        &cfg,
         load,
         devices,
-        cache_dir: a.teacher_cache.as_deref(),
-    };
-    let mut bars = Bars::new();
-    let rec = recover(&inp, &mut bars.sink()).with_context(|| {
+        &a.out,
+        a.teacher_cache.as_deref(),
+        &mut bars.sink(),
+    )
+    .with_context(|| {
         format!(
             "recovering {} against {}",
             a.model.display(),

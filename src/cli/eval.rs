@@ -3,7 +3,7 @@
 
 use super::bars::Bars;
 use super::common::{load, RuntimeArgs};
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::Args;
 use come_repro::eval::batching::BatchSize;
 use come_repro::eval::harness::TaskResult;
@@ -13,9 +13,9 @@ use come_repro::eval::perplexity::PplResult;
 use come_repro::eval::ppl_corpus::Corpus;
 use come_repro::eval::profile::ScoreProfile;
 use come_repro::eval::results::{lm_eval_json, table, RunInfo};
-use come_repro::eval::tasks::{known_tasks, load_task, TaskSource};
+use come_repro::eval::tasks::{known_tasks, TaskSource};
 use come_repro::progress::Event;
-use come_repro::stages::{evaluate, EvalHooks, EvalInputs, PplOutcome, PplText, Subset};
+use come_repro::stages::{evaluate, EvalData, EvalHooks, EvalInputs, PplOutcome, Subset};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -128,24 +128,16 @@ pub fn run(a: EvalArgs) -> Result<()> {
     subset.validate()?;
     let ppl_seqlen = (!a.ppl.is_empty()).then_some(a.seqlen);
     come_repro::experiment::check_eval_sizes(a.mmlu_fewshot, ppl_seqlen, a.max_windows)?;
-    // Perplexity texts are read (and checked) before the model loads, like task data.
-    let mut corpora: Vec<PplText> = vec![];
-    for spec in &a.ppl {
-        let c = Corpus::parse(spec.trim());
-        if matches!(c, Corpus::C4(_)) && !c.path().is_file() {
-            bail!(
-                "c4 perplexity: {} does not exist (no C4 copy is shipped: pass --ppl c4=PATH \
-                 or set COME_C4)",
-                c.path().display()
-            );
-        }
-        let name = c.name();
-        corpora.push(PplText::read(c).with_context(|| format!("{name} perplexity text"))?);
-    }
+    let corpora: Vec<Corpus> = a
+        .ppl
+        .iter()
+        .map(|spec| Corpus::parse(spec.trim()))
+        .collect();
     if tasks.is_empty() && corpora.is_empty() {
         bail!("nothing to evaluate: pass --tasks and/or --ppl wikitext2");
     }
-    // Read and check every task's data before loading the model: bad input fails fast.
+    // Task data and perplexity texts are read and checked before the model loads: bad
+    // input fails fast.
     let mut src = TaskSource::new(
         a.data_dir
             .clone()
@@ -153,20 +145,17 @@ pub fn run(a: EvalArgs) -> Result<()> {
     );
     src.mmlu_fewshot = a.mmlu_fewshot;
     src.overrides.extend(a.task_path.iter().cloned());
-    let data: Vec<_> = tasks
-        .iter()
-        .map(|t| load_task(t, &src))
-        .collect::<Result<_, _>>()?;
+    let data = EvalData::read(&tasks, &src, corpora)?;
     let t_all = Instant::now();
     let (model, tok) = load(&a.model, &a.rt)?;
     let load_seconds = t_all.elapsed().as_secs_f64();
     let budget = a.batch_size.initial_tokens(model.device);
     let inputs = EvalInputs {
-        tasks: &data,
+        tasks: &data.tasks,
         subset,
         token_budget: budget,
         add_special: !a.no_special_tokens,
-        ppl: &corpora,
+        ppl: &data.ppl,
         ppl_seqlen: a.seqlen,
         ppl_windows: a.max_windows,
         ppl_protocol: a.ppl_protocol,

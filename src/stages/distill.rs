@@ -3,12 +3,17 @@
 //! (`distill.json`). The work is [`crate::distill::recover`]; this is its place in the
 //! pipeline: inputs, and the cache key of its output.
 
+use super::contract::{Done, Stage, StageCtx, StageName};
 use crate::distill::{recover, DistillRecord, Event, RecoverInputs, RecoveryConfig};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::experiment::Experiment;
 use crate::hashing::hash_value;
+use crate::measure::{kinds, Metric};
 use crate::model::load::LoadOptions;
-use std::path::Path;
+use crate::names;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::RecvTimeoutError;
+use std::time::Duration;
 
 /// Recover `pruned` against `teacher` (the model before pruning) with `cfg`, writing the
 /// recovered checkpoint and `distill.json` to `out` (atomically). `devices`: one worker
@@ -47,4 +52,129 @@ pub fn cache_key(exp: &Experiment) -> Option<String> {
     Some(hash_value(
         &serde_json::json!({ "prune": prune, "recovery": exp.recovery }),
     ))
+}
+
+/// The recovery stage of a run: the pruned checkpoint trained against the model it was
+/// pruned from, cached under [`cache_key`].
+pub struct DistillStage<'a> {
+    /// The model before pruning.
+    pub teacher: &'a Path,
+    pub pruned: &'a Path,
+    pub cfg: &'a RecoveryConfig,
+    pub key: String,
+}
+
+impl<'a> DistillStage<'a> {
+    /// The recovery of `exp`; an error when it has nothing to recover (no prune).
+    pub fn new(exp: &'a Experiment, teacher: &'a Path, pruned: &'a Path) -> Result<Self> {
+        let key = cache_key(exp)
+            .ok_or_else(|| Error::Invalid("recovery needs a pruned model (set `prune`)".into()))?;
+        Ok(DistillStage {
+            teacher,
+            pruned,
+            cfg: &exp.recovery,
+            key,
+        })
+    }
+}
+
+impl Stage for DistillStage<'_> {
+    const NAME: StageName = StageName::Distill;
+    type Output = PathBuf;
+
+    fn cache_key(&self) -> Option<String> {
+        Some(self.key.clone())
+    }
+
+    fn run(self, ctx: &mut StageCtx) -> Result<Done<PathBuf>> {
+        let dir = ctx.cache.entry(Self::NAME, &self.key);
+        let reused = {
+            let _lock = ctx.lock(&dir)?;
+            let reused = dir.join(crate::distill::record::FILE).exists();
+            if !reused {
+                self.train(ctx, &dir)?;
+            }
+            reused
+        };
+        let rec = DistillRecord::read(&dir)?;
+        let mut done = Done::new(dir.clone(), reused).at(&dir);
+        done.metrics = distill_metrics(&rec);
+        done.artifacts
+            .push((dir.join(crate::distill::record::FILE), kinds::DISTILL_JSON));
+        Ok(done)
+    }
+}
+
+impl DistillStage<'_> {
+    /// Recover into `out` on a worker thread while this thread passes its events on and
+    /// keeps the run alive (sinks and keep-alives need not be shareable across threads).
+    fn train(&self, ctx: &mut StageCtx, out: &Path) -> Result<DistillRecord> {
+        let devices = if ctx.distill_devices.is_empty() {
+            vec![ctx.load.device]
+        } else {
+            ctx.distill_devices.clone()
+        };
+        let (load, teacher_cache) = (ctx.load, ctx.cache.teacher());
+        let (tx, rx) = std::sync::mpsc::channel::<Event>();
+        std::thread::scope(|s| {
+            let worker = s.spawn(move || {
+                let mut on = move |e: Event| {
+                    let _ = tx.send(e);
+                };
+                distill_checkpoint(
+                    self.teacher,
+                    self.pruned,
+                    self.cfg,
+                    load,
+                    devices,
+                    out,
+                    Some(&teacher_cache),
+                    &mut on,
+                )
+            });
+            loop {
+                match rx.recv_timeout(Duration::from_secs(1)) {
+                    Ok(e) => (ctx.events)(e),
+                    Err(RecvTimeoutError::Timeout) => {}
+                    // The worker is done (its sender dropped).
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+                (ctx.keepalive)();
+            }
+            worker
+                .join()
+                .unwrap_or_else(|_| Err(Error::Invalid("distillation panicked".into())))
+        })
+    }
+}
+
+/// The store's view of a recovery: totals, and per unit its final training loss and best
+/// validation loss (context `layer=<i>`, or `unit=<k>` for a whole-model unit).
+pub fn distill_metrics(rec: &DistillRecord) -> Vec<Metric> {
+    let mut m = vec![
+        Metric::new("", names::RUN_RECOVERY_SECONDS, rec.seconds),
+        Metric::new("", names::RUN_RECOVERY_TOKENS, rec.tokens as f64),
+        Metric::new("", names::RUN_RECOVERY_TEXT_TOKENS, rec.text_tokens as f64),
+        Metric::new(
+            "",
+            names::RUN_RECOVERY_LAYER_TOKEN_PASSES,
+            rec.layer_token_passes as f64,
+        ),
+        Metric::new("", names::RUN_RECOVERY_TOKENS_PER_S, rec.tokens_per_s),
+    ];
+    for (k, u) in rec.units.iter().enumerate() {
+        let context = match u.layer {
+            Some(i) => format!("layer={i}"),
+            None => format!("unit={k}"),
+        };
+        if let Some(&loss) = u.train_loss.last() {
+            m.push(Metric::new("", names::DISTILL_LOSS, loss).with_context(context.clone()));
+        }
+        if let Some(v) = u.best_val_loss {
+            m.push(Metric::new("", names::DISTILL_VAL_LOSS, v).with_context(context));
+        }
+    }
+    // The store refuses NaN (a diverged loss is +inf, which it keeps).
+    m.retain(|x| !x.value.is_nan());
+    m
 }

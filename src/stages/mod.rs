@@ -4,6 +4,14 @@
 //! model --> prune --> distill --> eval
 //! ```
 //!
+//! Every stage keeps one contract ([`contract`]): a [`StageName`], a typed input (the
+//! stage value: [`ModelStage`], [`PruneStage`], [`DistillStage`], [`EvalStage`]), the
+//! cache key of its output computed in one place ([`Stage::cache_key`]), `run` against
+//! the run's shared [`StageCtx`] (device, [`Cache`] layout and locks, events,
+//! keep-alive), and a [`Done`] carrying its output and the metrics, artifacts and data
+//! hashes it emits. The grid runner wraps each the same way; the `prune`, `distill` and
+//! `eval` commands call the same stage functions on paths of their own.
+//!
 //! Each stage, its record and the cache key of its output:
 //!
 //! - [`model`]: a grid's model source as an HF directory, a GGUF or llama2.c file imported
@@ -16,19 +24,24 @@
 //!   when `recovery.method` is not `none`). Record: [`DistillRecord`] (`distill.json`).
 //!   Key: [`distill::cache_key`] (the prune key and the recovery config).
 //! - [`eval`]: zero-shot tasks and perplexity on a loaded model. Record: [`EvalOutcome`],
-//!   which the runner turns into store metrics. No key: every run evaluates.
+//!   which [`eval_stage`] turns into metrics and per-document scores. No key: every run
+//!   evaluates.
 //!
 //! A stage that writes a checkpoint builds it in a temporary sibling directory and renames
 //! it into place ([`write_dir_atomically`](crate::publish::write_dir_atomically)), so a kill leaves no half artifact behind and
 //! a cached output is complete whenever its record file exists.
 
+pub mod contract;
 pub mod distill;
 pub mod eval;
+pub mod eval_stage;
 pub mod model;
 pub mod prune;
 
 pub use crate::distill::DistillRecord;
-pub use distill::distill_checkpoint;
+pub use contract::{Cache, Done, Stage, StageCtx, StageName};
+pub use distill::{distill_checkpoint, DistillStage};
 pub use eval::{evaluate, EvalHooks, EvalInputs, EvalOutcome, PplOutcome, PplText, Subset};
-pub use model::prepare_model;
-pub use prune::{prune_checkpoint, PruneJob, PruneRecord};
+pub use eval_stage::{EvalData, EvalStage};
+pub use model::{prepare_model, ModelStage};
+pub use prune::{prune_checkpoint, PruneJob, PruneRecord, PruneStage};

@@ -2,6 +2,7 @@
 //! directory is used as it is; a GGUF or llama2.c file is imported once into a cache
 //! directory named after the source file's content hash, and reused afterwards.
 
+use super::contract::{Done, Stage, StageCtx, StageName};
 use crate::error::Result;
 use crate::experiment::ModelSource;
 use crate::model::import::{write_checkpoint, ImportedCheckpoint};
@@ -55,4 +56,26 @@ pub fn prepare_model(source: &ModelSource, cache: &Path, name: &str) -> Result<(
         let _ = std::fs::remove_dir_all(&tmp);
     }
     Ok((dir, false))
+}
+
+/// The model stage of a run: its source as an HF directory. Its cache entry is named by
+/// the source file's content hash, computed when the stage runs.
+pub struct ModelStage<'a> {
+    pub source: &'a ModelSource,
+    /// The model's name in the grid (the cache entry's prefix).
+    pub name: &'a str,
+}
+
+impl Stage for ModelStage<'_> {
+    const NAME: StageName = StageName::Model;
+    type Output = PathBuf;
+
+    fn cache_key(&self) -> Option<String> {
+        None
+    }
+
+    fn run(self, ctx: &mut StageCtx) -> Result<Done<PathBuf>> {
+        let (dir, reused) = prepare_model(self.source, &ctx.cache.models(), self.name)?;
+        Ok(Done::new(dir.clone(), reused).at(&dir))
+    }
 }

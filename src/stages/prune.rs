@@ -2,12 +2,15 @@
 //! as a standard HF checkpoint with its [`PruneRecord`] (`come.json`). The output appears
 //! atomically: it is built in a temporary sibling directory and renamed into place.
 
+use super::contract::{data_env_entry, Done, Stage, StageCtx, StageName};
 use crate::calib::{self, CalibSet};
 use crate::error::Result;
+use crate::measure::{kinds, Metric};
 use crate::model::load::{load_model, LoadOptions};
 use crate::model::save::save_model;
 use crate::model::tokenizer::Tokenizer;
 use crate::model::Model;
+use crate::names;
 use crate::progress::Sink;
 use crate::prune::{prune, target_layers, PruneConfig, TargetMapping};
 use std::path::{Path, PathBuf};
@@ -87,4 +90,68 @@ pub fn prune_checkpoint(
     events: Sink,
 ) -> Result<PruneRecord> {
     PruneJob::prepare(base, cfg, load)?.run(out, events)
+}
+
+/// The prune stage of a run: `cfg` applied to the checkpoint `base`, cached under the
+/// run's prune identity ([`Experiment::prune_hash`](crate::experiment::Experiment::prune_hash)).
+pub struct PruneStage<'a> {
+    pub base: &'a Path,
+    pub cfg: &'a PruneConfig,
+    /// The prune identity (model, prune config, dtype).
+    pub key: String,
+}
+
+impl Stage for PruneStage<'_> {
+    const NAME: StageName = StageName::Prune;
+    type Output = PathBuf;
+
+    fn cache_key(&self) -> Option<String> {
+        Some(self.key.clone())
+    }
+
+    fn run(self, ctx: &mut StageCtx) -> Result<Done<PathBuf>> {
+        let dir = ctx.cache.entry(Self::NAME, &self.key);
+        let reused = {
+            let _lock = ctx.lock(&dir)?;
+            let reused = dir.join(FILE).exists();
+            if !reused {
+                prune_checkpoint(self.base, self.cfg, ctx.load, &dir, &mut *ctx.events)?;
+            }
+            reused
+        };
+        let rec = PruneRecord::read(&dir)?;
+        let mut done = Done::new(dir.clone(), reused).at(&dir);
+        done.metrics = prune_metrics(&rec);
+        done.artifacts.push((dir.join(FILE), kinds::COME_JSON));
+        let (k, v) = data_env_entry(&self.cfg.calib.source_path())?;
+        done.env.insert(k, v);
+        Ok(done)
+    }
+}
+
+/// The store's view of a prune: its time, layers removed, layer passes, calibration
+/// windows and peak memory.
+pub fn prune_metrics(rec: &PruneRecord) -> Vec<Metric> {
+    let r = &rec.report;
+    let mut m = vec![
+        Metric::new(
+            "",
+            names::RUN_LAYERS_REMOVED,
+            r.target.layers_removed as f64,
+        ),
+        Metric::new("", names::RUN_PRUNE_LAYER_PASSES, r.layer_passes as f64),
+        Metric::new(
+            "",
+            names::RUN_CALIB_WINDOWS,
+            r.calibration.n_sequences as f64,
+        ),
+    ];
+    // The store refuses NaN.
+    if r.seconds.is_finite() {
+        m.insert(0, Metric::new("", names::RUN_PRUNE_SECONDS, r.seconds));
+    }
+    if let Some(rss) = rec.peak_rss_mib {
+        m.push(Metric::new("", names::RUN_PRUNE_PEAK_RSS, rss));
+    }
+    m
 }

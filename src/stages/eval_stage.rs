@@ -1,0 +1,210 @@
+//! The eval stage of a run: its inputs read and checked before the model loads (shared
+//! with the `eval` command), the evaluation ([`super::evaluate`]), and what the store
+//! keeps of it: accuracies with standard errors, scoring profiles, perplexities, latency,
+//! per-document scores and the sha256 of every data file read.
+
+use super::contract::{data_env_entry, Done, Stage, StageCtx, StageName};
+use super::eval::{evaluate, EvalHooks, EvalInputs, EvalOutcome, PplText};
+use crate::error::{Error, Result};
+use crate::eval::ppl_corpus::Corpus;
+use crate::eval::tasks::{load_task, TaskData, TaskSource};
+use crate::experiment::EvalConfig;
+use crate::measure::{DocScore, Metric};
+use crate::model::load::load_model;
+use crate::model::tokenizer::Tokenizer;
+use crate::names;
+use crate::progress::{Event, Sink};
+use std::path::Path;
+use std::time::Instant;
+
+/// Task data and perplexity texts, read and checked (before any model loads, so that bad
+/// input fails fast).
+pub struct EvalData {
+    pub tasks: Vec<TaskData>,
+    pub ppl: Vec<PplText>,
+}
+
+impl EvalData {
+    pub fn read(tasks: &[String], src: &TaskSource, corpora: Vec<Corpus>) -> Result<EvalData> {
+        let mut ppl = Vec::with_capacity(corpora.len());
+        for c in corpora {
+            if matches!(c, Corpus::C4(_)) && !c.path().is_file() {
+                return Err(Error::Invalid(format!(
+                    "c4 perplexity: {} does not exist (no C4 copy is shipped: pass \
+                     --ppl c4=PATH or set COME_C4)",
+                    c.path().display()
+                )));
+            }
+            ppl.push(PplText::read(c)?);
+        }
+        let tasks = tasks
+            .iter()
+            .map(|t| load_task(t, src))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(EvalData { tasks, ppl })
+    }
+}
+
+/// The perplexity corpora an eval config asks for, in the order they are scored.
+pub fn corpora(e: &EvalConfig) -> Vec<Corpus> {
+    if e.ppl_seqlen.is_none() {
+        return vec![];
+    }
+    let mut c = vec![Corpus::Wikitext2(crate::paths::wikitext2_test())];
+    if e.ppl_c4 {
+        c.push(Corpus::C4(crate::paths::c4_validation()));
+    }
+    if e.ppl_val {
+        c.push(Corpus::parse(names::WIKITEXT2_VAL));
+    }
+    if e.ppl_ood {
+        c.push(Corpus::parse(names::TASKS_OOD));
+    }
+    c
+}
+
+/// The eval stage of a run: the model in `model_dir` evaluated as `cfg` says. Not cached:
+/// every run evaluates.
+pub struct EvalStage<'a> {
+    pub cfg: &'a EvalConfig,
+    pub model_dir: &'a Path,
+}
+
+impl Stage for EvalStage<'_> {
+    const NAME: StageName = StageName::Eval;
+    type Output = ();
+
+    fn cache_key(&self) -> Option<String> {
+        None
+    }
+
+    fn run(self, ctx: &mut StageCtx) -> Result<Done<()>> {
+        let e = self.cfg;
+        let src = TaskSource {
+            mmlu_fewshot: e.mmlu_fewshot,
+            ..TaskSource::default()
+        };
+        let data = EvalData::read(&e.tasks, &src, corpora(e))?;
+        let t_load = Instant::now();
+        let model = load_model(self.model_dir, ctx.load)?;
+        let tok = Tokenizer::from_dir(self.model_dir)?;
+        let mut done = Done::new((), false);
+        done.metrics = vec![
+            Metric::new(
+                "",
+                names::RUN_EVAL_LOAD_SECONDS,
+                t_load.elapsed().as_secs_f64(),
+            ),
+            Metric::new("", names::RUN_LAYERS, model.n_layers() as f64),
+            Metric::new("", names::RUN_PARAMS, model.num_params() as f64),
+        ];
+        let inputs = EvalInputs {
+            tasks: &data.tasks,
+            subset: e.subset(),
+            token_budget: e.token_budget.initial_tokens(model.device),
+            add_special: true,
+            ppl: &data.ppl,
+            ppl_seqlen: e.ppl_seqlen.unwrap_or(0),
+            ppl_windows: e.ppl_windows,
+            ppl_protocol: e.ppl_protocol,
+            latency: e.latency_spec(),
+        };
+        let t0 = Instant::now();
+        let mut hooks = Hooks {
+            events: &mut *ctx.events,
+            keepalive: &mut *ctx.keepalive,
+        };
+        let result = evaluate(&model, &tok, &inputs, &mut hooks)?;
+        done.metrics.push(Metric::new(
+            "",
+            names::RUN_EVAL_SECONDS,
+            t0.elapsed().as_secs_f64(),
+        ));
+        done.metrics.extend(eval_metrics(&result));
+        done.docs = doc_scores(&result);
+        for t in &result.tasks {
+            for (path, sha) in &t.files {
+                done.env
+                    .insert(format!("data.sha256:{}", path.display()), sha.clone());
+            }
+        }
+        for path in result.ppl.iter().flat_map(|p| &p.sources) {
+            let (k, v) = data_env_entry(path)?;
+            done.env.insert(k, v);
+        }
+        Ok(done)
+    }
+}
+
+/// Progress to the run's sink, keeping the run alive while items move.
+struct Hooks<'a, 'p> {
+    events: Sink<'p>,
+    keepalive: &'a mut dyn FnMut(),
+}
+
+impl EvalHooks for Hooks<'_, '_> {
+    fn event(&mut self, e: Event) {
+        (self.events)(e);
+        (self.keepalive)();
+    }
+}
+
+/// Every scored document, as the store keeps it.
+pub fn doc_scores(r: &EvalOutcome) -> Vec<DocScore> {
+    r.tasks
+        .iter()
+        .flat_map(|t| {
+            t.docs.iter().map(|d| DocScore {
+                task: t.task.clone(),
+                doc_id: d.doc_id as i64,
+                acc: d.acc,
+                acc_norm: d.acc_norm,
+            })
+        })
+        .collect()
+}
+
+/// Accuracies (with standard errors) and counts per task; perplexities per corpus.
+pub fn eval_metrics(r: &EvalOutcome) -> Vec<Metric> {
+    let mut metrics = vec![];
+    for t in &r.tasks {
+        for (m, v) in &t.metrics {
+            let mut x = Metric::new(&t.task, m, v.value);
+            if v.stderr.is_finite() {
+                x = x.with_stderr(v.stderr);
+            }
+            metrics.push(x);
+        }
+        metrics.push(Metric::new(&t.task, names::N, t.n_docs as f64));
+        let p = &t.profile;
+        for (name, v) in [
+            (names::PROFILE_TOKENIZE_SECONDS, p.tokenize_s),
+            (names::PROFILE_INPUTS_SECONDS, p.inputs_s),
+            (names::PROFILE_FORWARD_SECONDS, p.forward_s),
+            (names::PROFILE_HEAD_SECONDS, p.head_s),
+            (names::PROFILE_OTHER_SECONDS, p.other_s),
+            (names::TOKENS_FORWARDED, p.forwarded_tokens as f64),
+            (names::TOKENS_PADDED, p.padded_tokens as f64),
+            (names::HEAD_POSITIONS, p.head_positions as f64),
+            (names::FORWARDS, p.forwards as f64),
+        ] {
+            metrics.push(Metric::new(&t.task, name, v));
+        }
+    }
+    for p in &r.ppl {
+        let (task, metric) = p.corpus.recorded_as();
+        let res = &p.result;
+        metrics.push(Metric::new(&task, &metric, res.ppl).with_context(res.context()));
+        metrics.push(Metric::new(&task, names::N, res.windows as f64));
+    }
+    if let Some(l) = &r.latency {
+        let ctx = l.spec.context();
+        for (name, v) in [
+            (names::RUN_PREFILL_TOKENS_PER_S, l.prefill_tokens_per_s()),
+            (names::RUN_DECODE_TOKENS_PER_S, l.decode_tokens_per_s()),
+        ] {
+            metrics.push(Metric::new("", name, v).with_context(ctx.clone()));
+        }
+    }
+    metrics
+}
