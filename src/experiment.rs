@@ -196,14 +196,14 @@ pub fn check_eval_sizes(
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RuntimeConfig {
-    pub device: String,
+    pub device: crate::runtime::DeviceSpec,
     pub dtype: crate::runtime::Dtype,
 }
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
         RuntimeConfig {
-            device: "cpu".into(),
+            device: crate::runtime::DeviceSpec::Cpu,
             dtype: crate::runtime::Dtype::F32,
         }
     }

@@ -15,6 +15,7 @@ use crate::memory::{PeakMemory, PeakWindow};
 use crate::model::load::LoadOptions;
 use crate::names;
 use crate::progress::{Event, Sink};
+use crate::runtime::DeviceSpec;
 use crate::stages::{
     Cache, DistillStage, EvalStage, ModelStage, PruneStage, Stage, StageCtx, StageName,
 };
@@ -39,13 +40,13 @@ pub struct RunnerOptions {
     pub threads: Option<usize>,
     /// Devices of the distillation workers within one run, one worker each (`cpu`,
     /// `cuda:1`, ...); empty: the run's device, once.
-    pub distill_devices: Vec<String>,
+    pub distill_devices: Vec<DeviceSpec>,
     /// Only this part of the grid (a task of a job array).
     pub shard: Option<crate::shard::Shard>,
     /// Run every stage on this device instead of the run's `runtime.device` (a grid
     /// worker's device). Not part of the run's identity: a result does not depend on
     /// which of a node's devices computed it.
-    pub device: Option<String>,
+    pub device: Option<DeviceSpec>,
     /// Try the runs of this part of the grid first, then the others (a grid worker's own
     /// part: workers start on disjoint groups of runs sharing a pruned checkpoint and
     /// then help with what is left).
@@ -59,8 +60,8 @@ pub struct RunnerOptions {
 
 impl RunnerOptions {
     /// The device runs execute on: the worker's, else the run's own.
-    pub fn device_for<'a>(&'a self, exp: &'a Experiment) -> &'a str {
-        self.device.as_deref().unwrap_or(&exp.runtime.device)
+    pub fn device_for(&self, exp: &Experiment) -> DeviceSpec {
+        self.device.unwrap_or(exp.runtime.device)
     }
 }
 
@@ -233,8 +234,8 @@ fn run_env(
 }
 
 /// "cpu", or the CUDA device index with the GPU count.
-fn device_description(spec: &str) -> String {
-    match crate::runtime::parse_device(spec) {
+fn device_description(spec: DeviceSpec) -> String {
+    match spec.resolve() {
         Ok(tch::Device::Cuda(n)) => format!("cuda:{n} of {} GPU(s)", tch::Cuda::device_count()),
         Ok(d) => crate::runtime::device_name(d),
         Err(_) => spec.to_string(),
@@ -337,7 +338,7 @@ fn execute(
     let exp = &run.experiment;
     inject_panic(&run.name);
     let load = LoadOptions {
-        device: crate::runtime::parse_device(opts.device_for(exp))?,
+        device: opts.device_for(exp).resolve()?,
         dtype: exp.runtime.dtype.kind(),
     };
     let cache = Cache::new(&opts.cache_dir);
@@ -356,7 +357,7 @@ fn execute(
         distill_devices: opts
             .distill_devices
             .iter()
-            .map(|d| crate::runtime::parse_device(d))
+            .map(|d| d.resolve())
             .collect::<Result<_>>()?,
     };
     let r = RunRef {

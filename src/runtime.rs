@@ -15,24 +15,80 @@ pub fn load_cuda_backend() -> std::result::Result<(), String> {
         .clone()
 }
 
-/// `cpu`, `cuda`, `cuda:N`, or `auto` (CUDA when available).
+/// A device as a grid or the command line names it: `cpu`, `cuda` (`gpu`), `cuda:N`, or
+/// `auto` (CUDA when available). Parsing checks only the spelling; whether the device
+/// exists is checked where it is used ([`DeviceSpec::resolve`]), so a grid written for a
+/// GPU node still parses on a laptop. Serialised as its canonical spelling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum DeviceSpec {
+    #[default]
+    Cpu,
+    Auto,
+    /// `cuda` (None: the first device) or `cuda:N`.
+    Cuda(Option<usize>),
+}
+
+impl std::str::FromStr for DeviceSpec {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<DeviceSpec> {
+        let s = s.trim().to_ascii_lowercase();
+        match s.as_str() {
+            "cpu" => Ok(DeviceSpec::Cpu),
+            "auto" => Ok(DeviceSpec::Auto),
+            "cuda" | "gpu" => Ok(DeviceSpec::Cuda(None)),
+            _ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
+                Some(Ok(n)) => Ok(DeviceSpec::Cuda(Some(n))),
+                _ => Err(Error::Invalid(format!(
+                    "unknown device `{s}` (expected cpu, cuda, cuda:N or auto)"
+                ))),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceSpec::Cpu => f.write_str("cpu"),
+            DeviceSpec::Auto => f.write_str("auto"),
+            DeviceSpec::Cuda(None) => f.write_str("cuda"),
+            DeviceSpec::Cuda(Some(n)) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+impl serde::Serialize for DeviceSpec {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for DeviceSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl DeviceSpec {
+    /// The libtorch device; an error when it is not there (no such CUDA device, or a
+    /// libtorch without CUDA).
+    pub fn resolve(self) -> Result<Device> {
+        if self != DeviceSpec::Cpu {
+            // Without it every CUDA query answers "no device"; the error below says why.
+            let _ = load_cuda_backend();
+        }
+        match self {
+            DeviceSpec::Cpu => Ok(Device::Cpu),
+            DeviceSpec::Auto => Ok(Device::cuda_if_available()),
+            DeviceSpec::Cuda(n) => cuda(n.unwrap_or(0)),
+        }
+    }
+}
+
+/// `cpu`, `cuda`, `cuda:N`, or `auto` (CUDA when available), resolved.
 pub fn parse_device(s: &str) -> Result<Device> {
-    let s = s.trim().to_ascii_lowercase();
-    if s != "cpu" {
-        // Without it every CUDA query answers "no device"; the error below says why.
-        let _ = load_cuda_backend();
-    }
-    match s.as_str() {
-        "cpu" => Ok(Device::Cpu),
-        "auto" => Ok(Device::cuda_if_available()),
-        "cuda" | "gpu" => cuda(0),
-        _ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
-            Some(Ok(n)) => cuda(n),
-            _ => Err(Error::Invalid(format!(
-                "unknown device `{s}` (expected cpu, cuda, cuda:N or auto)"
-            ))),
-        },
-    }
+    s.parse::<DeviceSpec>()?.resolve()
 }
 
 fn cuda(n: usize) -> Result<Device> {
@@ -149,5 +205,29 @@ mod tests {
         }
         assert_eq!(parse_device("cpu").unwrap(), Device::Cpu);
         assert!(parse_device("tpu").is_err());
+    }
+
+    #[test]
+    fn device_specs_keep_their_spelling_through_serde() {
+        for (given, canonical) in [
+            ("cpu", "cpu"),
+            ("CPU", "cpu"),
+            ("auto", "auto"),
+            ("gpu", "cuda"),
+            ("cuda", "cuda"),
+            (" cuda:3 ", "cuda:3"),
+        ] {
+            let d: DeviceSpec = given.parse().unwrap();
+            assert_eq!(d.to_string(), canonical);
+            let json = serde_json::to_string(&d).unwrap();
+            assert_eq!(json, format!("\"{canonical}\""));
+            assert_eq!(serde_json::from_str::<DeviceSpec>(&json).unwrap(), d);
+        }
+        for bad in ["tpu", "cuda:", "cuda:x", ""] {
+            let e = bad.parse::<DeviceSpec>().unwrap_err().to_string();
+            assert!(e.contains("unknown device"), "{bad}: {e}");
+        }
+        let e = serde_json::from_str::<DeviceSpec>("\"mps\"").unwrap_err();
+        assert!(e.to_string().contains("unknown device `mps`"), "{e}");
     }
 }

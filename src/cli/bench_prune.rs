@@ -116,7 +116,12 @@ fn on_checkpoint(model: &Path, a: &PruneBenchArgs) -> Result<()> {
             .arg(&out)
             .args(["--target-layers", &target.to_string()])
             .args(["--gqa-mapping", "reference", "--norm", "mean"])
-            .args(["--device", &a.rt.device, "--dtype", a.rt.dtype.name()]);
+            .args([
+                "--device",
+                &a.rt.device.to_string(),
+                "--dtype",
+                a.rt.dtype.name(),
+            ]);
         if let Some(p) = &ids {
             cmd.arg("--calib-ids").arg(p);
         }

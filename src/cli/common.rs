@@ -15,7 +15,7 @@ use std::time::Duration;
 pub struct RuntimeArgs {
     /// cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "cpu")]
-    pub device: String,
+    pub device: runtime::DeviceSpec,
     #[arg(long, value_enum, default_value_t = runtime::Dtype::F32)]
     pub dtype: runtime::Dtype,
     /// libtorch intra-op threads (default: all cores).
@@ -27,7 +27,7 @@ impl RuntimeArgs {
     pub fn load_options(&self) -> Result<LoadOptions> {
         runtime::set_threads(self.threads);
         Ok(LoadOptions {
-            device: runtime::parse_device(&self.device)?,
+            device: self.device.resolve()?,
             dtype: self.dtype.kind(),
         })
     }

@@ -190,7 +190,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
     let info = RunInfo {
         model: a.model.display().to_string(),
         model_args: format!("pretrained={},dtype={}", a.model.display(), a.rt.dtype),
-        device: a.rt.device.clone(),
+        device: a.rt.device.to_string(),
         limit: a.limit,
         fraction: a.fraction,
         seed: a.seed,

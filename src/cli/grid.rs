@@ -5,6 +5,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use come_repro::grid::GridSpec;
 use come_repro::runner::{run_grid, select, RunnerOptions, CURRENT, STOP};
+use come_repro::runtime::DeviceSpec;
 use come_repro::track::{Status, Store};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -56,15 +57,15 @@ pub struct GridArgs {
     /// device; the run hash does not change. Default: one process, each run on its
     /// `runtime.device`.
     #[arg(long, value_delimiter = ',', conflicts_with_all = ["status", "dry_run", "worker_device"])]
-    pub devices: Vec<String>,
+    pub devices: Vec<DeviceSpec>,
     /// Devices of the distillation workers within one run (CoMe-mp: merged layers
     /// trained in parallel), e.g. `--distill-devices cuda:0,cuda:1`; default: the run's
     /// device.
     #[arg(long, value_delimiter = ',')]
-    pub distill_devices: Vec<String>,
+    pub distill_devices: Vec<DeviceSpec>,
     /// Set by `--devices` for each worker it starts: this worker's device.
     #[arg(long, hide = true)]
-    pub worker_device: Option<String>,
+    pub worker_device: Option<DeviceSpec>,
     /// Set by `--devices` for each worker it starts: the part of the grid it tries first.
     #[arg(long, hide = true)]
     pub worker_prefer: Option<come_repro::shard::Shard>,
@@ -99,7 +100,7 @@ pub fn options(a: &GridArgs) -> RunnerOptions {
         filter: a.filter.clone(),
         threads: a.threads,
         distill_devices: a.distill_devices.clone(),
-        device: a.worker_device.clone(),
+        device: a.worker_device,
         prefer: a.worker_prefer,
         retry_failed: a.retry_failed,
         fail_fast: a.fail_fast,

@@ -8,6 +8,7 @@ use super::grid::GridArgs;
 use anyhow::{bail, Context, Result};
 use come_repro::grid::GridSpec;
 use come_repro::runner::requeue_failed;
+use come_repro::runtime::DeviceSpec;
 use come_repro::shard::Shard;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -23,7 +24,7 @@ fn cpu_threads(cpu_workers: usize) -> usize {
 /// device and preferred part.
 fn worker_args(
     a: &GridArgs,
-    device: &str,
+    device: DeviceSpec,
     k: usize,
     n: usize,
     threads: Option<usize>,
@@ -44,7 +45,8 @@ fn worker_args(
         v.extend(["--threads".into(), t.to_string()]);
     }
     if !a.distill_devices.is_empty() {
-        v.extend(["--distill-devices".into(), a.distill_devices.join(",")]);
+        let list: Vec<String> = a.distill_devices.iter().map(|d| d.to_string()).collect();
+        v.extend(["--distill-devices".into(), list.join(",")]);
     }
     // Not `--retry-failed`: this process requeues the failed runs once, before the
     // workers start, so that no run is retried by two of them.
@@ -68,10 +70,10 @@ pub fn run(a: &GridArgs, spec: &GridSpec) -> Result<()> {
         eprintln!("retrying {n} failed run(s)");
     }
     for d in &a.devices {
-        come_repro::runtime::parse_device(d).with_context(|| format!("--devices: `{d}`"))?;
+        d.resolve().with_context(|| format!("--devices: `{d}`"))?;
     }
     let n = a.devices.len();
-    let cpu_workers = a.devices.iter().filter(|d| d.as_str() == "cpu").count();
+    let cpu_workers = a.devices.iter().filter(|d| **d == DeviceSpec::Cpu).count();
     let exe = std::env::current_exe().context("locating the come-repro binary")?;
     // Ctrl-C reaches the workers through the terminal; this process waits for them.
     let _ = ctrlc::set_handler(|| eprintln!("\nworkers stopping after their current stage"));
@@ -80,9 +82,9 @@ pub fn run(a: &GridArgs, spec: &GridSpec) -> Result<()> {
     for (k, dev) in a.devices.iter().enumerate() {
         let threads = a
             .threads
-            .or((dev == "cpu").then(|| cpu_threads(cpu_workers)));
+            .or((*dev == DeviceSpec::Cpu).then(|| cpu_threads(cpu_workers)));
         let mut child = Command::new(&exe)
-            .args(worker_args(a, dev, k, n, threads))
+            .args(worker_args(a, *dev, k, n, threads))
             .stderr(Stdio::piped())
             .spawn()
             .with_context(|| format!("starting worker {k} on {dev}"))?;
@@ -100,7 +102,7 @@ pub fn run(a: &GridArgs, spec: &GridSpec) -> Result<()> {
             threads.map_or("default".into(), |t| t.to_string()),
             child.id()
         );
-        children.push((k, dev.clone(), child, echo));
+        children.push((k, *dev, child, echo));
     }
     let mut failed = vec![];
     for (k, dev, mut child, echo) in children {
