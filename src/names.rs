@@ -91,48 +91,128 @@ pub const RUN_RECOVERY_TOKENS_PER_S: &str = "recovery_tokens_per_s";
 pub const DISTILL_LOSS: &str = "distill_loss";
 pub const DISTILL_VAL_LOSS: &str = "distill_val_loss";
 
+/// What the crate knows of a benchmark besides its loader, in one place: adding a task is
+/// a loader (`eval/tasks/<task>.rs`), its line in [`load_task`](crate::eval::tasks::load_task)
+/// and its entry here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TaskInfo {
+    /// lm-eval's task name, as `eval.tasks` lists it.
+    pub name: &'static str,
+    /// Column heading in tables.
+    pub label: &'static str,
+    /// lm-eval defines `acc_norm` for it (the others only have `acc`).
+    pub acc_norm: bool,
+    /// The LLM-Pruner convention (`Convention::Mixed`) reports its `acc_norm`.
+    pub mixed_reads_norm: bool,
+    /// Its column among the paper's seven zero-shot benchmarks (None: not one of them).
+    pub paper_column: Option<usize>,
+}
+
+const fn task(
+    name: &'static str,
+    label: &'static str,
+    acc_norm: bool,
+    mixed_reads_norm: bool,
+    paper_column: Option<usize>,
+) -> TaskInfo {
+    TaskInfo {
+        name,
+        label,
+        acc_norm,
+        mixed_reads_norm,
+        paper_column,
+    }
+}
+
+/// Every task an experiment may list in `eval.tasks`, in lm-eval's order.
+pub const TASKS: [TaskInfo; 8] = [
+    task("piqa", "PIQA", true, false, Some(1)),
+    task("hellaswag", "HellaSwag", true, true, Some(2)),
+    task("winogrande", "WinoGrande", false, false, Some(3)),
+    task("arc_easy", "ARC-e", true, false, Some(4)),
+    task("arc_challenge", "ARC-c", true, true, Some(5)),
+    task("boolq", "BoolQ", false, false, Some(0)),
+    task("openbookqa", "OBQA", true, true, Some(6)),
+    task("mmlu", "MMLU", false, false, None),
+];
+
+/// The names of [`TASKS`], in the same order.
+pub const ALL_TASKS: [&str; TASKS.len()] = {
+    let mut names = [""; TASKS.len()];
+    let mut i = 0;
+    while i < TASKS.len() {
+        names[i] = TASKS[i].name;
+        i += 1;
+    }
+    names
+};
+
 /// The seven zero-shot benchmarks of the paper, in the column order of its tables
 /// (the LLM-Pruner order).
-pub const SEVEN_TASKS: [&str; 7] = [
-    "boolq",
-    "piqa",
-    "hellaswag",
-    "winogrande",
-    "arc_easy",
-    "arc_challenge",
-    "openbookqa",
-];
-/// Every task an experiment may list in `eval.tasks`.
-pub const ALL_TASKS: [&str; 8] = [
-    "piqa",
-    "hellaswag",
-    "winogrande",
-    "arc_easy",
-    "arc_challenge",
-    "boolq",
-    "openbookqa",
-    "mmlu",
-];
-/// Tasks for which lm-eval defines `acc_norm` (the others only have `acc`).
-pub const HAS_ACC_NORM: [&str; 5] = [
-    "piqa",
-    "hellaswag",
-    "arc_easy",
-    "arc_challenge",
-    "openbookqa",
-];
+pub const SEVEN_TASKS: [&str; 7] = {
+    let mut names = [""; 7];
+    let mut i = 0;
+    while i < TASKS.len() {
+        if let Some(c) = TASKS[i].paper_column {
+            names[c] = TASKS[i].name;
+        }
+        i += 1;
+    }
+    names
+};
+
+/// A task's entry in [`TASKS`].
+pub fn task_info(task: &str) -> Option<&'static TaskInfo> {
+    TASKS.iter().find(|t| t.name == task)
+}
 
 /// Column heading of a task in tables.
 pub fn task_label(task: &str) -> &str {
-    match task {
-        "boolq" => "BoolQ",
-        "piqa" => "PIQA",
-        "hellaswag" => "HellaSwag",
-        "winogrande" => "WinoGrande",
-        "arc_easy" => "ARC-e",
-        "arc_challenge" => "ARC-c",
-        "openbookqa" => "OBQA",
-        "mmlu" => "MMLU",
-        other => other,
+    task_info(task).map_or(task, |t| t.label)
+}
+
+#[cfg(test)]
+mod task_tests {
+    use super::*;
+
+    #[test]
+    fn the_registry_gives_the_papers_columns_and_lm_evals_metrics() {
+        // The paper's tables (LLM-Pruner's order) and lm-eval 0.4's task YAMLs.
+        assert_eq!(
+            SEVEN_TASKS,
+            [
+                "boolq",
+                "piqa",
+                "hellaswag",
+                "winogrande",
+                "arc_easy",
+                "arc_challenge",
+                "openbookqa"
+            ]
+        );
+        let norm: Vec<&str> = TASKS
+            .iter()
+            .filter(|t| t.acc_norm)
+            .map(|t| t.name)
+            .collect();
+        assert_eq!(
+            norm,
+            [
+                "piqa",
+                "hellaswag",
+                "arc_easy",
+                "arc_challenge",
+                "openbookqa"
+            ]
+        );
+        let mixed: Vec<&str> = TASKS
+            .iter()
+            .filter(|t| t.mixed_reads_norm)
+            .map(|t| t.name)
+            .collect();
+        assert_eq!(mixed, ["hellaswag", "arc_challenge", "openbookqa"]);
+        assert!(TASKS.iter().all(|t| !t.mixed_reads_norm || t.acc_norm));
+        assert_eq!(task_label("arc_challenge"), "ARC-c");
+        assert_eq!(task_label("no_such_task"), "no_such_task");
     }
 }

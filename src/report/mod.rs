@@ -76,15 +76,17 @@ impl Convention {
 
     /// The store metric name this convention reads for `task`.
     pub fn metric_for(self, task: &str) -> &'static str {
-        use crate::names::{ACC, ACC_NORM, HAS_ACC_NORM};
-        match self {
-            Convention::Acc => ACC,
-            Convention::AccNorm if HAS_ACC_NORM.contains(&task) => ACC_NORM,
-            Convention::AccNorm => ACC,
-            Convention::Mixed if ["hellaswag", "arc_challenge", "openbookqa"].contains(&task) => {
-                ACC_NORM
-            }
-            Convention::Mixed => ACC,
+        use crate::names::{task_info, ACC, ACC_NORM};
+        let info = task_info(task);
+        let norm = match self {
+            Convention::Acc => false,
+            Convention::AccNorm => info.is_some_and(|t| t.acc_norm),
+            Convention::Mixed => info.is_some_and(|t| t.mixed_reads_norm),
+        };
+        if norm {
+            ACC_NORM
+        } else {
+            ACC
         }
     }
 

@@ -123,7 +123,7 @@ impl Default for TaskSource {
     }
 }
 
-const KNOWN: [&str; 8] = crate::names::ALL_TASKS;
+const KNOWN: [&str; crate::names::TASKS.len()] = crate::names::ALL_TASKS;
 
 pub fn known_tasks() -> &'static [&'static str] {
     &KNOWN
@@ -133,32 +133,36 @@ pub fn known_tasks() -> &'static [&'static str] {
 /// file (and line or row); nothing partial is returned.
 pub fn load_task(name: &str, src: &TaskSource) -> Result<TaskData> {
     let mut files = Files::default();
-    let (docs, metrics, num_fewshot) = match name {
-        "piqa" => (piqa::load(src, &mut files)?, ACC_BOTH, 0),
-        "hellaswag" => (hellaswag::load(src, &mut files)?, ACC_BOTH, 0),
-        "winogrande" => (winogrande::load(src, &mut files)?, ACC_ONLY, 0),
-        "arc_easy" | "arc_challenge" => (arc::load(name, src, &mut files)?, ACC_BOTH, 0),
-        "boolq" => (boolq::load(src, &mut files)?, ACC_ONLY, 0),
-        "openbookqa" => (openbookqa::load(src, &mut files)?, ACC_BOTH, 0),
-        "mmlu" => (mmlu::load(src, &mut files)?, ACC_ONLY, src.mmlu_fewshot),
-        _ => {
-            return Err(Error::Invalid(format!(
-                "unknown task `{name}`; known tasks: {}",
-                KNOWN.join(", ")
-            )))
-        }
+    let unknown = || {
+        Error::Invalid(format!(
+            "unknown task `{name}`; known tasks: {}",
+            KNOWN.join(", ")
+        ))
+    };
+    let info = crate::names::task_info(name).ok_or_else(unknown)?;
+    let (docs, num_fewshot) = match name {
+        "piqa" => (piqa::load(src, &mut files)?, 0),
+        "hellaswag" => (hellaswag::load(src, &mut files)?, 0),
+        "winogrande" => (winogrande::load(src, &mut files)?, 0),
+        "arc_easy" | "arc_challenge" => (arc::load(name, src, &mut files)?, 0),
+        "boolq" => (boolq::load(src, &mut files)?, 0),
+        "openbookqa" => (openbookqa::load(src, &mut files)?, 0),
+        "mmlu" => (mmlu::load(src, &mut files)?, src.mmlu_fewshot),
+        _ => return Err(unknown()),
+    };
+    let metrics = if info.acc_norm {
+        vec![Metric::Acc, Metric::AccNorm]
+    } else {
+        vec![Metric::Acc]
     };
     Ok(TaskData {
         name: name.to_string(),
         files: files.into_list(),
         docs,
-        metrics: metrics.to_vec(),
+        metrics,
         num_fewshot,
     })
 }
-
-const ACC_BOTH: &[Metric] = &[Metric::Acc, Metric::AccNorm];
-const ACC_ONLY: &[Metric] = &[Metric::Acc];
 
 /// The file a task reads: the override (a file, or a directory with the shared layout,
 /// in which case `default_rel`'s file name is looked up inside it) or the shared copy.
