@@ -14,10 +14,15 @@ use come_repro::eval::ppl_corpus::Corpus;
 use come_repro::eval::profile::ScoreProfile;
 use come_repro::eval::results::{lm_eval_json, table, RunInfo};
 use come_repro::eval::tasks::{known_tasks, TaskSource};
+use come_repro::experiment::EvalConfig;
 use come_repro::progress::Event;
-use come_repro::stages::{evaluate, EvalData, EvalHooks, EvalInputs, PplOutcome, Subset};
+use come_repro::stages::eval_stage::eval_inputs;
+use come_repro::stages::{evaluate, EvalData, EvalHooks, PplOutcome};
 use std::path::PathBuf;
 use std::time::Instant;
+
+/// The grid's eval defaults, which the flags share.
+static DEFAULT: std::sync::LazyLock<EvalConfig> = std::sync::LazyLock::new(EvalConfig::default);
 
 #[derive(Args)]
 pub struct EvalArgs {
@@ -38,6 +43,8 @@ pub struct EvalArgs {
     pub seed: Option<u64>,
     /// Padded tokens per forward, or `auto` (4096 on CPU; on CUDA 65536, halved while a
     /// batch runs out of memory). A fixed size backs off the same way.
+    /// (A grid's `eval.token_budget` defaults to 4096, which is `auto` on a CPU; it keeps
+    /// that number so the hashes of runs made before `auto` existed stay.)
     #[arg(long, default_value = "auto")]
     pub batch_size: BatchSize,
     /// Root of the task data (default: $COME_DATA or ../shared/data).
@@ -47,7 +54,7 @@ pub struct EvalArgs {
     #[arg(long, value_parser = parse_kv)]
     pub task_path: Vec<(String, PathBuf)>,
     /// MMLU few-shot examples from dev (0 or 5).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = DEFAULT.mmlu_fewshot)]
     pub mmlu_fewshot: usize,
     /// Encode without the tokenizer's special tokens (no BOS), as lm-eval did before its
     /// PR #3347 (Oct 2025); by default they apply, as in lm-eval 0.4.13 and in GPTQ-style
@@ -58,14 +65,15 @@ pub struct EvalArgs {
     /// (GPTQ's C4 validation stream from $COME_C4 or DATA/c4/), `c4=PATH`, `wikitext2_val` (the held-out WikiText-2 train rows recovery validates on), `tasks_ood` (HellaSwag and PIQA gold answers), or a text file.
     #[arg(long, value_delimiter = ',')]
     pub ppl: Vec<String>,
-    #[arg(long, default_value_t = 2048)]
+    /// Perplexity window length in tokens.
+    #[arg(long, default_value_t = DEFAULT.ppl_seqlen.unwrap_or(2048))]
     pub seqlen: usize,
     /// Score only the first N perplexity windows (C4 default: 256, as GPTQ).
     #[arg(long)]
     pub max_windows: Option<usize>,
     /// Perplexity scoring: `gptq` (every token but each window's first) or `llama_cpp`
     /// (the second half of each window, as llama.cpp's `llama-perplexity`).
-    #[arg(long, value_enum, default_value = "gptq")]
+    #[arg(long, value_enum, default_value_t = DEFAULT.ppl_protocol)]
     pub ppl_protocol: PplProtocol,
     /// Write lm-eval-compatible results JSON here.
     #[arg(long)]
@@ -118,22 +126,39 @@ pub fn expand_tasks(tasks: &[String]) -> Result<Vec<String>> {
     Ok(out)
 }
 
+impl EvalArgs {
+    /// The evaluation these flags ask for, as a grid's `eval` table would say it (the
+    /// corpora are `--ppl`'s, read separately).
+    fn config(&self) -> Result<EvalConfig> {
+        let cfg = EvalConfig {
+            tasks: expand_tasks(&self.tasks)?,
+            limit: self.limit,
+            fraction: self.fraction,
+            seed: self.seed,
+            mmlu_fewshot: self.mmlu_fewshot,
+            ppl_seqlen: (!self.ppl.is_empty()).then_some(self.seqlen),
+            ppl_windows: self.max_windows,
+            ppl_protocol: self.ppl_protocol,
+            ppl_c4: false,
+            ppl_val: false,
+            ppl_ood: false,
+            latency: self.latency,
+            latency_iters: self.latency_iters.as_deref().map(|v| [v[0], v[1]]),
+            token_budget: self.batch_size,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
 pub fn run(a: EvalArgs) -> Result<()> {
-    let tasks = expand_tasks(&a.tasks)?;
-    let subset = Subset {
-        limit: a.limit,
-        fraction: a.fraction,
-        seed: a.seed,
-    };
-    subset.validate()?;
-    let ppl_seqlen = (!a.ppl.is_empty()).then_some(a.seqlen);
-    come_repro::experiment::check_eval_sizes(a.mmlu_fewshot, ppl_seqlen, a.max_windows)?;
+    let cfg = a.config()?;
     let corpora: Vec<Corpus> = a
         .ppl
         .iter()
         .map(|spec| Corpus::parse(spec.trim()))
         .collect();
-    if tasks.is_empty() && corpora.is_empty() {
+    if cfg.tasks.is_empty() && corpora.is_empty() {
         bail!("nothing to evaluate: pass --tasks and/or --ppl wikitext2");
     }
     // Task data and perplexity texts are read and checked before the model loads: bad
@@ -145,25 +170,12 @@ pub fn run(a: EvalArgs) -> Result<()> {
     );
     src.mmlu_fewshot = a.mmlu_fewshot;
     src.overrides.extend(a.task_path.iter().cloned());
-    let data = EvalData::read(&tasks, &src, corpora)?;
+    let data = EvalData::read(&cfg.tasks, &src, corpora)?;
     let t_all = Instant::now();
     let (model, tok) = load(&a.model, &a.rt)?;
     let load_seconds = t_all.elapsed().as_secs_f64();
-    let budget = a.batch_size.initial_tokens(model.device);
-    let inputs = EvalInputs {
-        tasks: &data.tasks,
-        subset,
-        token_budget: budget,
-        add_special: !a.no_special_tokens,
-        ppl: &data.ppl,
-        ppl_seqlen: a.seqlen,
-        ppl_windows: a.max_windows,
-        ppl_protocol: a.ppl_protocol,
-        latency: a.latency.map(|p| {
-            let iters = a.latency_iters.as_deref().map(|v| [v[0], v[1]]);
-            p.spec().with_iters(iters)
-        }),
-    };
+    let inputs = eval_inputs(&cfg, &data, model.device, !a.no_special_tokens);
+    let budget = inputs.token_budget;
     let outcome = evaluate(&model, &tok, &inputs, &mut Printer { bars: Bars::new() })?;
     let ppl: Vec<(String, PplResult)> = outcome
         .ppl

@@ -45,6 +45,27 @@ impl EvalData {
     }
 }
 
+/// What to evaluate: `cfg`'s subset, sizes, protocol and latency over `data`, on a model
+/// on `device`. The one place the grid and the `eval` command turn a config into inputs.
+pub fn eval_inputs<'a>(
+    cfg: &EvalConfig,
+    data: &'a EvalData,
+    device: tch::Device,
+    add_special: bool,
+) -> EvalInputs<'a> {
+    EvalInputs {
+        tasks: &data.tasks,
+        subset: cfg.subset(),
+        token_budget: cfg.token_budget.initial_tokens(device),
+        add_special,
+        ppl: &data.ppl,
+        ppl_seqlen: cfg.ppl_seqlen.unwrap_or(0),
+        ppl_windows: cfg.ppl_windows,
+        ppl_protocol: cfg.ppl_protocol,
+        latency: cfg.latency_spec(),
+    }
+}
+
 /// The perplexity corpora an eval config asks for, in the order they are scored.
 pub fn corpora(e: &EvalConfig) -> Vec<Corpus> {
     if e.ppl_seqlen.is_none() {
@@ -98,17 +119,7 @@ impl Stage for EvalStage<'_> {
             Metric::new("", names::RUN_LAYERS, model.n_layers() as f64),
             Metric::new("", names::RUN_PARAMS, model.num_params() as f64),
         ];
-        let inputs = EvalInputs {
-            tasks: &data.tasks,
-            subset: e.subset(),
-            token_budget: e.token_budget.initial_tokens(model.device),
-            add_special: true,
-            ppl: &data.ppl,
-            ppl_seqlen: e.ppl_seqlen.unwrap_or(0),
-            ppl_windows: e.ppl_windows,
-            ppl_protocol: e.ppl_protocol,
-            latency: e.latency_spec(),
-        };
+        let inputs = eval_inputs(e, &data, model.device, true);
         let t0 = Instant::now();
         let mut hooks = Hooks {
             events: &mut *ctx.events,
