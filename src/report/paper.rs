@@ -90,6 +90,17 @@ pub fn load_dir(dir: &Path) -> Result<Vec<PublishedRow>> {
 
 /// Read one CSV of published rows; errors name the file and the line.
 pub fn load_file(path: &Path) -> Result<Vec<PublishedRow>> {
+    let (names, height, cols) = read_columns(path)?;
+    check_known(path, &names)?;
+    (0..height).map(|i| parse_row(path, &cols, i)).collect()
+}
+
+/// A CSV's cells by column name: trimmed, `None` where empty.
+type Columns = BTreeMap<String, Vec<Option<String>>>;
+
+/// Read `path` as text columns: the header's names (the required ones checked present),
+/// the number of data rows and the cells.
+fn read_columns(path: &Path) -> Result<(Vec<String>, usize, Columns)> {
     let df = CsvReadOptions::default()
         .with_has_header(true)
         .with_infer_schema_length(Some(0))
@@ -106,7 +117,7 @@ pub fn load_file(path: &Path) -> Result<Vec<PublishedRow>> {
             return Err(Error::data(path, 1, format!("missing column `{r}`")));
         }
     }
-    let mut cols: BTreeMap<String, Vec<Option<String>>> = BTreeMap::new();
+    let mut cols: Columns = BTreeMap::new();
     for n in &names {
         let s = df
             .column(n)
@@ -119,6 +130,11 @@ pub fn load_file(path: &Path) -> Result<Vec<PublishedRow>> {
                 .collect(),
         );
     }
+    Ok((names, df.height(), cols))
+}
+
+/// Reject a header naming a column this format does not define.
+fn check_known(path: &Path, names: &[String]) -> Result<()> {
     let known: Vec<&str> = [
         "model",
         "method",
@@ -143,55 +159,57 @@ pub fn load_file(path: &Path) -> Result<Vec<PublishedRow>> {
             format!("unknown column `{bad}` (known: {})", known.join(", ")),
         ));
     }
-    let mut out = Vec::new();
-    for i in 0..df.height() {
-        let line = i + 2;
-        let text = |k: &str| {
-            cols.get(k)
-                .and_then(|c| c.get(i).cloned().flatten())
-                .unwrap_or_default()
-        };
-        let num = |k: &str| -> Result<Option<f64>> {
-            match cols.get(k).and_then(|c| c.get(i).cloned().flatten()) {
-                None => Ok(None),
-                Some(s) => s
-                    .parse::<f64>()
-                    .ok()
-                    .filter(|x| x.is_finite())
-                    .map(Some)
-                    .ok_or_else(|| {
-                        Error::data(path, line, format!("column `{k}`: `{s}` is not a number"))
-                    }),
-            }
-        };
-        let mut tasks = BTreeMap::new();
-        for t in ALL_TASKS {
-            if let Some(v) = num(t)? {
-                tasks.insert(t.to_string(), v);
-            }
+    Ok(())
+}
+
+/// The published row in data row `i` (file line `i + 2`); numbers must parse and be
+/// finite, the required columns non-empty.
+fn parse_row(path: &Path, cols: &Columns, i: usize) -> Result<PublishedRow> {
+    let line = i + 2;
+    let text = |k: &str| {
+        cols.get(k)
+            .and_then(|c| c.get(i).cloned().flatten())
+            .unwrap_or_default()
+    };
+    let num = |k: &str| -> Result<Option<f64>> {
+        match cols.get(k).and_then(|c| c.get(i).cloned().flatten()) {
+            None => Ok(None),
+            Some(s) => s
+                .parse::<f64>()
+                .ok()
+                .filter(|x| x.is_finite())
+                .map(Some)
+                .ok_or_else(|| {
+                    Error::data(path, line, format!("column `{k}`: `{s}` is not a number"))
+                }),
         }
-        let row = PublishedRow {
-            model: text("model"),
-            method: text("method"),
-            sparsity: num("sparsity")?,
-            layers_removed: num("layers_removed")?,
-            tasks,
-            avg: num("avg")?,
-            retention: num("retention")?,
-            ppl_wikitext2: num("ppl_wikitext2")?,
-            ppl_c4: num("ppl_c4")?,
-            convention: text("convention"),
-            source: text("source"),
-            location: text("location"),
-            note: text("note"),
-            origin: format!("{}:{line}", path.display()),
-        };
-        for r in REQUIRED {
-            if text(r).is_empty() {
-                return Err(Error::data(path, line, format!("empty `{r}`")));
-            }
+    };
+    let mut tasks = BTreeMap::new();
+    for t in ALL_TASKS {
+        if let Some(v) = num(t)? {
+            tasks.insert(t.to_string(), v);
         }
-        out.push(row);
     }
-    Ok(out)
+    let row = PublishedRow {
+        model: text("model"),
+        method: text("method"),
+        sparsity: num("sparsity")?,
+        layers_removed: num("layers_removed")?,
+        tasks,
+        avg: num("avg")?,
+        retention: num("retention")?,
+        ppl_wikitext2: num("ppl_wikitext2")?,
+        ppl_c4: num("ppl_c4")?,
+        convention: text("convention"),
+        source: text("source"),
+        location: text("location"),
+        note: text("note"),
+        origin: format!("{}:{line}", path.display()),
+    };
+    for r in REQUIRED {
+        if text(r).is_empty() {
+            return Err(Error::data(path, line, format!("empty `{r}`")));
+        }
+    }
+    Ok(row)
 }

@@ -190,35 +190,7 @@ pub fn recovery_tables(runs: &[RunData], conv: Convention) -> Vec<Table> {
         if !g.runs.iter().any(|r| is_recovered(r)) {
             continue;
         }
-        // Pruning-method label (as in the main table) -> its rows.
-        let mut groups: BTreeMap<(usize, String), Vec<Entry>> = BTreeMap::new();
-        for ((label, rec), r) in labels(&g.runs)
-            .into_iter()
-            .zip(recovery_cells(&g.runs))
-            .zip(&g.runs)
-        {
-            groups
-                .entry((method_rank(&method_of(r)), label.clone()))
-                .or_default()
-                .push(Entry {
-                    label,
-                    keys: vec![rec],
-                    run: r,
-                });
-        }
-        groups.retain(|_, rows| rows.iter().any(|e| is_recovered(e.run)));
-        let mut ours: Vec<Entry> = Vec::new();
-        // Per row of `ours`: the index (into `ours`) of its group's w/o row.
-        let mut reference: Vec<Option<usize>> = Vec::new();
-        for mut rows in groups.into_values() {
-            rows.sort_by_cached_key(|e| (recovery_rank(&recovery_method(e.run)), e.keys.clone()));
-            let base = rows
-                .iter()
-                .position(|e| !is_recovered(e.run))
-                .map(|i| ours.len() + i);
-            reference.extend(rows.iter().map(|_| base));
-            ours.extend(rows);
-        }
+        let (ours, reference) = recovery_entries(&g.runs);
         let recovered: Vec<&RunData> = ours
             .iter()
             .map(|e| e.run)
@@ -232,7 +204,7 @@ pub fn recovery_tables(runs: &[RunData], conv: Convention) -> Vec<Table> {
                     .map(|m| m.value)
             })
             .collect();
-        let kinds: BTreeSet<String> = recovered.iter().map(|r| recovery_method(r)).collect();
+        let note = recovery_note(&recovered, g.runs.first().copied());
 
         let dense_run = dense.get(&(g.model.clone(), g.sig.clone())).copied();
         let b = Builder {
@@ -242,54 +214,101 @@ pub fn recovery_tables(runs: &[RunData], conv: Convention) -> Vec<Table> {
             ours,
             published: vec![],
         };
-        let note: Vec<String> = vec![
-            "Per pruning method: the pruned model without recovery (w/o) and after each recovery method, from the same pruned checkpoint.".into(),
-            held_equal(&recovered),
-            kd_note(&recovered, &kinds),
-            "Recovery hyperparameters are ours: the paper publishes none.".into(),
-            "Rec. s: wall-clock seconds of the recovery stage; Δ Avg: Avg minus the same method's w/o row, in points.".into(),
-            eval_note(g.runs.first().copied()),
-        ];
-        let note = note
-            .into_iter()
-            .filter(|s| !s.is_empty())
-            .collect::<Vec<_>>()
-            .join(" ");
         let id = format!("recovery_{}_{}{}", slug(&g.model), g.level.slug(), g.suffix);
         let title = format!("Recovery: {}, {}", g.model, g.level.text());
         let mut t = b.build(id, title, &note);
-
-        // The two extra columns; `ours` rows follow the dense row.
+        // `ours` rows follow the dense row.
         let skip = usize::from(dense_run.is_some());
-        let avg_col = t.columns.iter().position(|c| *c == Col::Avg);
-        let avgs: Vec<Option<f64>> = t
-            .rows
-            .iter()
-            .map(|r| avg_col.and_then(|c| r.cells[c]))
-            .collect();
-        t.columns.push(Col::RecoverySeconds);
-        if avg_col.is_some() {
-            t.columns.push(Col::DeltaAvg);
-        }
-        for (i, row) in t.rows.iter_mut().enumerate() {
-            let j = i.checked_sub(skip);
-            row.cells
-                .push(j.and_then(|j| seconds.get(j).copied().flatten()));
-            if avg_col.is_some() {
-                // Against the group's w/o row, itself excluded.
-                let base = j
-                    .and_then(|j| reference.get(j).copied().flatten().filter(|&b| b != j))
-                    .map(|b| b + skip);
-                let delta = match (avgs[i], base.and_then(|b| avgs[b])) {
-                    (Some(a), Some(w)) => Some(a - w),
-                    _ => None,
-                };
-                row.cells.push(delta);
-            }
-        }
+        add_recovery_columns(&mut t, skip, &seconds, &reference);
         out.push(t);
     }
     out
+}
+
+/// The rows of one level group in table order: per pruning method (labelled as in the
+/// main table) that has a recovered run, its w/o row then its recovered rows. With, per
+/// row, the index (into the rows) of its group's w/o row, if it has one.
+fn recovery_entries<'a>(runs: &[&'a RunData]) -> (Vec<Entry<'a>>, Vec<Option<usize>>) {
+    // Pruning-method label (as in the main table) -> its rows.
+    let mut groups: BTreeMap<(usize, String), Vec<Entry>> = BTreeMap::new();
+    for ((label, rec), r) in labels(runs).into_iter().zip(recovery_cells(runs)).zip(runs) {
+        groups
+            .entry((method_rank(&method_of(r)), label.clone()))
+            .or_default()
+            .push(Entry {
+                label,
+                keys: vec![rec],
+                run: r,
+            });
+    }
+    groups.retain(|_, rows| rows.iter().any(|e| is_recovered(e.run)));
+    let mut ours: Vec<Entry> = Vec::new();
+    let mut reference: Vec<Option<usize>> = Vec::new();
+    for mut rows in groups.into_values() {
+        rows.sort_by_cached_key(|e| (recovery_rank(&recovery_method(e.run)), e.keys.clone()));
+        let base = rows
+            .iter()
+            .position(|e| !is_recovered(e.run))
+            .map(|i| ours.len() + i);
+        reference.extend(rows.iter().map(|_| base));
+        ours.extend(rows);
+    }
+    (ours, reference)
+}
+
+/// The recovery table's caption note: how to read it, what the recovered rows held equal,
+/// the KD setting, whose hyperparameters these are, the extra columns and the evaluation.
+fn recovery_note(recovered: &[&RunData], first: Option<&RunData>) -> String {
+    let kinds: BTreeSet<String> = recovered.iter().map(|r| recovery_method(r)).collect();
+    let note: Vec<String> = vec![
+        "Per pruning method: the pruned model without recovery (w/o) and after each recovery method, from the same pruned checkpoint.".into(),
+        held_equal(recovered),
+        kd_note(recovered, &kinds),
+        "Recovery hyperparameters are ours: the paper publishes none.".into(),
+        "Rec. s: wall-clock seconds of the recovery stage; Δ Avg: Avg minus the same method's w/o row, in points.".into(),
+        eval_note(first),
+    ];
+    note.into_iter()
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Append the two extra columns to a built recovery table: "Rec. s" from `seconds` and,
+/// when the table has an Avg column, "Δ Avg" against each row's w/o row (`reference`).
+/// `seconds` and `reference` are per row of `ours`, which follow `skip` leading rows.
+fn add_recovery_columns(
+    t: &mut Table,
+    skip: usize,
+    seconds: &[Option<f64>],
+    reference: &[Option<usize>],
+) {
+    let avg_col = t.columns.iter().position(|c| *c == Col::Avg);
+    let avgs: Vec<Option<f64>> = t
+        .rows
+        .iter()
+        .map(|r| avg_col.and_then(|c| r.cells[c]))
+        .collect();
+    t.columns.push(Col::RecoverySeconds);
+    if avg_col.is_some() {
+        t.columns.push(Col::DeltaAvg);
+    }
+    for (i, row) in t.rows.iter_mut().enumerate() {
+        let j = i.checked_sub(skip);
+        row.cells
+            .push(j.and_then(|j| seconds.get(j).copied().flatten()));
+        if avg_col.is_some() {
+            // Against the group's w/o row, itself excluded.
+            let base = j
+                .and_then(|j| reference.get(j).copied().flatten().filter(|&b| b != j))
+                .map(|b| b + skip);
+            let delta = match (avgs[i], base.and_then(|b| avgs[b])) {
+                (Some(a), Some(w)) => Some(a - w),
+                _ => None,
+            };
+            row.cells.push(delta);
+        }
+    }
 }
 
 /// What the recovered rows held equal: the token budget, the loss and the sequence length

@@ -83,6 +83,39 @@ impl BarChart {
 
     /// The chart as a standalone SVG document.
     pub fn svg(&self) -> String {
+        let f = self.frame();
+        let mut s = String::new();
+        open(&mut s, f.w, f.h);
+        title(&mut s, f.w, &self.title);
+        self.draw_ticks(&mut s, &f);
+        // Values go on top of everything, the reference line included.
+        let values = self.draw_bars(&mut s, &f);
+        let (left, right, top, bottom) = (f.left, f.right, f.top, f.bottom);
+        let _ = writeln!(
+            s,
+            r##"<line x1="{left:.1}" y1="{top}" x2="{left:.1}" y2="{bottom:.1}" stroke="#333"/>"##
+        );
+        let _ = writeln!(
+            s,
+            r##"<line x1="{left:.1}" y1="{bottom:.1}" x2="{right:.1}" y2="{bottom:.1}" stroke="#333"/>"##
+        );
+        self.draw_reference(&mut s, &f);
+        s.push_str(&values);
+        text(
+            &mut s,
+            (left + right) / 2.0,
+            bottom + 40.0,
+            "middle",
+            "axis",
+            &self.axis_label,
+        );
+        s.push_str("</svg>\n");
+        s
+    }
+
+    /// The axis range, and a plot area placed right of the longest bar label with room
+    /// for the longest value text.
+    fn frame(&self) -> Frame {
         let (lo, hi) = self.axis();
         let label_w = self
             .bars
@@ -98,27 +131,40 @@ impl BarChart {
         let right = left + PLOT_W;
         let top = 58.0;
         let bottom = top + ROW * self.bars.len().max(1) as f64;
-        let w = right + 8.0 + value_w + 12.0;
-        let h = bottom + 50.0;
-        let px = |v: f64| left + (self.t(v) - lo) / (hi - lo) * PLOT_W;
+        Frame {
+            lo,
+            hi,
+            left,
+            right,
+            top,
+            bottom,
+            w: right + 8.0 + value_w + 12.0,
+            h: bottom + 50.0,
+        }
+    }
 
-        let mut s = String::new();
-        open(&mut s, w, h);
-        title(&mut s, w, &self.title);
+    /// Horizontal position of value `v`.
+    fn px(&self, f: &Frame, v: f64) -> f64 {
+        f.x_at(self.t(v))
+    }
+
+    /// Vertical grid lines at the axis ticks, with their labels below the plot.
+    fn draw_ticks(&self, s: &mut String, f: &Frame) {
+        let (top, bottom) = (f.top, f.bottom);
         let axis_ticks = if self.log {
-            log_ticks(lo, hi)
+            log_ticks(f.lo, f.hi)
         } else {
-            ticks(lo, hi, 6)
+            ticks(f.lo, f.hi, 6)
         };
         for t in axis_ticks {
-            let x = left + (t - lo) / (hi - lo) * PLOT_W;
+            let x = f.x_at(t);
             let _ = writeln!(
                 s,
                 r##"<line x1="{x:.1}" y1="{top}" x2="{x:.1}" y2="{bottom:.1}" stroke="#e5e5e5"/>"##
             );
             let v = if self.log { 10f64.powf(t) } else { t };
             text(
-                &mut s,
+                s,
                 x,
                 bottom + 18.0,
                 "middle",
@@ -126,17 +172,22 @@ impl BarChart {
                 &tick_text(v, self.log),
             );
         }
-        // Values go on top of everything, the reference line included.
+    }
+
+    /// Each bar's label, bar and error bar into `s`; returns the value texts (on white
+    /// plates, "n/a" for a missing value), to be drawn last.
+    fn draw_bars(&self, s: &mut String, f: &Frame) -> String {
+        let left = f.left;
         let mut values = String::new();
         for (i, b) in self.bars.iter().enumerate() {
-            let yc = top + ROW * (i as f64 + 0.5);
+            let yc = f.top + ROW * (i as f64 + 0.5);
             let color = PALETTE[b.group % PALETTE.len()];
-            text(&mut s, left - 8.0, yc + 4.0, "end", "label", &b.label);
+            text(s, left - 8.0, yc + 4.0, "end", "label", &b.label);
             if !b.value.is_finite() {
                 text(&mut values, left + 4.0, yc + 4.0, "start", "value", "n/a");
                 continue;
             }
-            let x1 = px(b.value).max(left);
+            let x1 = self.px(f, b.value).max(left);
             let _ = writeln!(
                 s,
                 r#"<rect x="{left:.1}" y="{:.1}" width="{:.1}" height="{BAR}" fill="{color}" fill-opacity="0.85"/>"#,
@@ -145,7 +196,7 @@ impl BarChart {
             );
             let mut end = x1;
             if let Some(e) = b.se.filter(|e| e.is_finite() && *e > 0.0) {
-                let (a, z) = (px(b.value - e).max(left), px(b.value + e));
+                let (a, z) = (self.px(f, b.value - e).max(left), self.px(f, b.value + e));
                 let _ = writeln!(
                     s,
                     r#"<path d="M{a:.1},{yc:.1}H{z:.1}M{a:.1},{:.1}v8M{z:.1},{:.1}v8" stroke="black" stroke-width="1.2" fill="none" class="errorbar"/>"#,
@@ -166,40 +217,48 @@ impl BarChart {
             );
             text(&mut values, end + 6.0, yc + 4.0, "start", "value", &label);
         }
+        values
+    }
+
+    /// The dashed reference line across the bars, with its label and value above the
+    /// plot, right of the line unless that would leave the canvas.
+    fn draw_reference(&self, s: &mut String, f: &Frame) {
+        let Some((r, label)) = &self.reference else {
+            return;
+        };
+        let x = self.px(f, *r);
+        let bottom = f.bottom;
         let _ = writeln!(
             s,
-            r##"<line x1="{left:.1}" y1="{top}" x2="{left:.1}" y2="{bottom:.1}" stroke="#333"/>"##
+            r#"<line x1="{x:.1}" y1="{:.1}" x2="{x:.1}" y2="{bottom:.1}" stroke="{REFERENCE}" stroke-width="1.5" stroke-dasharray="6 4"/>"#,
+            f.top - 8.0
         );
-        let _ = writeln!(
-            s,
-            r##"<line x1="{left:.1}" y1="{bottom:.1}" x2="{right:.1}" y2="{bottom:.1}" stroke="#333"/>"##
-        );
-        if let Some((r, label)) = &self.reference {
-            let x = px(*r);
-            let _ = writeln!(
-                s,
-                r#"<line x1="{x:.1}" y1="{:.1}" x2="{x:.1}" y2="{bottom:.1}" stroke="{REFERENCE}" stroke-width="1.5" stroke-dasharray="6 4"/>"#,
-                top - 8.0
-            );
-            let note = format!("{label} {}", value_text(*r));
-            // Right of the line unless that would leave the canvas.
-            let anchor = if x + 4.0 + text_width(&note, FONT_SIZE) < w - 4.0 {
-                ("start", x + 4.0)
-            } else {
-                ("end", x - 4.0)
-            };
-            text(&mut s, anchor.1, top - 10.0, anchor.0, "reference", &note);
-        }
-        s.push_str(&values);
-        text(
-            &mut s,
-            (left + right) / 2.0,
-            bottom + 40.0,
-            "middle",
-            "axis",
-            &self.axis_label,
-        );
-        s.push_str("</svg>\n");
-        s
+        let note = format!("{label} {}", value_text(*r));
+        let anchor = if x + 4.0 + text_width(&note, FONT_SIZE) < f.w - 4.0 {
+            ("start", x + 4.0)
+        } else {
+            ("end", x - 4.0)
+        };
+        text(s, anchor.1, f.top - 10.0, anchor.0, "reference", &note);
+    }
+}
+
+/// Where a bar chart's parts go: the axis range (log10 on a log axis), the plot area's
+/// edges and the canvas size.
+struct Frame {
+    lo: f64,
+    hi: f64,
+    left: f64,
+    right: f64,
+    top: f64,
+    bottom: f64,
+    w: f64,
+    h: f64,
+}
+
+impl Frame {
+    /// Horizontal position of `t` in axis units.
+    fn x_at(&self, t: f64) -> f64 {
+        self.left + (t - self.lo) / (self.hi - self.lo) * PLOT_W
     }
 }

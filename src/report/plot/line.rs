@@ -60,7 +60,7 @@ impl LineChart {
         }
     }
 
-    fn legend(&self) -> Vec<(String, Option<usize>, bool)> {
+    fn legend(&self) -> Vec<LegendEntry> {
         let mut v = Vec::new();
         if let Some((r, label)) = &self.reference {
             v.push((format!("{label} ({})", value_text(*r)), None, true));
@@ -73,6 +73,42 @@ impl LineChart {
 
     /// The chart as a standalone SVG document.
     pub fn svg(&self) -> String {
+        let legend = self.legend();
+        let f = self.frame(&legend);
+        let px = |x: f64| f.px(x);
+        let py = |y: f64| f.y_at(self.ty(y));
+
+        let mut s = String::new();
+        open(&mut s, f.w, f.h);
+        title(&mut s, f.w, &self.title);
+        self.draw_axes(&mut s, &f);
+        if let Some((r, _)) = &self.reference {
+            let (left, right, y) = (f.left, f.right, py(*r));
+            let _ = writeln!(
+                s,
+                r#"<line x1="{left:.1}" y1="{y:.1}" x2="{right:.1}" y2="{y:.1}" stroke="{REFERENCE}" stroke-dasharray="6 4"/>"#
+            );
+        }
+        for (i, se) in self.series.iter().enumerate() {
+            self.draw_series(&mut s, i, se, &px, &py);
+        }
+        draw_legend(&mut s, &f, &legend);
+        s.push_str("</svg>\n");
+        s
+    }
+
+    /// A y tick's text (`t` in axis units: log10 on a log axis).
+    fn tick_label(&self, t: f64) -> String {
+        if self.log_y {
+            tick_text(10f64.powf(t), true)
+        } else {
+            tick_text(t, false)
+        }
+    }
+
+    /// The data ranges (points with their error bars, and the reference line), the y
+    /// ticks, and a plot area placed right of the widest y tick with room for the legend.
+    fn frame(&self, legend: &[LegendEntry]) -> Frame {
         let points = || {
             self.series
                 .iter()
@@ -96,62 +132,55 @@ impl LineChart {
         } else {
             ticks(y_lo, y_hi, 6)
         };
-        let tick_label = |t: f64| {
-            if self.log_y {
-                tick_text(10f64.powf(t), true)
-            } else {
-                tick_text(t, false)
-            }
-        };
         let tick_w = y_ticks
             .iter()
-            .map(|t| text_width(&tick_label(*t), FONT_SIZE))
+            .map(|t| text_width(&self.tick_label(*t), FONT_SIZE))
             .fold(0.0, f64::max);
         let left = 30.0 + tick_w + 10.0;
         let (top, right) = (44.0, left + PLOT_W);
         let bottom = top + PLOT_H;
-        let legend = self.legend();
         let legend_w = legend
             .iter()
             .map(|(l, _, _)| text_width(l, FONT_SIZE))
             .fold(0.0, f64::max);
-        let w = right + 16.0 + 30.0 + legend_w + 12.0;
-        let h = (bottom + 50.0).max(top + ROW * legend.len() as f64 + 20.0);
-        let px = |x: f64| left + (x - x_lo) / (x_hi - x_lo) * PLOT_W;
-        let py = |y: f64| bottom - (self.ty(y) - y_lo) / (y_hi - y_lo) * PLOT_H;
+        Frame {
+            x: (x_lo, x_hi),
+            y: (y_lo, y_hi),
+            y_ticks,
+            left,
+            right,
+            top,
+            bottom,
+            w: right + 16.0 + 30.0 + legend_w + 12.0,
+            h: (bottom + 50.0).max(top + ROW * legend.len() as f64 + 20.0),
+        }
+    }
 
-        let mut s = String::new();
-        open(&mut s, w, h);
-        title(&mut s, w, &self.title);
-        for t in ticks(x_lo, x_hi, 6) {
-            let x = px(t);
+    /// Grid lines and tick labels on both axes, the plot frame and the axis titles.
+    fn draw_axes(&self, s: &mut String, f: &Frame) {
+        let (left, right, top, bottom) = (f.left, f.right, f.top, f.bottom);
+        for t in ticks(f.x.0, f.x.1, 6) {
+            let x = f.px(t);
             let _ = writeln!(
                 s,
                 r##"<line x1="{x:.1}" y1="{top}" x2="{x:.1}" y2="{bottom}" stroke="#e5e5e5"/>"##
             );
-            text(
-                &mut s,
-                x,
-                bottom + 18.0,
-                "middle",
-                "tick",
-                &tick_text(t, false),
-            );
+            text(s, x, bottom + 18.0, "middle", "tick", &tick_text(t, false));
         }
-        for t in &y_ticks {
-            let y = bottom - (t - y_lo) / (y_hi - y_lo) * PLOT_H;
+        for t in &f.y_ticks {
+            let y = f.y_at(*t);
             let _ = writeln!(
                 s,
                 r##"<line x1="{left:.1}" y1="{y:.1}" x2="{right:.1}" y2="{y:.1}" stroke="#e5e5e5"/>"##
             );
-            text(&mut s, left - 6.0, y + 4.0, "end", "tick", &tick_label(*t));
+            text(s, left - 6.0, y + 4.0, "end", "tick", &self.tick_label(*t));
         }
         let _ = writeln!(
             s,
             r##"<rect x="{left:.1}" y="{top}" width="{PLOT_W}" height="{PLOT_H}" fill="none" stroke="#333"/>"##
         );
         text(
-            &mut s,
+            s,
             (left + right) / 2.0,
             bottom + 40.0,
             "middle",
@@ -164,36 +193,6 @@ impl LineChart {
             r#"<text x="16" y="{mid:.1}" text-anchor="middle" transform="rotate(-90 16 {mid:.1})" class="axis">{}</text>"#,
             super::canvas::esc(&self.y_label)
         );
-        if let Some((r, _)) = &self.reference {
-            let y = py(*r);
-            let _ = writeln!(
-                s,
-                r#"<line x1="{left:.1}" y1="{y:.1}" x2="{right:.1}" y2="{y:.1}" stroke="{REFERENCE}" stroke-dasharray="6 4"/>"#
-            );
-        }
-        for (i, se) in self.series.iter().enumerate() {
-            self.draw_series(&mut s, i, se, &px, &py);
-        }
-        for (k, (label, series, dashed)) in legend.iter().enumerate() {
-            let y = top + 10.0 + ROW * k as f64;
-            let color = series.map_or(REFERENCE, |i| PALETTE[i % PALETTE.len()]);
-            let dash = if *dashed {
-                r#" stroke-dasharray="4 3""#
-            } else {
-                ""
-            };
-            let (x0, x1) = (right + 16.0, right + 40.0);
-            let _ = writeln!(
-                s,
-                r#"<line x1="{x0:.1}" y1="{y:.1}" x2="{x1:.1}" y2="{y:.1}" stroke="{color}" stroke-width="2"{dash}/>"#
-            );
-            if let Some(i) = series {
-                marker(&mut s, *i, (x0 + x1) / 2.0, y, color, *dashed);
-            }
-            text(&mut s, x1 + 6.0, y + 4.0, "start", "legend", label);
-        }
-        s.push_str("</svg>\n");
-        s
     }
 
     fn draw_series(
@@ -238,5 +237,58 @@ impl LineChart {
             }
             marker(s, i, px(p.x), py(p.y), color, se.dashed);
         }
+    }
+}
+
+/// A legend entry: its text, the series it stands for (`None`: the reference line) and
+/// whether its line is dashed.
+type LegendEntry = (String, Option<usize>, bool);
+
+/// Where a line chart's parts go: the axis ranges (y in axis units, log10 on a log axis),
+/// the y ticks, the plot area's edges and the canvas size.
+struct Frame {
+    x: (f64, f64),
+    y: (f64, f64),
+    y_ticks: Vec<f64>,
+    left: f64,
+    right: f64,
+    top: f64,
+    bottom: f64,
+    w: f64,
+    h: f64,
+}
+
+impl Frame {
+    /// Horizontal position of data value `x`.
+    fn px(&self, x: f64) -> f64 {
+        self.left + (x - self.x.0) / (self.x.1 - self.x.0) * PLOT_W
+    }
+
+    /// Vertical position of `t` in axis units.
+    fn y_at(&self, t: f64) -> f64 {
+        self.bottom - (t - self.y.0) / (self.y.1 - self.y.0) * PLOT_H
+    }
+}
+
+/// The legend right of the plot: per entry a line sample (with the series' marker) and
+/// its text, one row each.
+fn draw_legend(s: &mut String, f: &Frame, legend: &[LegendEntry]) {
+    for (k, (label, series, dashed)) in legend.iter().enumerate() {
+        let y = f.top + 10.0 + ROW * k as f64;
+        let color = series.map_or(REFERENCE, |i| PALETTE[i % PALETTE.len()]);
+        let dash = if *dashed {
+            r#" stroke-dasharray="4 3""#
+        } else {
+            ""
+        };
+        let (x0, x1) = (f.right + 16.0, f.right + 40.0);
+        let _ = writeln!(
+            s,
+            r#"<line x1="{x0:.1}" y1="{y:.1}" x2="{x1:.1}" y2="{y:.1}" stroke="{color}" stroke-width="2"{dash}/>"#
+        );
+        if let Some(i) = series {
+            marker(s, *i, (x0 + x1) / 2.0, y, color, *dashed);
+        }
+        text(s, x1 + 6.0, y + 4.0, "start", "legend", label);
     }
 }
