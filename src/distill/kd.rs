@@ -91,6 +91,47 @@ impl Objective for KdObjective<'_> {
     }
 }
 
+/// The merged layers' tensors, named `<layer>.<tensor>`: what a finished KD run saves.
+fn unit_tensors(student: &Model, units: &[Unit]) -> Vec<(String, Tensor)> {
+    units
+        .iter()
+        .flat_map(|u| {
+            student.layers[u.layer]
+                .named_tensors()
+                .into_iter()
+                .map(move |(n, t)| (format!("{}.{n}", u.layer), t.shallow_clone()))
+        })
+        .collect()
+}
+
+/// Put a finished run's saved tensors (named as by [`unit_tensors`]) back into the
+/// student's merged layers, so a resumed run skips the KD stage.
+fn restore_units(student: &Model, units: &[Unit], tensors: &[(String, Tensor)]) -> Result<()> {
+    for u in units {
+        let own: Vec<(String, Tensor)> = tensors
+            .iter()
+            .filter_map(|(n, t)| {
+                n.strip_prefix(&format!("{}.", u.layer))
+                    .map(|r| (r.to_string(), t.shallow_clone()))
+            })
+            .collect();
+        assign_layer(&student.layers[u.layer], &own)?;
+    }
+    Ok(())
+}
+
+/// The merged layers' parameters, marked trainable; the rest of the student stays frozen.
+fn trainable_params(student: &Model, units: &[Unit]) -> Vec<Tensor> {
+    let params: Vec<Tensor> = units
+        .iter()
+        .flat_map(|u| layer_params(&student.layers[u.layer]))
+        .collect();
+    for p in &params {
+        let _ = p.shallow_clone().set_requires_grad(true);
+    }
+    params
+}
+
 /// Logit KD of the whole student, training only the layers of `units`.
 #[allow(clippy::too_many_arguments)]
 pub fn train_kd(
@@ -103,28 +144,8 @@ pub fn train_kd(
     done: &mut Partial,
     on: Sink,
 ) -> Result<LayerRecord> {
-    let names = |student: &Model| -> Vec<(String, Tensor)> {
-        units
-            .iter()
-            .flat_map(|u| {
-                student.layers[u.layer]
-                    .named_tensors()
-                    .into_iter()
-                    .map(move |(n, t)| (format!("{}.{n}", u.layer), t.shallow_clone()))
-            })
-            .collect()
-    };
     if let Some((tensors, rec)) = done.finished("kd", student.device)? {
-        for u in units {
-            let own: Vec<(String, Tensor)> = tensors
-                .iter()
-                .filter_map(|(n, t)| {
-                    n.strip_prefix(&format!("{}.", u.layer))
-                        .map(|r| (r.to_string(), t.shallow_clone()))
-                })
-                .collect();
-            assign_layer(&student.layers[u.layer], &own)?;
-        }
+        restore_units(student, units, &tensors)?;
         on(Event::Note(
             "end-to-end KD: finished earlier, resumed".into(),
         ));
@@ -132,13 +153,7 @@ pub fn train_kd(
     }
     let kd_tokens = cfg.kd_tokens.unwrap_or(cfg.tokens);
     let steps = cfg.steps_for(kd_tokens);
-    let params: Vec<Tensor> = units
-        .iter()
-        .flat_map(|u| layer_params(&student.layers[u.layer]))
-        .collect();
-    for p in &params {
-        let _ = p.shallow_clone().set_requires_grad(true);
-    }
+    let params = trainable_params(student, units);
     let order = visit_order(
         data.train.len(),
         steps * cfg.accum * cfg.micro_batch,
@@ -175,7 +190,7 @@ pub fn train_kd(
     let out = train::run(params, &sched, &mut obj, "end-to-end KD", &mut on_step)?;
     let seconds = t0.elapsed().as_secs_f64();
     let rec = LayerRecord::from_outcome(None, None, steps, steps * per_step, out, seconds);
-    let saved = names(student);
+    let saved = unit_tensors(student, units);
     let refs: Vec<(String, &Tensor)> = saved.iter().map(|(n, t)| (n.clone(), t)).collect();
     done.save("kd", &refs, &rec)?;
     Ok(rec)

@@ -6,7 +6,7 @@
 use super::config::{LayerInputs, RecoveryConfig, RecoveryMethod};
 use super::data::{self, DataSet};
 use super::plan::{self, Unit};
-use super::record::DistillRecord;
+use super::record::{DistillRecord, LayerRecord};
 use super::teacher::{dir_digest, TeacherStates};
 use super::{resume, workers};
 use crate::calib::CalibConfig;
@@ -94,9 +94,9 @@ fn check_pair(t: &ModelConfig, student: &Model, pr: &Pruned, inp: &RecoverInputs
     Ok(())
 }
 
-/// Recover `inp.student` against `inp.teacher`; writes `inp.out` and returns its record.
-pub fn recover(inp: &RecoverInputs, on: Sink) -> Result<DistillRecord> {
-    let t0 = Instant::now();
+/// Refuse requests the stage cannot carry out before anything is loaded: an invalid
+/// config, method `none`, or student inputs spread over several workers.
+fn check_request(inp: &RecoverInputs) -> Result<()> {
     let cfg = inp.cfg;
     cfg.validate()?;
     if cfg.method == RecoveryMethod::None {
@@ -111,12 +111,14 @@ pub fn recover(inp: &RecoverInputs, on: Sink) -> Result<DistillRecord> {
             inp.devices.len()
         )));
     }
-    let pr = read_pruned(inp.student)?;
-    let teacher_cfg = ModelConfig::from_file(&crate::model::config::config_path(inp.teacher))?;
-    let mut student = load_model(inp.student, inp.load)?;
-    check_pair(&teacher_cfg, &student, &pr, inp)?;
-    let n_teacher = teacher_cfg.num_hidden_layers as usize;
-    let units = match cfg.method {
+    Ok(())
+}
+
+/// The layer-local units to train (none for LoRA, which trains the whole student); an
+/// error when the pruning merged nothing, as there is then nothing to distil.
+fn plan_units(inp: &RecoverInputs, pr: &Pruned, n_teacher: usize) -> Result<Vec<Unit>> {
+    let cfg = inp.cfg;
+    Ok(match cfg.method {
         RecoveryMethod::Lora => vec![],
         _ => {
             let u = plan::plan(&pr.corr, n_teacher, cfg.attach)?;
@@ -128,103 +130,152 @@ pub fn recover(inp: &RecoverInputs, on: Sink) -> Result<DistillRecord> {
             }
             u
         }
-    };
+    })
+}
+
+/// The training text, tokenised with the student's tokenizer; `hierarchical+kd` loads
+/// enough for the larger of its two token budgets.
+fn load_data(inp: &RecoverInputs, calib: &CalibConfig) -> Result<DataSet> {
+    let cfg = inp.cfg;
     let tok = Tokenizer::from_dir(inp.student)?;
     let kd_tokens = cfg.kd_tokens.unwrap_or(cfg.tokens);
     let budget = match cfg.method {
         RecoveryMethod::HierarchicalKd => cfg.tokens.max(kd_tokens),
         _ => cfg.tokens,
     };
-    let data = data::load(&tok, cfg, Some(&pr.calib), budget)?;
-    let teacher_digest = dir_digest(inp.teacher)?;
-    let key = crate::hashing::hash_value(&serde_json::json!({
-        "teacher": teacher_digest, "student": dir_digest(inp.student)?, "config": cfg,
+    data::load(&tok, cfg, Some(calib), budget)
+}
+
+/// Content key of the run (both models, config, data, dtype): finished units saved
+/// under another key are not reused.
+fn run_key(inp: &RecoverInputs, teacher_digest: &str, data: &DataSet) -> Result<String> {
+    Ok(crate::hashing::hash_value(&serde_json::json!({
+        "teacher": teacher_digest, "student": dir_digest(inp.student)?, "config": inp.cfg,
         "data": data.digest(), "dtype": crate::runtime::dtype_name(inp.load.dtype),
-    }));
-    let mut done = resume::Partial::open(inp.out, &key)?;
-    let t_teacher = Instant::now();
-    // LoRA learns from the text alone: no teacher is loaded.
-    let (states, teacher_cached) = if cfg.method == RecoveryMethod::Lora {
-        (
+    })))
+}
+
+/// Everything training reads once the units are planned and the data and teacher
+/// states are ready.
+struct Prepared {
+    units: Vec<Unit>,
+    data: DataSet,
+    states: TeacherStates,
+    n_teacher: usize,
+    teacher_seconds: f64,
+    teacher_cached: bool,
+}
+
+/// Load the teacher and compute (or read cached) its states at the units' boundaries;
+/// LoRA learns from the text alone, so it loads no teacher and gets empty states.
+fn prepare_teacher(
+    inp: &RecoverInputs,
+    teacher_cfg: &ModelConfig,
+    digest: &str,
+    data: &DataSet,
+    units: &[Unit],
+    on: Sink,
+) -> Result<(TeacherStates, bool)> {
+    if inp.cfg.method == RecoveryMethod::Lora {
+        Ok((
             TeacherStates::empty(data.record.seqlen, teacher_cfg.hidden_size as usize),
             false,
-        )
+        ))
     } else {
         let teacher = load_model(inp.teacher, inp.load)?;
-        teacher_states(&teacher, &teacher_digest, &data, &units, cfg, inp, on)?
-    };
-    let teacher_seconds = t_teacher.elapsed().as_secs_f64();
-    let visits = workers::Visits::of(&data, cfg);
-    let mut records = match cfg.inputs {
+        teacher_states(&teacher, digest, data, units, inp.cfg, inp, on)
+    }
+}
+
+/// Layer-local training of every unit: on teacher inputs (one worker per device), or
+/// in order on the states the student's own earlier layers produce.
+fn train_layers(
+    student: &mut Model,
+    p: &Prepared,
+    inp: &RecoverInputs,
+    done: &mut resume::Partial,
+    on: Sink,
+) -> Result<Vec<LayerRecord>> {
+    let cfg = inp.cfg;
+    let visits = workers::Visits::of(&p.data, cfg);
+    match cfg.inputs {
         LayerInputs::Teacher => workers::train_units(
-            &mut student,
-            &units,
-            &states,
+            student,
+            &p.units,
+            &p.states,
             &visits,
             cfg,
             &inp.devices,
-            &mut done,
+            done,
             on,
-        )?,
+        ),
         LayerInputs::Student => {
-            let seqs: Vec<&[i64]> = data
+            let seqs: Vec<&[i64]> = p
+                .data
                 .train
                 .iter()
-                .chain(&data.val)
+                .chain(&p.data.val)
                 .map(Vec::as_slice)
                 .collect();
             let device = inp.devices.first().copied().unwrap_or(student.device);
             super::progressive::train_in_order(
-                &mut student,
-                &units,
-                &states,
-                &seqs,
-                &visits,
-                cfg,
-                device,
-                &mut done,
-                on,
-            )?
+                student, &p.units, &p.states, &seqs, &visits, cfg, device, done, on,
+            )
         }
-    };
-    match cfg.method {
-        RecoveryMethod::HierarchicalKd => records.push(super::kd::train_kd(
-            &mut student,
-            &states,
-            n_teacher,
-            &units,
-            &data,
-            cfg,
-            &mut done,
-            on,
-        )?),
-        RecoveryMethod::Lora => records.push(super::lora::train_lora(
-            &mut student,
-            &data,
-            cfg,
-            &mut done,
-            on,
-        )?),
-        _ => {}
     }
+}
+
+/// The whole-model stage after the layer-local one, if the method has one: end-to-end
+/// logit KD (`hierarchical+kd`) or LoRA.
+fn train_final(
+    student: &mut Model,
+    p: &Prepared,
+    cfg: &RecoveryConfig,
+    done: &mut resume::Partial,
+    on: Sink,
+) -> Result<Option<LayerRecord>> {
+    Ok(match cfg.method {
+        RecoveryMethod::HierarchicalKd => Some(super::kd::train_kd(
+            student,
+            &p.states,
+            p.n_teacher,
+            &p.units,
+            &p.data,
+            cfg,
+            done,
+            on,
+        )?),
+        RecoveryMethod::Lora => Some(super::lora::train_lora(student, &p.data, cfg, done, on)?),
+        _ => None,
+    })
+}
+
+/// The run's record: what was trained, on what, where, and how fast (`t0`: stage start).
+fn distill_record(
+    inp: &RecoverInputs,
+    correspondence: Vec<Vec<usize>>,
+    records: Vec<LayerRecord>,
+    p: &Prepared,
+    student_layers: usize,
+    t0: Instant,
+) -> DistillRecord {
     let tokens: usize = records.iter().map(|r| r.tokens).sum();
-    let (text_tokens, layer_token_passes) =
-        DistillRecord::token_counts(&records, student.n_layers());
+    let (text_tokens, layer_token_passes) = DistillRecord::token_counts(&records, student_layers);
     let seconds = t0.elapsed().as_secs_f64();
-    let rec = DistillRecord {
+    DistillRecord {
         teacher: inp.teacher.to_path_buf(),
         student: inp.student.to_path_buf(),
-        config: cfg.clone(),
-        correspondence: pr.corr,
+        config: inp.cfg.clone(),
+        correspondence,
         units: records,
-        data: data.record.clone(),
+        data: p.data.record.clone(),
         workers: inp
             .devices
             .iter()
             .map(|d| crate::runtime::device_name(*d))
             .collect(),
-        teacher_seconds,
-        teacher_cached,
+        teacher_seconds: p.teacher_seconds,
+        teacher_cached: p.teacher_cached,
         tokens,
         text_tokens,
         layer_token_passes,
@@ -233,7 +284,37 @@ pub fn recover(inp: &RecoverInputs, on: Sink) -> Result<DistillRecord> {
         peak_rss_mib: peak_rss_mib(),
         threads: tch::get_num_threads(),
         crate_version: env!("CARGO_PKG_VERSION").into(),
+    }
+}
+
+/// Recover `inp.student` against `inp.teacher`; writes `inp.out` and returns its record.
+pub fn recover(inp: &RecoverInputs, on: Sink) -> Result<DistillRecord> {
+    let t0 = Instant::now();
+    check_request(inp)?;
+    let pr = read_pruned(inp.student)?;
+    let teacher_cfg = ModelConfig::from_file(&crate::model::config::config_path(inp.teacher))?;
+    let mut student = load_model(inp.student, inp.load)?;
+    check_pair(&teacher_cfg, &student, &pr, inp)?;
+    let n_teacher = teacher_cfg.num_hidden_layers as usize;
+    let units = plan_units(inp, &pr, n_teacher)?;
+    let data = load_data(inp, &pr.calib)?;
+    let teacher_digest = dir_digest(inp.teacher)?;
+    let key = run_key(inp, &teacher_digest, &data)?;
+    let mut done = resume::Partial::open(inp.out, &key)?;
+    let t_teacher = Instant::now();
+    let (states, teacher_cached) =
+        prepare_teacher(inp, &teacher_cfg, &teacher_digest, &data, &units, on)?;
+    let prep = Prepared {
+        units,
+        data,
+        states,
+        n_teacher,
+        teacher_seconds: t_teacher.elapsed().as_secs_f64(),
+        teacher_cached,
     };
+    let mut records = train_layers(&mut student, &prep, inp, &mut done, on)?;
+    records.extend(train_final(&mut student, &prep, inp.cfg, &mut done, on)?);
+    let rec = distill_record(inp, pr.corr, records, &prep, student.n_layers(), t0);
     done.commit(&student, inp.student, &rec)?;
     Ok(rec)
 }

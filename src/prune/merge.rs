@@ -193,6 +193,171 @@ impl ConcatOptions {
     }
 }
 
+/// Per-source channel choice: which KV heads, query heads and MLP neurons it keeps.
+struct Kept {
+    kv: Vec<usize>,
+    q: Vec<usize>,
+    mlp: Vec<usize>,
+}
+
+/// Pick source `s`'s most sensitive channels for its allocation (`n_kv` KV heads,
+/// `n_mlp` neurons), refusing an allocation larger than the layer itself.
+fn keep_channels(
+    c: &ModelConfig,
+    s: usize,
+    scores: &ChannelScores,
+    n_kv: usize,
+    n_mlp: usize,
+    gqa: GqaMapping,
+) -> Result<Kept> {
+    let (nh, nkv) = (
+        c.num_attention_heads as usize,
+        c.num_key_value_heads as usize,
+    );
+    if n_kv > nkv || n_mlp > c.intermediate_size as usize {
+        return Err(Error::Invalid(format!(
+            "source {s} would give {} KV heads / {} neurons but has {nkv} / {}",
+            n_kv, n_mlp, c.intermediate_size
+        )));
+    }
+    let kv = top_k_in_order(&scores.kv, n_kv);
+    let q = query_heads(&kv, nh, nkv, gqa);
+    let mlp = top_k_in_order(&scores.mlp, n_mlp);
+    Ok(Kept { kv, q, mlp })
+}
+
+/// Scale the input columns of `w` by a folded norm weight, if there is one.
+fn fold(w: Tensor, g: Option<&Tensor>) -> Tensor {
+    match g {
+        Some(g) => scale_cols(&w, g),
+        None => w,
+    }
+}
+
+/// The slices each source contributes, gathered in source order until they are
+/// concatenated into the merged projections.
+#[derive(Default)]
+struct Pieces {
+    q: Vec<Tensor>,
+    k: Vec<Tensor>,
+    v: Vec<Tensor>,
+    o: Vec<Tensor>,
+    qb: Vec<Tensor>,
+    kb: Vec<Tensor>,
+    vb: Vec<Tensor>,
+    gate: Vec<Tensor>,
+    up: Vec<Tensor>,
+    down: Vec<Tensor>,
+    gb: Vec<Tensor>,
+    ub: Vec<Tensor>,
+}
+
+impl Pieces {
+    /// Attention: q/k/v rows (and biases) of the kept heads, with the input norm folded
+    /// in when `in_g` is given, and the matching o_proj input columns.
+    fn push_attention(
+        &mut self,
+        layer: &Layer,
+        q_rows: &[i64],
+        kv_rows: &[i64],
+        in_g: Option<&Tensor>,
+    ) {
+        self.q.push(fold(rows(&layer.q_proj.weight, q_rows), in_g));
+        self.k.push(fold(rows(&layer.k_proj.weight, kv_rows), in_g));
+        self.v.push(fold(rows(&layer.v_proj.weight, kv_rows), in_g));
+        self.o.push(cols(&layer.o_proj.weight, q_rows));
+        if let Some(b) = &layer.q_proj.bias {
+            self.qb.push(rows(b, q_rows));
+        }
+        if let Some(b) = &layer.k_proj.bias {
+            self.kb.push(rows(b, kv_rows));
+        }
+        if let Some(b) = &layer.v_proj.bias {
+            self.vb.push(rows(b, kv_rows));
+        }
+    }
+
+    /// MLP: gate/up rows (and biases) of the kept neurons, with the post-attention norm
+    /// folded in when `post_g` is given, and the matching down_proj input columns.
+    fn push_mlp(&mut self, layer: &Layer, m_rows: &[i64], post_g: Option<&Tensor>) {
+        self.gate
+            .push(fold(rows(&layer.gate_proj.weight, m_rows), post_g));
+        self.up
+            .push(fold(rows(&layer.up_proj.weight, m_rows), post_g));
+        self.down.push(cols(&layer.down_proj.weight, m_rows));
+        if let Some(b) = &layer.gate_proj.bias {
+            self.gb.push(rows(b, m_rows));
+        }
+        if let Some(b) = &layer.up_proj.bias {
+            self.ub.push(rows(b, m_rows));
+        }
+    }
+}
+
+/// Row-stacked projection; its bias likewise when the sources have one.
+fn cat_rows(w: &[Tensor], b: &[Tensor]) -> Linear {
+    Linear::new(
+        Tensor::cat(w, 0),
+        (!b.is_empty()).then(|| Tensor::cat(b, 0)),
+    )
+}
+
+/// Column-stacked output projection: its outputs add up, so the biases are summed.
+fn cat_cols(w: &[Tensor], src: &[&Layer], get: &dyn Fn(&Layer) -> &Linear) -> Linear {
+    Linear::new(
+        Tensor::cat(w, 1),
+        sum_opt(&src.iter().map(|l| get(l).bias.as_ref()).collect::<Vec<_>>()),
+    )
+}
+
+/// RMSNorm weight of the merged layer: the sources' mean, or ones when folded.
+fn merged_norm(src: &[&Layer], norm: NormMode, get: &dyn Fn(&Layer) -> &Tensor) -> Tensor {
+    match norm {
+        NormMode::Mean => {
+            let sum = src
+                .iter()
+                .skip(1)
+                .fold(get(src[0]).copy(), |acc, l| acc + get(l));
+            sum / src.len() as f64
+        }
+        NormMode::Fold => get(src[0]).ones_like(),
+    }
+}
+
+/// Per-head q/k norms cannot be folded (they act after normalisation): share-weighted.
+fn merged_qk_norm(
+    src: &[&Layer],
+    shares: &[f64],
+    get: &dyn Fn(&Layer) -> Option<&Tensor>,
+) -> Option<Tensor> {
+    let mut acc: Option<Tensor> = None;
+    for (l, r) in src.iter().zip(shares) {
+        let w = get(l)? * *r;
+        acc = Some(match acc {
+            Some(a) => a + w,
+            None => w,
+        });
+    }
+    acc
+}
+
+/// Build the merged layer from the gathered pieces and the sources' norms and biases.
+fn assemble(src: &[&Layer], shares: &[f64], norm: NormMode, p: &Pieces) -> Layer {
+    Layer {
+        input_norm: merged_norm(src, norm, &|l| &l.input_norm),
+        q_proj: cat_rows(&p.q, &p.qb),
+        k_proj: cat_rows(&p.k, &p.kb),
+        v_proj: cat_rows(&p.v, &p.vb),
+        o_proj: cat_cols(&p.o, src, &|l| &l.o_proj),
+        q_norm: merged_qk_norm(src, shares, &|l| l.q_norm.as_ref()),
+        k_norm: merged_qk_norm(src, shares, &|l| l.k_norm.as_ref()),
+        post_norm: merged_norm(src, norm, &|l| &l.post_norm),
+        gate_proj: cat_rows(&p.gate, &p.gb),
+        up_proj: cat_rows(&p.up, &p.ub),
+        down_proj: cat_cols(&p.down, src, &|l| &l.down_proj),
+    }
+}
+
 /// CoMe's concatenation merge of `src` (in model order) with channel scores and shares.
 pub fn concat(
     c: &ModelConfig,
@@ -212,11 +377,7 @@ pub fn concat(
             "concat needs >= 2 layers with one score set and share each".into(),
         ));
     }
-    let (nh, nkv, hd) = (
-        c.num_attention_heads as usize,
-        c.num_key_value_heads as usize,
-        c.head_dim,
-    );
+    let hd = c.head_dim;
     let kv_alloc = allocate(shares, n_kv_out);
     let mlp_alloc = allocate(shares, n_mlp_out);
     let mut rec = ConcatRecord {
@@ -225,112 +386,23 @@ pub fn concat(
         kv_heads_kept: vec![],
         q_heads_kept: vec![],
     };
-    let (mut q, mut k, mut v, mut o) = (vec![], vec![], vec![], vec![]);
-    let (mut qb, mut kb, mut vb) = (vec![], vec![], vec![]);
-    let (mut gate, mut up, mut down) = (vec![], vec![], vec![]);
-    let (mut gb, mut ub) = (vec![], vec![]);
+    let mut pieces = Pieces::default();
     for (s, layer) in src.iter().enumerate() {
-        if kv_alloc[s] > nkv || mlp_alloc[s] > c.intermediate_size as usize {
-            return Err(Error::Invalid(format!(
-                "source {s} would give {} KV heads / {} neurons but has {nkv} / {}",
-                kv_alloc[s], mlp_alloc[s], c.intermediate_size
-            )));
-        }
-        let kv_keep = top_k_in_order(&scores[s].kv, kv_alloc[s]);
-        let q_keep = query_heads(&kv_keep, nh, nkv, gqa);
-        let mlp_keep = top_k_in_order(&scores[s].mlp, mlp_alloc[s]);
-        let kv_rows = head_rows(&kv_keep, hd);
-        let q_rows = head_rows(&q_keep, hd);
-        let m_rows: Vec<i64> = mlp_keep.iter().map(|&i| i as i64).collect();
+        let kept = keep_channels(c, s, scores[s], kv_alloc[s], mlp_alloc[s], gqa)?;
+        let kv_rows = head_rows(&kept.kv, hd);
+        let q_rows = head_rows(&kept.q, hd);
+        let m_rows: Vec<i64> = kept.mlp.iter().map(|&i| i as i64).collect();
         let (in_g, post_g) = match norm {
             NormMode::Mean => (None, None),
             NormMode::Fold => (Some(&layer.input_norm), Some(&layer.post_norm)),
         };
-        let fold = |w: Tensor, g: Option<&Tensor>| match g {
-            Some(g) => scale_cols(&w, g),
-            None => w,
-        };
-        q.push(fold(rows(&layer.q_proj.weight, &q_rows), in_g));
-        k.push(fold(rows(&layer.k_proj.weight, &kv_rows), in_g));
-        v.push(fold(rows(&layer.v_proj.weight, &kv_rows), in_g));
-        o.push(cols(&layer.o_proj.weight, &q_rows));
-        if let Some(b) = &layer.q_proj.bias {
-            qb.push(rows(b, &q_rows));
-        }
-        if let Some(b) = &layer.k_proj.bias {
-            kb.push(rows(b, &kv_rows));
-        }
-        if let Some(b) = &layer.v_proj.bias {
-            vb.push(rows(b, &kv_rows));
-        }
-        gate.push(fold(rows(&layer.gate_proj.weight, &m_rows), post_g));
-        up.push(fold(rows(&layer.up_proj.weight, &m_rows), post_g));
-        down.push(cols(&layer.down_proj.weight, &m_rows));
-        if let Some(b) = &layer.gate_proj.bias {
-            gb.push(rows(b, &m_rows));
-        }
-        if let Some(b) = &layer.up_proj.bias {
-            ub.push(rows(b, &m_rows));
-        }
-        rec.mlp_kept.push(mlp_keep);
-        rec.kv_heads_kept.push(kv_keep);
-        rec.q_heads_kept.push(q_keep);
+        pieces.push_attention(layer, &q_rows, &kv_rows, in_g);
+        pieces.push_mlp(layer, &m_rows, post_g);
+        rec.mlp_kept.push(kept.mlp);
+        rec.kv_heads_kept.push(kept.kv);
+        rec.q_heads_kept.push(kept.q);
     }
-    let cat0 = |ts: &[Tensor]| Tensor::cat(ts, 0);
-    let cat1 = |ts: &[Tensor]| Tensor::cat(ts, 1);
-    let bias = |ts: &[Tensor]| (!ts.is_empty()).then(|| Tensor::cat(ts, 0));
-    let norm_w = |get: &dyn Fn(&Layer) -> &Tensor| -> Tensor {
-        match norm {
-            NormMode::Mean => {
-                let sum = src
-                    .iter()
-                    .skip(1)
-                    .fold(get(src[0]).copy(), |acc, l| acc + get(l));
-                sum / src.len() as f64
-            }
-            NormMode::Fold => get(src[0]).ones_like(),
-        }
-    };
-    // Per-head q/k norms cannot be folded (they act after normalisation): share-weighted.
-    let qk_norm = |get: &dyn Fn(&Layer) -> Option<&Tensor>| -> Option<Tensor> {
-        let mut acc: Option<Tensor> = None;
-        for (l, r) in src.iter().zip(shares) {
-            let w = get(l)? * *r;
-            acc = Some(match acc {
-                Some(a) => a + w,
-                None => w,
-            });
-        }
-        acc
-    };
-    let layer = Layer {
-        input_norm: norm_w(&|l| &l.input_norm),
-        q_proj: Linear::new(cat0(&q), bias(&qb)),
-        k_proj: Linear::new(cat0(&k), bias(&kb)),
-        v_proj: Linear::new(cat0(&v), bias(&vb)),
-        o_proj: Linear::new(
-            cat1(&o),
-            sum_opt(
-                &src.iter()
-                    .map(|l| l.o_proj.bias.as_ref())
-                    .collect::<Vec<_>>(),
-            ),
-        ),
-        q_norm: qk_norm(&|l| l.q_norm.as_ref()),
-        k_norm: qk_norm(&|l| l.k_norm.as_ref()),
-        post_norm: norm_w(&|l| &l.post_norm),
-        gate_proj: Linear::new(cat0(&gate), bias(&gb)),
-        up_proj: Linear::new(cat0(&up), bias(&ub)),
-        down_proj: Linear::new(
-            cat1(&down),
-            sum_opt(
-                &src.iter()
-                    .map(|l| l.down_proj.bias.as_ref())
-                    .collect::<Vec<_>>(),
-            ),
-        ),
-    };
-    Ok((layer, rec))
+    Ok((assemble(src, shares, norm, &pieces), rec))
 }
 
 /// Apply `f` to corresponding tensors of every source layer, building a new layer.
