@@ -135,6 +135,8 @@ fn min_value_size(ty: u32) -> Option<u64> {
     })
 }
 
+/// Read and validate a GGUF header from `r` (a file of `len` bytes): metadata, tensor
+/// infos and where the data section starts. Nothing is allocated past what the file can hold.
 pub(super) fn parse_header<R: Read>(r: R, len: u64, path: &Path) -> Result<GgufFile> {
     let mut c = Cursor {
         r,
@@ -143,6 +145,31 @@ pub(super) fn parse_header<R: Read>(r: R, len: u64, path: &Path) -> Result<GgufF
         path,
         ctx: "GGUF header".into(),
     };
+    let (version, n_tensors, n_kv) = read_preamble(&mut c)?;
+    let metadata = read_metadata(&mut c, n_kv)?;
+    let alignment = alignment_of(&metadata, path)?;
+    let tensors = read_tensor_infos(&mut c, n_tensors, alignment)?;
+    let header_end = c.pos;
+    let data_offset = header_end
+        .checked_next_multiple_of(alignment)
+        .ok_or_else(|| Error::format(path, "data offset overflows"))?;
+    check_tensors_in_file(&tensors, data_offset, len, path)?;
+    Ok(GgufFile {
+        path: path.to_path_buf(),
+        version,
+        metadata,
+        tensors,
+        alignment,
+        data_offset,
+        file_len: len,
+    })
+}
+
+/// The fixed start of the file: magic, version and the two counts, returned as
+/// `(version, n_tensors, n_kv)`. Both counts are bounded by the bytes left, so a corrupt
+/// count fails here rather than in a huge allocation later.
+fn read_preamble<R: Read>(c: &mut Cursor<'_, R>) -> Result<(u32, u64, u64)> {
+    let len = c.len;
     let magic: [u8; 4] = c.array()?;
     if magic != MAGIC {
         return Err(c.err(format!(
@@ -177,7 +204,11 @@ pub(super) fn parse_header<R: Read>(r: R, len: u64, path: &Path) -> Result<GgufF
             "tensor count {n_tensors} cannot fit in a file of {len} bytes (truncated file or corrupt count)"
         )));
     }
+    Ok((version, n_tensors, n_kv))
+}
 
+/// The `n_kv` key/value pairs; duplicate keys are an error rather than last-one-wins.
+fn read_metadata<R: Read>(c: &mut Cursor<'_, R>, n_kv: u64) -> Result<BTreeMap<String, GgufValue>> {
     let mut metadata = BTreeMap::new();
     for i in 0..n_kv {
         c.ctx = format!("metadata entry {i}");
@@ -189,8 +220,13 @@ pub(super) fn parse_header<R: Read>(r: R, len: u64, path: &Path) -> Result<GgufF
             return Err(c.err("duplicate key"));
         }
     }
+    Ok(metadata)
+}
 
-    let alignment = match metadata.get("general.alignment") {
+/// `general.alignment`, or the GGUF default when absent. Needed before the tensor infos,
+/// whose offsets must be multiples of it.
+fn alignment_of(metadata: &BTreeMap<String, GgufValue>, path: &Path) -> Result<u64> {
+    Ok(match metadata.get("general.alignment") {
         None => DEFAULT_ALIGNMENT,
         Some(v) => match v.as_u64() {
             Some(a) if a.is_power_of_two() && a <= 1 << 30 => a,
@@ -201,69 +237,96 @@ pub(super) fn parse_header<R: Read>(r: R, len: u64, path: &Path) -> Result<GgufF
                 ))
             }
         },
-    };
+    })
+}
 
+/// The `n_tensors` tensor infos, each validated on its own (see [`read_tensor_info`]);
+/// tensor names must be unique.
+fn read_tensor_infos<R: Read>(
+    c: &mut Cursor<'_, R>,
+    n_tensors: u64,
+    alignment: u64,
+) -> Result<Vec<GgufTensorInfo>> {
     let mut tensors = Vec::with_capacity((n_tensors as usize).min(MAX_PREALLOC));
     let mut names = BTreeSet::new();
     for i in 0..n_tensors {
         c.ctx = format!("tensor info {i}");
         let name = c.string()?;
         c.ctx = format!("tensor info {i} (`{name}`)");
-        let n_dims = c.u32()?;
-        if n_dims > MAX_DIMS {
-            return Err(c.err(format!(
-                "{n_dims} dimensions (ggml allows at most {MAX_DIMS})"
-            )));
-        }
-        let mut dims = Vec::with_capacity(n_dims as usize);
-        for _ in 0..n_dims {
-            dims.push(c.u64()?);
-        }
-        let ggml_type = GgmlType(c.u32()?);
-        let offset = c.u64()?;
-        if !names.insert(name.clone()) {
-            return Err(c.err("duplicate tensor name"));
-        }
-        let n_elements = dims
-            .iter()
-            .try_fold(1u64, |acc, &d| acc.checked_mul(d))
-            .filter(|&n| i64::try_from(n).is_ok())
-            .ok_or_else(|| c.err(format!("dimensions {dims:?} overflow")))?;
-        let n_bytes = match ggml_type.block() {
-            None => None,
-            Some((block, size)) => {
-                let row = dims.first().copied().unwrap_or(1);
-                if !row.is_multiple_of(block) {
-                    return Err(c.err(format!(
-                        "row length {row} is not a multiple of the {ggml_type} block size {block}"
-                    )));
-                }
-                Some(
-                    (n_elements / block)
-                        .checked_mul(size)
-                        .ok_or_else(|| c.err(format!("dimensions {dims:?} overflow")))?,
-                )
-            }
-        };
-        if !offset.is_multiple_of(alignment) {
-            return Err(c.err(format!(
-                "data offset {offset} is not a multiple of the alignment {alignment}"
-            )));
-        }
-        tensors.push(GgufTensorInfo {
-            name,
-            dims,
-            ggml_type,
-            offset,
-            n_bytes,
-        });
+        tensors.push(read_tensor_info(c, name, &mut names, alignment)?);
     }
+    Ok(tensors)
+}
 
-    let header_end = c.pos;
-    let data_offset = header_end
-        .checked_next_multiple_of(alignment)
-        .ok_or_else(|| Error::format(path, "data offset overflows"))?;
-    for t in &tensors {
+/// The rest of one tensor info after its name: dimensions, ggml type and data offset.
+/// Checks the dimension count, name uniqueness (against `names`), that the element and
+/// byte counts do not overflow, that rows hold whole quantization blocks, and the
+/// offset's alignment.
+fn read_tensor_info<R: Read>(
+    c: &mut Cursor<'_, R>,
+    name: String,
+    names: &mut BTreeSet<String>,
+    alignment: u64,
+) -> Result<GgufTensorInfo> {
+    let n_dims = c.u32()?;
+    if n_dims > MAX_DIMS {
+        return Err(c.err(format!(
+            "{n_dims} dimensions (ggml allows at most {MAX_DIMS})"
+        )));
+    }
+    let mut dims = Vec::with_capacity(n_dims as usize);
+    for _ in 0..n_dims {
+        dims.push(c.u64()?);
+    }
+    let ggml_type = GgmlType(c.u32()?);
+    let offset = c.u64()?;
+    if !names.insert(name.clone()) {
+        return Err(c.err("duplicate tensor name"));
+    }
+    let n_elements = dims
+        .iter()
+        .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+        .filter(|&n| i64::try_from(n).is_ok())
+        .ok_or_else(|| c.err(format!("dimensions {dims:?} overflow")))?;
+    let n_bytes = match ggml_type.block() {
+        None => None,
+        Some((block, size)) => {
+            let row = dims.first().copied().unwrap_or(1);
+            if !row.is_multiple_of(block) {
+                return Err(c.err(format!(
+                    "row length {row} is not a multiple of the {ggml_type} block size {block}"
+                )));
+            }
+            Some(
+                (n_elements / block)
+                    .checked_mul(size)
+                    .ok_or_else(|| c.err(format!("dimensions {dims:?} overflow")))?,
+            )
+        }
+    };
+    if !offset.is_multiple_of(alignment) {
+        return Err(c.err(format!(
+            "data offset {offset} is not a multiple of the alignment {alignment}"
+        )));
+    }
+    Ok(GgufTensorInfo {
+        name,
+        dims,
+        ggml_type,
+        offset,
+        n_bytes,
+    })
+}
+
+/// Every tensor's data must end inside the file (`len` bytes, data section at
+/// `data_offset`): a truncated download fails at open rather than on first read.
+fn check_tensors_in_file(
+    tensors: &[GgufTensorInfo],
+    data_offset: u64,
+    len: u64,
+    path: &Path,
+) -> Result<()> {
+    for t in tensors {
         let end = data_offset
             .checked_add(t.offset)
             .and_then(|s| s.checked_add(t.n_bytes.unwrap_or(0)));
@@ -280,13 +343,5 @@ pub(super) fn parse_header<R: Read>(r: R, len: u64, path: &Path) -> Result<GgufF
             ));
         }
     }
-    Ok(GgufFile {
-        path: path.to_path_buf(),
-        version,
-        metadata,
-        tensors,
-        alignment,
-        data_offset,
-        file_len: len,
-    })
+    Ok(())
 }

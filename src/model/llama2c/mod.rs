@@ -119,11 +119,33 @@ impl Header {
 
     /// Parse and validate the header from the first bytes of a file of `file_len` bytes.
     pub fn parse(bytes: &[u8], file_len: u64, path: &Path) -> Result<Header> {
-        let fail = |msg: String| Error::format(path, msg);
+        let f = Header::raw_fields(bytes, file_len, path)?;
+        Header::check_field_signs(&f, path)?;
+        let h = Header {
+            dim: f[0] as i64,
+            hidden_dim: f[1] as i64,
+            n_layers: f[2] as i64,
+            n_heads: f[3] as i64,
+            n_kv_heads: f[4] as i64,
+            vocab_size: (f[5] as i64).abs(),
+            seq_len: f[6] as i64,
+            shared_classifier: f[5] > 0,
+        };
+        h.check_head_shapes(path)?;
+        h.check_file_len(&f, file_len, path)?;
+        Ok(h)
+    }
+
+    /// The seven raw i32 fields, after checking there are enough bytes and that the file
+    /// is not one of llama2.c's newer (`"ak42"`) exports.
+    fn raw_fields(bytes: &[u8], file_len: u64, path: &Path) -> Result<[i32; 7]> {
         if bytes.len() < HEADER_BYTES as usize || file_len < HEADER_BYTES {
-            return Err(fail(format!(
-                "truncated: {file_len} bytes, shorter than the {HEADER_BYTES}-byte llama2.c header"
-            )));
+            return Err(Error::format(
+                path,
+                format!(
+                    "truncated: {file_len} bytes, shorter than the {HEADER_BYTES}-byte llama2.c header"
+                ),
+            ));
         }
         let mut f = [0i32; 7];
         for (i, v) in f.iter_mut().enumerate() {
@@ -138,6 +160,13 @@ impl Header {
                  (export with `--version 0`)",
             ));
         }
+        Ok(f)
+    }
+
+    /// Every field positive, except `vocab_size` which only must be non-zero (its sign is
+    /// the classifier setting); a zero or negative field usually means a file of another
+    /// kind.
+    fn check_field_signs(f: &[i32; 7], path: &Path) -> Result<()> {
         let names = [
             "dim",
             "hidden_dim",
@@ -155,39 +184,48 @@ impl Header {
                 } else {
                     "positive"
                 };
-                return Err(fail(format!(
-                    "header field `{name}` must be {want}, found {v} (header: {f:?}); not a llama2.c checkpoint?"
-                )));
+                return Err(Error::format(
+                    path,
+                    format!(
+                        "header field `{name}` must be {want}, found {v} (header: {f:?}); not a llama2.c checkpoint?"
+                    ),
+                ));
             }
         }
-        let h = Header {
-            dim: f[0] as i64,
-            hidden_dim: f[1] as i64,
-            n_layers: f[2] as i64,
-            n_heads: f[3] as i64,
-            n_kv_heads: f[4] as i64,
-            vocab_size: (f[5] as i64).abs(),
-            seq_len: f[6] as i64,
-            shared_classifier: f[5] > 0,
-        };
-        if h.n_heads % h.n_kv_heads != 0 {
+        Ok(())
+    }
+
+    /// The head layout must divide evenly (grouped-query heads, whole heads per `dim`) and
+    /// the head size must be even, as rotary embeddings rotate pairs.
+    fn check_head_shapes(&self, path: &Path) -> Result<()> {
+        let fail = |msg: String| Error::format(path, msg);
+        if self.n_heads % self.n_kv_heads != 0 {
             return Err(fail(format!(
                 "n_heads ({}) must be a multiple of n_kv_heads ({})",
-                h.n_heads, h.n_kv_heads
+                self.n_heads, self.n_kv_heads
             )));
         }
-        if h.dim % h.n_heads != 0 {
+        if self.dim % self.n_heads != 0 {
             return Err(fail(format!(
                 "dim ({}) must be a multiple of n_heads ({})",
-                h.dim, h.n_heads
+                self.dim, self.n_heads
             )));
         }
-        if h.head_size() % 2 != 0 {
+        if self.head_size() % 2 != 0 {
             return Err(fail(format!(
                 "head size dim / n_heads = {} must be even for rotary embeddings",
-                h.head_size()
+                self.head_size()
             )));
         }
+        Ok(())
+    }
+
+    /// The file (`file_len` bytes) must be exactly the size this header implies: the legacy
+    /// format has no other check against truncation or a misread header. `f` is the raw
+    /// header, for the message.
+    fn check_file_len(&self, f: &[i32; 7], file_len: u64, path: &Path) -> Result<()> {
+        let h = self;
+        let fail = |msg: String| Error::format(path, msg);
         let expected = h.expected_file_bytes().ok_or_else(|| {
             fail(format!(
                 "header {f:?} implies a file larger than 2^64 bytes; not a llama2.c checkpoint?"
@@ -206,7 +244,7 @@ impl Header {
             };
             let other = Header {
                 shared_classifier: !h.shared_classifier,
-                ..h
+                ..*h
             };
             let hint = if other.expected_file_bytes() == Some(file_len) {
                 " (that is the size with the other classifier setting: is the sign of vocab_size wrong?)"
@@ -219,7 +257,7 @@ impl Header {
                 h.dim, h.hidden_dim, h.n_layers, h.n_heads, h.n_kv_heads, h.vocab_size, h.seq_len
             )));
         }
-        Ok(h)
+        Ok(())
     }
 
     /// Read and validate the header of `path`, including the exact file size.

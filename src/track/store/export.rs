@@ -16,25 +16,53 @@ pub(super) fn create_file(path: &Path) -> Result<std::fs::File> {
     })
 }
 
+/// One row of the metrics query: run id, hash, name, subgrid, status, then the metric's
+/// task, name, value, stderr, context and step.
+type MetricRow = (
+    i64,
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    f64,
+    Option<f64>,
+    String,
+    i64,
+);
+
 impl Store {
     /// One row per (run, metric) of every run that has metrics, with the run's
     /// parameters as columns (named by their dotted path; numbers and booleans typed,
     /// everything else as JSON text, strings raw).
     pub fn metrics_frame(&self) -> Result<DataFrame> {
-        type Row = (
-            i64,
-            String,
-            String,
-            String,
-            String,
-            String,
-            String,
-            f64,
-            Option<f64>,
-            String,
-            i64,
-        );
-        let rows: Vec<Row> = self.retry("export", |c| {
+        let rows = self.metric_rows()?;
+        let params = self.params_of_runs(&rows)?;
+        let keys: BTreeSet<String> = params.values().flat_map(|p| p.keys().cloned()).collect();
+        let mut cols = metric_columns(&rows);
+        for k in keys {
+            let vals: Vec<Option<&Value>> = rows
+                .iter()
+                .map(|r| {
+                    params
+                        .get(&r.0)
+                        .and_then(|p| p.get(&k))
+                        .filter(|v| !v.is_null())
+                })
+                .collect();
+            cols.push(param_column(&k, &vals));
+        }
+        DataFrame::new(cols).map_err(|e| StoreError::Export {
+            path: self.path.clone(),
+            msg: e.to_string(),
+        })
+    }
+
+    /// Every metric of every run, joined with its run's identity, in run then insertion
+    /// order.
+    fn metric_rows(&self) -> Result<Vec<MetricRow>> {
+        self.retry("export", |c| {
             let e = |e| self.err("export", e);
             let mut st = c
                 .prepare(
@@ -60,83 +88,18 @@ impl Store {
                 })
                 .map_err(e)?;
             rows.collect::<std::result::Result<Vec<_>, _>>().map_err(e)
-        })?;
+        })
+    }
+
+    /// The parameters of each run that appears in `rows`, looked up once per run.
+    fn params_of_runs(&self, rows: &[MetricRow]) -> Result<BTreeMap<i64, BTreeMap<String, Value>>> {
         let mut params: BTreeMap<i64, BTreeMap<String, Value>> = BTreeMap::new();
-        for r in &rows {
+        for r in rows {
             if let std::collections::btree_map::Entry::Vacant(slot) = params.entry(r.0) {
                 slot.insert(self.params(r.0)?);
             }
         }
-        let keys: BTreeSet<String> = params.values().flat_map(|p| p.keys().cloned()).collect();
-        let col_s = |name: &str, f: &dyn Fn(&Row) -> String| {
-            Column::new(name.into(), rows.iter().map(f).collect::<Vec<_>>())
-        };
-        let mut cols = vec![
-            Column::new(
-                "run_id".into(),
-                rows.iter().map(|r| r.0).collect::<Vec<_>>(),
-            ),
-            col_s("hash", &|r| r.1.clone()),
-            col_s("name", &|r| r.2.clone()),
-            col_s("subgrid", &|r| r.3.clone()),
-            col_s("status", &|r| r.4.clone()),
-            col_s("task", &|r| r.5.clone()),
-            col_s("metric", &|r| r.6.clone()),
-            Column::new("value".into(), rows.iter().map(|r| r.7).collect::<Vec<_>>()),
-            Column::new(
-                "stderr".into(),
-                rows.iter().map(|r| r.8).collect::<Vec<_>>(),
-            ),
-            col_s("context", &|r| r.9.clone()),
-            Column::new("step".into(), rows.iter().map(|r| r.10).collect::<Vec<_>>()),
-        ];
-        for k in keys {
-            let vals: Vec<Option<&Value>> = rows
-                .iter()
-                .map(|r| {
-                    params
-                        .get(&r.0)
-                        .and_then(|p| p.get(&k))
-                        .filter(|v| !v.is_null())
-                })
-                .collect();
-            let col = if vals.iter().flatten().all(|v| v.is_i64()) {
-                Column::new(
-                    k.as_str().into(),
-                    vals.iter()
-                        .map(|v| v.and_then(Value::as_i64))
-                        .collect::<Vec<_>>(),
-                )
-            } else if vals.iter().flatten().all(|v| v.is_number()) {
-                Column::new(
-                    k.as_str().into(),
-                    vals.iter()
-                        .map(|v| v.and_then(Value::as_f64))
-                        .collect::<Vec<_>>(),
-                )
-            } else if vals.iter().flatten().all(|v| v.is_boolean()) {
-                Column::new(
-                    k.as_str().into(),
-                    vals.iter()
-                        .map(|v| v.and_then(Value::as_bool))
-                        .collect::<Vec<_>>(),
-                )
-            } else {
-                let text = |v: &Value| match v {
-                    Value::String(s) => s.clone(),
-                    other => other.to_string(),
-                };
-                Column::new(
-                    k.as_str().into(),
-                    vals.iter().map(|v| v.map(text)).collect::<Vec<_>>(),
-                )
-            };
-            cols.push(col);
-        }
-        DataFrame::new(cols).map_err(|e| StoreError::Export {
-            path: self.path.clone(),
-            msg: e.to_string(),
-        })
+        Ok(params)
     }
 
     /// [`Store::metrics_frame`] written as CSV.
@@ -164,5 +127,68 @@ impl Store {
                 path: path.to_path_buf(),
                 msg: e.to_string(),
             })
+    }
+}
+
+/// The fixed columns of the frame, one per field of [`MetricRow`].
+fn metric_columns(rows: &[MetricRow]) -> Vec<Column> {
+    let col_s = |name: &str, f: &dyn Fn(&MetricRow) -> String| {
+        Column::new(name.into(), rows.iter().map(f).collect::<Vec<_>>())
+    };
+    vec![
+        Column::new(
+            "run_id".into(),
+            rows.iter().map(|r| r.0).collect::<Vec<_>>(),
+        ),
+        col_s("hash", &|r| r.1.clone()),
+        col_s("name", &|r| r.2.clone()),
+        col_s("subgrid", &|r| r.3.clone()),
+        col_s("status", &|r| r.4.clone()),
+        col_s("task", &|r| r.5.clone()),
+        col_s("metric", &|r| r.6.clone()),
+        Column::new("value".into(), rows.iter().map(|r| r.7).collect::<Vec<_>>()),
+        Column::new(
+            "stderr".into(),
+            rows.iter().map(|r| r.8).collect::<Vec<_>>(),
+        ),
+        col_s("context", &|r| r.9.clone()),
+        Column::new("step".into(), rows.iter().map(|r| r.10).collect::<Vec<_>>()),
+    ]
+}
+
+/// One parameter's column (`None` where a run lacks it or has null), typed by its values:
+/// i64 if all are integers, else f64 if all are numbers, else bool if all are booleans,
+/// else text (strings raw, anything else as JSON).
+fn param_column(name: &str, vals: &[Option<&Value>]) -> Column {
+    if vals.iter().flatten().all(|v| v.is_i64()) {
+        Column::new(
+            name.into(),
+            vals.iter()
+                .map(|v| v.and_then(Value::as_i64))
+                .collect::<Vec<_>>(),
+        )
+    } else if vals.iter().flatten().all(|v| v.is_number()) {
+        Column::new(
+            name.into(),
+            vals.iter()
+                .map(|v| v.and_then(Value::as_f64))
+                .collect::<Vec<_>>(),
+        )
+    } else if vals.iter().flatten().all(|v| v.is_boolean()) {
+        Column::new(
+            name.into(),
+            vals.iter()
+                .map(|v| v.and_then(Value::as_bool))
+                .collect::<Vec<_>>(),
+        )
+    } else {
+        let text = |v: &Value| match v {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        Column::new(
+            name.into(),
+            vals.iter().map(|v| v.map(text)).collect::<Vec<_>>(),
+        )
     }
 }
