@@ -116,15 +116,7 @@ fn select_by_name_and_params(runs: Vec<RunSpec>, opts: &RunnerOptions) -> Vec<Ru
 
 pub fn run_grid(spec: &GridSpec, opts: &RunnerOptions, events: Sink) -> Result<Summary> {
     spec.require_models()?;
-    let mut runs = select(spec.expand()?, opts)?;
-    if let Some(p) = opts.prefer {
-        let part = crate::shard::assign(&runs, p.count)?;
-        let mut tagged: Vec<(bool, RunSpec)> =
-            part.into_iter().map(|k| k != p.index).zip(runs).collect();
-        // Stable: the grid's order within each half.
-        tagged.sort_by_key(|(other, _)| *other);
-        runs = tagged.into_iter().map(|(_, r)| r).collect();
-    }
+    let runs = preferred_first(select(spec.expand()?, opts)?, opts)?;
     let store = Store::open(&opts.db)?;
     store.register(&runs)?;
     if opts.retry_failed {
@@ -166,38 +158,14 @@ pub fn run_grid(spec: &GridSpec, opts: &RunnerOptions, events: Sink) -> Result<S
             Claim::Run(id) => id,
         };
         CURRENT.store(id, Ordering::SeqCst);
-        let env = run_env(&env, run, opts);
-        store.record_env(id, &env)?;
-        // A bug in one run (a panic) fails that run, not the grid.
-        let outcome = crate::panic_guard::catch(|| execute(spec, run, id, &store, opts, events));
-        match outcome {
-            Ok(out) => {
-                store.finish_scored(id, &out.metrics, &out.artifacts, &out.docs)?;
-                sum.ran += 1;
-            }
-            Err(e) if matches!(e, Error::Interrupted) || STOP.load(Ordering::SeqCst) => {
-                // A second Ctrl-C marks the run itself (then exits): not an error here.
-                if let Err(err) = store.interrupt(id) {
-                    if store.run(id)?.status != crate::track::Status::Interrupted {
-                        return Err(err.into());
-                    }
-                }
-                sum.interrupted = true;
-                events(Event::Note(format!("{}: interrupted ({e})", run.name)));
-                break;
-            }
-            Err(e) => {
-                store.fail(id, &e.to_string())?;
-                events(Event::Note(format!("{}: FAILED: {e}", run.name)));
-                sum.failed.push((run.name.clone(), e.to_string()));
-                if opts.fail_fast {
-                    CURRENT.store(-1, Ordering::SeqCst);
-                    sum.stopped_at_failure = i + 1 < runs.len();
-                    break;
-                }
-            }
-        }
+        store.record_env(id, &run_env(&env, run, opts))?;
+        let next = run_claimed(spec, run, id, &store, opts, &mut sum, &mut *events);
         CURRENT.store(-1, Ordering::SeqCst);
+        if !next? {
+            // Not interrupted: `fail_fast` stopped at this failure.
+            sum.stopped_at_failure = !sum.interrupted && i + 1 < runs.len();
+            break;
+        }
     }
     events(Event::Run {
         done: runs.len(),
@@ -205,6 +173,59 @@ pub fn run_grid(spec: &GridSpec, opts: &RunnerOptions, events: Sink) -> Result<S
         name: String::new(),
     });
     Ok(sum)
+}
+
+/// With a preferred part (a grid worker's own), that part's runs first, then the others,
+/// each half in the grid's order.
+fn preferred_first(runs: Vec<RunSpec>, opts: &RunnerOptions) -> Result<Vec<RunSpec>> {
+    let Some(p) = opts.prefer else {
+        return Ok(runs);
+    };
+    let part = crate::shard::assign(&runs, p.count)?;
+    let mut tagged: Vec<(bool, RunSpec)> =
+        part.into_iter().map(|k| k != p.index).zip(runs).collect();
+    // Stable: the grid's order within each half.
+    tagged.sort_by_key(|(other, _)| *other);
+    Ok(tagged.into_iter().map(|(_, r)| r).collect())
+}
+
+/// Execute a claimed run and record how it ended: finished with its results, interrupted,
+/// or failed. Returns whether the grid goes on with the next run.
+fn run_claimed(
+    spec: &GridSpec,
+    run: &RunSpec,
+    id: i64,
+    store: &Store,
+    opts: &RunnerOptions,
+    sum: &mut Summary,
+    events: Sink,
+) -> Result<bool> {
+    // A bug in one run (a panic) fails that run, not the grid.
+    let outcome = crate::panic_guard::catch(|| execute(spec, run, id, store, opts, events));
+    match outcome {
+        Ok(out) => {
+            store.finish_scored(id, &out.metrics, &out.artifacts, &out.docs)?;
+            sum.ran += 1;
+            Ok(true)
+        }
+        Err(e) if matches!(e, Error::Interrupted) || STOP.load(Ordering::SeqCst) => {
+            // A second Ctrl-C marks the run itself (then exits): not an error here.
+            if let Err(err) = store.interrupt(id) {
+                if store.run(id)?.status != crate::track::Status::Interrupted {
+                    return Err(err.into());
+                }
+            }
+            sum.interrupted = true;
+            events(Event::Note(format!("{}: interrupted ({e})", run.name)));
+            Ok(false)
+        }
+        Err(e) => {
+            store.fail(id, &e.to_string())?;
+            events(Event::Note(format!("{}: FAILED: {e}", run.name)));
+            sum.failed.push((run.name.clone(), e.to_string()));
+            Ok(!opts.fail_fast)
+        }
+    }
 }
 
 /// The machine's environment plus what this run adds: threads, device, seeds.
