@@ -59,7 +59,42 @@ pub fn read(path: &Path, vocab: usize) -> Result<Vec<Vec<u32>>> {
 
 /// A C-order 2-d array of little-endian integers (`<i2`, `<i4`, `<i8`, `<u2`, `<u4`, `<u8`).
 fn read_npy(path: &Path, b: &[u8]) -> Result<Vec<Vec<i64>>> {
-    let bad = |m: String| Error::format(path, format!("npy: {m}"));
+    let bad = |m: String| npy_error(path, m);
+    let (header, data_start) = npy_header(path, b)?;
+    let (descr, shape) = npy_descr_and_shape(path, header)?;
+    let [n, t] = shape;
+    let width = match descr {
+        "<i2" | "<u2" => 2,
+        "<i4" | "<u4" => 4,
+        "<i8" | "<u8" => 8,
+        other => {
+            return Err(bad(format!(
+                "unsupported dtype `{other}` (little-endian integers only)"
+            )))
+        }
+    };
+    let data = &b[data_start..];
+    let need = n
+        .checked_mul(t)
+        .and_then(|x| x.checked_mul(width))
+        .ok_or_else(|| bad(format!("shape {shape:?} overflows")))?;
+    if data.len() != need {
+        return Err(bad(format!(
+            "shape {shape:?} of {descr} needs {need} data bytes, the file has {}",
+            data.len()
+        )));
+    }
+    Ok(decode_rows(data, n, t, width, descr.starts_with("<i")))
+}
+
+/// A format error in a `.npy` file, prefixed `npy: `.
+fn npy_error(path: &Path, m: String) -> Error {
+    Error::format(path, format!("npy: {m}"))
+}
+
+/// The header dictionary's text (format versions 1 to 3) and the offset of the data after it.
+fn npy_header<'a>(path: &Path, b: &'a [u8]) -> Result<(&'a str, usize)> {
+    let bad = |m: String| npy_error(path, m);
     if b.len() < 10 {
         return Err(bad("truncated header".into()));
     }
@@ -72,6 +107,13 @@ fn read_npy(path: &Path, b: &[u8]) -> Result<Vec<Vec<i64>>> {
         .get(start..start.saturating_add(hlen))
         .ok_or_else(|| bad("truncated header".into()))?;
     let header = std::str::from_utf8(header).map_err(|_| bad("header is not text".into()))?;
+    Ok((header, start + hlen))
+}
+
+/// The dtype string and the 2-d shape `[sequences, seqlen]` named by the header; a
+/// Fortran-order array is refused.
+fn npy_descr_and_shape<'a>(path: &Path, header: &'a str) -> Result<(&'a str, [usize; 2])> {
+    let bad = |m: String| npy_error(path, m);
     let field = |key: &str| -> Option<&str> {
         let at = header.find(&format!("'{key}':"))? + key.len() + 3;
         Some(header[at..].trim_start())
@@ -100,28 +142,12 @@ fn read_npy(path: &Path, b: &[u8]) -> Result<Vec<Vec<i64>>> {
             "expected a 2-d array [sequences, seqlen], got shape {shape:?}"
         )));
     };
-    let width = match descr {
-        "<i2" | "<u2" => 2,
-        "<i4" | "<u4" => 4,
-        "<i8" | "<u8" => 8,
-        other => {
-            return Err(bad(format!(
-                "unsupported dtype `{other}` (little-endian integers only)"
-            )))
-        }
-    };
-    let data = &b[start + hlen..];
-    let need = n
-        .checked_mul(t)
-        .and_then(|x| x.checked_mul(width))
-        .ok_or_else(|| bad(format!("shape {shape:?} overflows")))?;
-    if data.len() != need {
-        return Err(bad(format!(
-            "shape {shape:?} of {descr} needs {need} data bytes, the file has {}",
-            data.len()
-        )));
-    }
-    let signed = descr.starts_with("<i");
+    Ok((descr, [n, t]))
+}
+
+/// Decode `n` rows of `t` little-endian integers of `width` bytes each; unsigned 64-bit
+/// values beyond `i64::MAX` saturate (the vocabulary check refuses them).
+fn decode_rows(data: &[u8], n: usize, t: usize, width: usize, signed: bool) -> Vec<Vec<i64>> {
     let value = |c: &[u8]| -> i64 {
         match (width, signed) {
             (2, true) => i16::from_le_bytes([c[0], c[1]]) as i64,
@@ -138,11 +164,10 @@ fn read_npy(path: &Path, b: &[u8]) -> Result<Vec<Vec<i64>>> {
             }
         }
     };
-    Ok(data
-        .chunks_exact(width * t.max(1))
+    data.chunks_exact(width * t.max(1))
         .take(n)
         .map(|row| row.chunks_exact(width).map(value).collect())
-        .collect())
+        .collect()
 }
 
 #[cfg(test)]

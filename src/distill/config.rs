@@ -385,8 +385,17 @@ impl RecoveryConfig {
 
     /// Refuse settings that cannot train, before any work starts.
     pub fn validate(&self) -> Result<()> {
-        let bad = |m: String| Err(Error::Invalid(format!("recovery: {m}")));
         self.loss.validate()?;
+        self.validate_budget()?;
+        self.validate_optimiser()?;
+        self.validate_loss_settings()?;
+        self.validate_lora()
+    }
+
+    /// The token budget and the shape of one optimiser step: a positive budget, sequences
+    /// of at least two tokens, at least one step's worth of tokens per stage, and held-out
+    /// validation text when asked for.
+    fn validate_budget(&self) -> Result<()> {
         if self.tokens == 0 {
             return bad("a zero token budget trains nothing (recovery.tokens must be > 0)".into());
         }
@@ -412,6 +421,12 @@ impl RecoveryConfig {
         if self.validation == Validation::HeldOut && self.val_tokens == 0 {
             return bad("validation = held_out needs val_tokens > 0".into());
         }
+        Ok(())
+    }
+
+    /// AdamW and its schedule: learning rates, the decay floor, warmup, betas, eps,
+    /// weight decay and the gradient clip.
+    fn validate_optimiser(&self) -> Result<()> {
         for (name, v) in [
             ("lr", self.lr),
             ("kd_lr", self.kd_lr),
@@ -444,29 +459,45 @@ impl RecoveryConfig {
         if self.clip.is_some_and(|c| !(c.is_finite() && c > 0.0)) {
             return bad("clip must be a positive number".into());
         }
+        Ok(())
+    }
+
+    /// The KL temperature, the sampled positions of `kl_logits` and the validation period.
+    fn validate_loss_settings(&self) -> Result<()> {
         if !(self.temperature.is_finite() && self.temperature > 0.0) {
             return bad(format!("temperature must be > 0, got {}", self.temperature));
         }
         if self.kl_positions == Some(0) || self.eval_every == Some(0) {
             return bad("kl_positions and eval_every must be at least 1".into());
         }
-        if self.method == RecoveryMethod::Lora {
-            if self.lora_rank == 0 {
-                return bad("lora_rank must be at least 1".into());
-            }
-            if !(self.lora_alpha.is_finite() && self.lora_alpha > 0.0) {
-                return bad(format!(
-                    "lora_alpha must be a positive number, got {}",
-                    self.lora_alpha
-                ));
-            }
-            if !(0.0..1.0).contains(&self.lora_dropout) {
-                return bad(format!(
-                    "lora_dropout must be in [0, 1), got {}",
-                    self.lora_dropout
-                ));
-            }
+        Ok(())
+    }
+
+    /// The adapters' rank, alpha and dropout, checked for LoRA recovery only.
+    fn validate_lora(&self) -> Result<()> {
+        if self.method != RecoveryMethod::Lora {
+            return Ok(());
+        }
+        if self.lora_rank == 0 {
+            return bad("lora_rank must be at least 1".into());
+        }
+        if !(self.lora_alpha.is_finite() && self.lora_alpha > 0.0) {
+            return bad(format!(
+                "lora_alpha must be a positive number, got {}",
+                self.lora_alpha
+            ));
+        }
+        if !(0.0..1.0).contains(&self.lora_dropout) {
+            return bad(format!(
+                "lora_dropout must be in [0, 1), got {}",
+                self.lora_dropout
+            ));
         }
         Ok(())
     }
+}
+
+/// A refused recovery setting, prefixed `recovery: `.
+fn bad(m: String) -> Result<()> {
+    Err(Error::Invalid(format!("recovery: {m}")))
 }

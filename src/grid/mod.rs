@@ -131,15 +131,7 @@ impl GridSpec {
 
     /// [`GridSpec::load`] on text already read; `path` is used in messages only.
     pub fn parse(src: &str, path: &Path) -> Result<GridSpec> {
-        let doc = toml_edit::ImDocument::parse(src).map_err(|e| {
-            let loc = loc_of(src, &e.span());
-            let at = if loc.line > 0 {
-                format!("line {}:{}: ", loc.line, loc.col)
-            } else {
-                String::new()
-            };
-            Error::config(path, format!("{at}malformed TOML: {}", e.message().trim()))
-        })?;
+        let doc = toml_document(src, path)?;
         let mut diags = Diags { items: Vec::new() };
         let root = {
             let mut conv = Converter {
@@ -150,19 +142,7 @@ impl GridSpec {
         };
         let entries = root.table().unwrap_or(&[]);
         let schema = schema();
-
-        for e in entries {
-            if !TOP_KEYS.contains(&e.key.as_str()) {
-                diags.push(
-                    e.key_loc,
-                    &e.key,
-                    format!(
-                        "unknown top-level key (expected one of: {})",
-                        TOP_KEYS.join(", ")
-                    ),
-                );
-            }
-        }
+        check_top_keys(entries, &mut diags);
 
         let models = match find(entries, "models") {
             Some(n) => parse_models(n, &mut diags),
@@ -192,55 +172,50 @@ impl GridSpec {
                     diags.finish(path)?;
                     return Ok(spec);
                 };
-                if grids.is_empty() {
-                    diags.push(g.loc, "grids", "no sub-grids defined");
-                }
-                // Shared excludes are registered once, then each sub-grid adds its own.
-                let shared: Vec<usize> = top
-                    .excludes
-                    .iter()
-                    .map(|x| {
-                        spec.excludes.push(x.clone());
-                        spec.excludes.len() - 1
-                    })
-                    .collect();
-                for e in grids {
-                    let Some(sub_entries) = e.node.table() else {
-                        diags.push(
-                            e.key_loc,
-                            &format!("grids.{}", e.key),
-                            "a sub-grid must be a table",
-                        );
-                        continue;
-                    };
-                    for se in sub_entries {
-                        if !SUB_KEYS.contains(&se.key.as_str()) {
-                            diags.push(
-                                se.key_loc,
-                                &format!("grids.{}.{}", e.key, se.key),
-                                format!(
-                                    "unknown sub-grid key (expected one of: {})",
-                                    SUB_KEYS.join(", ")
-                                ),
-                            );
-                        }
-                    }
-                    let part = parse_part(
-                        sub_entries,
-                        &format!("grids.{}.", e.key),
-                        &schema,
-                        &mut diags,
-                    );
-                    let mut sub =
-                        spec.combine_shared(&e.key, e.key_loc, &top, &part, &shared, &mut diags);
-                    sub.name = e.key.clone();
-                    spec.subgrids.push(sub);
-                }
+                spec.add_subgrids(g.loc, grids, &top, &schema, &mut diags);
             }
         }
         spec.missing_models = spec.check_models(&mut diags);
         diags.finish(path)?;
         Ok(spec)
+    }
+
+    /// Expand each `[grids.NAME]` on top of the shared `top` part: the shared excludes
+    /// are registered once, then every sub-grid adds its own.
+    fn add_subgrids(
+        &mut self,
+        loc: Loc,
+        grids: &[Entry],
+        top: &Part,
+        schema: &Value,
+        diags: &mut Diags,
+    ) {
+        if grids.is_empty() {
+            diags.push(loc, "grids", "no sub-grids defined");
+        }
+        let shared: Vec<usize> = top
+            .excludes
+            .iter()
+            .map(|x| {
+                self.excludes.push(x.clone());
+                self.excludes.len() - 1
+            })
+            .collect();
+        for e in grids {
+            let Some(sub_entries) = e.node.table() else {
+                diags.push(
+                    e.key_loc,
+                    &format!("grids.{}", e.key),
+                    "a sub-grid must be a table",
+                );
+                continue;
+            };
+            check_sub_keys(&e.key, sub_entries, diags);
+            let part = parse_part(sub_entries, &format!("grids.{}.", e.key), schema, diags);
+            let mut sub = self.combine_shared(&e.key, e.key_loc, top, &part, &shared, diags);
+            sub.name = e.key.clone();
+            self.subgrids.push(sub);
+        }
     }
 
     /// Model files the grid uses that do not exist here (see [`GridSpec::require_models`]).
@@ -286,5 +261,50 @@ impl GridSpec {
             &self.path,
             format!("model `{name}` is neither a key of [models] nor an existing directory"),
         ))
+    }
+}
+
+/// The TOML document of `src`, or the parser's message with its line:column.
+fn toml_document<'s>(src: &'s str, path: &Path) -> Result<toml_edit::ImDocument<&'s str>> {
+    toml_edit::ImDocument::parse(src).map_err(|e| {
+        let loc = loc_of(src, &e.span());
+        let at = if loc.line > 0 {
+            format!("line {}:{}: ", loc.line, loc.col)
+        } else {
+            String::new()
+        };
+        Error::config(path, format!("{at}malformed TOML: {}", e.message().trim()))
+    })
+}
+
+/// Report every top-level key that is not one of [`TOP_KEYS`].
+fn check_top_keys(entries: &[Entry], diags: &mut Diags) {
+    for e in entries {
+        if !TOP_KEYS.contains(&e.key.as_str()) {
+            diags.push(
+                e.key_loc,
+                &e.key,
+                format!(
+                    "unknown top-level key (expected one of: {})",
+                    TOP_KEYS.join(", ")
+                ),
+            );
+        }
+    }
+}
+
+/// Report every key of sub-grid `name` that is not one of [`SUB_KEYS`].
+fn check_sub_keys(name: &str, entries: &[Entry], diags: &mut Diags) {
+    for se in entries {
+        if !SUB_KEYS.contains(&se.key.as_str()) {
+            diags.push(
+                se.key_loc,
+                &format!("grids.{name}.{}", se.key),
+                format!(
+                    "unknown sub-grid key (expected one of: {})",
+                    SUB_KEYS.join(", ")
+                ),
+            );
+        }
     }
 }

@@ -21,75 +21,10 @@ pub(super) fn parse_models(node: &Node, diags: &mut Diags) -> BTreeMap<String, M
             diags.push(e.key_loc, &key, "expected a table such as { path = DIR }, { gguf = FILE } or { llama2c = FILE, tokenizer = FILE }");
             continue;
         };
-        let mut vals: BTreeMap<&str, String> = BTreeMap::new();
-        let mut ok = true;
-        for f in fields {
-            if !["path", "gguf", "llama2c", "tokenizer"].contains(&f.key.as_str()) {
-                diags.push(
-                    f.key_loc,
-                    &format!("{key}.{}", f.key),
-                    "unknown key (expected path, gguf, or llama2c with tokenizer)",
-                );
-                ok = false;
-                continue;
-            }
-            match &f.node.kind {
-                Kind::Leaf(Value::String(s)) => match expand_vars(s) {
-                    Ok(x) => {
-                        vals.insert(f.key.as_str(), x);
-                    }
-                    Err(m) => {
-                        diags.push(f.node.loc, &format!("{key}.{}", f.key), m);
-                        ok = false;
-                    }
-                },
-                _ => {
-                    diags.push(
-                        f.node.loc,
-                        &format!("{key}.{}", f.key),
-                        "expected a path string",
-                    );
-                    ok = false;
-                }
-            }
-        }
-        if !ok {
+        let Some(vals) = model_fields(&key, fields, diags) else {
             continue;
-        }
-        let kinds = ["path", "gguf", "llama2c"]
-            .iter()
-            .filter(|k| vals.contains_key(*k))
-            .count();
-        let source = match (
-            vals.get("path"),
-            vals.get("gguf"),
-            vals.get("llama2c"),
-            vals.get("tokenizer"),
-        ) {
-            (Some(p), None, None, None) => Some(ModelSource::Path(PathBuf::from(p))),
-            (None, Some(g), None, None) => Some(ModelSource::Gguf(PathBuf::from(g))),
-            (None, None, Some(m), Some(t)) => Some(ModelSource::Llama2c {
-                model: PathBuf::from(m),
-                tokenizer: PathBuf::from(t),
-            }),
-            (None, None, Some(_), None) => {
-                diags.push(e.key_loc, &key, "a llama2c model needs `tokenizer = FILE`");
-                None
-            }
-            _ if kinds != 1 => {
-                diags.push(e.key_loc, &key, "give exactly one of path, gguf, llama2c");
-                None
-            }
-            _ => {
-                diags.push(
-                    e.key_loc,
-                    &key,
-                    "`tokenizer` belongs to llama2c models only",
-                );
-                None
-            }
         };
-        if let Some(source) = source {
+        if let Some(source) = model_source(&vals, e.key_loc, &key, diags) {
             out.insert(
                 e.key.clone(),
                 ModelEntry {
@@ -100,6 +35,87 @@ pub(super) fn parse_models(node: &Node, diags: &mut Diags) -> BTreeMap<String, M
         }
     }
     out
+}
+
+/// The fields of one `[models]` entry, `${VAR}`s expanded: every field is reported
+/// (unknown keys, non-strings, unset variables) and `None` returned if any was wrong.
+fn model_fields<'a>(
+    key: &str,
+    fields: &'a [Entry],
+    diags: &mut Diags,
+) -> Option<BTreeMap<&'a str, String>> {
+    let mut vals: BTreeMap<&str, String> = BTreeMap::new();
+    let mut ok = true;
+    for f in fields {
+        if !["path", "gguf", "llama2c", "tokenizer"].contains(&f.key.as_str()) {
+            diags.push(
+                f.key_loc,
+                &format!("{key}.{}", f.key),
+                "unknown key (expected path, gguf, or llama2c with tokenizer)",
+            );
+            ok = false;
+            continue;
+        }
+        match &f.node.kind {
+            Kind::Leaf(Value::String(s)) => match expand_vars(s) {
+                Ok(x) => {
+                    vals.insert(f.key.as_str(), x);
+                }
+                Err(m) => {
+                    diags.push(f.node.loc, &format!("{key}.{}", f.key), m);
+                    ok = false;
+                }
+            },
+            _ => {
+                diags.push(
+                    f.node.loc,
+                    &format!("{key}.{}", f.key),
+                    "expected a path string",
+                );
+                ok = false;
+            }
+        }
+    }
+    ok.then_some(vals)
+}
+
+/// The source an entry's fields describe: exactly one of path, gguf, llama2c, with a
+/// tokenizer for (and only for) llama2c; else a problem at `loc` and `None`.
+fn model_source(
+    vals: &BTreeMap<&str, String>,
+    loc: Loc,
+    key: &str,
+    diags: &mut Diags,
+) -> Option<ModelSource> {
+    let kinds = ["path", "gguf", "llama2c"]
+        .iter()
+        .filter(|k| vals.contains_key(*k))
+        .count();
+    match (
+        vals.get("path"),
+        vals.get("gguf"),
+        vals.get("llama2c"),
+        vals.get("tokenizer"),
+    ) {
+        (Some(p), None, None, None) => Some(ModelSource::Path(PathBuf::from(p))),
+        (None, Some(g), None, None) => Some(ModelSource::Gguf(PathBuf::from(g))),
+        (None, None, Some(m), Some(t)) => Some(ModelSource::Llama2c {
+            model: PathBuf::from(m),
+            tokenizer: PathBuf::from(t),
+        }),
+        (None, None, Some(_), None) => {
+            diags.push(loc, key, "a llama2c model needs `tokenizer = FILE`");
+            None
+        }
+        _ if kinds != 1 => {
+            diags.push(loc, key, "give exactly one of path, gguf, llama2c");
+            None
+        }
+        _ => {
+            diags.push(loc, key, "`tokenizer` belongs to llama2c models only");
+            None
+        }
+    }
 }
 
 /// Expand `${VAR}` in a path: the crate's roots with their defaults, else the environment.

@@ -127,67 +127,103 @@ pub fn load_model(dir: &Path, opts: LoadOptions) -> Result<Model> {
     let config = ModelConfig::from_file(&dir.join("config.json"))?;
     let w = WeightFiles::open(dir)?;
     check_depth(&config, &w, dir)?;
-    let (dev, kind) = (opts.device, opts.dtype);
     let c = &config;
-    let (h, i) = (c.hidden_size, c.intermediate_size);
-    let q_out = c.num_attention_heads * c.head_dim;
-    let kv_out = c.num_key_value_heads * c.head_dim;
-    let mut used = BTreeSet::new();
-    let mut get = |name: String, shape: &[i64]| -> Result<Tensor> {
-        let t = w.load(&name, shape, kind, dev)?;
-        used.insert(name);
-        Ok(t)
+    let h = c.hidden_size;
+    let mut r = TensorReader {
+        w: &w,
+        kind: opts.dtype,
+        device: opts.device,
+        used: BTreeSet::new(),
     };
-    let embed = get("model.embed_tokens.weight".into(), &[c.vocab_size, h])?;
+    let embed = r.get("model.embed_tokens.weight".into(), &[c.vocab_size, h])?;
     let mut layers = Vec::new();
     for l in 0..c.num_hidden_layers {
-        let p = format!("model.layers.{l}.");
-        let mut lin = |name: &str, out: i64, inp: i64, bias: bool| -> Result<Linear> {
-            let weight = get(format!("{p}{name}.weight"), &[out, inp])?;
-            let bias = if bias {
-                Some(get(format!("{p}{name}.bias"), &[out])?)
-            } else {
-                None
-            };
-            Ok(Linear::new(weight, bias))
-        };
-        let q_proj = lin("self_attn.q_proj", q_out, h, c.qkv_bias)?;
-        let k_proj = lin("self_attn.k_proj", kv_out, h, c.qkv_bias)?;
-        let v_proj = lin("self_attn.v_proj", kv_out, h, c.qkv_bias)?;
-        let o_proj = lin("self_attn.o_proj", h, q_out, c.o_bias)?;
-        let gate_proj = lin("mlp.gate_proj", i, h, c.mlp_bias)?;
-        let up_proj = lin("mlp.up_proj", i, h, c.mlp_bias)?;
-        let down_proj = lin("mlp.down_proj", h, i, c.mlp_bias)?;
-        let (q_norm, k_norm) = if c.qk_norm {
-            (
-                Some(get(format!("{p}self_attn.q_norm.weight"), &[c.head_dim])?),
-                Some(get(format!("{p}self_attn.k_norm.weight"), &[c.head_dim])?),
-            )
-        } else {
-            (None, None)
-        };
-        layers.push(Layer {
-            input_norm: get(format!("{p}input_layernorm.weight"), &[h])?,
-            q_proj,
-            k_proj,
-            v_proj,
-            o_proj,
-            q_norm,
-            k_norm,
-            post_norm: get(format!("{p}post_attention_layernorm.weight"), &[h])?,
-            gate_proj,
-            up_proj,
-            down_proj,
-        });
+        layers.push(load_layer(&mut r, c, l)?);
     }
-    let norm = get("model.norm.weight".into(), &[h])?;
+    let norm = r.get("model.norm.weight".into(), &[h])?;
     let lm_head = if c.tie_word_embeddings {
         None
     } else {
-        Some(get("lm_head.weight".into(), &[c.vocab_size, h])?)
+        Some(r.get("lm_head.weight".into(), &[c.vocab_size, h])?)
     };
-    // Tensors we did not read mean the config and the weights disagree (e.g. a bias the
-    // config does not declare, or more layers than num_hidden_layers).
+    check_unused(c, &w, &r.used, dir)?;
+    Ok(Model::new(config, embed, layers, norm, lm_head))
+}
+
+/// Reads the tensors of [`load_model`] in one dtype onto one device, remembering every
+/// name read so that tensors the config does not describe can be reported.
+struct TensorReader<'a> {
+    w: &'a WeightFiles,
+    kind: Kind,
+    device: Device,
+    used: BTreeSet<String>,
+}
+
+impl TensorReader<'_> {
+    /// Load `name`, checking its shape, and mark it as used.
+    fn get(&mut self, name: String, shape: &[i64]) -> Result<Tensor> {
+        let t = self.w.load(&name, shape, self.kind, self.device)?;
+        self.used.insert(name);
+        Ok(t)
+    }
+
+    /// The projection `{p}{name}`: an `[out, inp]` weight, and an `[out]` bias when `bias`.
+    fn linear(&mut self, p: &str, name: &str, out: i64, inp: i64, bias: bool) -> Result<Linear> {
+        let weight = self.get(format!("{p}{name}.weight"), &[out, inp])?;
+        let bias = if bias {
+            Some(self.get(format!("{p}{name}.bias"), &[out])?)
+        } else {
+            None
+        };
+        Ok(Linear::new(weight, bias))
+    }
+}
+
+/// Decoder layer `l`: the seven projections, then the optional q/k norms, then the two
+/// layer norms, shaped from the config.
+fn load_layer(r: &mut TensorReader, c: &ModelConfig, l: i64) -> Result<Layer> {
+    let (h, i) = (c.hidden_size, c.intermediate_size);
+    let q_out = c.num_attention_heads * c.head_dim;
+    let kv_out = c.num_key_value_heads * c.head_dim;
+    let p = format!("model.layers.{l}.");
+    let q_proj = r.linear(&p, "self_attn.q_proj", q_out, h, c.qkv_bias)?;
+    let k_proj = r.linear(&p, "self_attn.k_proj", kv_out, h, c.qkv_bias)?;
+    let v_proj = r.linear(&p, "self_attn.v_proj", kv_out, h, c.qkv_bias)?;
+    let o_proj = r.linear(&p, "self_attn.o_proj", h, q_out, c.o_bias)?;
+    let gate_proj = r.linear(&p, "mlp.gate_proj", i, h, c.mlp_bias)?;
+    let up_proj = r.linear(&p, "mlp.up_proj", i, h, c.mlp_bias)?;
+    let down_proj = r.linear(&p, "mlp.down_proj", h, i, c.mlp_bias)?;
+    let (q_norm, k_norm) = if c.qk_norm {
+        (
+            Some(r.get(format!("{p}self_attn.q_norm.weight"), &[c.head_dim])?),
+            Some(r.get(format!("{p}self_attn.k_norm.weight"), &[c.head_dim])?),
+        )
+    } else {
+        (None, None)
+    };
+    Ok(Layer {
+        input_norm: r.get(format!("{p}input_layernorm.weight"), &[h])?,
+        q_proj,
+        k_proj,
+        v_proj,
+        o_proj,
+        q_norm,
+        k_norm,
+        post_norm: r.get(format!("{p}post_attention_layernorm.weight"), &[h])?,
+        gate_proj,
+        up_proj,
+        down_proj,
+    })
+}
+
+/// Tensors we did not read mean the config and the weights disagree (e.g. a bias the
+/// config does not declare, or more layers than num_hidden_layers).
+fn check_unused(
+    c: &ModelConfig,
+    w: &WeightFiles,
+    used: &BTreeSet<String>,
+    dir: &Path,
+) -> Result<()> {
     let unused: Vec<&String> = w
         .names()
         .filter(|n| !used.contains(*n))
@@ -205,7 +241,7 @@ pub fn load_model(dir: &Path, opts: LoadOptions) -> Result<Model> {
             ),
         ));
     }
-    Ok(Model::new(config, embed, layers, norm, lm_head))
+    Ok(())
 }
 
 /// The config's depth against the layers the weights hold, checked before anything is

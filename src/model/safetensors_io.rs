@@ -65,86 +65,19 @@ impl SafetensorsFile {
         let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
         let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
         let bad = |msg: String| Error::format(path, msg);
-        if file_len < 8 {
-            return Err(bad(format!(
-                "{file_len} bytes, too short for a safetensors header"
-            )));
-        }
-        let mut len8 = [0u8; 8];
-        file.read_exact(&mut len8).map_err(|e| Error::io(path, e))?;
-        let n = u64::from_le_bytes(len8);
-        if n > MAX_HEADER || 8 + n > file_len {
-            return Err(bad(format!(
-                "header length {n} does not fit in a file of {file_len} bytes (truncated or not safetensors)"
-            )));
-        }
-        let mut header = vec![0u8; n as usize];
-        file.read_exact(&mut header)
-            .map_err(|e| Error::io(path, e))?;
-        let json: serde_json::Value = serde_json::from_slice(&header)
-            .map_err(|e| bad(format!("header is not valid JSON: {e}")))?;
+        let (json, data_start) = read_header(&mut file, path, file_len)?;
         let obj = json
             .as_object()
             .ok_or_else(|| bad("header is not a JSON object".into()))?;
-        let data_start = 8 + n;
         let mut tensors = BTreeMap::new();
-        let mut ranges = vec![];
         for (name, v) in obj {
             if name == "__metadata__" {
                 continue;
             }
-            let dtype = v
-                .get("dtype")
-                .and_then(|d| d.as_str())
-                .ok_or_else(|| bad(format!("tensor `{name}` has no dtype")))?
-                .to_string();
-            let shape: Vec<i64> = v
-                .get("shape")
-                .and_then(|s| s.as_array())
-                .ok_or_else(|| bad(format!("tensor `{name}` has no shape")))?
-                .iter()
-                .map(|d| d.as_i64().filter(|x| *x >= 0))
-                .collect::<Option<_>>()
-                .ok_or_else(|| bad(format!("tensor `{name}` has a bad shape")))?;
-            let offs = v
-                .get("data_offsets")
-                .and_then(|s| s.as_array())
-                .filter(|a| a.len() == 2)
-                .and_then(|a| Some((a[0].as_u64()?, a[1].as_u64()?)))
-                .ok_or_else(|| bad(format!("tensor `{name}` has bad data_offsets")))?;
-            let elem = dtype_kind(&dtype).map(|(_, s)| s as u64).ok_or_else(|| {
-                bad(format!(
-                    "tensor `{name}` has dtype `{dtype}`, which is not read here (F32, F16, BF16, F64, I64, I32, I8, U8, BOOL)"
-                ))
-            })?;
-            let bytes = shape
-                .iter()
-                .try_fold(elem, |acc, &d| acc.checked_mul(d as u64))
-                .filter(|&b| b <= file_len);
-            if bytes.is_none() || offs.1.checked_sub(offs.0) != bytes {
-                return Err(bad(format!(
-                    "tensor `{name}`: data_offsets {offs:?} do not match shape {shape:?} of {dtype}"
-                )));
-            }
-            // offs.1 is checked alone first so that the sums below cannot overflow.
-            if offs.1 > file_len || data_start + offs.1 > file_len {
-                return Err(bad(format!(
-                    "tensor `{name}` ends at byte {} but the file has {file_len} bytes (truncated)",
-                    data_start.saturating_add(offs.1)
-                )));
-            }
-            let (start, end) = (data_start + offs.0, data_start + offs.1);
-            ranges.push((start, end));
-            tensors.insert(
-                name.clone(),
-                TensorInfo {
-                    dtype,
-                    shape,
-                    start,
-                    end,
-                },
-            );
+            let info = tensor_info(path, name, v, data_start, file_len)?;
+            tensors.insert(name.clone(), info);
         }
+        let mut ranges: Vec<(u64, u64)> = tensors.values().map(|t| (t.start, t.end)).collect();
         ranges.sort();
         for w in ranges.windows(2) {
             if w[1].0 < w[0].1 {
@@ -189,6 +122,90 @@ impl SafetensorsFile {
             t
         })
     }
+}
+
+/// Read the length prefix and the JSON header that follows it; returns the parsed header
+/// and the absolute offset where tensor data starts.
+fn read_header(file: &mut File, path: &Path, file_len: u64) -> Result<(serde_json::Value, u64)> {
+    let bad = |msg: String| Error::format(path, msg);
+    if file_len < 8 {
+        return Err(bad(format!(
+            "{file_len} bytes, too short for a safetensors header"
+        )));
+    }
+    let mut len8 = [0u8; 8];
+    file.read_exact(&mut len8).map_err(|e| Error::io(path, e))?;
+    let n = u64::from_le_bytes(len8);
+    if n > MAX_HEADER || 8 + n > file_len {
+        return Err(bad(format!(
+            "header length {n} does not fit in a file of {file_len} bytes (truncated or not safetensors)"
+        )));
+    }
+    let mut header = vec![0u8; n as usize];
+    file.read_exact(&mut header)
+        .map_err(|e| Error::io(path, e))?;
+    let json: serde_json::Value = serde_json::from_slice(&header)
+        .map_err(|e| bad(format!("header is not valid JSON: {e}")))?;
+    Ok((json, 8 + n))
+}
+
+/// One header entry as a [`TensorInfo`]: dtype, shape and data offsets present and
+/// well-formed, a dtype read here, a byte size that matches the shape, and data inside
+/// the file.
+fn tensor_info(
+    path: &Path,
+    name: &str,
+    v: &serde_json::Value,
+    data_start: u64,
+    file_len: u64,
+) -> Result<TensorInfo> {
+    let bad = |msg: String| Error::format(path, msg);
+    let dtype = v
+        .get("dtype")
+        .and_then(|d| d.as_str())
+        .ok_or_else(|| bad(format!("tensor `{name}` has no dtype")))?
+        .to_string();
+    let shape: Vec<i64> = v
+        .get("shape")
+        .and_then(|s| s.as_array())
+        .ok_or_else(|| bad(format!("tensor `{name}` has no shape")))?
+        .iter()
+        .map(|d| d.as_i64().filter(|x| *x >= 0))
+        .collect::<Option<_>>()
+        .ok_or_else(|| bad(format!("tensor `{name}` has a bad shape")))?;
+    let offs = v
+        .get("data_offsets")
+        .and_then(|s| s.as_array())
+        .filter(|a| a.len() == 2)
+        .and_then(|a| Some((a[0].as_u64()?, a[1].as_u64()?)))
+        .ok_or_else(|| bad(format!("tensor `{name}` has bad data_offsets")))?;
+    let elem = dtype_kind(&dtype).map(|(_, s)| s as u64).ok_or_else(|| {
+        bad(format!(
+            "tensor `{name}` has dtype `{dtype}`, which is not read here (F32, F16, BF16, F64, I64, I32, I8, U8, BOOL)"
+        ))
+    })?;
+    let bytes = shape
+        .iter()
+        .try_fold(elem, |acc, &d| acc.checked_mul(d as u64))
+        .filter(|&b| b <= file_len);
+    if bytes.is_none() || offs.1.checked_sub(offs.0) != bytes {
+        return Err(bad(format!(
+            "tensor `{name}`: data_offsets {offs:?} do not match shape {shape:?} of {dtype}"
+        )));
+    }
+    // offs.1 is checked alone first so that the sums below cannot overflow.
+    if offs.1 > file_len || data_start + offs.1 > file_len {
+        return Err(bad(format!(
+            "tensor `{name}` ends at byte {} but the file has {file_len} bytes (truncated)",
+            data_start.saturating_add(offs.1)
+        )));
+    }
+    Ok(TensorInfo {
+        dtype,
+        shape,
+        start: data_start + offs.0,
+        end: data_start + offs.1,
+    })
 }
 
 /// Write tensors to `path` as one safetensors file, streaming one tensor at a time.

@@ -33,55 +33,7 @@ fn f32_as_decimal(v: f64) -> f64 {
 impl LlamaParams {
     fn from_gguf(g: &GgufFile, vocab: u64) -> Result<Self> {
         let key = |k: &str| format!("llama.{k}");
-        // Bounded so that products of two sizes cannot overflow.
-        let pos = |k: &str| -> Result<u64> {
-            let v = g.get_u64(&key(k))?;
-            if v == 0 || v > i32::MAX as u64 {
-                return Err(Error::format(
-                    &g.path,
-                    format!("`llama.{k}` = {v} is out of range"),
-                ));
-            }
-            Ok(v)
-        };
-        let n_head = pos("attention.head_count")?;
-        let n_head_kv = match g.get(&key("attention.head_count_kv")) {
-            None => n_head,
-            Some(_) => pos("attention.head_count_kv")?,
-        };
-        let n_embd = pos("embedding_length")?;
-        let head_dim = match g.get(&key("attention.key_length")) {
-            Some(_) => pos("attention.key_length")?,
-            None if n_embd.is_multiple_of(n_head) => n_embd / n_head,
-            None => {
-                return Err(Error::format(
-                    &g.path,
-                    format!("embedding_length {n_embd} is not a multiple of head_count {n_head} and no key_length is given"),
-                ))
-            }
-        };
-        if let Some(v) = g.get(&key("attention.value_length")) {
-            if v.as_u64() != Some(head_dim) {
-                return Err(Error::unsupported(
-                    &g.path,
-                    format!("attention.value_length {v:?} differs from the key length {head_dim}"),
-                ));
-            }
-        }
-        if let Some(v) = g.get(&key("rope.dimension_count")) {
-            if v.as_u64() != Some(head_dim) {
-                return Err(Error::unsupported(
-                    &g.path,
-                    format!("rope.dimension_count {v:?} is not the head size {head_dim} (partial rotary embeddings)"),
-                ));
-            }
-        }
-        if !n_head.is_multiple_of(n_head_kv) || !head_dim.is_multiple_of(2) {
-            return Err(Error::format(
-                &g.path,
-                format!("head_count {n_head} / head_count_kv {n_head_kv} / head size {head_dim} do not form a valid attention layout"),
-            ));
-        }
+        let (n_embd, n_head, n_head_kv, head_dim) = attention_layout(g)?;
         if g.get(&key("expert_count"))
             .and_then(GgufValue::as_u64)
             .unwrap_or(0)
@@ -92,34 +44,16 @@ impl LlamaParams {
                 "mixture-of-experts llama GGUFs (llama.expert_count > 0)",
             ));
         }
-        let rope_scaling = match g.get(&key("rope.scaling.type")).map(|v| v.as_str()) {
-            None | Some(Some("none")) => match g.get(&key("rope.scale_linear")) {
-                Some(v) if v.as_f64() != Some(1.0) => json!({
-                    "rope_type": "linear",
-                    "factor": f32_as_decimal(g.get_f64(&key("rope.scale_linear"))?),
-                }),
-                _ => Value::Null,
-            },
-            Some(Some("linear")) => json!({
-                "rope_type": "linear",
-                "factor": f32_as_decimal(g.get_f64(&key("rope.scaling.factor"))?),
-            }),
-            Some(other) => {
-                return Err(Error::unsupported(
-                    &g.path,
-                    format!("llama.rope.scaling.type {other:?} (only linear scaling is imported)"),
-                ))
-            }
-        };
+        let rope_scaling = rope_scaling(g)?;
         let rope_theta = match g.get(&key("rope.freq_base")) {
             None => 10000.0,
             Some(_) => f32_as_decimal(g.get_f64(&key("rope.freq_base"))?),
         };
         Ok(LlamaParams {
-            n_layer: pos("block_count")?,
-            n_ctx: pos("context_length")?,
+            n_layer: positive(g, "block_count")?,
+            n_ctx: positive(g, "context_length")?,
             n_embd,
-            n_ff: pos("feed_forward_length")?,
+            n_ff: positive(g, "feed_forward_length")?,
             n_head,
             n_head_kv,
             head_dim,
@@ -129,6 +63,91 @@ impl LlamaParams {
             vocab,
         })
     }
+}
+
+/// The size `llama.{k}`, required and in `1..=i32::MAX`: bounded so that products of two
+/// sizes cannot overflow.
+fn positive(g: &GgufFile, k: &str) -> Result<u64> {
+    let v = g.get_u64(&format!("llama.{k}"))?;
+    if v == 0 || v > i32::MAX as u64 {
+        return Err(Error::format(
+            &g.path,
+            format!("`llama.{k}` = {v} is out of range"),
+        ));
+    }
+    Ok(v)
+}
+
+/// `(n_embd, n_head, n_head_kv, head_dim)`: the head counts (kv heads default to the
+/// query heads), the head size (from `key_length`, else `n_embd / n_head`), and the checks
+/// that values share that size, rotary embeddings cover whole heads, and the query heads
+/// group evenly over an even head size.
+fn attention_layout(g: &GgufFile) -> Result<(u64, u64, u64, u64)> {
+    let key = |k: &str| format!("llama.{k}");
+    let n_head = positive(g, "attention.head_count")?;
+    let n_head_kv = match g.get(&key("attention.head_count_kv")) {
+        None => n_head,
+        Some(_) => positive(g, "attention.head_count_kv")?,
+    };
+    let n_embd = positive(g, "embedding_length")?;
+    let head_dim = match g.get(&key("attention.key_length")) {
+        Some(_) => positive(g, "attention.key_length")?,
+        None if n_embd.is_multiple_of(n_head) => n_embd / n_head,
+        None => {
+            return Err(Error::format(
+                &g.path,
+                format!("embedding_length {n_embd} is not a multiple of head_count {n_head} and no key_length is given"),
+            ))
+        }
+    };
+    if let Some(v) = g.get(&key("attention.value_length")) {
+        if v.as_u64() != Some(head_dim) {
+            return Err(Error::unsupported(
+                &g.path,
+                format!("attention.value_length {v:?} differs from the key length {head_dim}"),
+            ));
+        }
+    }
+    if let Some(v) = g.get(&key("rope.dimension_count")) {
+        if v.as_u64() != Some(head_dim) {
+            return Err(Error::unsupported(
+                &g.path,
+                format!("rope.dimension_count {v:?} is not the head size {head_dim} (partial rotary embeddings)"),
+            ));
+        }
+    }
+    if !n_head.is_multiple_of(n_head_kv) || !head_dim.is_multiple_of(2) {
+        return Err(Error::format(
+            &g.path,
+            format!("head_count {n_head} / head_count_kv {n_head_kv} / head size {head_dim} do not form a valid attention layout"),
+        ));
+    }
+    Ok((n_embd, n_head, n_head_kv, head_dim))
+}
+
+/// The HF `rope_scaling` of the GGUF's rope keys: null, or linear with its factor (from
+/// `rope.scaling.*`, or the older `rope.scale_linear`); other scaling types are refused.
+fn rope_scaling(g: &GgufFile) -> Result<Value> {
+    let key = |k: &str| format!("llama.{k}");
+    Ok(match g.get(&key("rope.scaling.type")).map(|v| v.as_str()) {
+        None | Some(Some("none")) => match g.get(&key("rope.scale_linear")) {
+            Some(v) if v.as_f64() != Some(1.0) => json!({
+                "rope_type": "linear",
+                "factor": f32_as_decimal(g.get_f64(&key("rope.scale_linear"))?),
+            }),
+            _ => Value::Null,
+        },
+        Some(Some("linear")) => json!({
+            "rope_type": "linear",
+            "factor": f32_as_decimal(g.get_f64(&key("rope.scaling.factor"))?),
+        }),
+        Some(other) => {
+            return Err(Error::unsupported(
+                &g.path,
+                format!("llama.rope.scaling.type {other:?} (only linear scaling is imported)"),
+            ))
+        }
+    })
 }
 
 /// How a GGUF tensor becomes an HF tensor.
