@@ -4,7 +4,7 @@ use super::common::RuntimeArgs;
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use come_repro::model::load::load_model;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 use tch::{Kind, Tensor};
@@ -105,40 +105,9 @@ fn forward(
             ours.push(t0.elapsed().as_secs_f64());
         }
         if hf {
-            let py = PathBuf::from(".venv/bin/python");
-            let out = Command::new(&py)
-                .args(["benches/hf_forward.py", "--model"])
-                .arg(&dir)
-                .args([
-                    "--batch",
-                    &batch.to_string(),
-                    "--seqlen",
-                    &seqlen.to_string(),
-                ])
-                .args([
-                    "--iters",
-                    &iters.to_string(),
-                    "--threads",
-                    &threads.to_string(),
-                ])
-                .output()
-                .with_context(|| format!("running {} benches/hf_forward.py", py.display()))?;
-            if !out.status.success() {
-                bail!(
-                    "benches/hf_forward.py failed:\n{}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
-            let v: serde_json::Value =
-                serde_json::from_slice(&out.stdout).context("parsing hf_forward.py output")?;
-            theirs.extend(
-                v["times_s"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|x| x.as_f64()),
-            );
-            versions = format!("torch {}, transformers {}", v["torch"], v["transformers"]);
+            let (times, v) = hf_forward(&dir, batch, seqlen, iters, threads)?;
+            theirs.extend(times);
+            versions = v;
         }
     }
     let tok = (batch * seqlen) as f64;
@@ -159,6 +128,51 @@ fn forward(
         println!("  ratio         {:>8.2}x  (goal >= 1.0)", mt / mo);
     }
     Ok(())
+}
+
+/// One run of benches/hf_forward.py (transformers) with the same settings: its pass
+/// times in seconds and the torch and transformers versions it reports.
+fn hf_forward(
+    dir: &Path,
+    batch: i64,
+    seqlen: i64,
+    iters: usize,
+    threads: i32,
+) -> Result<(Vec<f64>, String)> {
+    let py = PathBuf::from(".venv/bin/python");
+    let out = Command::new(&py)
+        .args(["benches/hf_forward.py", "--model"])
+        .arg(dir)
+        .args([
+            "--batch",
+            &batch.to_string(),
+            "--seqlen",
+            &seqlen.to_string(),
+        ])
+        .args([
+            "--iters",
+            &iters.to_string(),
+            "--threads",
+            &threads.to_string(),
+        ])
+        .output()
+        .with_context(|| format!("running {} benches/hf_forward.py", py.display()))?;
+    if !out.status.success() {
+        bail!(
+            "benches/hf_forward.py failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("parsing hf_forward.py output")?;
+    let times = v["times_s"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|x| x.as_f64())
+        .collect();
+    let versions = format!("torch {}, transformers {}", v["torch"], v["transformers"]);
+    Ok((times, versions))
 }
 
 fn load(dir: PathBuf, rt: RuntimeArgs) -> Result<()> {

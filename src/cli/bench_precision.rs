@@ -75,32 +75,7 @@ pub fn run(a: PrecisionArgs) -> Result<()> {
         .with_context(|| format!("loading tokenizer from {}", a.model.display()))?;
     let mut runs: Vec<DtypeRun> = vec![];
     for d in &a.dtypes {
-        let dtype = d.kind();
-        let model = load_model(&a.model, LoadOptions { device, dtype })
-            .with_context(|| format!("loading {} as {d}", a.model.display()))?;
-        let mut opts = EvalOptions {
-            score: ScoreOptions {
-                max_length: model.config.max_position_embeddings.max(1) as usize,
-                token_budget: a.batch_size.initial_tokens(device),
-            },
-            add_special: true,
-        };
-        let mut tasks = vec![];
-        let t0 = std::time::Instant::now();
-        for task in &data {
-            let idx = subset(task.docs.len(), Some(a.limit), None, None);
-            let pb = bar(idx.len() as u64, &format!("{} {d}", task.name));
-            let r = evaluate_task(&model, &tok, task, &idx, &mut opts, |done, _| {
-                pb.set_position(done as u64)
-            })?;
-            pb.finish_and_clear();
-            tasks.push(r);
-        }
-        runs.push(DtypeRun {
-            dtype: runtime::dtype_name(dtype).to_string(),
-            tasks,
-            seconds: t0.elapsed().as_secs_f64(),
-        });
+        runs.push(run_dtype(&a, *d, device, &tok, &data)?);
     }
     let reference = &runs[0];
     let forwarded: usize = reference.tasks.iter().map(|t| t.tokens_forwarded).sum();
@@ -111,13 +86,66 @@ pub fn run(a: PrecisionArgs) -> Result<()> {
         runtime::device_name(device),
         reference.dtype
     );
+    let json_rows = print_tasks(&runs, &data);
+    let summary = print_speed(&runs, forwarded);
+    if let Some(out) = &a.output {
+        let v = serde_json::json!({
+            "model": a.model.display().to_string(), "device": runtime::device_name(device),
+            "threads": threads, "limit": a.limit, "tokens_forwarded": forwarded,
+            "runs": summary, "tasks": json_rows,
+        });
+        std::fs::write(out, serde_json::to_string_pretty(&v)? + "\n")
+            .with_context(|| format!("writing {}", out.display()))?;
+    }
+    Ok(())
+}
+
+/// Loads the model as `d` and scores the first `a.limit` documents of every task.
+fn run_dtype(
+    a: &PrecisionArgs,
+    d: runtime::Dtype,
+    device: tch::Device,
+    tok: &Tokenizer,
+    data: &[TaskData],
+) -> Result<DtypeRun> {
+    let dtype = d.kind();
+    let model = load_model(&a.model, LoadOptions { device, dtype })
+        .with_context(|| format!("loading {} as {d}", a.model.display()))?;
+    let mut opts = EvalOptions {
+        score: ScoreOptions {
+            max_length: model.config.max_position_embeddings.max(1) as usize,
+            token_budget: a.batch_size.initial_tokens(device),
+        },
+        add_special: true,
+    };
+    let mut tasks = vec![];
+    let t0 = std::time::Instant::now();
+    for task in data {
+        let idx = subset(task.docs.len(), Some(a.limit), None, None);
+        let pb = bar(idx.len() as u64, &format!("{} {d}", task.name));
+        let r = evaluate_task(&model, tok, task, &idx, &mut opts, |done, _| {
+            pb.set_position(done as u64)
+        })?;
+        pb.finish_and_clear();
+        tasks.push(r);
+    }
+    Ok(DtypeRun {
+        dtype: runtime::dtype_name(dtype).to_string(),
+        tasks,
+        seconds: t0.elapsed().as_secs_f64(),
+    })
+}
+
+/// Prints the per-task table (each dtype against the first) and returns its JSON rows.
+fn print_tasks(runs: &[DtypeRun], data: &[TaskData]) -> Vec<serde_json::Value> {
+    let reference = &runs[0];
     println!(
         "  {:<14} {:>5} {:>7} {:>9} {:>10} {:>11} {:>8} {:>8}",
         "task", "dtype", "acc", "acc_norm", "max|dLL|", "mean|dLL|", "acc chg", "norm chg"
     );
     let mut json_rows = vec![];
     for (i, t) in reference.tasks.iter().enumerate() {
-        for run in &runs {
+        for run in runs {
             let r = &run.tasks[i];
             let s = shift(&data[i], t, r);
             let has_norm = t.metrics.contains_key("acc_norm");
@@ -143,6 +171,13 @@ pub fn run(a: PrecisionArgs) -> Result<()> {
             }));
         }
     }
+    json_rows
+}
+
+/// Prints each dtype's speed and average score and returns them as JSON rows;
+/// `forwarded` is the reference's number of tokens forwarded.
+fn print_speed(runs: &[DtypeRun], forwarded: usize) -> Vec<serde_json::Value> {
+    let reference = &runs[0];
     let avg = |run: &DtypeRun| {
         let v: Vec<f64> = run
             .tasks
@@ -152,7 +187,7 @@ pub fn run(a: PrecisionArgs) -> Result<()> {
         v.iter().sum::<f64>() / v.len().max(1) as f64
     };
     let mut summary = vec![];
-    for run in &runs {
+    for run in runs {
         println!(
             "  {:>5}: {:>7.1} s, {:>6.0} tok/s, {:.2}x the reference's speed; average (acc_norm where defined) {:.2}",
             run.dtype,
@@ -166,14 +201,5 @@ pub fn run(a: PrecisionArgs) -> Result<()> {
             "tokens_per_s": forwarded as f64 / run.seconds, "average": avg(run),
         }));
     }
-    if let Some(out) = &a.output {
-        let v = serde_json::json!({
-            "model": a.model.display().to_string(), "device": runtime::device_name(device),
-            "threads": threads, "limit": a.limit, "tokens_forwarded": forwarded,
-            "runs": summary, "tasks": json_rows,
-        });
-        std::fs::write(out, serde_json::to_string_pretty(&v)? + "\n")
-            .with_context(|| format!("writing {}", out.display()))?;
-    }
-    Ok(())
+    summary
 }

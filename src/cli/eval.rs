@@ -7,7 +7,7 @@ use anyhow::{bail, Result};
 use clap::Args;
 use come_repro::eval::batching::BatchSize;
 use come_repro::eval::harness::TaskResult;
-use come_repro::eval::latency::Protocol;
+use come_repro::eval::latency::{Latency, Protocol};
 use come_repro::eval::perplexity::PplProtocol;
 use come_repro::eval::perplexity::PplResult;
 use come_repro::eval::ppl_corpus::Corpus;
@@ -18,7 +18,7 @@ use come_repro::experiment::EvalConfig;
 use come_repro::progress::Event;
 use come_repro::stages::eval_stage::eval_inputs;
 use come_repro::stages::{evaluate, EvalData, EvalHooks, PplOutcome};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// The grid's eval defaults, which the flags share.
@@ -153,24 +153,7 @@ impl EvalArgs {
 
 pub fn run(a: EvalArgs) -> Result<()> {
     let cfg = a.config()?;
-    let corpora: Vec<Corpus> = a
-        .ppl
-        .iter()
-        .map(|spec| Corpus::parse(spec.trim()))
-        .collect();
-    if cfg.tasks.is_empty() && corpora.is_empty() {
-        bail!("nothing to evaluate: pass --tasks and/or --ppl wikitext2");
-    }
-    // Task data and perplexity texts are read and checked before the model loads: bad
-    // input fails fast.
-    let mut src = TaskSource::new(
-        a.data_dir
-            .clone()
-            .unwrap_or_else(come_repro::paths::data_dir),
-    );
-    src.mmlu_fewshot = a.mmlu_fewshot;
-    src.overrides.extend(a.task_path.iter().cloned());
-    let data = EvalData::read(&cfg.tasks, &src, corpora)?;
+    let data = read_inputs(&a, &cfg)?;
     let t_all = Instant::now();
     let (model, tok) = load(&a.model, &a.rt)?;
     let load_seconds = t_all.elapsed().as_secs_f64();
@@ -183,22 +166,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
         .map(|p| (p.corpus.name(), p.result.clone()))
         .collect();
     let results = outcome.tasks;
-    if !results.is_empty() {
-        let total = ScoreProfile::total(results.iter().map(|r| &r.profile));
-        eprintln!(
-            "model load {load_seconds:.1}s; scoring: {}",
-            total.summary()
-        );
-    }
-    println!("{}", table(&results, &ppl));
-    if let Some(l) = &outcome.latency {
-        println!(
-            "latency ({}): prefill {:.0} tok/s, generation {:.1} tok/s",
-            l.spec.context(),
-            l.prefill_tokens_per_s(),
-            l.decode_tokens_per_s()
-        );
-    }
+    print_summary(&results, &ppl, outcome.latency.as_ref(), load_seconds);
     let info = RunInfo {
         model: a.model.display().to_string(),
         model_args: format!("pretrained={},dtype={}", a.model.display(), a.rt.dtype),
@@ -214,30 +182,94 @@ pub fn run(a: EvalArgs) -> Result<()> {
         seconds: t_all.elapsed().as_secs_f64(),
     };
     if let Some(out) = &a.output {
-        let mut v = lm_eval_json(&results, &ppl, &info);
-        if let (Some(l), Some(obj)) = (&outcome.latency, v.as_object_mut()) {
-            obj.insert(
-                "latency".into(),
-                serde_json::json!({
-                    "protocol": l.spec.protocol, "context": l.spec.context(),
-                    "prefill_tokens_per_s": l.prefill_tokens_per_s(),
-                    "decode_tokens_per_s": l.decode_tokens_per_s(),
-                }),
-            );
-        }
-        come_repro::publish::write_json(out, &v)?;
-        eprintln!("wrote {}", out.display());
+        write_lm_eval(out, &results, &ppl, &info, outcome.latency.as_ref())?;
     }
     if let Some(path) = &a.samples {
-        let mut lines = String::new();
-        for r in &results {
-            for d in &r.docs {
-                lines += &serde_json::to_string(&serde_json::json!({"task": r.task, "doc": d}))?;
-                lines.push('\n');
-            }
-        }
-        come_repro::publish::write_atomically(path, lines.as_bytes())?;
+        write_samples(path, &results)?;
     }
+    Ok(())
+}
+
+/// Reads and checks the task data and perplexity texts the flags name, before the model
+/// loads, so that bad input fails fast.
+fn read_inputs(a: &EvalArgs, cfg: &EvalConfig) -> Result<EvalData> {
+    let corpora: Vec<Corpus> = a
+        .ppl
+        .iter()
+        .map(|spec| Corpus::parse(spec.trim()))
+        .collect();
+    if cfg.tasks.is_empty() && corpora.is_empty() {
+        bail!("nothing to evaluate: pass --tasks and/or --ppl wikitext2");
+    }
+    let mut src = TaskSource::new(
+        a.data_dir
+            .clone()
+            .unwrap_or_else(come_repro::paths::data_dir),
+    );
+    src.mmlu_fewshot = a.mmlu_fewshot;
+    src.overrides.extend(a.task_path.iter().cloned());
+    Ok(EvalData::read(&cfg.tasks, &src, corpora)?)
+}
+
+/// Prints the scoring profile (stderr), the results table and the latency, if measured.
+fn print_summary(
+    results: &[TaskResult],
+    ppl: &[(String, PplResult)],
+    latency: Option<&Latency>,
+    load_seconds: f64,
+) {
+    if !results.is_empty() {
+        let total = ScoreProfile::total(results.iter().map(|r| &r.profile));
+        eprintln!(
+            "model load {load_seconds:.1}s; scoring: {}",
+            total.summary()
+        );
+    }
+    println!("{}", table(results, ppl));
+    if let Some(l) = latency {
+        println!(
+            "latency ({}): prefill {:.0} tok/s, generation {:.1} tok/s",
+            l.spec.context(),
+            l.prefill_tokens_per_s(),
+            l.decode_tokens_per_s()
+        );
+    }
+}
+
+/// Writes the lm-eval-compatible results JSON to `out`, with the latency if measured.
+fn write_lm_eval(
+    out: &Path,
+    results: &[TaskResult],
+    ppl: &[(String, PplResult)],
+    info: &RunInfo,
+    latency: Option<&Latency>,
+) -> Result<()> {
+    let mut v = lm_eval_json(results, ppl, info);
+    if let (Some(l), Some(obj)) = (latency, v.as_object_mut()) {
+        obj.insert(
+            "latency".into(),
+            serde_json::json!({
+                "protocol": l.spec.protocol, "context": l.spec.context(),
+                "prefill_tokens_per_s": l.prefill_tokens_per_s(),
+                "decode_tokens_per_s": l.decode_tokens_per_s(),
+            }),
+        );
+    }
+    come_repro::publish::write_json(out, &v)?;
+    eprintln!("wrote {}", out.display());
+    Ok(())
+}
+
+/// Writes the per-document log-likelihoods to `path`, one JSON line per document.
+fn write_samples(path: &Path, results: &[TaskResult]) -> Result<()> {
+    let mut lines = String::new();
+    for r in results {
+        for d in &r.docs {
+            lines += &serde_json::to_string(&serde_json::json!({"task": r.task, "doc": d}))?;
+            lines.push('\n');
+        }
+    }
+    come_repro::publish::write_atomically(path, lines.as_bytes())?;
     Ok(())
 }
 

@@ -90,19 +90,8 @@ impl TeacherStates {
             None => (None, None),
         };
         let Some(dir) = dir else {
-            let mut map: BTreeMap<usize, Vec<Tensor>> = BTreeMap::new();
-            for (i, s) in seqs.iter().enumerate() {
-                for (b, h) in forward_capture(teacher, s, boundaries)? {
-                    map.entry(b).or_default().push(h);
-                }
-                progress(i + 1, n);
-            }
-            let storage = map
-                .into_iter()
-                .map(|(b, v)| (b, Slot::Memory(Tensor::cat(&v, 0))))
-                .collect();
             let st = TeacherStates {
-                storage,
+                storage: states_in_memory(teacher, &seqs, boundaries, &mut progress)?,
                 n,
                 seqlen,
                 hidden,
@@ -126,20 +115,7 @@ impl TeacherStates {
                 &mut progress,
             )?;
         }
-        let mut maps = BTreeMap::new();
-        for &b in boundaries {
-            let p = dir.join(format!("boundary-{b}.f32"));
-            let f = std::fs::File::open(&p).map_err(|e| Error::io(&p, e))?;
-            // SAFETY: the file is ours, complete (renamed into place) and never rewritten.
-            let m = unsafe { Mmap::map(&f) }.map_err(|e| Error::io(&p, e))?;
-            if m.len() != n * seqlen * hidden * 4 {
-                return Err(Error::format(&p, format!(
-                    "{} bytes, expected {} ({n} x {seqlen} x {hidden} f32): a damaged cache entry; delete {}",
-                    m.len(), n * seqlen * hidden * 4, dir.display()
-                )));
-            }
-            maps.insert(b, Slot::Disk(Arc::new(m)));
-        }
+        let maps = map_states(&dir, boundaries, n, seqlen, hidden)?;
         let st = TeacherStates {
             storage: maps,
             n,
@@ -246,6 +222,53 @@ impl Slot {
             Slot::Disk(m) => Slot::Disk(m.clone()),
         }
     }
+}
+
+/// Every sequence's states at `boundaries`, computed into memory.
+fn states_in_memory(
+    teacher: &Model,
+    seqs: &[&Vec<i64>],
+    boundaries: &[usize],
+    progress: &mut impl FnMut(usize, usize),
+) -> Result<BTreeMap<usize, Slot>> {
+    let n = seqs.len();
+    let mut map: BTreeMap<usize, Vec<Tensor>> = BTreeMap::new();
+    for (i, s) in seqs.iter().enumerate() {
+        for (b, h) in forward_capture(teacher, s, boundaries)? {
+            map.entry(b).or_default().push(h);
+        }
+        progress(i + 1, n);
+    }
+    Ok(map
+        .into_iter()
+        .map(|(b, v)| (b, Slot::Memory(Tensor::cat(&v, 0))))
+        .collect())
+}
+
+/// Maps the boundary files of the complete entry in `dir`, checking that each holds `n`
+/// sequences of `seqlen` x `hidden` f32.
+fn map_states(
+    dir: &Path,
+    boundaries: &[usize],
+    n: usize,
+    seqlen: usize,
+    hidden: usize,
+) -> Result<BTreeMap<usize, Slot>> {
+    let mut maps = BTreeMap::new();
+    for &b in boundaries {
+        let p = dir.join(format!("boundary-{b}.f32"));
+        let f = std::fs::File::open(&p).map_err(|e| Error::io(&p, e))?;
+        // SAFETY: the file is ours, complete (renamed into place) and never rewritten.
+        let m = unsafe { Mmap::map(&f) }.map_err(|e| Error::io(&p, e))?;
+        if m.len() != n * seqlen * hidden * 4 {
+            return Err(Error::format(&p, format!(
+                "{} bytes, expected {} ({n} x {seqlen} x {hidden} f32): a damaged cache entry; delete {}",
+                m.len(), n * seqlen * hidden * 4, dir.display()
+            )));
+        }
+        maps.insert(b, Slot::Disk(Arc::new(m)));
+    }
+    Ok(maps)
 }
 
 fn as_f32(m: &Mmap) -> &[f32] {

@@ -32,14 +32,20 @@ pub(super) fn budget_charts(g: &Group) -> Vec<(String, String)> {
     levels.iter().flat_map(|level| at_level(g, level)).collect()
 }
 
+/// One y quantity of the budget charts.
+struct YAxis<'a> {
+    /// File name part ("acc", or the perplexity corpus).
+    kind: String,
+    title: String,
+    y_label: String,
+    log_y: bool,
+    value: Box<Measure<'a>>,
+}
+
+/// The budget charts at one pruning level: none unless its recovered runs cover at least
+/// three budgets.
 fn at_level(g: &Group, level: &Level) -> Vec<(String, String)> {
-    let runs: Vec<&RunData> = g
-        .members
-        .iter()
-        .filter(|(l, r, _)| l.same(level) && recovery_rank(&recovery_method(r)) > 0)
-        .map(|(_, r, _)| *r)
-        .filter(|r| r.param(TOKENS).and_then(|v| v.as_f64()).is_some())
-        .collect();
+    let runs = recovered_runs(g, level);
     let budgets: BTreeSet<u64> = runs
         .iter()
         .filter_map(|r| r.param(TOKENS)?.as_u64())
@@ -47,42 +53,8 @@ fn at_level(g: &Group, level: &Level) -> Vec<(String, String)> {
     if budgets.len() < 3 {
         return vec![];
     }
-    // Lines are the runs without their budget: the same label for every budget.
-    let stripped: Vec<RunData> = runs
-        .iter()
-        .map(|r| {
-            let mut s = (*r).clone();
-            s.params.remove(TOKENS);
-            s
-        })
-        .collect();
-    let refs: Vec<&RunData> = stripped.iter().collect();
-    let line_labels: Vec<String> = labels(&refs)
-        .into_iter()
-        .zip(recovery_cells(&refs))
-        .map(|(l, rec)| format!("{l} + {rec}"))
-        .collect();
-    // (file kind, chart title, y label, log scale, value of a run)
-    type Value<'a> = Box<Measure<'a>>;
-    let mut kinds: Vec<(String, String, String, bool, Value)> = vec![(
-        "acc".into(),
-        g.acc_title(&level.text()),
-        "average accuracy (%), ±1 SE".into(),
-        false,
-        Box::new(|r: &RunData| {
-            let (avg, se) = average(&measure(r, g.conv), &g.tasks);
-            avg.map(|a| (a, se))
-        }),
-    )];
-    for (_, metric, label) in names::PPL_CORPORA {
-        kinds.push((
-            metric.trim_start_matches("ppl_").to_string(),
-            format!("{}: {label}, {}", g.model, level.text()),
-            format!("{label} (log scale)"),
-            true,
-            Box::new(move |r: &RunData| measure(r, g.conv).ppl.get(metric).map(|p| (*p, None))),
-        ));
-    }
+    let line_labels = line_labels(&runs);
+    let kinds = y_axes(g, level);
     let text = |r: &RunData| r.param(TOKENS).and_then(|v| v.as_f64());
     let passes = |r: &RunData| {
         r.metric("", names::RUN_RECOVERY_LAYER_TOKEN_PASSES)
@@ -103,27 +75,82 @@ fn at_level(g: &Group, level: &Level) -> Vec<(String, String)> {
     ];
     let mut out = Vec::new();
     for (prefix, x_label, x) in axes {
-        for (kind, title, y_label, log_y, value) in &kinds {
-            let mut series = lines(&runs, &line_labels, x, value);
+        for y in &kinds {
+            let mut series = lines(&runs, &line_labels, x, &y.value);
             if series.is_empty() {
                 continue;
             }
             series.truncate(MAX_SERIES);
             let chart = LineChart {
-                title: title.clone(),
+                title: y.title.clone(),
                 x_label: x_label.into(),
-                y_label: y_label.clone(),
+                y_label: y.y_label.clone(),
                 series,
                 reference: None,
-                log_y: *log_y,
+                log_y: y.log_y,
             };
             out.push((
-                format!("{prefix}_{kind}_{}_{}.svg", g.slug, level.slug()),
+                format!("{prefix}_{}_{}_{}.svg", y.kind, g.slug, level.slug()),
                 chart.svg(),
             ));
         }
     }
     out
+}
+
+/// The recovered runs of `g` at `level` that record their budget.
+fn recovered_runs<'a>(g: &Group<'a>, level: &Level) -> Vec<&'a RunData> {
+    g.members
+        .iter()
+        .filter(|(l, r, _)| l.same(level) && recovery_rank(&recovery_method(r)) > 0)
+        .map(|(_, r, _)| *r)
+        .filter(|r| r.param(TOKENS).and_then(|v| v.as_f64()).is_some())
+        .collect()
+}
+
+/// Line labels of `runs`: the runs without their budget, so that every budget of one
+/// pruned model and recovery method gets the same label.
+fn line_labels(runs: &[&RunData]) -> Vec<String> {
+    let stripped: Vec<RunData> = runs
+        .iter()
+        .map(|r| {
+            let mut s = (*r).clone();
+            s.params.remove(TOKENS);
+            s
+        })
+        .collect();
+    let refs: Vec<&RunData> = stripped.iter().collect();
+    labels(&refs)
+        .into_iter()
+        .zip(recovery_cells(&refs))
+        .map(|(l, rec)| format!("{l} + {rec}"))
+        .collect()
+}
+
+/// The quantities charted at `level`: average accuracy, then each perplexity.
+fn y_axes<'a>(g: &'a Group, level: &Level) -> Vec<YAxis<'a>> {
+    let mut kinds = vec![YAxis {
+        kind: "acc".into(),
+        title: g.acc_title(&level.text()),
+        y_label: "average accuracy (%), ±1 SE".into(),
+        log_y: false,
+        value: Box::new(move |r: &RunData| {
+            let (avg, se) = average(&measure(r, g.conv), &g.tasks);
+            avg.map(|a| (a, se))
+        }),
+    }];
+    for (_, metric, label) in names::PPL_CORPORA {
+        kinds.push(YAxis {
+            kind: metric.trim_start_matches("ppl_").to_string(),
+            title: format!("{}: {label}, {}", g.model, level.text()),
+            y_label: format!("{label} (log scale)"),
+            log_y: true,
+            value: Box::new(move |r: &RunData| {
+                measure(r, g.conv).ppl.get(metric).map(|p| (*p, None))
+            }),
+        });
+    }
+    kinds
 }
 
 /// One line per label: (log2 of `x`, value) of its runs, in `x` order; lines of fewer

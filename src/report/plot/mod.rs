@@ -221,48 +221,9 @@ fn sweep_charts(g: &Group, published: &[PublishedRow], paper_model: &str) -> Vec
         .members
         .iter()
         .any(|(l, _, _)| matches!(l, Level::Sparsity(_)));
-    let x_of = |l: &Level| match (l, by_sparsity) {
-        (Level::Sparsity(s), true) => Some(*s),
-        (Level::Layers(n), false) => Some(*n as f64),
-        _ => None,
-    };
-    let mut acc: Vec<Series> = Vec::new();
-    let mut ppl: Vec<Series> = Vec::new();
-    let push = |v: &mut Vec<Series>, label: &str, p: Point, dashed: bool| match v
-        .iter_mut()
-        .find(|s| s.label == label)
-    {
-        Some(s) => s.points.push(p),
-        None => v.push(Series {
-            label: label.to_string(),
-            points: vec![p],
-            dashed,
-        }),
-    };
-    for (l, r, lab) in &g.members {
-        let Some(x) = x_of(l) else { continue };
-        let (a, p) = g.values(r);
-        if let Some((y, se)) = a {
-            push(&mut acc, lab, Point { x, y, se }, false);
-        }
-        if let Some(y) = p {
-            push(&mut ppl, lab, Point { x, y, se: None }, false);
-        }
-    }
+    let (mut acc, mut ppl) = sweep_series(g, by_sparsity);
     if by_sparsity {
-        for p in published
-            .iter()
-            .filter(|p| !p.is_dense() && same_model(&p.model, paper_model))
-        {
-            let Some(x) = p.sparsity else { continue };
-            let lab = format!("{} (published)", method_label(&p.method.to_lowercase()));
-            if let Some(y) = p.avg {
-                push(&mut acc, &lab, Point { x, y, se: None }, true);
-            }
-            if let Some(y) = p.ppl_wikitext2 {
-                push(&mut ppl, &lab, Point { x, y, se: None }, true);
-            }
-        }
+        push_published(&mut acc, &mut ppl, published, paper_model);
     }
     for s in acc.iter_mut().chain(ppl.iter_mut()) {
         s.points.sort_by(|a, b| a.x.total_cmp(&b.x));
@@ -274,39 +235,110 @@ fn sweep_charts(g: &Group, published: &[PublishedRow], paper_model: &str) -> Vec
         "layers kept"
     };
     let mut out = Vec::new();
-    let parts = |series: Vec<Series>| -> Vec<Vec<Series>> {
-        series.chunks(MAX_SERIES).map(|c| c.to_vec()).collect()
+    for (kind, series, reference) in [("acc", acc, dense_acc), ("ppl", ppl, dense_ppl)] {
+        out.extend(sweep_parts(g, kind, series, reference, x_label));
+    }
+    out
+}
+
+/// Adds a point to the series labelled `label`, starting that series if it is new.
+fn push_point(v: &mut Vec<Series>, label: &str, p: Point, dashed: bool) {
+    match v.iter_mut().find(|s| s.label == label) {
+        Some(s) => s.points.push(p),
+        None => v.push(Series {
+            label: label.to_string(),
+            points: vec![p],
+            dashed,
+        }),
+    }
+}
+
+/// (accuracy, perplexity) series of the group's runs, one per label, with x the sparsity
+/// when `by_sparsity` and the layers kept otherwise; runs at the other kind of level are
+/// left out.
+fn sweep_series(g: &Group, by_sparsity: bool) -> (Vec<Series>, Vec<Series>) {
+    let x_of = |l: &Level| match (l, by_sparsity) {
+        (Level::Sparsity(s), true) => Some(*s),
+        (Level::Layers(n), false) => Some(*n as f64),
+        _ => None,
     };
-    for (kind, series, log_y) in [("acc", acc, false), ("ppl", ppl, true)] {
-        let chunks = parts(series);
-        let n = chunks.len();
-        for (k, series) in chunks.into_iter().enumerate() {
-            let (part, part_title) = if n > 1 {
-                (format!("_part{}", k + 1), format!(" ({}/{n})", k + 1))
-            } else {
-                (String::new(), String::new())
-            };
-            let chart = if log_y {
-                LineChart {
-                    title: format!("{}: WikiText-2 perplexity{part_title}", g.model),
-                    x_label: x_label.into(),
-                    y_label: "perplexity (log scale)".into(),
-                    series,
-                    reference: dense_ppl.map(|p| (p, "dense".to_string())),
-                    log_y: true,
-                }
-            } else {
-                LineChart {
-                    title: format!("{}{part_title}", g.acc_title("±1 SE")),
-                    x_label: x_label.into(),
-                    y_label: "average accuracy (%)".into(),
-                    series,
-                    reference: dense_acc.map(|a| (a, "dense".to_string())),
-                    log_y: false,
-                }
-            };
-            out.push((format!("plot_{kind}_{}{part}.svg", g.slug), chart.svg()));
+    let mut acc: Vec<Series> = Vec::new();
+    let mut ppl: Vec<Series> = Vec::new();
+    for (l, r, lab) in &g.members {
+        let Some(x) = x_of(l) else { continue };
+        let (a, p) = g.values(r);
+        if let Some((y, se)) = a {
+            push_point(&mut acc, lab, Point { x, y, se }, false);
         }
+        if let Some(y) = p {
+            push_point(&mut ppl, lab, Point { x, y, se: None }, false);
+        }
+    }
+    (acc, ppl)
+}
+
+/// Adds the published pruned rows of `paper_model` as dashed series, by sparsity.
+fn push_published(
+    acc: &mut Vec<Series>,
+    ppl: &mut Vec<Series>,
+    published: &[PublishedRow],
+    paper_model: &str,
+) {
+    for p in published
+        .iter()
+        .filter(|p| !p.is_dense() && same_model(&p.model, paper_model))
+    {
+        let Some(x) = p.sparsity else { continue };
+        let lab = format!("{} (published)", method_label(&p.method.to_lowercase()));
+        if let Some(y) = p.avg {
+            push_point(acc, &lab, Point { x, y, se: None }, true);
+        }
+        if let Some(y) = p.ppl_wikitext2 {
+            push_point(ppl, &lab, Point { x, y, se: None }, true);
+        }
+    }
+}
+
+/// The line charts of one metric (`kind` "acc" or "ppl", the latter on a log scale), in
+/// parts of at most [`MAX_SERIES`] series, with the dense value as reference line.
+fn sweep_parts(
+    g: &Group,
+    kind: &str,
+    series: Vec<Series>,
+    reference: Option<f64>,
+    x_label: &str,
+) -> Vec<(String, String)> {
+    let log_y = kind == "ppl";
+    let chunks: Vec<Vec<Series>> = series.chunks(MAX_SERIES).map(|c| c.to_vec()).collect();
+    let n = chunks.len();
+    let mut out = Vec::new();
+    for (k, series) in chunks.into_iter().enumerate() {
+        let (part, part_title) = if n > 1 {
+            (format!("_part{}", k + 1), format!(" ({}/{n})", k + 1))
+        } else {
+            (String::new(), String::new())
+        };
+        let reference = reference.map(|v| (v, "dense".to_string()));
+        let chart = if log_y {
+            LineChart {
+                title: format!("{}: WikiText-2 perplexity{part_title}", g.model),
+                x_label: x_label.into(),
+                y_label: "perplexity (log scale)".into(),
+                series,
+                reference,
+                log_y: true,
+            }
+        } else {
+            LineChart {
+                title: format!("{}{part_title}", g.acc_title("±1 SE")),
+                x_label: x_label.into(),
+                y_label: "average accuracy (%)".into(),
+                series,
+                reference,
+                log_y: false,
+            }
+        };
+        out.push((format!("plot_{kind}_{}{part}.svg", g.slug), chart.svg()));
     }
     out
 }
