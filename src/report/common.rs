@@ -127,12 +127,11 @@ pub(crate) enum Level {
 
 impl Level {
     pub fn of(run: &RunData) -> Option<Level> {
-        if let Some(n) = run.param("prune.target_layers").and_then(Value::as_i64) {
-            return Some(Level::Layers(n));
+        let p = run.prune()?;
+        match p.target_layers {
+            Some(n) => Some(Level::Layers(n as i64)),
+            None => p.sparsity.map(Level::Sparsity),
         }
-        run.param("prune.sparsity")
-            .and_then(Value::as_f64)
-            .map(Level::Sparsity)
     }
     pub fn text(&self) -> String {
         match self {
@@ -191,30 +190,17 @@ pub(crate) fn value_text(v: &Value) -> String {
 }
 
 pub(super) fn method_of(run: &RunData) -> String {
-    run.param("prune.method")
-        .map(value_text)
+    run.prune()
+        .and_then(|p| serde_json::to_value(p.method).ok())
+        .map(|v| value_text(&v))
         .unwrap_or_else(|| "dense".into())
 }
 
 /// What a run's method reads of its prune settings (see [`crate::prune::PruneConfig::uses`]);
 /// everything when the method is unknown to this build.
 fn uses(run: &RunData, key: &str) -> bool {
-    let method = run
-        .param("prune.method")
-        .and_then(|v| serde_json::from_value::<crate::prune::Method>(v.clone()).ok());
-    let Some(method) = method else {
-        return true;
-    };
-    let merge = run
-        .param("prune.merge")
-        .and_then(|v| serde_json::from_value::<crate::prune::MergeOp>(v.clone()).ok())
-        .unwrap_or_default();
-    let cfg = crate::prune::PruneConfig {
-        method,
-        merge,
-        ..Default::default()
-    };
-    cfg.uses(key.trim_start_matches("prune."))
+    run.prune()
+        .is_none_or(|p| p.uses(key.trim_start_matches("prune.")))
 }
 
 /// Row labels for pruned runs: the method, plus the `prune.*` keys (other than method,
@@ -269,10 +255,8 @@ pub(crate) fn labels(runs: &[&RunData]) -> Vec<String> {
             .collect()
     };
     let level = |r: &RunData| {
-        (
-            r.param("prune.sparsity").map(canonical_json),
-            r.param("prune.target_layers").map(canonical_json),
-        )
+        r.prune()
+            .map(|p| (p.sparsity.map(f64::to_bits), p.target_layers))
     };
     // Runs of one pruned model (e.g. with and without recovery) rightly share a label.
     let clash: Vec<bool> = (0..runs.len())
@@ -356,21 +340,18 @@ pub(super) fn items_text(ours: &[(String, Measured)], tasks: &[String]) -> Strin
 /// "Evaluation: tasks limited to N documents" etc., from the eval params of a run.
 pub(super) fn eval_note(run: Option<&RunData>) -> String {
     let Some(r) = run else { return String::new() };
-    let no_tasks = r
-        .param("eval.tasks")
-        .and_then(Value::as_array)
-        .is_some_and(|t| t.is_empty());
-    if no_tasks {
+    let e = &r.experiment.eval;
+    if e.tasks.is_empty() {
         return String::new();
     }
     let mut parts = Vec::new();
-    if let Some(l) = r.param("eval.limit").and_then(Value::as_i64) {
+    if let Some(l) = e.limit {
         parts.push(format!("first {l} documents per task"));
     }
-    if let Some(f) = r.param("eval.fraction").and_then(Value::as_f64) {
+    if let Some(f) = e.fraction {
         parts.push(format!("a {f} fraction of each task"));
     }
-    if let Some(s) = r.param("eval.seed").and_then(Value::as_i64) {
+    if let Some(s) = e.seed {
         parts.push(format!("documents sampled with seed {s}"));
     }
     if parts.is_empty() {

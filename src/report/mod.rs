@@ -37,7 +37,10 @@ pub mod seeds;
 pub mod table;
 pub mod tables;
 
+use crate::distill::RecoveryConfig;
 use crate::error::{Error, Result};
+use crate::experiment::Experiment;
+use crate::prune::PruneConfig;
 use crate::track::{Metric, RunFilter, Status, Store};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -111,7 +114,10 @@ pub struct RunData {
     pub hash: String,
     pub name: String,
     pub finished: String,
-    /// Flattened experiment (dotted path -> value).
+    /// The run's experiment, typed: what the report reads of a run's settings.
+    pub experiment: Experiment,
+    /// Flattened experiment (dotted path -> value): for the generic comparisons (which
+    /// keys vary between runs, ablation axes, labels), not for reading a setting.
     pub params: BTreeMap<String, Value>,
     pub metrics: Vec<Metric>,
 }
@@ -126,15 +132,17 @@ impl RunData {
     pub fn param(&self, key: &str) -> Option<&Value> {
         self.params.get(key)
     }
+    pub fn prune(&self) -> Option<&PruneConfig> {
+        self.experiment.prune.as_ref()
+    }
+    pub fn recovery(&self) -> &RecoveryConfig {
+        &self.experiment.recovery
+    }
     pub fn is_dense(&self) -> bool {
-        !self.params.keys().any(|k| k.starts_with("prune."))
+        self.prune().is_none()
     }
     pub fn model(&self) -> String {
-        match self.params.get("model") {
-            Some(Value::String(s)) => s.clone(),
-            Some(other) => other.to_string(),
-            None => String::new(),
-        }
+        self.experiment.model.clone()
     }
 }
 
@@ -147,7 +155,15 @@ pub fn load_runs(store: &Store) -> Result<Vec<RunData>> {
     let mut latest: HashMap<String, usize> = HashMap::new();
     let mut out: Vec<RunData> = Vec::new();
     for r in rows {
+        let experiment = Experiment::from_value(r.config.clone()).map_err(|e| {
+            Error::Invalid(format!(
+                "run {} ({}): its stored config does not read as an experiment of this \
+                 version: {e}",
+                r.id, r.name
+            ))
+        })?;
         let data = RunData {
+            experiment,
             id: r.id,
             hash: r.hash.clone(),
             name: r.name.clone(),

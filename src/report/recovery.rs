@@ -30,9 +30,7 @@ const LOSS: &str = "recovery.loss";
 
 /// The recovery method of a run, as its serde name (`none` when it has no recovery).
 pub(super) fn recovery_method(run: &RunData) -> String {
-    run.param("recovery.method")
-        .map(value_text)
-        .unwrap_or_else(|| RecoveryMethod::None.name().to_string())
+    run.recovery().method.name().to_string()
 }
 
 /// Position of a recovery method in table order; unknown names after the known ones.
@@ -324,7 +322,6 @@ fn held_equal(recovered: &[&RunData]) -> String {
         });
         v
     };
-    let param = |key: &'static str| move |r: &RunData| r.param(key).map(value_text);
     let lora = recovered.iter().any(|r| recovery_method(r) == "lora");
     let mut equal = Vec::new();
     let mut differ = Vec::new();
@@ -333,7 +330,7 @@ fn held_equal(recovered: &[&RunData]) -> String {
         1 => equal.push(same),
         _ => differ.push(format!("`{key}` ({})", vals.join(", "))),
     };
-    let tokens = values(&param("recovery.tokens"));
+    let tokens = values(&|r: &RunData| Some(r.recovery().tokens.to_string()));
     let one = tokens.first().cloned().unwrap_or_default();
     add(
         tokens,
@@ -357,7 +354,7 @@ fn held_equal(recovered: &[&RunData]) -> String {
             }
         ),
     );
-    let seqlens = values(&param("recovery.seqlen"));
+    let seqlens = values(&|r: &RunData| Some(r.recovery().seqlen.to_string()));
     let one = seqlens.first().cloned().unwrap_or_default();
     add(
         seqlens,
@@ -392,9 +389,9 @@ fn kd_note(recovered: &[&RunData], kinds: &BTreeSet<String>) -> String {
     let budgets: BTreeSet<String> = recovered
         .iter()
         .filter(|r| recovery_method(r) == kd)
-        .map(|r| match r.param("recovery.kd_tokens") {
-            Some(v) if !v.is_null() => format!("{} tokens", value_text(v)),
-            _ => "the same budget".into(),
+        .map(|r| match r.recovery().kd_tokens {
+            Some(n) => format!("{n} tokens"),
+            None => "the same budget".into(),
         })
         .collect();
     format!(
