@@ -98,6 +98,26 @@ impl StageCtx<'_> {
         let alive = &mut *self.keepalive;
         lock_entry(dir, alive)
     }
+
+    /// The keyed output `entry` of stage `stage`: reused when its record file `record`
+    /// exists, else built by `build` into the entry's directory, under the entry's lock
+    /// (so two workers never build it twice). Returns the directory and whether it was
+    /// reused.
+    pub fn cached(
+        &mut self,
+        stage: StageName,
+        key: &str,
+        record: &str,
+        build: impl FnOnce(&mut StageCtx, &Path) -> Result<()>,
+    ) -> Result<(PathBuf, bool)> {
+        let dir = self.cache.entry(stage, key);
+        let _lock = self.lock(&dir)?;
+        let reused = dir.join(record).exists();
+        if !reused {
+            build(self, &dir)?;
+        }
+        Ok((dir, reused))
+    }
 }
 
 /// A finished stage: its output for the next stage and what the store keeps of it.

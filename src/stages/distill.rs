@@ -87,15 +87,12 @@ impl Stage for DistillStage<'_> {
     }
 
     fn run(self, ctx: &mut StageCtx) -> Result<Done<PathBuf>> {
-        let dir = ctx.cache.entry(Self::NAME, &self.key);
-        let reused = {
-            let _lock = ctx.lock(&dir)?;
-            let reused = dir.join(crate::distill::record::FILE).exists();
-            if !reused {
-                self.train(ctx, &dir)?;
-            }
-            reused
-        };
+        let (dir, reused) = ctx.cached(
+            Self::NAME,
+            &self.key,
+            crate::distill::record::FILE,
+            |ctx, dir| self.train(ctx, dir).map(|_| ()),
+        )?;
         let rec = DistillRecord::read(&dir)?;
         let mut done = Done::new(dir.clone(), reused).at(&dir);
         done.metrics = distill_metrics(&rec);

@@ -110,15 +110,9 @@ impl Stage for PruneStage<'_> {
     }
 
     fn run(self, ctx: &mut StageCtx) -> Result<Done<PathBuf>> {
-        let dir = ctx.cache.entry(Self::NAME, &self.key);
-        let reused = {
-            let _lock = ctx.lock(&dir)?;
-            let reused = dir.join(FILE).exists();
-            if !reused {
-                prune_checkpoint(self.base, self.cfg, ctx.load, &dir, &mut *ctx.events)?;
-            }
-            reused
-        };
+        let (dir, reused) = ctx.cached(Self::NAME, &self.key, FILE, |ctx, dir| {
+            prune_checkpoint(self.base, self.cfg, ctx.load, dir, &mut *ctx.events).map(|_| ())
+        })?;
         let rec = PruneRecord::read(&dir)?;
         let mut done = Done::new(dir.clone(), reused).at(&dir);
         done.metrics = prune_metrics(&rec);
