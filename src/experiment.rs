@@ -1,14 +1,14 @@
 //! One fully resolved experiment: which model, how it is pruned and recovered, how it is
-//! evaluated and on what runtime. Every field has an explicit default and is serialised
-//! (opt-in settings only while on, so hashes of runs made before they existed still
-//! match), so the canonical JSON of an `Experiment` (sorted keys) is its identity: the
-//! run hash.
+//! evaluated and on what runtime. Every field has an explicit default. Its run hash is
+//! the sha256 of its identity form ([`Identity`], written out field by field by each
+//! config), not of its serialised layout: grids and stores read the serde form, which
+//! can change without moving a hash.
 
 use crate::calib::CalibConfig;
 use crate::error::{Error, Result};
 use crate::eval::latency::Protocol;
 use crate::eval::perplexity::PplProtocol;
-use crate::hashing::hash_value;
+use crate::hashing::{hash_value, Fields, Identity};
 use crate::prune::PruneConfig;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -89,6 +89,47 @@ impl Default for EvalConfig {
             latency_iters: None,
             token_budget: crate::eval::batching::BatchSize::default(),
         }
+    }
+}
+
+/// Identity v1: every field under its serde name; the perplexity protocol, the extra
+/// corpora and latency only when on (they came later).
+impl Identity for EvalConfig {
+    fn identity(&self) -> Value {
+        let EvalConfig {
+            tasks,
+            limit,
+            fraction,
+            seed,
+            mmlu_fewshot,
+            ppl_seqlen,
+            ppl_windows,
+            ppl_protocol,
+            ppl_c4,
+            ppl_val,
+            ppl_ood,
+            latency,
+            latency_iters,
+            token_budget,
+        } = self;
+        let latency_spelling =
+            latency_field::serialize(latency, serde_json::value::Serializer).unwrap_or(Value::Null);
+        Fields::new()
+            .leaf("tasks", tasks)
+            .leaf("limit", limit)
+            .leaf("fraction", fraction)
+            .leaf("seed", seed)
+            .leaf("mmlu_fewshot", mmlu_fewshot)
+            .leaf("ppl_seqlen", ppl_seqlen)
+            .leaf("ppl_windows", ppl_windows)
+            .opt_in(!ppl_protocol.is_default(), "ppl_protocol", ppl_protocol)
+            .opt_in(*ppl_c4, "ppl_c4", ppl_c4)
+            .opt_in(*ppl_val, "ppl_val", ppl_val)
+            .opt_in(*ppl_ood, "ppl_ood", ppl_ood)
+            .opt_in(latency.is_some(), "latency", &latency_spelling)
+            .opt_in(latency_iters.is_some(), "latency_iters", latency_iters)
+            .leaf("token_budget", token_budget)
+            .done()
     }
 }
 
@@ -209,6 +250,16 @@ impl Default for RuntimeConfig {
     }
 }
 
+impl Identity for RuntimeConfig {
+    fn identity(&self) -> Value {
+        let RuntimeConfig { device, dtype } = self;
+        Fields::new()
+            .leaf("device", device)
+            .leaf("dtype", dtype)
+            .done()
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Experiment {
@@ -237,20 +288,49 @@ impl Default for Experiment {
     }
 }
 
+/// The run identity, version [`IDENTITY_VERSION`]: the model key, the prune settings (null
+/// for a dense run), the recovery settings (left out when none), the evaluation and the
+/// runtime, each written out field by field by its config. Version 1 is the layout the
+/// serialised `Experiment` had when the first runs were stored (no version key); a later
+/// version adds `"identity": N` at the top, so no two versions can share a hash.
+impl Identity for Experiment {
+    fn identity(&self) -> Value {
+        let Experiment {
+            model,
+            prune,
+            recovery,
+            eval,
+            runtime,
+        } = self;
+        let prune = prune.as_ref().map_or(Value::Null, |p| p.identity());
+        Fields::new()
+            .leaf("model", model)
+            .leaf("prune", &prune)
+            .opt_in(!recovery.is_none(), "recovery", &recovery.identity())
+            .part("eval", eval)
+            .part("runtime", runtime)
+            .done()
+    }
+}
+
+/// The version of the run identity's form ([`Experiment`]'s `Identity`).
+pub const IDENTITY_VERSION: u32 = 1;
+
 impl Experiment {
     pub fn to_value(&self) -> serde_json::Value {
         serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
     }
 
-    /// The run identity (sha256 of the canonical JSON, hex).
+    /// The run identity: sha256 (hex) of the canonical JSON of its identity form, not of
+    /// its serialised layout.
     pub fn hash(&self) -> String {
-        hash_value(&self.to_value())
+        self.identity_hash()
     }
 
     /// Identity of the pruned checkpoint: only what changes its weights.
     pub fn prune_hash(&self) -> Option<String> {
         let p = self.prune.as_ref()?;
-        let v = serde_json::json!({ "model": self.model, "prune": p, "dtype": self.runtime.dtype });
+        let v = serde_json::json!({ "model": self.model, "prune": p.identity(), "dtype": self.runtime.dtype });
         Some(hash_value(&v))
     }
 

@@ -30,6 +30,57 @@ pub fn hash_value(v: &serde_json::Value) -> String {
     hex::encode(Sha256::digest(canonical_json(v).as_bytes()))
 }
 
+/// A value's identity form, written out field by field by the type itself (not its serde
+/// form): which settings enter an identity, under which keys, and which are left out at
+/// their default is decided here, so a config's serialised layout (what grids and stores
+/// read) can change without moving any hash. Implementations destructure their struct
+/// without `..`, so a new field does not compile until it is placed in the identity or
+/// named as outside it.
+pub trait Identity {
+    fn identity(&self) -> serde_json::Value;
+
+    fn identity_hash(&self) -> String {
+        hash_value(&self.identity())
+    }
+}
+
+/// The builder of an identity object.
+#[derive(Default)]
+pub struct Fields(serde_json::Map<String, serde_json::Value>);
+
+impl Fields {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A leaf in its serialised spelling (a number, a string, an enum's name, null).
+    pub fn leaf<T: serde::Serialize + ?Sized>(mut self, key: &str, v: &T) -> Self {
+        let v = serde_json::to_value(v).unwrap_or(serde_json::Value::Null);
+        self.0.insert(key.to_string(), v);
+        self
+    }
+
+    /// A leaf that is part of the identity only when `on`: a setting added after runs
+    /// were stored, left out at its default so that those runs keep their hashes.
+    pub fn opt_in<T: serde::Serialize + ?Sized>(self, on: bool, key: &str, v: &T) -> Self {
+        if on {
+            self.leaf(key, v)
+        } else {
+            self
+        }
+    }
+
+    /// A nested identity.
+    pub fn part(mut self, key: &str, v: &impl Identity) -> Self {
+        self.0.insert(key.to_string(), v.identity());
+        self
+    }
+
+    pub fn done(self) -> serde_json::Value {
+        serde_json::Value::Object(self.0)
+    }
+}
+
 /// sha256 of bytes, hex.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))

@@ -167,6 +167,24 @@ fn prune_and_distill_take_any_grid_key_with_set() {
         &["--set betas=[0.9]"],
     );
     assert!(!rec.exists());
+    // A flag of another recovery method would be silently unused: refused.
+    fails_with(
+        &[
+            "distill",
+            "--teacher",
+            m.to_str().unwrap(),
+            "--model",
+            out.to_str().unwrap(),
+            "--out",
+            rec.to_str().unwrap(),
+            "--method",
+            "hierarchical",
+            "--lora-lr",
+            "1e-3",
+        ],
+        &["--lora-lr is a setting of --method lora, not of hierarchical"],
+    );
+    assert!(!rec.exists());
 }
 
 #[test]

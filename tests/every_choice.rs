@@ -72,7 +72,7 @@ fn enumerated() -> Vec<(&'static str, Vec<String>, Getter)> {
             e.prune.as_ref().map(|p| name_of(&p.calib.shuffle))
         }),
         ("recovery.method", values::<RecoveryMethod>(), |e| {
-            Some(name_of(&e.recovery.method))
+            Some(name_of(&e.recovery.method.kind()))
         }),
         ("recovery.attach", values::<Attach>(), |e| {
             (!e.recovery.is_none()).then(|| name_of(&e.recovery.attach))

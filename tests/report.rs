@@ -564,7 +564,7 @@ fn sweep_table_puts_every_sparsity_in_one_row() {
 
 fn recovery(method: RecoveryMethod, loss: &str) -> RecoveryConfig {
     RecoveryConfig {
-        method,
+        method: come_repro::distill::Recovery::of(method),
         loss: Losses::parse(loss).unwrap(),
         tokens: 4096,
         seqlen: 256,

@@ -422,7 +422,7 @@ fn run_hashes_did_not_change_with_the_recovery_axis_or_the_calibration_default()
     assert_eq!(off.hash(), pruned.hash());
     assert!(off.to_value().get("recovery").is_none());
     let mut on = pruned.clone();
-    on.recovery.method = RecoveryMethod::Hierarchical;
+    on.recovery.method = come_repro::distill::Recovery::Hierarchical;
     assert_ne!(on.hash(), pruned.hash());
     assert_eq!(Experiment::from_value(on.to_value()).unwrap(), on);
 
@@ -480,7 +480,7 @@ fn distill_cache_key_follows_the_pruned_checkpoint_and_the_recovery() {
     assert_eq!(stages::distill::cache_key(&pruned), None, "recovery off");
     let lora = Experiment {
         recovery: RecoveryConfig {
-            method: RecoveryMethod::Lora,
+            method: come_repro::distill::Recovery::of(RecoveryMethod::Lora),
             ..Default::default()
         },
         ..pruned.clone()

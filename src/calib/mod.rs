@@ -78,6 +78,33 @@ impl Default for CalibConfig {
     }
 }
 
+/// Identity v1: every field under its serde name; `shuffle`, `ids` and `ids_sha256` only
+/// when set (they came later).
+impl crate::hashing::Identity for CalibConfig {
+    fn identity(&self) -> serde_json::Value {
+        let CalibConfig {
+            source,
+            nrows,
+            seqlen,
+            seed,
+            max_sequences,
+            shuffle,
+            ids,
+            ids_sha256,
+        } = self;
+        crate::hashing::Fields::new()
+            .leaf("source", source)
+            .leaf("nrows", nrows)
+            .leaf("seqlen", seqlen)
+            .leaf("seed", seed)
+            .leaf("max_sequences", max_sequences)
+            .opt_in(!shuffle.is_legacy(), "shuffle", shuffle)
+            .opt_in(ids.is_some(), "ids", ids)
+            .opt_in(ids_sha256.is_some(), "ids_sha256", ids_sha256)
+            .done()
+    }
+}
+
 fn file_sha256(path: &Path) -> Result<String> {
     let (sha, _) = crate::hashing::sha256_file(path).map_err(|e| Error::io(path, e))?;
     Ok(sha)

@@ -7,7 +7,7 @@ use super::common::RuntimeArgs;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use come_repro::distill::{
-    Attach, LayerInputs, Losses, RecoveryConfig, RecoveryMethod, Validation,
+    Attach, LayerInputs, Losses, Recovery, RecoveryConfig, RecoveryMethod, Validation,
 };
 use come_repro::stages::distill_checkpoint;
 use std::path::PathBuf;
@@ -114,9 +114,64 @@ fn parse_losses(s: &str) -> Result<Losses, String> {
 }
 
 impl DistillArgs {
+    /// The method with its own flags applied; a flag of another method is refused (it
+    /// would be silently unused).
+    fn method_settings(&self) -> Result<Recovery> {
+        let mut m = Recovery::of(self.method);
+        let given = [
+            (
+                "--kd-tokens",
+                self.kd_tokens.is_some(),
+                RecoveryMethod::HierarchicalKd,
+            ),
+            (
+                "--kd-lr",
+                self.kd_lr.is_some(),
+                RecoveryMethod::HierarchicalKd,
+            ),
+            (
+                "--lora-rank",
+                self.lora_rank.is_some(),
+                RecoveryMethod::Lora,
+            ),
+            (
+                "--lora-alpha",
+                self.lora_alpha.is_some(),
+                RecoveryMethod::Lora,
+            ),
+            (
+                "--lora-dropout",
+                self.lora_dropout.is_some(),
+                RecoveryMethod::Lora,
+            ),
+            ("--lora-lr", self.lora_lr.is_some(), RecoveryMethod::Lora),
+        ];
+        if let Some((flag, _, of)) = given.iter().find(|(_, g, of)| *g && *of != self.method) {
+            anyhow::bail!(
+                "{flag} is a setting of --method {}, not of {}",
+                of.name(),
+                self.method.name()
+            );
+        }
+        match &mut m {
+            Recovery::HierarchicalKd(kd) => {
+                kd.tokens = self.kd_tokens.or(kd.tokens);
+                kd.lr = self.kd_lr.unwrap_or(kd.lr);
+            }
+            Recovery::Lora(l) => {
+                l.rank = self.lora_rank.unwrap_or(l.rank);
+                l.alpha = self.lora_alpha.unwrap_or(l.alpha);
+                l.dropout = self.lora_dropout.unwrap_or(l.dropout);
+                l.lr = self.lora_lr.unwrap_or(l.lr);
+            }
+            Recovery::None | Recovery::Hierarchical => {}
+        }
+        Ok(m)
+    }
+
     pub fn config(&self) -> Result<RecoveryConfig> {
         let mut c = RecoveryConfig {
-            method: self.method,
+            method: self.method_settings()?,
             ..Default::default()
         };
         macro_rules! set {
@@ -137,12 +192,7 @@ impl DistillArgs {
             validation,
             seed,
             attach,
-            inputs,
-            kd_lr,
-            lora_rank,
-            lora_alpha,
-            lora_dropout,
-            lora_lr
+            inputs
         );
         if let Some(x) = self.clip {
             c.clip = (x > 0.0).then_some(x);
@@ -152,7 +202,6 @@ impl DistillArgs {
         }
         c.eval_every = self.eval_every.or(c.eval_every);
         c.data = self.data.clone().or(c.data);
-        c.kd_tokens = self.kd_tokens.or(c.kd_tokens);
         Ok(come_repro::grid::apply_settings(
             &c,
             "recovery",

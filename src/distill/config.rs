@@ -8,6 +8,9 @@ use serde::{Deserialize, Deserializer, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+mod file;
+use file::RecoveryFile;
+
 /// How a pruned model is recovered (the grid's recovery axis).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
 pub enum RecoveryMethod {
@@ -263,19 +266,107 @@ impl Validation {
     }
 }
 
+/// The end-to-end logit-KD stage that follows the layer stage (`hierarchical+kd`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct KdSettings {
+    /// Tokens of the KD stage (None: the layer stage's `tokens`).
+    pub tokens: Option<usize>,
+    pub lr: f64,
+}
+
+impl Default for KdSettings {
+    fn default() -> Self {
+        KdSettings {
+            tokens: None,
+            lr: 2e-5,
+        }
+    }
+}
+
+/// LoRA adapters on all seven projections of every layer (Shortened LLaMA's defaults:
+/// rank 8, alpha 16, dropout 0.05, lr 1e-4).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoraSettings {
+    pub rank: usize,
+    pub alpha: f64,
+    pub dropout: f64,
+    pub lr: f64,
+}
+
+impl Default for LoraSettings {
+    fn default() -> Self {
+        LoraSettings {
+            rank: 8,
+            alpha: 16.0,
+            dropout: 0.05,
+            lr: 1e-4,
+        }
+    }
+}
+
+/// A recovery method with the settings only it reads. In files (grids, stored runs) the
+/// method is `recovery.method` and its settings are flat keys (`kd_lr`, `lora_rank`, ...);
+/// a key of another method is not part of the run: it is dropped when read (so a grid may
+/// set `lora_lr` in its base and cross methods) and written back at its default.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum Recovery {
+    #[default]
+    None,
+    Hierarchical,
+    HierarchicalKd(KdSettings),
+    Lora(LoraSettings),
+}
+
+impl Recovery {
+    /// The method named `kind`, its settings at their defaults.
+    pub fn of(kind: RecoveryMethod) -> Recovery {
+        match kind {
+            RecoveryMethod::None => Recovery::None,
+            RecoveryMethod::Hierarchical => Recovery::Hierarchical,
+            RecoveryMethod::HierarchicalKd => Recovery::HierarchicalKd(KdSettings::default()),
+            RecoveryMethod::Lora => Recovery::Lora(LoraSettings::default()),
+        }
+    }
+
+    pub fn kind(&self) -> RecoveryMethod {
+        match self {
+            Recovery::None => RecoveryMethod::None,
+            Recovery::Hierarchical => RecoveryMethod::Hierarchical,
+            Recovery::HierarchicalKd(_) => RecoveryMethod::HierarchicalKd,
+            Recovery::Lora(_) => RecoveryMethod::Lora,
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.kind().name()
+    }
+
+    pub fn kd(&self) -> Option<&KdSettings> {
+        match self {
+            Recovery::HierarchicalKd(k) => Some(k),
+            _ => None,
+        }
+    }
+
+    pub fn lora(&self) -> Option<&LoraSettings> {
+        match self {
+            Recovery::Lora(l) => Some(l),
+            _ => None,
+        }
+    }
+}
+
 /// The recovery stage's settings. Defaults follow LLM-Streamline's layer training (AdamW
 /// 2e-4, weight decay 1e-3, cosine to 5e-5, clip 5, 2048-token sequences; the loss is
 /// the one our ablation measured best, cosine, where LLM-Streamline uses MSE) and
-/// Shortened LLaMA's LoRA (rank 8, alpha 16, dropout 0.05, lr 1e-4); the token budget is
-/// sized for a CPU.
+/// Shortened LLaMA's LoRA; the token budget is sized for a CPU. Read and written in the
+/// flat form of [`RecoveryFile`].
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
+#[serde(from = "RecoveryFile", into = "RecoveryFile")]
 pub struct RecoveryConfig {
-    pub method: RecoveryMethod,
+    /// The method and the settings only it reads (KD's, LoRA's).
+    pub method: Recovery,
     pub attach: Attach,
-    /// Left out of the canonical JSON at its default, so configs written before it existed
-    /// keep their hashes.
-    #[serde(skip_serializing_if = "LayerInputs::is_teacher")]
     pub inputs: LayerInputs,
     pub loss: Losses,
     /// Softmax temperature of the KL losses.
@@ -289,6 +380,7 @@ pub struct RecoveryConfig {
     pub micro_batch: usize,
     /// Micro-batches per optimiser step.
     pub accum: usize,
+    /// Learning rate of the layer stage.
     pub lr: f64,
     /// Floor of the cosine decay.
     pub min_lr: f64,
@@ -302,8 +394,6 @@ pub struct RecoveryConfig {
     /// Held-out validation tokens (rounded up to whole sequences; 0: no validation and
     /// the last step's weights are kept).
     pub val_tokens: usize,
-    /// Left out of the canonical JSON at its default (earlier hashes).
-    #[serde(skip_serializing_if = "Validation::is_tail")]
     pub validation: Validation,
     /// Validate every N optimiser steps (None: four times per layer, and at the end).
     pub eval_every: Option<usize>,
@@ -311,19 +401,12 @@ pub struct RecoveryConfig {
     /// the shared WikiText-2 train prefix, rows not used by the pruning calibration.
     pub data: Option<PathBuf>,
     pub seed: u64,
-    /// hierarchical+kd: tokens of the end-to-end logit-KD stage (None: `tokens`).
-    pub kd_tokens: Option<usize>,
-    pub kd_lr: f64,
-    pub lora_rank: usize,
-    pub lora_alpha: f64,
-    pub lora_dropout: f64,
-    pub lora_lr: f64,
 }
 
 impl Default for RecoveryConfig {
     fn default() -> Self {
         RecoveryConfig {
-            method: RecoveryMethod::None,
+            method: Recovery::None,
             attach: Attach::Before,
             inputs: LayerInputs::Teacher,
             loss: Losses::default(),
@@ -345,13 +428,71 @@ impl Default for RecoveryConfig {
             eval_every: None,
             data: None,
             seed: 0,
-            kd_tokens: None,
-            kd_lr: 2e-5,
-            lora_rank: 8,
-            lora_alpha: 16.0,
-            lora_dropout: 0.05,
-            lora_lr: 1e-4,
         }
+    }
+}
+
+/// Identity v1: the flat layout of the files, every key under its name (a method's
+/// settings at their defaults when the method does not read them); `inputs` and
+/// `validation` only away from their first defaults (they came later).
+impl crate::hashing::Identity for RecoveryConfig {
+    fn identity(&self) -> serde_json::Value {
+        let RecoveryConfig {
+            method,
+            attach,
+            inputs,
+            loss,
+            temperature,
+            kl_positions,
+            tokens,
+            seqlen,
+            micro_batch,
+            accum,
+            lr,
+            min_lr,
+            warmup,
+            betas,
+            eps,
+            weight_decay,
+            clip,
+            val_tokens,
+            validation,
+            eval_every,
+            data,
+            seed,
+        } = self;
+        let kd = method.kd().cloned().unwrap_or_default();
+        let lora = method.lora().cloned().unwrap_or_default();
+        crate::hashing::Fields::new()
+            .leaf("method", &method.kind())
+            .leaf("attach", attach)
+            .opt_in(!inputs.is_teacher(), "inputs", inputs)
+            .leaf("loss", loss)
+            .leaf("temperature", temperature)
+            .leaf("kl_positions", kl_positions)
+            .leaf("tokens", tokens)
+            .leaf("seqlen", seqlen)
+            .leaf("micro_batch", micro_batch)
+            .leaf("accum", accum)
+            .leaf("lr", lr)
+            .leaf("min_lr", min_lr)
+            .leaf("warmup", warmup)
+            .leaf("betas", betas)
+            .leaf("eps", eps)
+            .leaf("weight_decay", weight_decay)
+            .leaf("clip", clip)
+            .leaf("val_tokens", val_tokens)
+            .opt_in(!validation.is_tail(), "validation", validation)
+            .leaf("eval_every", eval_every)
+            .leaf("data", data)
+            .leaf("seed", seed)
+            .leaf("kd_tokens", &kd.tokens)
+            .leaf("kd_lr", &kd.lr)
+            .leaf("lora_rank", &lora.rank)
+            .leaf("lora_alpha", &lora.alpha)
+            .leaf("lora_dropout", &lora.dropout)
+            .leaf("lora_lr", &lora.lr)
+            .done()
     }
 }
 
@@ -370,7 +511,7 @@ impl RecoveryConfig {
     }
 
     pub fn is_none(&self) -> bool {
-        self.method == RecoveryMethod::None
+        self.method == Recovery::None
     }
 
     /// Tokens per optimiser step.
@@ -407,8 +548,7 @@ impl RecoveryConfig {
         }
         // A budget below one step would silently train a whole step on more text.
         let step = self.tokens_per_step();
-        let kd = (self.method == RecoveryMethod::HierarchicalKd)
-            .then_some(("kd_tokens", self.kd_tokens.unwrap_or(self.tokens)));
+        let kd = (self.method.kd()).map(|k| ("kd_tokens", k.tokens.unwrap_or(self.tokens)));
         for (name, t) in [("tokens", self.tokens)].into_iter().chain(kd) {
             if t < step {
                 return bad(format!(
@@ -427,11 +567,9 @@ impl RecoveryConfig {
     /// AdamW and its schedule: learning rates, the decay floor, warmup, betas, eps,
     /// weight decay and the gradient clip.
     fn validate_optimiser(&self) -> Result<()> {
-        for (name, v) in [
-            ("lr", self.lr),
-            ("kd_lr", self.kd_lr),
-            ("lora_lr", self.lora_lr),
-        ] {
+        let kd_lr = self.method.kd().map(|k| ("kd_lr", k.lr));
+        let lora_lr = self.method.lora().map(|l| ("lora_lr", l.lr));
+        for (name, v) in [("lr", self.lr)].into_iter().chain(kd_lr).chain(lora_lr) {
             if !(v.is_finite() && v > 0.0) {
                 return bad(format!("{name} must be a positive number, got {v}"));
             }
@@ -475,22 +613,22 @@ impl RecoveryConfig {
 
     /// The adapters' rank, alpha and dropout, checked for LoRA recovery only.
     fn validate_lora(&self) -> Result<()> {
-        if self.method != RecoveryMethod::Lora {
+        let Some(lora) = self.method.lora() else {
             return Ok(());
-        }
-        if self.lora_rank == 0 {
+        };
+        if lora.rank == 0 {
             return bad("lora_rank must be at least 1".into());
         }
-        if !(self.lora_alpha.is_finite() && self.lora_alpha > 0.0) {
+        if !(lora.alpha.is_finite() && lora.alpha > 0.0) {
             return bad(format!(
                 "lora_alpha must be a positive number, got {}",
-                self.lora_alpha
+                lora.alpha
             ));
         }
-        if !(0.0..1.0).contains(&self.lora_dropout) {
+        if !(0.0..1.0).contains(&lora.dropout) {
             return bad(format!(
                 "lora_dropout must be in [0, 1), got {}",
-                self.lora_dropout
+                lora.dropout
             ));
         }
         Ok(())

@@ -13,7 +13,7 @@ use super::resume::{assign_layer, Partial};
 use super::run::{Event, Sink};
 use super::teacher::TeacherStates;
 use super::train::{self, Objective, Schedule};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::forward::NoTap;
 use crate::model::Model;
 use std::time::Instant;
@@ -151,8 +151,10 @@ pub fn train_kd(
         ));
         return Ok(rec);
     }
-    let kd_tokens = cfg.kd_tokens.unwrap_or(cfg.tokens);
-    let steps = cfg.steps_for(kd_tokens);
+    let kd = cfg.method.kd().ok_or_else(|| {
+        Error::Invalid("end-to-end KD needs recovery.method = hierarchical+kd".into())
+    })?;
+    let steps = cfg.steps_for(kd.tokens.unwrap_or(cfg.tokens));
     let params = trainable_params(student, units);
     let order = visit_order(
         data.train.len(),
@@ -165,7 +167,7 @@ pub fn train_kd(
         label: "end-to-end KD".into(),
     });
     let t0 = Instant::now();
-    let sched = Schedule::new(cfg, steps, cfg.kd_lr);
+    let sched = Schedule::new(cfg, steps, kd.lr);
     let per_step = cfg.tokens_per_step();
     let mut obj = KdObjective {
         student,

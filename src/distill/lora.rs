@@ -4,7 +4,7 @@
 //! A is drawn as PEFT initialises it (uniform in +-1/sqrt(in), our seeded generator),
 //! B starts at zero, so the first forward equals the pruned model's.
 
-use super::config::RecoveryConfig;
+use super::config::{LoraSettings, RecoveryConfig};
 use super::data::{visit_order, DataSet};
 use super::kd::ids_batch;
 use super::record::LayerRecord;
@@ -19,9 +19,9 @@ use std::time::Instant;
 use tch::{Kind, Tensor};
 
 /// Attach fresh adapters to every projection; returns their tensors (A, B per adapter).
-pub fn attach(model: &mut Model, cfg: &RecoveryConfig) -> Vec<Tensor> {
-    let mut rng = SplitMix64::new(cfg.seed ^ 0x10aa);
-    let (r, dev) = (cfg.lora_rank as i64, model.device);
+pub fn attach(model: &mut Model, lora: &LoraSettings, seed: u64) -> Vec<Tensor> {
+    let mut rng = SplitMix64::new(seed ^ 0x10aa);
+    let (r, dev) = (lora.rank as i64, model.device);
     let mut params = vec![];
     for layer in &mut model.layers {
         for (_, lin) in layer.projections_mut() {
@@ -41,8 +41,8 @@ pub fn attach(model: &mut Model, cfg: &RecoveryConfig) -> Vec<Tensor> {
             lin.adapter = Some(Adapter {
                 a,
                 b,
-                scale: cfg.lora_alpha / cfg.lora_rank as f64,
-                dropout: cfg.lora_dropout,
+                scale: lora.alpha / lora.rank as f64,
+                dropout: lora.dropout,
                 training: true,
             });
         }
@@ -112,8 +112,12 @@ pub fn train_lora(
             "LoRA recovery runs in f32 (use --dtype f32)".into(),
         ));
     }
+    let lora = cfg
+        .method
+        .lora()
+        .ok_or_else(|| Error::Invalid("LoRA training needs recovery.method = lora".into()))?;
     tch::manual_seed(cfg.seed as i64);
-    let params = attach(student, cfg);
+    let params = attach(student, lora, cfg.seed);
     if let Some((tensors, rec)) = done.finished("lora", student.device)? {
         load_adapters(student, &tensors)?;
         merge(student);
@@ -133,7 +137,7 @@ pub fn train_lora(
     });
     let t0 = Instant::now();
     let per_step = cfg.tokens_per_step();
-    let sched = Schedule::new(cfg, steps, cfg.lora_lr);
+    let sched = Schedule::new(cfg, steps, lora.lr);
     let mut on_step = |s: usize, loss: f64| -> Result<()> {
         check_stop()?;
         let rate = ((s + 1) * per_step) as f64 / t0.elapsed().as_secs_f64().max(1e-9);

@@ -27,7 +27,8 @@ pub mod train;
 pub mod workers;
 
 pub use config::{
-    Attach, LayerInputs, LossKind, Losses, RecoveryConfig, RecoveryMethod, Validation,
+    Attach, KdSettings, LayerInputs, LoraSettings, LossKind, Losses, Recovery, RecoveryConfig,
+    RecoveryMethod, Validation,
 };
 pub use record::{DistillRecord, LayerRecord};
 pub use run::{recover, Event, RecoverInputs};

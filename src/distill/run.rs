@@ -3,7 +3,7 @@
 //! recovered checkpoint atomically. Finished units are kept in `<out>.partial/` under a
 //! content key, so a killed run resumes from the last finished layer.
 
-use super::config::{LayerInputs, RecoveryConfig, RecoveryMethod};
+use super::config::{LayerInputs, Recovery, RecoveryConfig};
 use super::data::{self, DataSet};
 use super::plan::{self, Unit};
 use super::record::{DistillRecord, LayerRecord};
@@ -99,7 +99,7 @@ fn check_pair(t: &ModelConfig, student: &Model, pr: &Pruned, inp: &RecoverInputs
 fn check_request(inp: &RecoverInputs) -> Result<()> {
     let cfg = inp.cfg;
     cfg.validate()?;
-    if cfg.method == RecoveryMethod::None {
+    if cfg.method == Recovery::None {
         return Err(Error::Invalid(
             "recovery method is `none`: nothing to do".into(),
         ));
@@ -119,7 +119,7 @@ fn check_request(inp: &RecoverInputs) -> Result<()> {
 fn plan_units(inp: &RecoverInputs, pr: &Pruned, n_teacher: usize) -> Result<Vec<Unit>> {
     let cfg = inp.cfg;
     Ok(match cfg.method {
-        RecoveryMethod::Lora => vec![],
+        Recovery::Lora(_) => vec![],
         _ => {
             let u = plan::plan(&pr.corr, n_teacher, cfg.attach)?;
             if u.is_empty() {
@@ -138,10 +138,9 @@ fn plan_units(inp: &RecoverInputs, pr: &Pruned, n_teacher: usize) -> Result<Vec<
 fn load_data(inp: &RecoverInputs, calib: &CalibConfig) -> Result<DataSet> {
     let cfg = inp.cfg;
     let tok = Tokenizer::from_dir(inp.student)?;
-    let kd_tokens = cfg.kd_tokens.unwrap_or(cfg.tokens);
-    let budget = match cfg.method {
-        RecoveryMethod::HierarchicalKd => cfg.tokens.max(kd_tokens),
-        _ => cfg.tokens,
+    let budget = match cfg.method.kd() {
+        Some(kd) => cfg.tokens.max(kd.tokens.unwrap_or(cfg.tokens)),
+        None => cfg.tokens,
     };
     data::load(&tok, cfg, Some(calib), budget)
 }
@@ -150,7 +149,8 @@ fn load_data(inp: &RecoverInputs, calib: &CalibConfig) -> Result<DataSet> {
 /// under another key are not reused.
 fn run_key(inp: &RecoverInputs, teacher_digest: &str, data: &DataSet) -> Result<String> {
     Ok(crate::hashing::hash_value(&serde_json::json!({
-        "teacher": teacher_digest, "student": dir_digest(inp.student)?, "config": inp.cfg,
+        "teacher": teacher_digest, "student": dir_digest(inp.student)?,
+        "config": crate::hashing::Identity::identity(inp.cfg),
         "data": data.digest(), "dtype": crate::runtime::dtype_name(inp.load.dtype),
     })))
 }
@@ -176,7 +176,7 @@ fn prepare_teacher(
     units: &[Unit],
     on: Sink,
 ) -> Result<(TeacherStates, bool)> {
-    if inp.cfg.method == RecoveryMethod::Lora {
+    if inp.cfg.method.lora().is_some() {
         Ok((
             TeacherStates::empty(data.record.seqlen, teacher_cfg.hidden_size as usize),
             false,
@@ -235,7 +235,7 @@ fn train_final(
     on: Sink,
 ) -> Result<Option<LayerRecord>> {
     Ok(match cfg.method {
-        RecoveryMethod::HierarchicalKd => Some(super::kd::train_kd(
+        Recovery::HierarchicalKd(_) => Some(super::kd::train_kd(
             student,
             &p.states,
             p.n_teacher,
@@ -245,7 +245,7 @@ fn train_final(
             done,
             on,
         )?),
-        RecoveryMethod::Lora => Some(super::lora::train_lora(student, &p.data, cfg, done, on)?),
+        Recovery::Lora(_) => Some(super::lora::train_lora(student, &p.data, cfg, done, on)?),
         _ => None,
     })
 }
@@ -333,7 +333,7 @@ fn teacher_states(
         .iter()
         .flat_map(|u| [u.input_boundary(), u.target_boundary()])
         .collect();
-    if cfg.method == RecoveryMethod::HierarchicalKd {
+    if cfg.method.kd().is_some() {
         b.push(teacher.n_layers());
     }
     b.sort_unstable();

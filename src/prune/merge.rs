@@ -53,6 +53,16 @@ impl Default for ShareOptions {
     }
 }
 
+impl crate::hashing::Identity for ShareOptions {
+    fn identity(&self) -> serde_json::Value {
+        let ShareOptions { power, cap } = self;
+        crate::hashing::Fields::new()
+            .leaf("power", power)
+            .leaf("cap", cap)
+            .done()
+    }
+}
+
 /// Shares r_k from block influences (BI_k^p / sum), with the optional cap on the largest.
 pub fn shares(bi: &[f64], opts: ShareOptions) -> Vec<f64> {
     let w: Vec<f64> = bi.iter().map(|b| b.max(0.0).powf(opts.power)).collect();

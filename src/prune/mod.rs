@@ -195,6 +195,57 @@ impl Default for PruneConfig {
     }
 }
 
+/// Identity v1: every field under its serde name, whatever the method reads (a CoMe run's
+/// identity holds LaCo's defaults too, as the runs stored before this form did).
+impl crate::hashing::Identity for PruneConfig {
+    fn identity(&self) -> serde_json::Value {
+        let PruneConfig {
+            method,
+            merge,
+            target_layers,
+            sparsity,
+            sensitivity,
+            pair_score,
+            norm,
+            gqa_mapping,
+            share,
+            no_repeat,
+            comep_grid,
+            laco_span,
+            laco_interval,
+            laco_threshold,
+            protect_first,
+            protect_last,
+            calib,
+            chunk,
+            incremental,
+            seed,
+        } = self;
+        crate::hashing::Fields::new()
+            .leaf("method", method)
+            .leaf("merge", merge)
+            .leaf("target_layers", target_layers)
+            .leaf("sparsity", sparsity)
+            .leaf("sensitivity", sensitivity)
+            .leaf("pair_score", pair_score)
+            .leaf("norm", norm)
+            .leaf("gqa_mapping", gqa_mapping)
+            .part("share", share)
+            .leaf("no_repeat", no_repeat)
+            .leaf("comep_grid", comep_grid)
+            .leaf("laco_span", laco_span)
+            .leaf("laco_interval", laco_interval)
+            .leaf("laco_threshold", laco_threshold)
+            .leaf("protect_first", protect_first)
+            .leaf("protect_last", protect_last)
+            .part("calib", calib)
+            .leaf("chunk", chunk)
+            .leaf("incremental", incremental)
+            .leaf("seed", seed)
+            .done()
+    }
+}
+
 impl PruneConfig {
     /// Whether the setting `key` (a path under `prune`, e.g. `merge`, `calib.nrows`) can
     /// change what this config's method does: labels and tables name only those (a

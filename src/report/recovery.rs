@@ -389,7 +389,7 @@ fn kd_note(recovered: &[&RunData], kinds: &BTreeSet<String>) -> String {
     let budgets: BTreeSet<String> = recovered
         .iter()
         .filter(|r| recovery_method(r) == kd)
-        .map(|r| match r.recovery().kd_tokens {
+        .map(|r| match r.recovery().method.kd().and_then(|k| k.tokens) {
             Some(n) => format!("{n} tokens"),
             None => "the same budget".into(),
         })

@@ -7,7 +7,7 @@ use super::contract::{Done, Stage, StageCtx, StageName};
 use crate::distill::{recover, DistillRecord, Event, RecoverInputs, RecoveryConfig};
 use crate::error::{Error, Result};
 use crate::experiment::Experiment;
-use crate::hashing::hash_value;
+use crate::hashing::{hash_value, Identity};
 use crate::measure::{kinds, Metric};
 use crate::model::load::LoadOptions;
 use crate::names;
@@ -50,7 +50,7 @@ pub fn cache_key(exp: &Experiment) -> Option<String> {
     }
     let prune = exp.prune_hash()?;
     Some(hash_value(
-        &serde_json::json!({ "prune": prune, "recovery": exp.recovery }),
+        &serde_json::json!({ "prune": prune, "recovery": exp.recovery.identity() }),
     ))
 }
 

@@ -204,7 +204,7 @@ fn random_ids(n: usize, len: usize, seed: u64) -> Vec<Vec<i64>> {
 
 fn training_config(method: RecoveryMethod, seqlen: usize, steps: usize) -> RecoveryConfig {
     RecoveryConfig {
-        method,
+        method: come_repro::distill::Recovery::of(method),
         tokens: steps * seqlen,
         seqlen,
         val_tokens: 0,
