@@ -17,7 +17,7 @@ use crate::names;
 use crate::progress::{Event, Sink};
 use crate::runtime::DeviceSpec;
 use crate::stages::{
-    Cache, DistillStage, EvalStage, ModelStage, PruneStage, Stage, StageCtx, StageName,
+    Cache, Dest, DistillStage, EvalStage, ModelStage, PruneStage, Stage, StageCtx, StageName,
 };
 use crate::track::{Artifact, Claim, DocScore, Metric, StageRecord, StageStatus, Store};
 use std::path::PathBuf;
@@ -372,7 +372,7 @@ fn execute(
     };
     let mut ctx = StageCtx {
         load,
-        cache: &cache,
+        cache: Some(&cache),
         events,
         keepalive: &mut keepalive,
         distill_devices: opts
@@ -395,11 +395,10 @@ fn execute(
     let base = run_stage(&r, &mut ctx, &mut out, model)?;
     let mut model_dir = base.clone();
     if let Some(cfg) = &exp.prune {
-        let key = exp.prune_hash().unwrap_or_default();
         let prune = PruneStage {
             base: &base,
             cfg,
-            key,
+            dest: Dest::Cache(exp.prune_hash().unwrap_or_default()),
         };
         model_dir = run_stage(&r, &mut ctx, &mut out, prune)?;
     }
@@ -407,10 +406,7 @@ fn execute(
         let distill = DistillStage::new(exp, &base, &model_dir)?;
         model_dir = run_stage(&r, &mut ctx, &mut out, distill)?;
     }
-    let eval = EvalStage {
-        cfg: &exp.eval,
-        model_dir: &model_dir,
-    };
+    let eval = EvalStage::of_run(&exp.eval, &model_dir);
     run_stage(&r, &mut ctx, &mut out, eval)?;
     Ok(out)
 }

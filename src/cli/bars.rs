@@ -71,11 +71,6 @@ impl Bars {
         note(&self.items, &line);
     }
 
-    /// Clears the items bar (before a summary line of its own).
-    pub fn clear(&mut self) {
-        self.restart("");
-    }
-
     pub fn finish(&self) {
         self.items.finish_and_clear();
         if let Some(r) = &self.runs {

@@ -9,7 +9,7 @@ use clap::Args;
 use come_repro::distill::{
     Attach, LayerInputs, Losses, Recovery, RecoveryConfig, RecoveryMethod, Validation,
 };
-use come_repro::stages::distill_checkpoint;
+use come_repro::stages::{Dest, DistillRecord, DistillStage, Stage, StageCtx};
 use std::path::PathBuf;
 
 /// A repeated option takes its last value (scripts append overrides to a base command).
@@ -229,24 +229,27 @@ pub fn run(a: DistillArgs) -> Result<()> {
             .collect::<Result<_, _>>()?
     };
     let mut bars = Bars::new();
-    let rec = distill_checkpoint(
-        &a.teacher,
-        &a.model,
-        &cfg,
-        load,
-        devices,
-        &a.out,
-        a.teacher_cache.as_deref(),
-        &mut bars.sink(),
-    )
-    .with_context(|| {
+    let mut sink = bars.sink();
+    let mut alive = || {};
+    let mut ctx = StageCtx::standalone(load, &mut sink, &mut alive);
+    ctx.distill_devices = devices;
+    let stage = DistillStage {
+        teacher: &a.teacher,
+        pruned: &a.model,
+        cfg: &cfg,
+        dest: Dest::Dir(a.out.clone()),
+        teacher_cache: a.teacher_cache.clone(),
+    };
+    stage.run(&mut ctx).with_context(|| {
         format!(
             "recovering {} against {}",
             a.model.display(),
             a.teacher.display()
         )
     })?;
+    drop(sink);
     bars.finish();
+    let rec = DistillRecord::read(&a.out)?;
     for u in &rec.units {
         let what = u
             .layer

@@ -2,8 +2,8 @@
 //! WikiText-2 (or any text's) perplexity; lm-eval-compatible JSON with `--output`.
 
 use super::bars::Bars;
-use super::common::{load, RuntimeArgs};
-use anyhow::{bail, Result};
+use super::common::RuntimeArgs;
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use come_repro::eval::batching::BatchSize;
 use come_repro::eval::harness::TaskResult;
@@ -15,9 +15,8 @@ use come_repro::eval::profile::ScoreProfile;
 use come_repro::eval::results::{lm_eval_json, table, RunInfo};
 use come_repro::eval::tasks::{known_tasks, TaskSource};
 use come_repro::experiment::EvalConfig;
-use come_repro::progress::Event;
-use come_repro::stages::eval_stage::eval_inputs;
-use come_repro::stages::{evaluate, EvalData, EvalHooks, PplOutcome};
+use come_repro::names;
+use come_repro::stages::{EvalStage, Stage, StageCtx};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -153,13 +152,30 @@ impl EvalArgs {
 
 pub fn run(a: EvalArgs) -> Result<()> {
     let cfg = a.config()?;
-    let data = read_inputs(&a, &cfg)?;
+    let (source, corpora) = inputs(&a, &cfg)?;
     let t_all = Instant::now();
-    let (model, tok) = load(&a.model, &a.rt)?;
-    let load_seconds = t_all.elapsed().as_secs_f64();
-    let inputs = eval_inputs(&cfg, &data, model.device, !a.no_special_tokens);
-    let budget = inputs.token_budget;
-    let outcome = evaluate(&model, &tok, &inputs, &mut Printer { bars: Bars::new() })?;
+    let load = a.rt.load_options()?;
+    let budget = cfg.token_budget.initial_tokens(load.device);
+    let mut bars = Bars::new();
+    let mut sink = bars.sink();
+    let mut alive = || {};
+    let mut ctx = StageCtx::standalone(load, &mut sink, &mut alive);
+    let stage = EvalStage {
+        cfg: &cfg,
+        model_dir: &a.model,
+        source,
+        corpora,
+        add_special: !a.no_special_tokens,
+    };
+    let done = stage
+        .run(&mut ctx)
+        .with_context(|| format!("evaluating {}", a.model.display()))?;
+    drop(sink);
+    bars.finish();
+    let load_seconds = (done.metrics.iter())
+        .find(|m| m.name == names::RUN_EVAL_LOAD_SECONDS)
+        .map_or(f64::NAN, |m| m.value);
+    let outcome = done.value;
     let ppl: Vec<(String, PplResult)> = outcome
         .ppl
         .iter()
@@ -190,9 +206,9 @@ pub fn run(a: EvalArgs) -> Result<()> {
     Ok(())
 }
 
-/// Reads and checks the task data and perplexity texts the flags name, before the model
-/// loads, so that bad input fails fast.
-fn read_inputs(a: &EvalArgs, cfg: &EvalConfig) -> Result<EvalData> {
+/// Where the task data and perplexity texts the flags name come from (read and checked
+/// by the stage before the model loads, so that bad input fails fast).
+fn inputs(a: &EvalArgs, cfg: &EvalConfig) -> Result<(TaskSource, Vec<Corpus>)> {
     let corpora: Vec<Corpus> = a
         .ppl
         .iter()
@@ -208,7 +224,7 @@ fn read_inputs(a: &EvalArgs, cfg: &EvalConfig) -> Result<EvalData> {
     );
     src.mmlu_fewshot = a.mmlu_fewshot;
     src.overrides.extend(a.task_path.iter().cloned());
-    Ok(EvalData::read(&cfg.tasks, &src, corpora)?)
+    Ok((src, corpora))
 }
 
 /// Prints the scoring profile (stderr), the results table and the latency, if measured.
@@ -271,48 +287,4 @@ fn write_samples(path: &Path, results: &[TaskResult]) -> Result<()> {
     }
     come_repro::publish::write_atomically(path, lines.as_bytes())?;
     Ok(())
-}
-
-/// The evaluation's progress as bars and a summary line per task and corpus.
-struct Printer {
-    bars: Bars,
-}
-
-impl EvalHooks for Printer {
-    fn event(&mut self, e: Event) {
-        self.bars.event(e);
-    }
-
-    fn task_done(&mut self, r: &TaskResult) {
-        self.bars.clear();
-        let summary: Vec<String> = r
-            .metrics
-            .iter()
-            .map(|(m, v)| format!("{m} {:.4}", v.value))
-            .collect();
-        eprintln!(
-            "{:>14}: {} docs in {:.1}s ({:.0} tok/s): {}",
-            r.task,
-            r.n_docs,
-            r.seconds,
-            r.tokens_forwarded as f64 / r.seconds.max(1e-9),
-            summary.join(", ")
-        );
-        eprintln!("{:>14}  {}", "", r.profile.summary());
-    }
-
-    fn ppl_done(&mut self, p: &PplOutcome) {
-        self.bars.clear();
-        let (res, dt) = (&p.result, p.seconds);
-        eprintln!(
-            "{:>14}: ppl {:.4} over {} window(s) of {} ({} predicted) in {:.1}s ({:.0} tok/s)",
-            p.corpus.name(),
-            res.ppl,
-            res.windows,
-            res.seqlen,
-            res.predicted_tokens,
-            dt,
-            (res.windows * res.seqlen) as f64 / dt.max(1e-9)
-        );
-    }
 }

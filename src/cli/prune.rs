@@ -10,7 +10,7 @@ use come_repro::calib::{CalibConfig, Shuffle};
 use come_repro::prune::merge::{GqaMapping, NormMode};
 use come_repro::prune::score::Sensitivity;
 use come_repro::prune::{MergeOp, Method, PairScore, PruneConfig};
-use come_repro::stages::PruneJob;
+use come_repro::stages::{Dest, PruneRecord, PruneStage, Stage, StageCtx};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -128,25 +128,23 @@ pub fn run(a: PruneArgs) -> Result<()> {
     }
     let t0 = Instant::now();
     let lo = a.rt.load_options()?;
-    // Loads the model and checks the target before the (slow) calibration pass.
-    let job = PruneJob::prepare(&a.model, &cfg, lo)?;
-    let mapping = job.mapping.clone();
-    eprintln!(
-        "{}: {} -> {} layers with {} ({} calibration sequences of {} tokens)",
-        a.model.display(),
-        mapping.layers_before,
-        mapping.target_layers,
-        cfg.method.name(),
-        job.calib.n_sequences,
-        job.calib.seqlen
-    );
     let mut bars = Bars::new();
-    let rec = job.run(&a.out, &mut bars.sink())?;
+    let mut sink = bars.sink();
+    let mut alive = || {};
+    let mut ctx = StageCtx::standalone(lo, &mut sink, &mut alive);
+    let stage = PruneStage {
+        base: &a.model,
+        cfg: &cfg,
+        dest: Dest::Dir(a.out.clone()),
+    };
+    stage.run(&mut ctx)?;
+    drop(sink);
     bars.finish();
+    let rec = PruneRecord::read(&a.out)?;
     let report = &rec.report;
     println!(
         "pruned {} -> {} layers in {:.1}s (prune {:.1}s, {} layer passes), {} -> {} params, peak RSS {:.0} MiB: {}",
-        mapping.layers_before,
+        report.target.layers_before,
         report.correspondence.len(),
         t0.elapsed().as_secs_f64(),
         report.seconds,

@@ -78,11 +78,32 @@ impl Cache {
     }
 }
 
+/// Where a stage puts its output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Dest {
+    /// The cache entry of this key (a grid's runs share it, and reuse it when built).
+    Cache(String),
+    /// A directory the user named (the commands' `--out`): built atomically, replacing
+    /// what is there (the command asks `--force` first).
+    Dir(PathBuf),
+}
+
+impl Dest {
+    /// The cache key, when the output is cached.
+    pub fn key(&self) -> Option<String> {
+        match self {
+            Dest::Cache(k) => Some(k.clone()),
+            Dest::Dir(_) => None,
+        }
+    }
+}
+
 /// What every stage of one run shares.
 pub struct StageCtx<'a> {
     /// Device and dtype the run's model computes in.
     pub load: LoadOptions,
-    pub cache: &'a Cache,
+    /// The grid's cache; None for a command that writes where it is told.
+    pub cache: Option<&'a Cache>,
     pub events: Sink<'a>,
     /// Called while a stage works or waits for a lock (as often as it likes: the callee
     /// throttles), so that a store can tell a live run from a dead one.
@@ -91,7 +112,44 @@ pub struct StageCtx<'a> {
     pub distill_devices: Vec<tch::Device>,
 }
 
-impl StageCtx<'_> {
+impl<'a> StageCtx<'a> {
+    /// A context for one stage run by a command: no cache, no store to keep alive.
+    pub fn standalone(load: LoadOptions, events: Sink<'a>, keepalive: &'a mut dyn FnMut()) -> Self {
+        StageCtx {
+            load,
+            cache: None,
+            events,
+            keepalive,
+            distill_devices: vec![],
+        }
+    }
+
+    /// The cache, or an error naming the stage that needs one.
+    pub fn need_cache(&self, stage: StageName) -> Result<&'a Cache> {
+        self.cache.ok_or_else(|| {
+            crate::error::Error::Invalid(format!("the {stage} stage needs a cache directory"))
+        })
+    }
+
+    /// The output of stage `stage` at `dest`: for a cache key, reused when its record
+    /// file `record` exists, else built under the entry's lock ([`StageCtx::cached`]); for
+    /// a directory, built there. Returns the directory and whether it was reused.
+    pub fn produce(
+        &mut self,
+        stage: StageName,
+        dest: &Dest,
+        record: &str,
+        build: impl FnOnce(&mut StageCtx, &Path) -> Result<()>,
+    ) -> Result<(PathBuf, bool)> {
+        match dest {
+            Dest::Cache(key) => self.cached(stage, key, record, build),
+            Dest::Dir(dir) => {
+                build(self, dir)?;
+                Ok((dir.clone(), false))
+            }
+        }
+    }
+
     /// The cache entry `dir` for this run alone, staying alive while another process
     /// builds it.
     pub fn lock(&mut self, dir: &Path) -> Result<EntryLock> {
@@ -110,7 +168,7 @@ impl StageCtx<'_> {
         record: &str,
         build: impl FnOnce(&mut StageCtx, &Path) -> Result<()>,
     ) -> Result<(PathBuf, bool)> {
-        let dir = self.cache.entry(stage, key);
+        let dir = self.need_cache(stage)?.entry(stage, key);
         let _lock = self.lock(&dir)?;
         let reused = dir.join(record).exists();
         if !reused {

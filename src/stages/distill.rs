@@ -3,7 +3,7 @@
 //! (`distill.json`). The work is [`crate::distill::recover`]; this is its place in the
 //! pipeline: inputs, and the cache key of its output.
 
-use super::contract::{Done, Stage, StageCtx, StageName};
+use super::contract::{Dest, Done, Stage, StageCtx, StageName};
 use crate::distill::{recover, DistillRecord, Event, RecoverInputs, RecoveryConfig};
 use crate::error::{Error, Result};
 use crate::experiment::Experiment;
@@ -61,7 +61,9 @@ pub struct DistillStage<'a> {
     pub teacher: &'a Path,
     pub pruned: &'a Path,
     pub cfg: &'a RecoveryConfig,
-    pub key: String,
+    pub dest: Dest,
+    /// Where teacher states are kept for reuse (None: the cache's, or none without one).
+    pub teacher_cache: Option<PathBuf>,
 }
 
 impl<'a> DistillStage<'a> {
@@ -73,7 +75,8 @@ impl<'a> DistillStage<'a> {
             teacher,
             pruned,
             cfg: &exp.recovery,
-            key,
+            dest: Dest::Cache(key),
+            teacher_cache: None,
         })
     }
 }
@@ -83,13 +86,13 @@ impl Stage for DistillStage<'_> {
     type Output = PathBuf;
 
     fn cache_key(&self) -> Option<String> {
-        Some(self.key.clone())
+        self.dest.key()
     }
 
     fn run(self, ctx: &mut StageCtx) -> Result<Done<PathBuf>> {
-        let (dir, reused) = ctx.cached(
+        let (dir, reused) = ctx.produce(
             Self::NAME,
-            &self.key,
+            &self.dest,
             crate::distill::record::FILE,
             |ctx, dir| self.train(ctx, dir).map(|_| ()),
         )?;
@@ -111,7 +114,8 @@ impl DistillStage<'_> {
         } else {
             ctx.distill_devices.clone()
         };
-        let (load, teacher_cache) = (ctx.load, ctx.cache.teacher());
+        let load = ctx.load;
+        let teacher_cache = (self.teacher_cache.clone()).or_else(|| ctx.cache.map(|c| c.teacher()));
         let (tx, rx) = std::sync::mpsc::channel::<Event>();
         std::thread::scope(|s| {
             let worker = s.spawn(move || {
@@ -125,7 +129,7 @@ impl DistillStage<'_> {
                     load,
                     devices,
                     out,
-                    Some(&teacher_cache),
+                    teacher_cache.as_deref(),
                     &mut on,
                 )
             });

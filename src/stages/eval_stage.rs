@@ -4,8 +4,9 @@
 //! per-document scores and the sha256 of every data file read.
 
 use super::contract::{data_env_entry, Done, Stage, StageCtx, StageName};
-use super::eval::{evaluate, EvalHooks, EvalInputs, EvalOutcome, PplText};
+use super::eval::{evaluate, EvalHooks, EvalInputs, EvalOutcome, PplOutcome, PplText};
 use crate::error::{Error, Result};
+use crate::eval::harness::TaskResult;
 use crate::eval::ppl_corpus::Corpus;
 use crate::eval::tasks::{load_task, TaskData, TaskSource};
 use crate::experiment::EvalConfig;
@@ -84,33 +85,50 @@ pub fn corpora(e: &EvalConfig) -> Vec<Corpus> {
     c
 }
 
-/// The eval stage of a run: the model in `model_dir` evaluated as `cfg` says. Not cached:
-/// every run evaluates.
+/// The eval stage: the model in `model_dir` evaluated as `cfg` says, on the task data of
+/// `source` and the perplexity texts `corpora`. Not cached: every run evaluates. Its
+/// output is the whole outcome (the `eval` command prints and writes it).
 pub struct EvalStage<'a> {
     pub cfg: &'a EvalConfig,
     pub model_dir: &'a Path,
+    pub source: TaskSource,
+    pub corpora: Vec<Corpus>,
+    /// Prepend the tokenizer's special tokens (BOS), as lm-eval does by default.
+    pub add_special: bool,
+}
+
+impl<'a> EvalStage<'a> {
+    /// A grid run's evaluation: the shared data and the corpora its config asks for.
+    pub fn of_run(cfg: &'a EvalConfig, model_dir: &'a Path) -> Self {
+        EvalStage {
+            cfg,
+            model_dir,
+            source: TaskSource {
+                mmlu_fewshot: cfg.mmlu_fewshot,
+                ..TaskSource::default()
+            },
+            corpora: corpora(cfg),
+            add_special: true,
+        }
+    }
 }
 
 impl Stage for EvalStage<'_> {
     const NAME: StageName = StageName::Eval;
-    type Output = ();
+    type Output = EvalOutcome;
 
     fn cache_key(&self) -> Option<String> {
         None
     }
 
-    fn run(self, ctx: &mut StageCtx) -> Result<Done<()>> {
+    fn run(self, ctx: &mut StageCtx) -> Result<Done<EvalOutcome>> {
         let e = self.cfg;
-        let src = TaskSource {
-            mmlu_fewshot: e.mmlu_fewshot,
-            ..TaskSource::default()
-        };
-        let data = EvalData::read(&e.tasks, &src, corpora(e))?;
+        let data = EvalData::read(&e.tasks, &self.source, self.corpora)?;
         let t_load = Instant::now();
         let model = load_model(self.model_dir, ctx.load)?;
         let tok = Tokenizer::from_dir(self.model_dir)?;
-        let mut done = Done::new((), false);
-        done.metrics = vec![
+        let mut metrics = vec![];
+        metrics.extend([
             Metric::new(
                 "",
                 names::RUN_EVAL_LOAD_SECONDS,
@@ -118,31 +136,33 @@ impl Stage for EvalStage<'_> {
             ),
             Metric::new("", names::RUN_LAYERS, model.n_layers() as f64),
             Metric::new("", names::RUN_PARAMS, model.num_params() as f64),
-        ];
-        let inputs = eval_inputs(e, &data, model.device, true);
+        ]);
+        let inputs = eval_inputs(e, &data, model.device, self.add_special);
         let t0 = Instant::now();
         let mut hooks = Hooks {
             events: &mut *ctx.events,
             keepalive: &mut *ctx.keepalive,
         };
         let result = evaluate(&model, &tok, &inputs, &mut hooks)?;
-        done.metrics.push(Metric::new(
+        metrics.push(Metric::new(
             "",
             names::RUN_EVAL_SECONDS,
             t0.elapsed().as_secs_f64(),
         ));
-        done.metrics.extend(eval_metrics(&result));
-        done.docs = doc_scores(&result);
+        metrics.extend(eval_metrics(&result));
+        let docs = doc_scores(&result);
+        let mut env = std::collections::BTreeMap::new();
         for t in &result.tasks {
             for (path, sha) in &t.files {
-                done.env
-                    .insert(format!("data.sha256:{}", path.display()), sha.clone());
+                env.insert(format!("data.sha256:{}", path.display()), sha.clone());
             }
         }
         for path in result.ppl.iter().flat_map(|p| &p.sources) {
             let (k, v) = data_env_entry(path)?;
-            done.env.insert(k, v);
+            env.insert(k, v);
         }
+        let mut done = Done::new(result, false);
+        (done.metrics, done.docs, done.env) = (metrics, docs, env);
         Ok(done)
     }
 }
@@ -157,6 +177,37 @@ impl EvalHooks for Hooks<'_, '_> {
     fn event(&mut self, e: Event) {
         (self.events)(e);
         (self.keepalive)();
+    }
+
+    fn task_done(&mut self, r: &TaskResult) {
+        let summary: Vec<String> = (r.metrics.iter())
+            .map(|(m, v)| format!("{m} {:.4}", v.value))
+            .collect();
+        let line = format!(
+            "{:>14}: {} docs in {:.1}s ({:.0} tok/s): {}\n{:>14}  {}",
+            r.task,
+            r.n_docs,
+            r.seconds,
+            r.tokens_forwarded as f64 / r.seconds.max(1e-9),
+            summary.join(", "),
+            "",
+            r.profile.summary()
+        );
+        (self.events)(Event::Note(line));
+    }
+
+    fn ppl_done(&mut self, p: &PplOutcome) {
+        let (res, dt) = (&p.result, p.seconds);
+        (self.events)(Event::Note(format!(
+            "{:>14}: ppl {:.4} over {} window(s) of {} ({} predicted) in {:.1}s ({:.0} tok/s)",
+            p.corpus.name(),
+            res.ppl,
+            res.windows,
+            res.seqlen,
+            res.predicted_tokens,
+            dt,
+            (res.windows * res.seqlen) as f64 / dt.max(1e-9)
+        )));
     }
 }
 

@@ -10,7 +10,9 @@
 //! the run's shared [`StageCtx`] (device, [`Cache`] layout and locks, events,
 //! keep-alive), and a [`Done`] carrying its output and the metrics, artifacts and data
 //! hashes it emits. The grid runner wraps each the same way; the `prune`, `distill` and
-//! `eval` commands call the same stage functions on paths of their own.
+//! `eval` commands run the same stages through [`Stage::run`], with a context of their
+//! own ([`StageCtx::standalone`]: no cache, no store) and the output written where the
+//! user says ([`Dest::Dir`] in place of a grid's [`Dest::Cache`]).
 //!
 //! Each stage, its record and the cache key of its output:
 //!
@@ -39,7 +41,7 @@ pub mod model;
 pub mod prune;
 
 pub use crate::distill::DistillRecord;
-pub use contract::{Cache, Done, Stage, StageCtx, StageName};
+pub use contract::{Cache, Dest, Done, Stage, StageCtx, StageName};
 pub use distill::{distill_checkpoint, DistillStage};
 pub use eval::{evaluate, EvalHooks, EvalInputs, EvalOutcome, PplOutcome, PplText, Subset};
 pub use eval_stage::{EvalData, EvalStage};

@@ -75,7 +75,11 @@ impl Stage for ModelStage<'_> {
     }
 
     fn run(self, ctx: &mut StageCtx) -> Result<Done<PathBuf>> {
-        let (dir, reused) = prepare_model(self.source, &ctx.cache.models(), self.name)?;
+        let (dir, reused) = prepare_model(
+            self.source,
+            &ctx.need_cache(Self::NAME)?.models(),
+            self.name,
+        )?;
         Ok(Done::new(dir.clone(), reused).at(&dir))
     }
 }

@@ -2,7 +2,7 @@
 //! as a standard HF checkpoint with its [`PruneRecord`] (`come.json`). The output appears
 //! atomically: it is built in a temporary sibling directory and renamed into place.
 
-use super::contract::{data_env_entry, Done, Stage, StageCtx, StageName};
+use super::contract::{data_env_entry, Dest, Done, Stage, StageCtx, StageName};
 use crate::calib::{self, CalibSet};
 use crate::error::Result;
 use crate::measure::{kinds, Metric};
@@ -11,7 +11,7 @@ use crate::model::save::save_model;
 use crate::model::tokenizer::Tokenizer;
 use crate::model::Model;
 use crate::names;
-use crate::progress::Sink;
+use crate::progress::{Event, Sink};
 use crate::prune::{prune, target_layers, PruneConfig, TargetMapping};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -49,6 +49,19 @@ impl PruneJob {
             calib,
             t0,
         })
+    }
+
+    /// What the job will do, in a line: depth before and after, method, calibration.
+    pub fn plan(&self) -> String {
+        format!(
+            "{}: {} -> {} layers with {} ({} calibration sequences of {} tokens)",
+            self.base.display(),
+            self.mapping.layers_before,
+            self.mapping.target_layers,
+            self.cfg.method.name(),
+            self.calib.n_sequences,
+            self.calib.seqlen
+        )
     }
 
     /// Prune and write the checkpoint with its `come.json` to `out` (replacing it).
@@ -92,13 +105,13 @@ pub fn prune_checkpoint(
     PruneJob::prepare(base, cfg, load)?.run(out, events)
 }
 
-/// The prune stage of a run: `cfg` applied to the checkpoint `base`, cached under the
-/// run's prune identity ([`Experiment::prune_hash`](crate::experiment::Experiment::prune_hash)).
+/// The prune stage: `cfg` applied to the checkpoint `base`. A grid caches it under the
+/// run's prune identity ([`Experiment::prune_hash`](crate::experiment::Experiment::prune_hash));
+/// `come-repro prune` writes it to `--out`.
 pub struct PruneStage<'a> {
     pub base: &'a Path,
     pub cfg: &'a PruneConfig,
-    /// The prune identity (model, prune config, dtype).
-    pub key: String,
+    pub dest: Dest,
 }
 
 impl Stage for PruneStage<'_> {
@@ -106,12 +119,15 @@ impl Stage for PruneStage<'_> {
     type Output = PathBuf;
 
     fn cache_key(&self) -> Option<String> {
-        Some(self.key.clone())
+        self.dest.key()
     }
 
     fn run(self, ctx: &mut StageCtx) -> Result<Done<PathBuf>> {
-        let (dir, reused) = ctx.cached(Self::NAME, &self.key, FILE, |ctx, dir| {
-            prune_checkpoint(self.base, self.cfg, ctx.load, dir, &mut *ctx.events).map(|_| ())
+        let (dir, reused) = ctx.produce(Self::NAME, &self.dest, FILE, |ctx, dir| {
+            // The target is checked before the (slow) calibration pass; then the plan.
+            let job = PruneJob::prepare(self.base, self.cfg, ctx.load)?;
+            (ctx.events)(Event::Note(job.plan()));
+            job.run(dir, &mut *ctx.events).map(|_| ())
         })?;
         let rec = PruneRecord::read(&dir)?;
         let mut done = Done::new(dir.clone(), reused).at(&dir);
