@@ -532,11 +532,11 @@ axes = {{ "prune.method" = ["come"] }}
     let (name, (_, err, _)) = st.iter().find(|(n, _)| n.contains("shortgpt")).unwrap();
     let err = err.as_deref().unwrap_or("");
     assert!(
-        err.contains("panicked at src/runner.rs:") && err.contains("injected panic"),
+        err.contains("panicked at src/runner/pipeline.rs:") && err.contains("injected panic"),
         "{name}: {err}"
     );
     assert!(
-        log.contains(&format!("failed: {name}: panicked at src/runner.rs:")),
+        log.contains(&format!("failed: {name}: panicked at src/runner/pipeline.rs:")),
         "{log}"
     );
     let (name, (_, err, _)) = st.iter().find(|(n, _)| n.starts_with("broken")).unwrap();
