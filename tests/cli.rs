@@ -117,7 +117,7 @@ fn prune_rejects_bad_targets_and_short_calibration() {
 }
 
 #[test]
-fn prune_and_distill_take_any_grid_key_with_set() {
+fn prune_distill_and_eval_take_any_grid_key_with_set() {
     let m = common::stories();
     let d = tempfile::tempdir().unwrap();
     let out = d.path().join("p");
@@ -185,6 +185,35 @@ fn prune_and_distill_take_any_grid_key_with_set() {
         &["--lora-lr is a setting of --method lora, not of hierarchical"],
     );
     assert!(!rec.exists());
+    // eval takes the grid's `eval` keys too: a corpus only grids named before.
+    let json = d.path().join("e.json");
+    let r = run(&[
+        "eval",
+        "--model",
+        out.to_str().unwrap(),
+        "--set",
+        "ppl_val=true",
+        "--set",
+        "ppl_windows=1",
+        "--seqlen",
+        "64",
+        "--output",
+        json.to_str().unwrap(),
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let res: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(res["perplexity"]["wikitext2_val"]["windows"], 1, "{res}");
+    fails_with(
+        &[
+            "eval",
+            "--model",
+            out.to_str().unwrap(),
+            "--set",
+            "ppl_vall=true",
+        ],
+        &["--set ppl_vall=true", "did you mean `eval.ppl_val`?"],
+    );
 }
 
 #[test]

@@ -536,7 +536,9 @@ axes = {{ "prune.method" = ["come"] }}
         "{name}: {err}"
     );
     assert!(
-        log.contains(&format!("failed: {name}: panicked at src/runner/pipeline.rs:")),
+        log.contains(&format!(
+            "failed: {name}: panicked at src/runner/pipeline.rs:"
+        )),
         "{log}"
     );
     let (name, (_, err, _)) = st.iter().find(|(n, _)| n.starts_with("broken")).unwrap();

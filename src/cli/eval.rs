@@ -90,6 +90,10 @@ pub struct EvalArgs {
     #[arg(long, value_delimiter = ',', num_args = 2, value_name = "PREFILL,GENERATION",
           value_parser = super::common::at_least_one)]
     pub latency_iters: Option<Vec<usize>>,
+    /// Any other key a grid sets under `eval` (repeatable, applied after the flags
+    /// above), in the grid's syntax: `--set ppl_val=true --set token_budget=2048`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub settings: Vec<String>,
     #[command(flatten)]
     pub rt: RuntimeArgs,
 }
@@ -145,6 +149,11 @@ impl EvalArgs {
             latency_iters: self.latency_iters.as_deref().map(|v| [v[0], v[1]]),
             token_budget: self.batch_size,
         };
+        let mut cfg = come_repro::grid::apply_settings(&cfg, "eval", &self.settings)?;
+        // A grid's extra corpora are measured at the window length of `--seqlen`.
+        if (cfg.ppl_c4 || cfg.ppl_val || cfg.ppl_ood) && cfg.ppl_seqlen.is_none() {
+            cfg.ppl_seqlen = Some(self.seqlen);
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -209,11 +218,22 @@ pub fn run(a: EvalArgs) -> Result<()> {
 /// Where the task data and perplexity texts the flags name come from (read and checked
 /// by the stage before the model loads, so that bad input fails fast).
 fn inputs(a: &EvalArgs, cfg: &EvalConfig) -> Result<(TaskSource, Vec<Corpus>)> {
-    let corpora: Vec<Corpus> = a
+    let mut corpora: Vec<Corpus> = a
         .ppl
         .iter()
         .map(|spec| Corpus::parse(spec.trim()))
         .collect();
+    // The extra corpora a grid's keys ask for (`--set ppl_val=true`), unless named already;
+    // WikiText-2's test split only when `--ppl` names it.
+    let extra = come_repro::stages::eval_stage::corpora(cfg);
+    for c in extra
+        .into_iter()
+        .filter(|c| !matches!(c, Corpus::Wikitext2(_)))
+    {
+        if !corpora.iter().any(|k| k.name() == c.name()) {
+            corpora.push(c);
+        }
+    }
     if cfg.tasks.is_empty() && corpora.is_empty() {
         bail!("nothing to evaluate: pass --tasks and/or --ppl wikitext2");
     }
