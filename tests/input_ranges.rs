@@ -164,6 +164,11 @@ fn eval_counts_and_fractions_out_of_range_are_refused() {
     );
     eval(&["--tasks", "piqa", "--fraction", "0"], &["`fraction`"]);
     eval(&["--tasks", "piqa", "--fraction", "nan"], &["`fraction`"]);
+    // Through --set too: a NaN flag is not silently dropped by the settings' round trip.
+    eval(
+        &["--tasks", "piqa", "--fraction", "nan", "--set", "limit=3"],
+        &["not a finite number"],
+    );
     eval(
         &["--tasks", "piqa", "--limit", "0"],
         &["`limit` must be at least 1"],

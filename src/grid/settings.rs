@@ -7,14 +7,25 @@ use super::*;
 /// `config` (the table grids write under `section`, e.g. `prune`) with each `KEY=VALUE`
 /// of `settings` applied in order. KEY is a grid key with or without the section
 /// (`laco_span` or `prune.laco_span`, `calib.nrows`); VALUE is a TOML value (`4`, `0.5`,
-/// `"fold"` or plain `fold`, `[1, 2]`). Every problem names the setting.
+/// `"fold"` or plain `fold`, `[1, 2]`). Every problem names the setting. Without settings
+/// the config is returned as it is.
 pub fn apply_settings<T>(config: &T, section: &str, settings: &[String]) -> Result<T>
 where
-    T: serde::Serialize + serde::de::DeserializeOwned,
+    T: Clone + PartialEq + serde::Serialize + serde::de::DeserializeOwned,
 {
+    if settings.is_empty() {
+        return Ok(config.clone());
+    }
     let schema = schema();
     let bad = |s: &str, msg: String| Error::Invalid(format!("--set {s}: {msg}"));
     let mut value = serde_json::to_value(config).map_err(|e| Error::Invalid(e.to_string()))?;
+    // JSON has no NaN or infinity: such a flag value would silently become null.
+    if serde_json::from_value::<T>(value.clone()).ok().as_ref() != Some(config) {
+        return Err(Error::Invalid(format!(
+            "--set: a `{section}` flag has a value that cannot be combined with --set (not a \
+             finite number?)"
+        )));
+    }
     for s in settings {
         let Some((key, text)) = s.split_once('=') else {
             return Err(bad(s, "expected KEY=VALUE".into()));
