@@ -152,8 +152,8 @@ fn prune_distill_and_eval_take_any_grid_key_with_set() {
     assert_eq!(cfg["calib"]["nrows"], 16);
     // A recovery key only grids had: the optimiser's betas.
     let rec = d.path().join("r");
-    fails_with(
-        &[
+    let distill_fails = |extra: &[&str], wants: &[&str]| {
+        let mut args = vec![
             "distill",
             "--teacher",
             m.to_str().unwrap(),
@@ -161,30 +161,17 @@ fn prune_distill_and_eval_take_any_grid_key_with_set() {
             out.to_str().unwrap(),
             "--out",
             rec.to_str().unwrap(),
-            "--set",
-            "betas=[0.9]",
-        ],
-        &["--set betas=[0.9]"],
-    );
-    assert!(!rec.exists());
+        ];
+        args.extend_from_slice(extra);
+        fails_with(&args, wants);
+        assert!(!rec.exists());
+    };
+    distill_fails(&["--set", "betas=[0.9]"], &["--set betas=[0.9]"]);
     // A flag of another recovery method would be silently unused: refused.
-    fails_with(
-        &[
-            "distill",
-            "--teacher",
-            m.to_str().unwrap(),
-            "--model",
-            out.to_str().unwrap(),
-            "--out",
-            rec.to_str().unwrap(),
-            "--method",
-            "hierarchical",
-            "--lora-lr",
-            "1e-3",
-        ],
+    distill_fails(
+        &["--method", "hierarchical", "--lora-lr", "1e-3"],
         &["--lora-lr is a setting of --method lora, not of hierarchical"],
     );
-    assert!(!rec.exists());
     // eval takes the grid's `eval` keys too: a corpus only grids named before.
     let json = d.path().join("e.json");
     let r = run(&[
