@@ -118,40 +118,27 @@ impl DistillArgs {
     /// would be silently unused).
     fn method_settings(&self) -> Result<Recovery> {
         let mut m = Recovery::of(self.method);
-        let given = [
-            (
-                "--kd-tokens",
-                self.kd_tokens.is_some(),
-                RecoveryMethod::HierarchicalKd,
-            ),
-            (
-                "--kd-lr",
-                self.kd_lr.is_some(),
-                RecoveryMethod::HierarchicalKd,
-            ),
-            (
-                "--lora-rank",
-                self.lora_rank.is_some(),
-                RecoveryMethod::Lora,
-            ),
-            (
-                "--lora-alpha",
-                self.lora_alpha.is_some(),
-                RecoveryMethod::Lora,
-            ),
-            (
-                "--lora-dropout",
-                self.lora_dropout.is_some(),
-                RecoveryMethod::Lora,
-            ),
-            ("--lora-lr", self.lora_lr.is_some(), RecoveryMethod::Lora),
+        let kd = [
+            ("--kd-tokens", self.kd_tokens.is_some()),
+            ("--kd-lr", self.kd_lr.is_some()),
         ];
-        if let Some((flag, _, of)) = given.iter().find(|(_, g, of)| *g && *of != self.method) {
-            anyhow::bail!(
-                "{flag} is a setting of --method {}, not of {}",
-                of.name(),
-                self.method.name()
-            );
+        let lora = [
+            ("--lora-rank", self.lora_rank.is_some()),
+            ("--lora-alpha", self.lora_alpha.is_some()),
+            ("--lora-dropout", self.lora_dropout.is_some()),
+            ("--lora-lr", self.lora_lr.is_some()),
+        ];
+        for (of, flags) in [
+            (RecoveryMethod::HierarchicalKd, &kd[..]),
+            (RecoveryMethod::Lora, &lora),
+        ] {
+            if let Some((flag, _)) = flags.iter().find(|(_, given)| *given && of != self.method) {
+                anyhow::bail!(
+                    "{flag} is a setting of --method {}, not of {}",
+                    of.name(),
+                    self.method.name()
+                );
+            }
         }
         match &mut m {
             Recovery::HierarchicalKd(kd) => {
