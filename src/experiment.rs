@@ -65,6 +65,21 @@ pub struct EvalConfig {
     /// Padded tokens per scoring batch, or `"auto"` (sized for the device). Either backs
     /// off when a batch runs out of memory.
     pub token_budget: crate::eval::batching::BatchSize,
+    /// Task name -> its data (a file in the shared format or a Hugging Face schema, or a
+    /// directory of the shared layout) in place of the data directory's, as `eval
+    /// --task-path`; `${COME_DATA}` and environment variables expand when read. The run
+    /// records the sha256 of every file read. Left out when empty.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub task_paths: BTreeMap<String, String>,
+    /// Encode with the tokenizer's special tokens (BOS), as lm-eval 0.4.13 does; false
+    /// encodes without them, as lm-eval before its PR #3347 (`eval --no-special-tokens`).
+    /// Left out when true.
+    #[serde(skip_serializing_if = "is_true")]
+    pub special_tokens: bool,
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 impl Default for EvalConfig {
@@ -88,12 +103,15 @@ impl Default for EvalConfig {
             latency: None,
             latency_iters: None,
             token_budget: crate::eval::batching::BatchSize::default(),
+            task_paths: BTreeMap::new(),
+            special_tokens: true,
         }
     }
 }
 
 /// Identity v1: every field under its serde name; the perplexity protocol, the extra
-/// corpora and latency only when on (they came later).
+/// corpora, latency, task paths and special tokens only away from their first default
+/// (they came later).
 impl Identity for EvalConfig {
     fn identity(&self) -> Value {
         let EvalConfig {
@@ -111,6 +129,8 @@ impl Identity for EvalConfig {
             latency,
             latency_iters,
             token_budget,
+            task_paths,
+            special_tokens,
         } = self;
         let latency_spelling =
             latency_field::serialize(latency, serde_json::value::Serializer).unwrap_or(Value::Null);
@@ -129,6 +149,8 @@ impl Identity for EvalConfig {
             .opt_in(latency.is_some(), "latency", &latency_spelling)
             .opt_in(latency_iters.is_some(), "latency_iters", latency_iters)
             .leaf("token_budget", token_budget)
+            .opt_in(!task_paths.is_empty(), "task_paths", task_paths)
+            .opt_in(!special_tokens, "special_tokens", special_tokens)
             .done()
     }
 }
@@ -151,6 +173,14 @@ impl EvalConfig {
     /// Counts and sizes in range (task names are checked where the data is found).
     pub fn validate(&self) -> Result<()> {
         self.subset().validate()?;
+        if let Some(t) = (self.task_paths.keys())
+            .find(|t| !crate::eval::tasks::known_tasks().contains(&t.as_str()))
+        {
+            return Err(Error::Invalid(format!(
+                "`eval.task_paths` names an unknown task `{t}` (known: {})",
+                crate::eval::tasks::known_tasks().join(", ")
+            )));
+        }
 
         check_eval_sizes(self.mmlu_fewshot, self.ppl_seqlen, self.ppl_windows)
     }

@@ -72,3 +72,28 @@ pub fn show(p: &Path) -> String {
         .display()
         .to_string()
 }
+
+/// Expand `${VAR}` in a path: the crate's roots with their defaults, else the environment.
+pub fn expand_vars(s: &str) -> std::result::Result<String, String> {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(i) = rest.find("${") {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 2..];
+        let Some(j) = after.find('}') else {
+            return Err(format!("unterminated `${{` in `{s}`"));
+        };
+        let name = &after[..j];
+        let value = match name {
+            "COME_MODELS" => models_dir().to_string_lossy().into_owned(),
+            "COME_DATA" => data_dir().to_string_lossy().into_owned(),
+            "COME_WORK" => work_dir().to_string_lossy().into_owned(),
+            other => std::env::var(other)
+                .map_err(|_| format!("environment variable `{other}` is not set (in `{s}`)"))?,
+        };
+        out.push_str(&value);
+        rest = &after[j + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}

@@ -150,6 +150,31 @@ fn prune_distill_and_eval_take_any_grid_key_with_set() {
         (&3.into(), &0.5.into())
     );
     assert_eq!(cfg["calib"]["nrows"], 16);
+    // A flag the method does not read would be silently unused: refused, nothing written.
+    let unread = d.path().join("unread");
+    fails_with(
+        &[
+            "prune",
+            "--model",
+            m.to_str().unwrap(),
+            "--out",
+            unread.to_str().unwrap(),
+            "--method",
+            "shortgpt",
+            "--target-layers",
+            "3",
+            "--merge",
+            "drop",
+            "--set",
+            "laco_span=3",
+        ],
+        &[
+            "--method shortgpt does not read",
+            "`merge` (--merge) is read by --method come",
+            "`laco_span` (--set laco_span=...) is read by --method laco",
+        ],
+    );
+    assert!(!unread.exists());
     // A recovery key only grids had: the optimiser's betas.
     let rec = d.path().join("r");
     let distill_fails = |extra: &[&str], wants: &[&str]| {

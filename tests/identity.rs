@@ -99,6 +99,12 @@ fn maximal_with(method: Recovery) -> Experiment {
             latency: Some(Protocol::Sleb),
             latency_iters: Some([2, 3]),
             token_budget: come_repro::eval::batching::BatchSize::Tokens(2048),
+            task_paths: [(
+                "hellaswag".to_string(),
+                "${COME_DATA}/hs.parquet".to_string(),
+            )]
+            .into(),
+            special_tokens: false,
         },
         runtime: RuntimeConfig {
             device: DeviceSpec::Cuda(Some(0)),

@@ -240,6 +240,32 @@ fn bad_grids_fail_before_any_run() {
         "[base]\nmodel = \"stories\"\n[base.eval]\ntasks = [\"piqa\", \"squad\"]\n{head}"
     ));
     assert!(e.contains("squad"), "{e}");
+    let e = grid_error(&format!(
+        "[base]\nmodel = \"stories\"\n[base.eval]\ntask_paths = {{ squad = \"x\" }}\n{head}"
+    ));
+    assert!(e.contains("eval.task_paths.squad"), "{e}");
+    let e = grid_error(&format!(
+        "[base]\nmodel = \"stories\"\n[base.eval]\ntask_paths = {{ piqa = \"/no/such/piqa\" }}\n{head}"
+    ));
+    assert!(
+        e.contains("the data of `piqa`, /no/such/piqa, does not exist"),
+        "{e}"
+    );
+    // A key no run of its sub-grid reads: LoRA's rate is not `lr`; ShortGPT merges nothing.
+    let e = grid_error(&format!(
+        "[base]\nmodel = \"stories\"\n[base.prune]\ntarget_layers = 3\n{head}\
+         [grids.lora]\nbase = {{ recovery = {{ method = \"lora\", lr = 1e-3 }} }}\n\
+         [grids.shortgpt]\nbase = {{ prune = {{ method = \"shortgpt\" }} }}\n\
+         axes = {{ \"prune.merge\" = [\"concat\", \"drop\"] }}\n"
+    ));
+    for want in [
+        "`lora`: `recovery.lr` is set here, but no run of this sub-grid reads it (its runs' \
+         methods: lora); LoRA's rate is `recovery.lora_lr`",
+        "`shortgpt`: `prune.merge` is set here, but no run of this sub-grid reads it (its \
+         runs' methods: shortgpt)",
+    ] {
+        assert!(e.contains(want), "{want}\n not in {e}");
+    }
     let e = grid_error("[base]\nmodel = \"nowhere\"\n");
     assert!(e.contains("nowhere"), "{e}");
     let e = grid_error("[base]\nmodel = \"m\"\n[models]\nm = { gguf = \"/no/such/file.gguf\" }\n");
@@ -645,4 +671,74 @@ big = { path = "weights/Llama-2-7b-hf" }
         "{err}"
     );
     assert!(!db.exists(), "a refused run created a store");
+}
+
+/// A grid names a task's own data (`eval.task_paths`, variables expanded) and encodes
+/// without special tokens, as `eval --task-path` and `--no-special-tokens` do: the run
+/// reads that copy (its sha256 recorded under its path) and keeps both settings.
+#[test]
+fn a_grid_reads_a_task_from_its_own_path() {
+    let d = tempfile::tempdir().unwrap();
+    let own = d.path().join("my-piqa");
+    std::fs::create_dir(&own).unwrap();
+    for f in ["valid.jsonl", "valid-labels.lst"] {
+        std::fs::copy(
+            come_repro::paths::data_dir().join("piqa").join(f),
+            own.join(f),
+        )
+        .unwrap();
+    }
+    let models = come_repro::paths::models_dir();
+    let grid = d.path().join("own.toml");
+    std::fs::write(
+        &grid,
+        format!(
+            r#"[base]
+model = "stories"
+[base.eval]
+tasks = ["piqa"]
+limit = 4
+ppl_seqlen = 64
+ppl_windows = 1
+special_tokens = false
+task_paths = {{ piqa = "${{OWN_DATA}}/my-piqa" }}
+[models]
+stories = {{ llama2c = "{m}/stories260K/stories260K.bin", tokenizer = "{m}/stories260K/tok512.bin" }}
+"#,
+            m = models.display()
+        ),
+    )
+    .unwrap();
+    let db = d.path().join("store.sqlite");
+    let out = Command::new(BIN)
+        .arg("grid")
+        .arg(&grid)
+        .arg("--db")
+        .arg(&db)
+        .arg("--cache")
+        .arg(d.path().join("cache"))
+        .args(["--threads", "1"])
+        .env("OWN_DATA", d.path())
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let store = Store::open(&db).unwrap();
+    let runs = store.runs(&RunFilter::default()).unwrap();
+    assert_eq!(runs.len(), 1);
+    let eval = &runs[0].config["eval"];
+    assert_eq!(eval["special_tokens"], false);
+    assert_eq!(eval["task_paths"]["piqa"], "${OWN_DATA}/my-piqa");
+    let env = store.environment(runs[0].id).unwrap();
+    let key = format!("data.sha256:{}", own.join("valid.jsonl").display());
+    assert!(env.contains_key(&key), "{key} not in {:?}", env.keys());
+    assert!(
+        !env.keys().any(|k| k.contains("shared/data/piqa")),
+        "the shared copy was read: {:?}",
+        env.keys()
+    );
 }

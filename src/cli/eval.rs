@@ -13,7 +13,7 @@ use come_repro::eval::perplexity::PplResult;
 use come_repro::eval::ppl_corpus::Corpus;
 use come_repro::eval::profile::ScoreProfile;
 use come_repro::eval::results::{lm_eval_json, table, RunInfo};
-use come_repro::eval::tasks::{known_tasks, TaskSource};
+use come_repro::eval::tasks::known_tasks;
 use come_repro::experiment::EvalConfig;
 use come_repro::names;
 use come_repro::stages::{EvalStage, Stage, StageCtx};
@@ -148,6 +148,10 @@ impl EvalArgs {
             latency: self.latency,
             latency_iters: self.latency_iters.as_deref().map(|v| [v[0], v[1]]),
             token_budget: self.batch_size,
+            task_paths: (self.task_path.iter())
+                .map(|(t, p)| (t.clone(), p.to_string_lossy().into_owned()))
+                .collect(),
+            special_tokens: !self.no_special_tokens,
         };
         let mut cfg = come_repro::grid::apply_settings(&cfg, "eval", &self.settings)?;
         // A grid's extra corpora are measured at the window length of `--seqlen`.
@@ -161,7 +165,7 @@ impl EvalArgs {
 
 pub fn run(a: EvalArgs) -> Result<()> {
     let cfg = a.config()?;
-    let (source, corpora) = inputs(&a, &cfg)?;
+    let (data_dir, corpora) = inputs(&a, &cfg)?;
     let t_all = Instant::now();
     let load = a.rt.load_options()?;
     let budget = cfg.token_budget.initial_tokens(load.device);
@@ -172,9 +176,8 @@ pub fn run(a: EvalArgs) -> Result<()> {
     let stage = EvalStage {
         cfg: &cfg,
         model_dir: &a.model,
-        source,
+        data_dir,
         corpora,
-        add_special: !a.no_special_tokens,
     };
     let done = stage
         .run(&mut ctx)
@@ -215,9 +218,9 @@ pub fn run(a: EvalArgs) -> Result<()> {
     Ok(())
 }
 
-/// Where the task data and perplexity texts the flags name come from (read and checked
-/// by the stage before the model loads, so that bad input fails fast).
-fn inputs(a: &EvalArgs, cfg: &EvalConfig) -> Result<(TaskSource, Vec<Corpus>)> {
+/// The data directory and the perplexity texts the flags name (read and checked by the
+/// stage before the model loads, so that bad input fails fast).
+fn inputs(a: &EvalArgs, cfg: &EvalConfig) -> Result<(PathBuf, Vec<Corpus>)> {
     let mut corpora: Vec<Corpus> = a
         .ppl
         .iter()
@@ -237,14 +240,8 @@ fn inputs(a: &EvalArgs, cfg: &EvalConfig) -> Result<(TaskSource, Vec<Corpus>)> {
     if cfg.tasks.is_empty() && corpora.is_empty() {
         bail!("nothing to evaluate: pass --tasks and/or --ppl wikitext2");
     }
-    let mut src = TaskSource::new(
-        a.data_dir
-            .clone()
-            .unwrap_or_else(come_repro::paths::data_dir),
-    );
-    src.mmlu_fewshot = a.mmlu_fewshot;
-    src.overrides.extend(a.task_path.iter().cloned());
-    Ok((src, corpora))
+    let data_dir = (a.data_dir.clone()).unwrap_or_else(come_repro::paths::data_dir);
+    Ok((data_dir, corpora))
 }
 
 /// Prints the scoring profile (stderr), the results table and the latency, if measured.

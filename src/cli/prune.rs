@@ -110,11 +110,48 @@ impl PruneArgs {
             seed: self.seed,
             ..Default::default()
         };
-        Ok(come_repro::grid::apply_settings(
-            &flags,
-            "prune",
-            &self.settings,
-        )?)
+        let cfg = come_repro::grid::apply_settings(&flags, "prune", &self.settings)?;
+        cfg.validate()?;
+        refuse_unread(&cfg)?;
+        Ok(cfg)
+    }
+}
+
+/// A setting the chosen method does not read is an error here (a grid's base may hold it
+/// for the other methods it crosses; one `prune` has one method).
+fn refuse_unread(cfg: &PruneConfig) -> Result<()> {
+    let unread = cfg.unread_settings();
+    if unread.is_empty() {
+        return Ok(());
+    }
+    let lines: Vec<String> = unread
+        .iter()
+        .map(|(key, readers)| {
+            let names: Vec<&str> = readers.iter().map(|m| m.name()).collect();
+            format!(
+                "`{key}` ({}) is read by --method {}",
+                flag_of(key),
+                names.join(", ")
+            )
+        })
+        .collect();
+    anyhow::bail!(
+        "--method {} does not read settings given away from their defaults:\n  {}",
+        cfg.method.name(),
+        lines.join("\n  ")
+    )
+}
+
+/// The flag that sets a top-level prune key (`--set` for the keys without one).
+fn flag_of(key: &str) -> String {
+    match key {
+        "no_repeat" => "--allow-repeat".into(),
+        "incremental" => "--full-rescore".into(),
+        "calib" => "--calib-*".into(),
+        "merge" | "sensitivity" | "pair_score" | "norm" | "gqa_mapping" | "comep_grid" | "seed" => {
+            format!("--{}", key.replace('_', "-"))
+        }
+        _ => format!("--set {key}=..."),
     }
 }
 

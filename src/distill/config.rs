@@ -514,6 +514,26 @@ impl RecoveryConfig {
         self.method == Recovery::None
     }
 
+    /// Whether the file key `key` (under `recovery`, e.g. `lr`, `lora_lr`, `loss.mse`) can
+    /// change what this config's method does. Generous where a key matters to only some
+    /// settings of a method (`temperature` only with a KL loss): grids use it to refuse a
+    /// key no run of a sub-grid reads, which must never refuse a key that one does.
+    pub fn reads(&self, key: &str) -> bool {
+        let (hierarchical, kd, lora) = match self.method {
+            Recovery::None => return key == "method",
+            Recovery::Hierarchical => (true, false, false),
+            Recovery::HierarchicalKd(_) => (true, true, false),
+            Recovery::Lora(_) => (false, false, true),
+        };
+        match key.split('.').next().unwrap_or(key) {
+            "attach" | "inputs" | "loss" | "lr" => hierarchical,
+            "temperature" | "kl_positions" => hierarchical || kd,
+            "kd_tokens" | "kd_lr" => kd,
+            "lora_rank" | "lora_alpha" | "lora_dropout" | "lora_lr" => lora,
+            _ => true,
+        }
+    }
+
     /// Tokens per optimiser step.
     pub fn tokens_per_step(&self) -> usize {
         self.seqlen * self.micro_batch * self.accum

@@ -35,7 +35,11 @@ impl GridSpec {
                 self.excludes.len() - 1
             })
             .collect();
-        self.combine_shared(name, loc, top, sub, &shared, diags)
+        let mut one = self.combine_shared(name, loc, top, sub, &shared, diags);
+        // The file's only sub-grid: its axes are its own.
+        let top_axes = top.axes.iter().chain(&top.zips);
+        one.own_keys.extend(top_axes.flat_map(|d| d.keys.clone()));
+        one
     }
 
     /// Shared part + sub-grid part -> one sub-grid (sub-grid axes replace shared ones).
@@ -50,6 +54,16 @@ impl GridSpec {
     ) -> SubGrid {
         let mut base = top.base.clone();
         deep_merge(&mut base, sub.base.clone());
+        let mut own_keys: Vec<String> =
+            crate::experiment::flatten(&Value::Object(sub.base.clone()))
+                .into_keys()
+                .collect();
+        own_keys.extend(
+            sub.axes
+                .iter()
+                .chain(&sub.zips)
+                .flat_map(|d| d.keys.clone()),
+        );
         let model_loc = if sub.base.contains_key("model") {
             sub.model_loc
         } else {
@@ -106,6 +120,7 @@ impl GridSpec {
             base,
             model_loc,
             dims,
+            own_keys,
             excludes,
             dense: sub.dense.or(top.dense).unwrap_or(false),
         }
@@ -163,6 +178,9 @@ impl GridSpec {
     ) -> Vec<RunSpec> {
         let mut reported = 0usize;
         let kept = self.combinations(s, matched, diags, &mut reported);
+        for problem in unread_keys(s, &kept) {
+            diags.push(s.loc, &s.name, problem);
+        }
         let varied = varied_keys(s, &kept);
         let mut out: Vec<RunSpec> = Vec::new();
         if s.dense {
@@ -304,6 +322,43 @@ impl GridSpec {
         }
         drop
     }
+}
+
+/// The keys a sub-grid sets that none of its runs reads (a LoRA sub-grid's `recovery.lr`,
+/// a ShortGPT sub-grid's `prune.merge`): each would run the same experiment under another
+/// name or silently do nothing, so the grid is refused before any run.
+fn unread_keys(s: &SubGrid, kept: &[(Assign, Experiment)]) -> Vec<String> {
+    let read = |key: &str, e: &Experiment| match key.split_once('.') {
+        Some(("prune", k)) => e.prune.as_ref().is_some_and(|p| p.uses(k)),
+        Some(("recovery", k)) => e.prune.is_some() && e.recovery.reads(k),
+        _ => true,
+    };
+    let mut out = vec![];
+    for key in &s.own_keys {
+        if kept.is_empty() || kept.iter().any(|(_, e)| read(key, e)) {
+            continue;
+        }
+        let mut methods: Vec<&str> = kept
+            .iter()
+            .map(|(_, e)| match key.starts_with("prune.") {
+                true => e.prune.as_ref().map_or("dense", |p| p.method.name()),
+                false => e.recovery.method.name(),
+            })
+            .collect();
+        methods.sort_unstable();
+        methods.dedup();
+        let hint = match (key.as_str(), methods.as_slice()) {
+            ("recovery.lr", ["lora"]) => "; LoRA's rate is `recovery.lora_lr`",
+            ("recovery.lora_lr", _) => "; the distillation rate is `recovery.lr`",
+            _ => "",
+        };
+        out.push(format!(
+            "`{key}` is set here, but no run of this sub-grid reads it (its runs' methods: \
+             {}){hint}",
+            methods.join(", ")
+        ));
+    }
+    out
 }
 
 /// In a grid, `eval.latency = true` asks for the default protocol (sleb); in a stored

@@ -2,6 +2,7 @@
 //! with `${VAR}` expansion, and the check that they exist.
 
 use super::*;
+use crate::paths::expand_vars;
 
 #[derive(Debug, Clone)]
 pub(super) struct ModelEntry {
@@ -116,31 +117,6 @@ fn model_source(
             None
         }
     }
-}
-
-/// Expand `${VAR}` in a path: the crate's roots with their defaults, else the environment.
-pub(super) fn expand_vars(s: &str) -> std::result::Result<String, String> {
-    let mut out = String::new();
-    let mut rest = s;
-    while let Some(i) = rest.find("${") {
-        out.push_str(&rest[..i]);
-        let after = &rest[i + 2..];
-        let Some(j) = after.find('}') else {
-            return Err(format!("unterminated `${{` in `{s}`"));
-        };
-        let name = &after[..j];
-        let value = match name {
-            "COME_MODELS" => crate::paths::models_dir().to_string_lossy().into_owned(),
-            "COME_DATA" => crate::paths::data_dir().to_string_lossy().into_owned(),
-            "COME_WORK" => crate::paths::work_dir().to_string_lossy().into_owned(),
-            other => std::env::var(other)
-                .map_err(|_| format!("environment variable `{other}` is not set (in `{s}`)"))?,
-        };
-        out.push_str(&value);
-        rest = &after[j + 1..];
-    }
-    out.push_str(rest);
-    Ok(out)
 }
 
 impl GridSpec {

@@ -32,6 +32,9 @@ pub(super) struct SubGrid {
     pub(super) base: Map<String, Value>,
     pub(super) model_loc: Loc,
     pub(super) dims: Vec<Dim>,
+    /// The keys this sub-grid sets itself (its base and its axes; the file's shared base
+    /// is a default for every sub-grid, so it is not counted): some run must read each.
+    pub(super) own_keys: Vec<String>,
     /// Indices into `GridSpec::excludes`.
     pub(super) excludes: Vec<usize>,
     pub(super) dense: bool,

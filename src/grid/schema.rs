@@ -33,6 +33,10 @@ pub(super) fn schema() -> Value {
             e.insert("ppl_protocol".into(), Value::String("gptq".into()));
             e.insert("latency".into(), Value::Bool(false));
             e.insert("latency_iters".into(), serde_json::json!([1, 1]));
+            e.insert("special_tokens".into(), Value::Bool(true));
+            // Every task is a key of `task_paths`.
+            let tasks = ALL_TASKS.iter().map(|t| (t.to_string(), Value::from("")));
+            e.insert("task_paths".into(), Value::Object(tasks.collect()));
         }
         if let Some(Value::Object(c)) = m.get_mut("prune").and_then(|p| p.get_mut("calib")) {
             c.insert("ids".into(), Value::String(String::new()));
@@ -129,9 +133,26 @@ pub(super) fn check_value(path: &str, value: &Value) -> std::result::Result<(), 
             ));
         }
     }
+    if let Some(Value::Object(paths)) = get_path(&root, "eval.task_paths") {
+        for (task, path) in paths {
+            check_task_path(task, path)?;
+        }
+    }
     serde_json::from_value::<Experiment>(root)
         .map(|_| ())
         .map_err(|e| e.to_string())
+}
+
+/// A task's own data file: a known task, a path that expands and exists here.
+fn check_task_path(task: &str, path: &Value) -> std::result::Result<(), String> {
+    let Some(path) = path.as_str() else {
+        return Err(format!("the data path of `{task}` is a string, got {path}"));
+    };
+    let expanded = crate::paths::expand_vars(path)?;
+    if !Path::new(&expanded).exists() {
+        return Err(format!("the data of `{task}`, {expanded}, does not exist"));
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------

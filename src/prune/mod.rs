@@ -267,6 +267,33 @@ impl PruneConfig {
         }
     }
 
+    /// The top-level settings this config sets away from their defaults that its method
+    /// does not read (per [`Self::uses`]), each with the methods that do read it. A grid
+    /// may cross methods over one base; a single `prune` refuses these, so that no flag is
+    /// silently ignored.
+    pub fn unread_settings(&self) -> Vec<(String, Vec<Method>)> {
+        use crate::hashing::Identity;
+        let (mine, default) = (self.identity(), PruneConfig::default().identity());
+        let Some(mine) = mine.as_object() else {
+            return vec![];
+        };
+        mine.iter()
+            .filter(|(k, v)| default.get(k.as_str()) != Some(*v) && !self.uses(k))
+            .map(|(k, _)| {
+                let readers = (Method::all().iter().copied())
+                    .filter(|&method| {
+                        PruneConfig {
+                            method,
+                            ..self.clone()
+                        }
+                        .uses(k)
+                    })
+                    .collect();
+                (k.clone(), readers)
+            })
+            .collect()
+    }
+
     /// What can be checked without the model: a target is set and in range, the search
     /// settings and the calibration recipe are usable. The target against the model's
     /// depth is checked by [`target_layers`].

@@ -15,7 +15,7 @@ use crate::model::load::load_model;
 use crate::model::tokenizer::Tokenizer;
 use crate::names;
 use crate::progress::{Event, Sink};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// Task data and perplexity texts, read and checked (before any model loads, so that bad
@@ -46,19 +46,31 @@ impl EvalData {
     }
 }
 
+/// Where `cfg`'s task data comes from: `data_dir`'s shared layout, with the tasks of
+/// `eval.task_paths` read from their own files (variables expanded).
+pub fn task_source(cfg: &EvalConfig, data_dir: &Path) -> Result<TaskSource> {
+    let mut src = TaskSource::new(data_dir);
+    src.mmlu_fewshot = cfg.mmlu_fewshot;
+    for (task, path) in &cfg.task_paths {
+        let path = crate::paths::expand_vars(path)
+            .map_err(|e| Error::Invalid(format!("`eval.task_paths.{task}`: {e}")))?;
+        src.overrides.insert(task.clone(), path.into());
+    }
+    Ok(src)
+}
+
 /// What to evaluate: `cfg`'s subset, sizes, protocol and latency over `data`, on a model
 /// on `device`. The one place the grid and the `eval` command turn a config into inputs.
 pub fn eval_inputs<'a>(
     cfg: &EvalConfig,
     data: &'a EvalData,
     device: tch::Device,
-    add_special: bool,
 ) -> EvalInputs<'a> {
     EvalInputs {
         tasks: &data.tasks,
         subset: cfg.subset(),
         token_budget: cfg.token_budget.initial_tokens(device),
-        add_special,
+        add_special: cfg.special_tokens,
         ppl: &data.ppl,
         ppl_seqlen: cfg.ppl_seqlen.unwrap_or(0),
         ppl_windows: cfg.ppl_windows,
@@ -91,10 +103,10 @@ pub fn corpora(e: &EvalConfig) -> Vec<Corpus> {
 pub struct EvalStage<'a> {
     pub cfg: &'a EvalConfig,
     pub model_dir: &'a Path,
-    pub source: TaskSource,
+    /// Root of the task data's shared layout (`COME_DATA` in grids, `--data-dir`); the
+    /// tasks of `cfg.task_paths` are read from their own files.
+    pub data_dir: PathBuf,
     pub corpora: Vec<Corpus>,
-    /// Prepend the tokenizer's special tokens (BOS), as lm-eval does by default.
-    pub add_special: bool,
 }
 
 impl<'a> EvalStage<'a> {
@@ -103,12 +115,8 @@ impl<'a> EvalStage<'a> {
         EvalStage {
             cfg,
             model_dir,
-            source: TaskSource {
-                mmlu_fewshot: cfg.mmlu_fewshot,
-                ..TaskSource::default()
-            },
+            data_dir: crate::paths::data_dir(),
             corpora: corpora(cfg),
-            add_special: true,
         }
     }
 }
@@ -123,7 +131,7 @@ impl Stage for EvalStage<'_> {
 
     fn run(self, ctx: &mut StageCtx) -> Result<Done<EvalOutcome>> {
         let e = self.cfg;
-        let data = EvalData::read(&e.tasks, &self.source, self.corpora)?;
+        let data = EvalData::read(&e.tasks, &task_source(e, &self.data_dir)?, self.corpora)?;
         let t_load = Instant::now();
         let model = load_model(self.model_dir, ctx.load)?;
         let tok = Tokenizer::from_dir(self.model_dir)?;
@@ -137,7 +145,7 @@ impl Stage for EvalStage<'_> {
             Metric::new("", names::RUN_LAYERS, model.n_layers() as f64),
             Metric::new("", names::RUN_PARAMS, model.num_params() as f64),
         ]);
-        let inputs = eval_inputs(e, &data, model.device, self.add_special);
+        let inputs = eval_inputs(e, &data, model.device);
         let t0 = Instant::now();
         let mut hooks = Hooks {
             events: &mut *ctx.events,
