@@ -37,16 +37,22 @@ stories = {{ llama2c = "{m}/stories260K/stories260K.bin", tokenizer = "{m}/stori
     p
 }
 
-fn spawn(dir: &Path, grid: &Path, db: &Path) -> Child {
-    Command::new(BIN)
-        .args(["grid"])
+/// `grid GRID --db DB` with its checkpoint cache in `dir`, on one thread.
+fn grid_command(dir: &Path, grid: &Path, db: &Path) -> Command {
+    let mut c = Command::new(BIN);
+    c.args(["grid"])
         .arg(grid)
         .arg("--db")
         .arg(db)
         .arg("--cache")
         .arg(dir.join("cache"))
         .args(["--threads", "1"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    c
+}
+
+fn spawn(dir: &Path, grid: &Path, db: &Path) -> Child {
+    grid_command(dir, grid, db)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -710,16 +716,8 @@ stories = {{ llama2c = "{m}/stories260K/stories260K.bin", tokenizer = "{m}/stori
     )
     .unwrap();
     let db = d.path().join("store.sqlite");
-    let out = Command::new(BIN)
-        .arg("grid")
-        .arg(&grid)
-        .arg("--db")
-        .arg(&db)
-        .arg("--cache")
-        .arg(d.path().join("cache"))
-        .args(["--threads", "1"])
+    let out = grid_command(d.path(), &grid, &db)
         .env("OWN_DATA", d.path())
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .unwrap();
     assert!(
