@@ -76,6 +76,11 @@ pub struct EvalConfig {
     /// Left out when true.
     #[serde(skip_serializing_if = "is_true")]
     pub special_tokens: bool,
+    /// Also perplexity on each of these UTF-8 text files, one stream each, at `ppl_seqlen`
+    /// (as `eval --ppl FILE`; recorded under the file's stem); variables expand when read.
+    /// Left out when empty.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ppl_texts: Vec<String>,
 }
 
 fn is_true(b: &bool) -> bool {
@@ -105,12 +110,14 @@ impl Default for EvalConfig {
             token_budget: crate::eval::batching::BatchSize::default(),
             task_paths: BTreeMap::new(),
             special_tokens: true,
+            ppl_texts: Vec::new(),
         }
     }
 }
 
 /// Identity v1: every field under its serde name; the perplexity protocol, the extra
-/// corpora, latency, task paths and special tokens only away from their first default
+/// corpora, latency, task paths, special tokens and text files only away from their first
+/// default
 /// (they came later).
 impl Identity for EvalConfig {
     fn identity(&self) -> Value {
@@ -131,6 +138,7 @@ impl Identity for EvalConfig {
             token_budget,
             task_paths,
             special_tokens,
+            ppl_texts,
         } = self;
         let latency_spelling =
             latency_field::serialize(latency, serde_json::value::Serializer).unwrap_or(Value::Null);
@@ -151,6 +159,7 @@ impl Identity for EvalConfig {
             .leaf("token_budget", token_budget)
             .opt_in(!task_paths.is_empty(), "task_paths", task_paths)
             .opt_in(!special_tokens, "special_tokens", special_tokens)
+            .opt_in(!ppl_texts.is_empty(), "ppl_texts", ppl_texts)
             .done()
     }
 }

@@ -105,6 +105,7 @@ fn maximal_with(method: Recovery) -> Experiment {
             )]
             .into(),
             special_tokens: false,
+            ppl_texts: vec!["${COME_DATA}/extra.txt".into()],
         },
         runtime: RuntimeConfig {
             device: DeviceSpec::Cuda(Some(0)),

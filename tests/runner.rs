@@ -679,9 +679,10 @@ big = { path = "weights/Llama-2-7b-hf" }
     assert!(!db.exists(), "a refused run created a store");
 }
 
-/// A grid names a task's own data (`eval.task_paths`, variables expanded) and encodes
-/// without special tokens, as `eval --task-path` and `--no-special-tokens` do: the run
-/// reads that copy (its sha256 recorded under its path) and keeps both settings.
+/// A grid names a task's own data (`eval.task_paths`, variables expanded), a text to
+/// measure perplexity on (`eval.ppl_texts`) and encodes without special tokens, as `eval
+/// --task-path`, `--ppl FILE` and `--no-special-tokens` do: the run reads that copy (its
+/// sha256 recorded under its path), measures the text and keeps the settings.
 #[test]
 fn a_grid_reads_a_task_from_its_own_path() {
     let d = tempfile::tempdir().unwrap();
@@ -694,6 +695,8 @@ fn a_grid_reads_a_task_from_its_own_path() {
         )
         .unwrap();
     }
+    let text = "Once upon a time there was a little girl who liked to play in the park. ";
+    std::fs::write(d.path().join("my-text.txt"), text.repeat(20)).unwrap();
     let models = come_repro::paths::models_dir();
     let grid = d.path().join("own.toml");
     std::fs::write(
@@ -708,6 +711,7 @@ ppl_seqlen = 64
 ppl_windows = 1
 special_tokens = false
 task_paths = {{ piqa = "${{OWN_DATA}}/my-piqa" }}
+ppl_texts = ["${{OWN_DATA}}/my-text.txt"]
 [models]
 stories = {{ llama2c = "{m}/stories260K/stories260K.bin", tokenizer = "{m}/stories260K/tok512.bin" }}
 "#,
@@ -731,6 +735,10 @@ stories = {{ llama2c = "{m}/stories260K/stories260K.bin", tokenizer = "{m}/stori
     let eval = &runs[0].config["eval"];
     assert_eq!(eval["special_tokens"], false);
     assert_eq!(eval["task_paths"]["piqa"], "${OWN_DATA}/my-piqa");
+    let texts: Vec<_> = (store.metrics(runs[0].id).unwrap().into_iter())
+        .filter(|m| m.task == "my-text")
+        .collect();
+    assert!(texts.iter().any(|m| m.name.starts_with("ppl")), "{texts:?}");
     let env = store.environment(runs[0].id).unwrap();
     let key = format!("data.sha256:{}", own.join("valid.jsonl").display());
     assert!(env.contains_key(&key), "{key} not in {:?}", env.keys());

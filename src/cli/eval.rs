@@ -152,6 +152,11 @@ impl EvalArgs {
                 .map(|(t, p)| (t.clone(), p.to_string_lossy().into_owned()))
                 .collect(),
             special_tokens: !self.no_special_tokens,
+            // The named corpora stay flags (`inputs`); a file is a config setting.
+            ppl_texts: (self.ppl.iter().map(|p| p.trim()))
+                .filter(|p| matches!(Corpus::parse(p), Corpus::Text(_)))
+                .map(String::from)
+                .collect(),
         };
         let mut cfg = come_repro::grid::apply_settings(&cfg, "eval", &self.settings)?;
         // A grid's extra corpora are measured at the window length of `--seqlen`.
@@ -221,13 +226,12 @@ pub fn run(a: EvalArgs) -> Result<()> {
 /// The data directory and the perplexity texts the flags name (read and checked by the
 /// stage before the model loads, so that bad input fails fast).
 fn inputs(a: &EvalArgs, cfg: &EvalConfig) -> Result<(PathBuf, Vec<Corpus>)> {
-    let mut corpora: Vec<Corpus> = a
-        .ppl
-        .iter()
+    let mut corpora: Vec<Corpus> = (a.ppl.iter())
         .map(|spec| Corpus::parse(spec.trim()))
+        .filter(|c| !matches!(c, Corpus::Text(_)))
         .collect();
-    // The extra corpora a grid's keys ask for (`--set ppl_val=true`), unless named already;
-    // WikiText-2's test split only when `--ppl` names it.
+    // The corpora of the config's keys (`--set ppl_val=true`, the text files of `--ppl`),
+    // unless named already; WikiText-2's test split only when `--ppl` names it.
     let extra = come_repro::stages::eval_stage::corpora(cfg);
     for c in extra
         .into_iter()

@@ -34,6 +34,7 @@ pub(super) fn schema() -> Value {
             e.insert("latency".into(), Value::Bool(false));
             e.insert("latency_iters".into(), serde_json::json!([1, 1]));
             e.insert("special_tokens".into(), Value::Bool(true));
+            e.insert("ppl_texts".into(), Value::Array(vec![]));
             // Every task is a key of `task_paths`.
             let tasks = ALL_TASKS.iter().map(|t| (t.to_string(), Value::from("")));
             e.insert("task_paths".into(), Value::Object(tasks.collect()));
@@ -135,7 +136,12 @@ pub(super) fn check_value(path: &str, value: &Value) -> std::result::Result<(), 
     }
     if let Some(Value::Object(paths)) = get_path(&root, "eval.task_paths") {
         for (task, path) in paths {
-            check_task_path(task, path)?;
+            check_data_path(&format!("the data of `{task}`"), path)?;
+        }
+    }
+    if let Some(Value::Array(texts)) = get_path(&root, "eval.ppl_texts") {
+        for path in texts {
+            check_data_path("the perplexity text", path)?;
         }
     }
     serde_json::from_value::<Experiment>(root)
@@ -143,14 +149,14 @@ pub(super) fn check_value(path: &str, value: &Value) -> std::result::Result<(), 
         .map_err(|e| e.to_string())
 }
 
-/// A task's own data file: a known task, a path that expands and exists here.
-fn check_task_path(task: &str, path: &Value) -> std::result::Result<(), String> {
+/// A data file the evaluation reads: a path that expands and exists here.
+fn check_data_path(what: &str, path: &Value) -> std::result::Result<(), String> {
     let Some(path) = path.as_str() else {
-        return Err(format!("the data path of `{task}` is a string, got {path}"));
+        return Err(format!("the path of {what} is a string, got {path}"));
     };
     let expanded = crate::paths::expand_vars(path)?;
     if !Path::new(&expanded).exists() {
-        return Err(format!("the data of `{task}`, {expanded}, does not exist"));
+        return Err(format!("{what}, {expanded}, does not exist"));
     }
     Ok(())
 }

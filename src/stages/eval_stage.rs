@@ -94,6 +94,11 @@ pub fn corpora(e: &EvalConfig) -> Vec<Corpus> {
     if e.ppl_ood {
         c.push(Corpus::parse(names::TASKS_OOD));
     }
+    for t in &e.ppl_texts {
+        // An unset variable leaves the path as written; reading it then names it.
+        let path = crate::paths::expand_vars(t).unwrap_or_else(|_| t.clone());
+        c.push(Corpus::Text(path.into()));
+    }
     c
 }
 
