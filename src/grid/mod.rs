@@ -69,7 +69,10 @@
 //! of the wrong type, unknown methods / merges / tasks, unknown models, missing model files,
 //! zips of unequal lengths, excludes that match nothing, pruned runs without a target,
 //! recovery (`[base.recovery]`, axes such as `"recovery.method" = ["none", "lora"]`)
-//! without a pruned model or with settings that cannot train.
+//! without a pruned model or with settings that cannot train, task data or perplexity
+//! texts (`eval.task_paths`, `eval.ppl_texts`) that do not exist, and a key a sub-grid
+//! sets (its base or an axis) that none of its runs reads (`recovery.lr` under LoRA,
+//! `prune.merge` under ShortGPT; the shared `[base]` is exempt).
 
 use crate::distill::{LossKind, RecoveryConfig};
 use crate::error::{Error, Result};
