@@ -117,8 +117,7 @@ impl Default for EvalConfig {
 
 /// Identity v1: every field under its serde name; the perplexity protocol, the extra
 /// corpora, latency, task paths, special tokens and text files only away from their first
-/// default
-/// (they came later).
+/// default (they came later).
 impl Identity for EvalConfig {
     fn identity(&self) -> Value {
         let EvalConfig {

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
 const BIN: &str = env!("CARGO_BIN_EXE_come-repro");
 
 /// A grid of 5 quick runs on stories260K (dense + 4 prunes), each a second or two.
@@ -720,14 +722,11 @@ stories = {{ llama2c = "{m}/stories260K/stories260K.bin", tokenizer = "{m}/stori
     )
     .unwrap();
     let db = d.path().join("store.sqlite");
-    let out = grid_command(d.path(), &grid, &db)
-        .env("OWN_DATA", d.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    common::bin::ok(
+        grid_command(d.path(), &grid, &db)
+            .env("OWN_DATA", d.path())
+            .output()
+            .unwrap(),
     );
     let store = Store::open(&db).unwrap();
     let runs = store.runs(&RunFilter::default()).unwrap();
