@@ -228,6 +228,10 @@ fn export_round_trips_and_is_idempotent() {
     assert_eq!(tags["come.config_hash"], ra.hash);
     assert_eq!(tags["mlflow.source.git.commit"], "0123abcd");
     assert_eq!(tags["come.status"], "finished");
+    assert_eq!(
+        tags["come.identity_version"],
+        come_repro::experiment::IDENTITY_VERSION.to_string()
+    );
     let parent = tags["mlflow.parentRunId"].clone();
     let parent_run = c.get_run(&parent).unwrap()["run"].clone();
     assert_eq!(parent_run["info"]["status"], "FINISHED");

@@ -635,3 +635,107 @@ fn threads_share_one_store() {
         .collect();
     check_all_finished_once(&path, &finished);
 }
+
+/// A store as the previous schema (version 2) left it: this schema without the column
+/// version 3 added. Built from a current store, as SQLite can drop the column again.
+fn version_2_store(path: &Path) {
+    let s = Store::open(path).unwrap();
+    let Claim::Run(id) = s.claim(&run(1), false).unwrap() else {
+        panic!("a new run must be claimed")
+    };
+    let doc = come_repro::track::DocScore {
+        task: "piqa".into(),
+        doc_id: 7,
+        acc: 1.0,
+        acc_norm: 0.0,
+    };
+    s.finish_scored(id, &metrics(0.5), &[], &[doc]).unwrap();
+    drop(s);
+    raw(path)
+        .execute_batch("ALTER TABLE runs DROP COLUMN identity_version; PRAGMA user_version = 2;")
+        .unwrap();
+}
+
+#[test]
+fn reading_leaves_a_store_as_it_is_and_writing_migrates_it() {
+    let identity = i64::from(come_repro::experiment::IDENTITY_VERSION);
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("old.sqlite");
+    version_2_store(&p);
+    let before = std::fs::read(&p).unwrap();
+
+    // Reading: the old file is read as it is, nothing is written, no side files remain.
+    let s = Store::open_read(&p).unwrap();
+    assert_eq!(s.schema_version(), 2);
+    let rows = s.runs(&RunFilter::default()).unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        (rows[0].status, rows[0].identity_version),
+        (Status::Finished, 1)
+    );
+    assert_eq!(s.doc_scores(rows[0].id).unwrap().len(), 1);
+    assert_eq!(s.metrics(rows[0].id).unwrap().len(), 4);
+    // A write through a reading handle is refused by SQLite, not carried out.
+    assert!(s.register(&[run(2)]).is_err());
+    drop(s);
+    assert!(
+        std::fs::read(&p).unwrap() == before,
+        "reading changed the file"
+    );
+    for side in ["old.sqlite-wal", "old.sqlite-shm"] {
+        assert!(!d.path().join(side).exists(), "{side} left behind");
+    }
+
+    // Merging the old store into a new one copies its runs and documents as they are.
+    let merged = Store::open(d.path().join("merged.sqlite")).unwrap();
+    let r = merged.merge_from(&p).unwrap();
+    assert_eq!(r.added, 1);
+    let m = merged.runs(&RunFilter::default()).unwrap();
+    assert_eq!(
+        (m[0].hash.as_str(), m[0].identity_version),
+        (rows[0].hash.as_str(), 1)
+    );
+    assert_eq!(merged.doc_scores(m[0].id).unwrap().len(), 1);
+    assert!(
+        std::fs::read(&p).unwrap() == before,
+        "merging changed the shard"
+    );
+
+    // Writing: opening migrates; old runs keep version 1, new runs get this binary's.
+    let s = Store::open(&p).unwrap();
+    assert_eq!(s.schema_version(), SCHEMA_VERSION);
+    s.register(&[run(2)]).unwrap();
+    let rows = s.runs(&RunFilter::default()).unwrap();
+    let versions: Vec<i64> = rows.iter().map(|r| r.identity_version).collect();
+    assert_eq!(versions, vec![1, identity]);
+    assert_eq!(
+        Store::open_read(&p).unwrap().schema_version(),
+        SCHEMA_VERSION
+    );
+}
+
+#[test]
+fn reading_a_missing_or_empty_store_is_an_error_not_a_new_store() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("typo/come.sqlite");
+    let e = Store::open_read(&p).unwrap_err();
+    assert!(matches!(e, StoreError::Missing { .. }), "{e}");
+    assert!(e.to_string().contains("typo/come.sqlite"), "{e}");
+    assert!(
+        !d.path().join("typo").exists(),
+        "reading created a directory"
+    );
+
+    let p = d.path().join("empty.sqlite");
+    std::fs::write(&p, b"").unwrap();
+    let e = Store::open_read(&p).unwrap_err();
+    assert!(e.to_string().contains("empty"), "{e}");
+    assert_eq!(std::fs::metadata(&p).unwrap().len(), 0);
+
+    let p = d.path().join("notes.txt");
+    std::fs::write(&p, "not a database").unwrap();
+    assert!(matches!(
+        Store::open_read(&p),
+        Err(StoreError::NotSqlite { .. })
+    ));
+}

@@ -2,7 +2,7 @@
 //! stored under: the report reads typed configs, and a change to the config types that
 //! would orphan stored runs fails here.
 
-use come_repro::experiment::Experiment;
+use come_repro::experiment::{Experiment, IDENTITY_VERSION};
 use come_repro::track::{RunFilter, Store};
 use std::path::Path;
 
@@ -24,17 +24,34 @@ fn committed_runs_read_back_as_typed_experiments_with_their_hashes() {
     assert!(!stores.is_empty(), "no committed stores under results/");
     let mut n = 0;
     for db in &stores {
-        // A copy: opening may migrate, and the committed file must stay as it is.
+        // A copy, as a grid may be writing the committed file; reading must leave it as it is.
         let dir = tempfile::tempdir().unwrap();
         let copy = dir.path().join("store.sqlite");
         std::fs::copy(db, &copy).unwrap();
-        let store = Store::open(&copy).unwrap();
-        for r in store.runs(&RunFilter::default()).unwrap() {
+        let before = std::fs::read(&copy).unwrap();
+        let store = Store::open_read(&copy).unwrap();
+        let runs = store.runs(&RunFilter::default()).unwrap();
+        drop(store);
+        assert!(
+            std::fs::read(&copy).unwrap() == before,
+            "{}: reading changed the file",
+            db.display()
+        );
+        for r in runs {
             let exp = Experiment::from_value(r.config.clone())
                 .unwrap_or_else(|e| panic!("{}: run {} ({}): {e}", db.display(), r.id, r.name));
             assert_eq!(
                 exp.hash(),
                 r.hash,
+                "{}: run {} ({})",
+                db.display(),
+                r.id,
+                r.name
+            );
+            // The hash recomputes with this binary's recipe, so the store must say so.
+            assert_eq!(
+                r.identity_version,
+                i64::from(IDENTITY_VERSION),
                 "{}: run {} ({})",
                 db.display(),
                 r.id,

@@ -75,7 +75,7 @@ pub fn show(a: &GridArgs, spec: &GridSpec) -> Result<()> {
         a.db.clone()
             .unwrap_or_else(|| PathBuf::from(come_repro::track::store::DEFAULT_PATH));
     if main.exists() {
-        let s = Store::open(&main)?;
+        let s = Store::open_read(&main)?;
         let c = counts(&s, &all, &mut finished_anywhere)?;
         println!("{}", line(&main.display().to_string(), &c, all.len()));
     }
@@ -101,7 +101,7 @@ pub fn show(a: &GridArgs, spec: &GridSpec) -> Result<()> {
             .filter(|(_, s)| **s == shard.index)
             .map(|(r, _)| r)
             .collect();
-        let s = Store::open(&path)?;
+        let s = Store::open_read(&path)?;
         let c = counts(&s, &mine, &mut finished_anywhere)?;
         println!("{}", line(&path.display().to_string(), &c, mine.len()));
         any_failed |= c.contains_key(Status::Failed.as_str());

@@ -120,6 +120,13 @@ pub fn merge(shards: &[PathBuf], into: &std::path::Path) -> Result<Store> {
 }
 
 pub fn run(cmd: RunsCmd) -> Result<()> {
+    // A listing piped into `head` ends quietly when the reader goes, as other Unix tools
+    // do, instead of panicking on the closed pipe; nothing here is left half-written by it
+    // (merges are one transaction).
+    // SAFETY: resets one signal's disposition before any thread is started.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     match cmd {
         RunsCmd::Merge { shards, into } => merge(&shards, &into).map(|_| ()),
         RunsCmd::Ls { db, status, name } => ls(&db, status, name),
@@ -145,7 +152,7 @@ pub fn run(cmd: RunsCmd) -> Result<()> {
 }
 
 fn ls(db: &Path, status: Option<String>, name: Option<String>) -> Result<()> {
-    let s = Store::open(db)?;
+    let s = Store::open_read(db)?;
     let status = match status {
         Some(x) => Some(Status::parse(&x).ok_or_else(|| anyhow::anyhow!("unknown status `{x}`"))?),
         None => None,
@@ -179,13 +186,14 @@ fn ls(db: &Path, status: Option<String>, name: Option<String>) -> Result<()> {
 
 /// One run: config, stages, metrics, artifacts, environment.
 fn show(id: i64, db: &Path) -> Result<()> {
-    let s = Store::open(db)?;
+    let s = Store::open_read(db)?;
     let r = s.run(id)?;
     println!(
-        "run {} ({}) {}: {}",
+        "run {} ({}) {} (identity version {}): {}",
         r.id,
         r.status.as_str(),
         r.hash,
+        r.identity_version,
         r.name
     );
     if let Some(e) = &r.error {
@@ -226,7 +234,7 @@ fn show(id: i64, db: &Path) -> Result<()> {
 }
 
 fn diff(a: i64, b: i64, db: &Path) -> Result<()> {
-    let s = Store::open(db)?;
+    let s = Store::open_read(db)?;
     let d = s.diff(a, b)?;
     println!(
         "{:<40} {:>20} {:>20}",
@@ -254,7 +262,7 @@ fn compare(
     resamples: usize,
     seed: u64,
 ) -> Result<()> {
-    let s = Store::open(db)?;
+    let s = Store::open_read(db)?;
     let conv = come_repro::report::Convention::parse(convention)?;
     seed_replicates(&s, a)?;
     seed_replicates(&s, b)?;
@@ -279,7 +287,7 @@ fn export(
     experiment: &str,
     tables: &[PathBuf],
 ) -> Result<()> {
-    let s = Store::open(db)?;
+    let s = Store::open_read(db)?;
     match (csv, parquet, mlflow) {
         (Some(p), _, _) => s.export_csv(&p)?,
         (None, Some(p), _) => s.export_parquet(&p)?,

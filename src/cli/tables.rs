@@ -36,7 +36,7 @@ pub fn run(a: TablesArgs) -> Result<()> {
     }
     let merged = tempfile::tempdir()?;
     let store = match a.db.as_slice() {
-        [one] => Store::open(one)?,
+        [one] => Store::open_read(one)?,
         many => super::runs::merge(many, &merged.path().join("merged.sqlite"))?,
     };
     let published = if a.paper.exists() {

@@ -6,7 +6,9 @@
 //! two finished copies with the same metrics are one run; two finished copies whose
 //! metrics differ are reported and the target's is kept. Merging the same shard twice
 //! therefore changes nothing. A copied `running` run becomes `interrupted`: no process
-//! owns it in the target.
+//! owns it in the target. A shard of an older schema version is read as it is, never
+//! migrated: what it predates takes the target's defaults (identity version 1, no
+//! per-document scores).
 
 use super::store::{Result, Status, Store, StoreError, SCHEMA_VERSION};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
@@ -33,9 +35,11 @@ pub struct Conflict {
     pub differences: Vec<String>,
 }
 
-/// The columns of `runs` copied as they are (everything but the id).
+/// The columns of `runs` copied as they are (everything but the id), in a shard of
+/// schema version 2 or older; version 3 adds [`RUN_COPY_V3`].
 const RUN_COPY: &str =
     "hash, name, subgrid, status, config, created, started, finished, heartbeat, error, pid, host, attempts";
+const RUN_COPY_V3: &str = "identity_version";
 
 /// Child tables and their columns besides `run_id`.
 const CHILDREN: &[(&str, &str)] = &[
@@ -54,15 +58,15 @@ type Metrics = Vec<(String, String, String, i64, f64, Option<f64>)>;
 
 impl Store {
     /// Fold the store at `shard` into this one (see the module documentation), in one
-    /// transaction. A shard of another schema version, or not a run store, is refused.
+    /// transaction. A shard newer than this binary, or not a run store, is refused.
     pub fn merge_from(&self, shard: &Path) -> Result<MergeReport> {
-        check_shard(shard)?;
+        let version = check_shard(shard)?;
         let op = format!("merge {}", shard.display());
         let att = |e| self.sql_err(&op, e);
         self.connection()
             .execute("ATTACH DATABASE ?1 AS shard", [shard.to_string_lossy()])
             .map_err(att)?;
-        let report = self.write_tx(&op, |tx| self.merge_attached(tx, &op));
+        let report = self.write_tx(&op, |tx| self.merge_attached(tx, &op, version));
         let detached = self
             .connection()
             .execute("DETACH DATABASE shard", [])
@@ -72,7 +76,7 @@ impl Store {
         Ok(report)
     }
 
-    fn merge_attached(&self, tx: &Transaction, op: &str) -> Result<MergeReport> {
+    fn merge_attached(&self, tx: &Transaction, op: &str, version: i64) -> Result<MergeReport> {
         let e = |e| self.sql_err(op, e);
         let mut runs = tx
             .prepare("SELECT id, hash, name, status FROM shard.runs ORDER BY id")
@@ -95,11 +99,11 @@ impl Store {
                 .map_err(e)?;
             match target {
                 None => {
-                    copy_run(tx, sid, None).map_err(e)?;
+                    copy_run(tx, sid, None, version).map_err(e)?;
                     rep.added += 1;
                 }
                 Some((tid, ts)) if ts != Status::Finished.as_str() && finished => {
-                    copy_run(tx, sid, Some(tid)).map_err(e)?;
+                    copy_run(tx, sid, Some(tid), version).map_err(e)?;
                     rep.replaced += 1;
                 }
                 Some((tid, ts)) if ts == Status::Finished.as_str() && finished => {
@@ -122,8 +126,9 @@ impl Store {
     }
 }
 
-/// The shard must be a run store of this schema version; it is opened read-only.
-fn check_shard(shard: &Path) -> Result<()> {
+/// The shard must be a run store no newer than this binary; it is opened read-only.
+/// Returns its schema version.
+fn check_shard(shard: &Path) -> Result<i64> {
     let invalid = |msg: String| StoreError::Invalid {
         path: shard.to_path_buf(),
         msg,
@@ -145,25 +150,39 @@ fn check_shard(shard: &Path) -> Result<()> {
             found: app,
         });
     }
-    if version != SCHEMA_VERSION {
-        return Err(invalid(format!(
-            "store schema version {version}, this binary merges version {SCHEMA_VERSION}: \
-             open it once with the come-repro that matches it (`runs ls --db`) to upgrade, \
-             or merge with that binary"
-        )));
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::TooNew {
+            path: shard.to_path_buf(),
+            found: version,
+            supported: SCHEMA_VERSION,
+        });
     }
-    Ok(())
+    if version < 1 {
+        return Err(invalid("not a run store (schema version 0)".into()));
+    }
+    Ok(version)
 }
 
 /// Copy shard run `sid` into the target: as a new run, or over run `tid` (whose
-/// children are replaced).
-fn copy_run(tx: &Transaction, sid: i64, tid: Option<i64>) -> rusqlite::Result<()> {
+/// children are replaced). `version` is the shard's schema version.
+fn copy_run(tx: &Transaction, sid: i64, tid: Option<i64>, version: i64) -> rusqlite::Result<()> {
+    let run_copy = if version >= 3 {
+        format!("{RUN_COPY}, {RUN_COPY_V3}")
+    } else {
+        RUN_COPY.to_string()
+    };
+    // The docs table arrived with version 2.
+    let children = || {
+        CHILDREN
+            .iter()
+            .filter(move |(t, _)| version >= 2 || *t != "docs")
+    };
     let id = match tid {
         Some(tid) => {
             for (t, _) in CHILDREN {
                 tx.execute(&format!("DELETE FROM {t} WHERE run_id = ?1"), [tid])?;
             }
-            let sets: Vec<String> = RUN_COPY
+            let sets: Vec<String> = run_copy
                 .split(", ")
                 .filter(|c| *c != "hash")
                 .map(|c| format!("{c} = (SELECT {c} FROM shard.runs WHERE id = ?1)"))
@@ -177,7 +196,7 @@ fn copy_run(tx: &Transaction, sid: i64, tid: Option<i64>) -> rusqlite::Result<()
         None => {
             tx.execute(
                 &format!(
-                    "INSERT INTO runs ({RUN_COPY}) SELECT {RUN_COPY} FROM shard.runs WHERE id = ?1"
+                    "INSERT INTO runs ({run_copy}) SELECT {run_copy} FROM shard.runs WHERE id = ?1"
                 ),
                 [sid],
             )?;
@@ -189,7 +208,7 @@ fn copy_run(tx: &Transaction, sid: i64, tid: Option<i64>) -> rusqlite::Result<()
         "UPDATE runs SET status = 'interrupted', pid = NULL, host = NULL WHERE id = ?1 AND status = 'running'",
         [id],
     )?;
-    for (t, cols) in CHILDREN {
+    for (t, cols) in children() {
         tx.execute(
             &format!("INSERT INTO {t} (run_id, {cols}) SELECT ?1, {cols} FROM shard.{t} WHERE run_id = ?2"),
             params![id, sid],

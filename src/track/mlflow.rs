@@ -3,7 +3,8 @@
 //!
 //! Each store run becomes one MLflow run under a parent run for the store: params are the
 //! resolved config's dotted keys, metrics every stored metric (with its step; standard
-//! errors as `<key>_stderr`), tags the config hash (`come.config_hash`), the git commit
+//! errors as `<key>_stderr`), tags the config hash (`come.config_hash`) with its identity
+//! version (`come.identity_version`), the git commit
 //! (`mlflow.source.git.commit`), the stage records (`come.stage.<name>`) and the run's
 //! environment. Files the run recorded as artifacts go through the server's artifact proxy
 //! (`mlflow-artifacts:` runs) where it offers one.
@@ -359,6 +360,8 @@ pub struct ExportReport {
 pub const PARENT_TAG: &str = "come.store";
 pub const HASH_TAG: &str = "come.config_hash";
 pub const STATUS_TAG: &str = "come.status";
+/// The identity recipe the config hash was computed with.
+pub const IDENTITY_TAG: &str = "come.identity_version";
 
 /// Export every run of `store` into experiment `experiment` of the server `client`; the
 /// files under `tables` (files or directories, e.g. what `tables --out` wrote) go to the
@@ -490,6 +493,7 @@ fn run_tags(store: &Store, run: &RunRow, parent: &str) -> Result<Vec<(String, St
     let mut tags: BTreeMap<String, String> = BTreeMap::new();
     tags.insert(HASH_TAG.into(), run.hash.clone());
     tags.insert(STATUS_TAG.into(), run.status.as_str().into());
+    tags.insert(IDENTITY_TAG.into(), run.identity_version.to_string());
     tags.insert("mlflow.runName".into(), run.name.clone());
     tags.insert("mlflow.parentRunId".into(), parent.into());
     tags.insert("come.store_run_id".into(), run.id.to_string());

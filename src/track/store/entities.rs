@@ -163,6 +163,9 @@ pub struct RunRow {
     pub pid: Option<i64>,
     pub host: Option<String>,
     pub attempts: i64,
+    /// The identity recipe `hash` was computed with ([`crate::experiment::IDENTITY_VERSION`]
+    /// when this binary registered it).
+    pub identity_version: i64,
 }
 
 /// Selects runs in [`Store::runs`]; empty fields match everything.

@@ -6,6 +6,10 @@ use super::*;
 pub enum StoreError {
     #[error("{path}: not an SQLite database (wrong header); expected a run store such as results/come.sqlite")]
     NotSqlite { path: PathBuf },
+    #[error(
+        "{path}: no run store here (run a grid into it first, or check the path given to --db)"
+    )]
+    Missing { path: PathBuf },
     #[error("{path}: corrupt or unreadable SQLite database: {msg}")]
     Corrupt { path: PathBuf, msg: String },
     #[error("{path}: an SQLite database of another application (application_id {found:#x}, expected {expected:#x}); refusing to use it as the run store", expected = APPLICATION_ID)]

@@ -55,8 +55,8 @@ impl Store {
         let now = now_rfc3339();
         let running = status == Status::Running;
         tx.execute(
-            "INSERT INTO runs (hash, name, subgrid, status, config, created, started, heartbeat, pid, host, attempts)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?9, ?10)",
+            "INSERT INTO runs (hash, name, subgrid, status, config, created, started, heartbeat, pid, host, attempts, identity_version)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?9, ?10, ?11)",
             params![
                 r.hash,
                 r.name,
@@ -68,6 +68,7 @@ impl Store {
                 running.then_some(self.pid),
                 running.then_some(&self.host),
                 i64::from(running),
+                crate::experiment::IDENTITY_VERSION,
             ],
         )
         .map_err(e)?;

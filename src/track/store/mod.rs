@@ -1,11 +1,11 @@
 //! The run store: one SQLite file (default `results/come.sqlite`) shared by every process
 //! that runs a grid.
 //!
-//! Schema (version 2; `PRAGMA user_version`, `PRAGMA application_id` = [`APPLICATION_ID`]):
+//! Schema (version 3; `PRAGMA user_version`, `PRAGMA application_id` = [`APPLICATION_ID`]):
 //!
 //! | table | columns |
 //! |---|---|
-//! | `runs` | `id` pk, `hash` unique, `name`, `subgrid`, `status` (pending, running, finished, failed, interrupted), `config` (canonical JSON of the Experiment), `created` / `started` / `finished` / `heartbeat` (RFC 3339 UTC), `error`, `pid`, `host` (the owner while running), `attempts` |
+//! | `runs` | `id` pk, `hash` unique, `identity_version` (v3: the recipe `hash` was computed with, [`crate::experiment::IDENTITY_VERSION`]), `name`, `subgrid`, `status` (pending, running, finished, failed, interrupted), `config` (canonical JSON of the Experiment), `created` / `started` / `finished` / `heartbeat` (RFC 3339 UTC), `error`, `pid`, `host` (the owner while running), `attempts` |
 //! | `params` | `run_id`, `key` (dotted path), `value` (JSON) |
 //! | `metrics` | `run_id`, `task`, `name`, `value`, `stderr`, `context`, `step`; unique per (run, task, name, context, step). Naming: [`crate::names`] |
 //! | `artifacts` | `run_id`, `path`, `sha256`, `kind` (see [`kinds`]), `bytes` |
@@ -68,6 +68,8 @@ pub struct Store {
     host: String,
     stale_after: Duration,
     busy_limit: Duration,
+    /// See [`Store::schema_version`].
+    schema: i64,
 }
 
 impl std::fmt::Debug for Store {
@@ -92,30 +94,60 @@ impl Store {
                 cause: e,
             })?;
         }
+        check_header(&path)?;
+        let conn = Connection::open(&path).map_err(|e| classify(&path, "open", e))?;
+        let mut store = Store::new(conn, path)?;
+        store.init()?;
+        store.schema = SCHEMA_VERSION;
+        Ok(store)
+    }
+
+    /// Open an existing store for reading (what `tables`, `runs ls` and other reading
+    /// commands use): a missing file is an error rather than a new empty store, and the
+    /// file is neither migrated nor written (`PRAGMA query_only`), so a committed store
+    /// stays byte for byte what it was. Older schema versions are read as they are: what
+    /// they predate reads as absent (no per-document scores before version 2, identity
+    /// version 1 before version 3).
+    pub fn open_read(path: impl AsRef<Path>) -> Result<Store> {
+        let path = path.as_ref().to_path_buf();
         match std::fs::metadata(&path) {
-            Ok(m) if m.is_dir() => {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(StoreError::Missing { path })
+            }
+            Ok(m) if m.is_file() && m.len() == 0 => {
                 return Err(StoreError::Invalid {
                     path,
-                    msg: "is a directory, expected an SQLite file".into(),
+                    msg: "is an empty file, not a run store".into(),
                 })
-            }
-            Ok(m) if m.len() > 0 => {
-                let mut head = [0u8; 16];
-                let mut f = std::fs::File::open(&path).map_err(|e| StoreError::Io {
-                    path: path.clone(),
-                    cause: e,
-                })?;
-                let n = read_up_to(&mut f, &mut head).map_err(|e| StoreError::Io {
-                    path: path.clone(),
-                    cause: e,
-                })?;
-                if n < 16 || &head != SQLITE_HEADER {
-                    return Err(StoreError::NotSqlite { path });
-                }
             }
             _ => {}
         }
-        let conn = Connection::open(&path).map_err(|e| classify(&path, "open", e))?;
+        check_header(&path)?;
+        // Read-write without create (read-only where the OS forbids writing): a read-only
+        // connection could not remove the WAL side files when it closes.
+        let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
+            | rusqlite::OpenFlags::SQLITE_OPEN_URI
+            | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn =
+            Connection::open_with_flags(&path, flags).map_err(|e| classify(&path, "open", e))?;
+        let mut store = Store::new(conn, path)?;
+        store
+            .conn
+            .pragma_update(None, "query_only", "ON")
+            .map_err(|e| store.err("open for reading", e))?;
+        let (app, version, tables) = store.retry("read the store header", |c| store.identity(c))?;
+        if app == 0 && version == 0 && tables == 0 {
+            return Err(StoreError::Invalid {
+                path: store.path.clone(),
+                msg: "is an empty SQLite database, not a run store".into(),
+            });
+        }
+        store.check_identity(app, version, tables)?;
+        store.schema = version;
+        Ok(store)
+    }
+
+    fn new(conn: Connection, path: PathBuf) -> Result<Store> {
         let store = Store {
             conn,
             path,
@@ -123,13 +155,19 @@ impl Store {
             host: super::env::hostname(),
             stale_after: Duration::from_secs(10 * 60),
             busy_limit: Duration::from_secs(120),
+            schema: 0,
         };
         store
             .conn
             .busy_timeout(Duration::from_secs(5))
             .map_err(|e| store.err("busy_timeout", e))?;
-        store.init()?;
         Ok(store)
+    }
+
+    /// The schema version of the open file: [`SCHEMA_VERSION`] once opened for writing
+    /// (which migrates it), the file's own version when opened for reading.
+    pub fn schema_version(&self) -> i64 {
+        self.schema
     }
 
     pub fn path(&self) -> &Path {
@@ -203,6 +241,32 @@ impl Store {
             tx.commit().map_err(|e| self.err(op, e))?;
             Ok(v)
         })
+    }
+}
+
+/// A non-empty file must start with SQLite's header; a directory is refused.
+fn check_header(path: &Path) -> Result<()> {
+    let io = |cause| StoreError::Io {
+        path: path.to_path_buf(),
+        cause,
+    };
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => Err(StoreError::Invalid {
+            path: path.to_path_buf(),
+            msg: "is a directory, expected an SQLite file".into(),
+        }),
+        Ok(m) if m.len() > 0 => {
+            let mut head = [0u8; 16];
+            let mut f = std::fs::File::open(path).map_err(io)?;
+            let n = read_up_to(&mut f, &mut head).map_err(io)?;
+            if n < 16 || &head != SQLITE_HEADER {
+                return Err(StoreError::NotSqlite {
+                    path: path.to_path_buf(),
+                });
+            }
+            Ok(())
+        }
+        _ => Ok(()),
     }
 }
 

@@ -3,7 +3,7 @@
 
 use super::*;
 
-pub(super) const RUN_COLUMNS: &str =
+const RUN_COLUMNS: &str =
     "id, hash, name, subgrid, status, config, created, started, finished, heartbeat, error, pid, host, attempts";
 
 pub(super) struct RawRun {
@@ -21,6 +21,7 @@ pub(super) struct RawRun {
     pid: Option<i64>,
     host: Option<String>,
     attempts: i64,
+    identity_version: i64,
 }
 
 pub(super) fn raw_run(r: &rusqlite::Row) -> rusqlite::Result<RawRun> {
@@ -39,6 +40,7 @@ pub(super) fn raw_run(r: &rusqlite::Row) -> rusqlite::Result<RawRun> {
         pid: r.get(11)?,
         host: r.get(12)?,
         attempts: r.get(13)?,
+        identity_version: r.get(14)?,
     })
 }
 
@@ -53,6 +55,17 @@ pub(super) fn stage_row(r: &rusqlite::Row) -> rusqlite::Result<StageRecord> {
 }
 
 impl Store {
+    /// The columns `raw_run` reads; a store older than schema 3 has no identity version
+    /// column and every run in it was hashed with version 1.
+    fn run_columns(&self) -> String {
+        let identity = if self.schema >= 3 {
+            "identity_version"
+        } else {
+            "1"
+        };
+        format!("{RUN_COLUMNS}, {identity}")
+    }
+
     pub fn stages(&self, id: i64) -> Result<Vec<StageRecord>> {
         self.retry("read stages", |c| {
             let e = |e| self.err("read stages", e);
@@ -83,7 +96,10 @@ impl Store {
         let rows = self.retry("list runs", |c| {
             let e = |e| self.err("list runs", e);
             let mut st = c
-                .prepare(&format!("SELECT {RUN_COLUMNS} FROM runs ORDER BY id"))
+                .prepare(&format!(
+                    "SELECT {} FROM runs ORDER BY id",
+                    self.run_columns()
+                ))
                 .map_err(e)?;
             let rows = st.query_map([], raw_run).map_err(e)?;
             rows.collect::<std::result::Result<Vec<_>, _>>().map_err(e)
@@ -114,7 +130,7 @@ impl Store {
     pub fn run(&self, id: i64) -> Result<RunRow> {
         let raw = self.retry("read run", |c| {
             c.query_row(
-                &format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1"),
+                &format!("SELECT {} FROM runs WHERE id = ?1", self.run_columns()),
                 [id],
                 raw_run,
             )
@@ -133,7 +149,7 @@ impl Store {
     pub fn run_by_hash(&self, hash: &str) -> Result<Option<RunRow>> {
         let raw = self.retry("read run", |c| {
             c.query_row(
-                &format!("SELECT {RUN_COLUMNS} FROM runs WHERE hash = ?1"),
+                &format!("SELECT {} FROM runs WHERE hash = ?1", self.run_columns()),
                 [hash],
                 raw_run,
             )
@@ -167,6 +183,7 @@ impl Store {
             pid: r.pid,
             host: r.host,
             attempts: r.attempts,
+            identity_version: r.identity_version,
         })
     }
 
@@ -195,6 +212,9 @@ impl Store {
 
     /// Per-document scores of a run, by task and document.
     pub fn doc_scores(&self, id: i64) -> Result<Vec<DocScore>> {
+        if self.schema < 2 {
+            return Ok(vec![]); // stores before version 2 kept no per-document scores
+        }
         self.retry("read document scores", |c| {
             let e = |e| self.err("read document scores", e);
             let mut st = c

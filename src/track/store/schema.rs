@@ -81,6 +81,9 @@ pub(super) const MIGRATIONS: &[&str] = &[
         acc_norm REAL NOT NULL,
         PRIMARY KEY (run_id, task, doc_id)
     );",
+    // v3: the identity recipe each run's hash was computed with
+    // (`experiment::IDENTITY_VERSION`); every run before it was hashed with version 1.
+    "ALTER TABLE runs ADD COLUMN identity_version INTEGER NOT NULL DEFAULT 1;",
 ];
 
 pub(super) const SQLITE_HEADER: &[u8; 16] = b"SQLite format 3\0";
