@@ -68,6 +68,33 @@ pub fn score_pairs(model: &Model, hidden: &Tensor, pairs: &[Pair]) -> Result<Vec
     Ok(out)
 }
 
+/// Per row of a tile's logits: its maximum and the sum of exp(logit - max).
+fn max_sumexp(mut logits: Tensor) -> (Tensor, Tensor) {
+    // One pass per row, in cache (at one thread on CPU).
+    if let Some(ms) = crate::model::fused::max_sumexp(&logits) {
+        return ms;
+    }
+    // The logits are not read again: exp(logit - max) in place.
+    let mx = logits.amax([-1i64].as_slice(), true);
+    let _ = logits.g_sub_(&mx);
+    let _ = logits.exp_();
+    let sums = logits.sum_dim_intlist(-1, false, logits.kind());
+    (mx.squeeze_dim(-1), sums)
+}
+
+/// log-sum-exp over the tiles in f64 (max over tiles M, then log(sum_t s_t e^(m_t - M)) +
+/// M), with the first tile that holds each row's maximum.
+fn log_sum_exp(maxes: &[Tensor], sums: &[Tensor]) -> (Tensor, Tensor) {
+    let maxes = Tensor::stack(maxes, 1).to_kind(Kind::Double);
+    let sums = Tensor::stack(sums, 1).to_kind(Kind::Double);
+    let (top, top_tile) = maxes.max_dim(1, false);
+    let lse = ((maxes - top.unsqueeze(1)).exp() * sums)
+        .sum_dim_intlist(1, false, Kind::Double)
+        .log()
+        + top;
+    (lse, top_tile)
+}
+
 /// One block of rows starting at `s0`: `mine` are the pairs (indices into `pairs`) whose
 /// row lies in it, in row order.
 fn score_block(
@@ -95,7 +122,7 @@ fn score_block(
         let n = tile.min(vocab - v0);
         let logits = normed.linear::<&Tensor>(&weight.narrow(0, v0, n), None);
         // Half-precision logits are upcast for the log-softmax; f64 stays f64.
-        let mut logits = match logits.kind() {
+        let logits = match logits.kind() {
             Kind::Double => logits,
             _ => logits.to_kind(Kind::Float),
         };
@@ -114,31 +141,12 @@ fn score_block(
             tile_of.extend(std::iter::repeat_n(maxes.len() as i64, which.len()));
             picked_of.extend(which);
         }
-        match crate::model::fused::max_sumexp(&logits) {
-            // One pass per row, in cache (at one thread on CPU).
-            Some((m, s)) => {
-                maxes.push(m);
-                sums.push(s);
-            }
-            None => {
-                // The logits are not read again: exp(logit - max) in place.
-                let mx = logits.amax([-1i64].as_slice(), true);
-                let _ = logits.g_sub_(&mx);
-                let _ = logits.exp_();
-                sums.push(logits.sum_dim_intlist(-1, false, logits.kind()));
-                maxes.push(mx.squeeze_dim(-1));
-            }
-        }
+        let (m, s) = max_sumexp(logits);
+        maxes.push(m);
+        sums.push(s);
         v0 += n;
     }
-    // log-sum-exp over the tiles, in f64: max over tiles M, then log(sum_t s_t e^(m_t - M)) + M.
-    let maxes = Tensor::stack(&maxes, 1).to_kind(Kind::Double);
-    let sums = Tensor::stack(&sums, 1).to_kind(Kind::Double);
-    let (top, top_tile) = maxes.max_dim(1, false);
-    let lse = ((maxes - top.unsqueeze(1)).exp() * sums)
-        .sum_dim_intlist(1, false, Kind::Double)
-        .log()
-        + top;
+    let (lse, top_tile) = log_sum_exp(&maxes, &sums);
     let lse = Vec::<f64>::try_from(lse.index_select(0, &local_t).to_device(Device::Cpu))?;
     let top_tile = Vec::<i64>::try_from(top_tile.index_select(0, &local_t).to_device(Device::Cpu))?;
     let target = Vec::<f64>::try_from(

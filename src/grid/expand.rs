@@ -54,16 +54,6 @@ impl GridSpec {
     ) -> SubGrid {
         let mut base = top.base.clone();
         deep_merge(&mut base, sub.base.clone());
-        let mut own_keys: Vec<String> =
-            crate::experiment::flatten(&Value::Object(sub.base.clone()))
-                .into_keys()
-                .collect();
-        own_keys.extend(
-            sub.axes
-                .iter()
-                .chain(&sub.zips)
-                .flat_map(|d| d.keys.clone()),
-        );
         let model_loc = if sub.base.contains_key("model") {
             sub.model_loc
         } else {
@@ -93,22 +83,7 @@ impl GridSpec {
         }
         dims.extend(top.zips.iter().cloned());
         dims.extend(sub.zips.iter().cloned());
-        // A key may be set by one dimension only.
-        let mut seen: HashMap<&str, usize> = HashMap::new();
-        for (i, d) in dims.iter().enumerate() {
-            for k in &d.keys {
-                if let Some(j) = seen.insert(k, i) {
-                    if j != i {
-                        let at = d
-                            .rows
-                            .first()
-                            .and_then(|r| r.first())
-                            .map_or(loc, |(_, l)| *l);
-                        diags.push(at, k, "set by two axes (an axis and a zip, or two zips)");
-                    }
-                }
-            }
-        }
+        one_setter_per_key(&dims, loc, diags);
         let mut excludes = shared_excludes.to_vec();
         for x in &sub.excludes {
             self.excludes.push(x.clone());
@@ -120,7 +95,7 @@ impl GridSpec {
             base,
             model_loc,
             dims,
-            own_keys,
+            own_keys: own_keys(sub),
             excludes,
             dense: sub.dense.or(top.dense).unwrap_or(false),
         }
@@ -412,6 +387,39 @@ pub(super) fn disambiguate_names(runs: &mut [RunSpec]) {
     for (r, clash) in runs.iter_mut().zip(left) {
         if clash {
             r.name = format!("{}#{}", r.name, r.hash.get(..8).unwrap_or(&r.hash));
+        }
+    }
+}
+
+/// The keys a sub-grid sets itself: its base's and its axes' (not the shared part's).
+fn own_keys(sub: &Part) -> Vec<String> {
+    let mut keys: Vec<String> = crate::experiment::flatten(&Value::Object(sub.base.clone()))
+        .into_keys()
+        .collect();
+    keys.extend(
+        sub.axes
+            .iter()
+            .chain(&sub.zips)
+            .flat_map(|d| d.keys.clone()),
+    );
+    keys
+}
+
+/// A key may be set by one dimension only (an axis and a zip, or two zips, would fight).
+fn one_setter_per_key(dims: &[Dim], loc: Loc, diags: &mut Diags) {
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for (i, d) in dims.iter().enumerate() {
+        for k in &d.keys {
+            if let Some(j) = seen.insert(k, i) {
+                if j != i {
+                    let at = d
+                        .rows
+                        .first()
+                        .and_then(|r| r.first())
+                        .map_or(loc, |(_, l)| *l);
+                    diags.push(at, k, "set by two axes (an axis and a zip, or two zips)");
+                }
+            }
         }
     }
 }

@@ -100,47 +100,13 @@ pub fn within_rows(
     rows: Rows<'_>,
     mask: Option<&Tensor>,
 ) -> Option<Tensor> {
-    let [1, s, h, d] = q.size()[..] else {
-        return None;
-    };
-    let [1, t, kvh, dk] = k.size()[..] else {
-        return None;
-    };
-    let fits = dk == d
-        && v.size() == k.size()
-        && kvh > 0
-        && h % kvh == 0
-        && d > 0
-        && rows.keys.len() == rows.queries.len()
-        && !rows.keys.contains(&0)
-        && rows.keys.iter().sum::<usize>() == t as usize
-        && rows.queries.iter().sum::<usize>() == s as usize
-        && s.max(t).saturating_mul(h).saturating_mul(d) < c_int::MAX as i64;
-    if !fits || !applies(&[q, k, v]) {
-        return None;
-    }
-    let mask = match mask {
-        None if rows.queries == rows.keys => None,
-        Some(m) if applies(&[m]) => {
-            let size = m.size();
-            let most = |x: &[usize]| x.iter().copied().max().unwrap_or(0) as i64;
-            let [nr, 1, wq, w] = size[..] else {
-                return None;
-            };
-            if nr != rows.keys.len() as i64 || wq < most(rows.queries) || w < most(rows.keys) {
-                return None;
-            }
-            // SAFETY: a contiguous f32 CPU tensor, living through the call.
-            Some((unsafe { floats(m) }, wq as usize, w as usize))
-        }
-        _ => return None,
-    };
+    let (s, h, kvh, d) = shapes(q, k, v, rows)?;
+    let mask = mask_view(mask, rows)?;
     let bounds = key_bounds(rows, mask)?;
     let f = sgemm()?;
-    let out = Tensor::empty([1, s, h * d], (Kind::Float, Device::Cpu));
+    let out = Tensor::empty([1, s, (h * d) as i64], (Kind::Float, Device::Cpu));
     // SAFETY: contiguous f32 CPU tensors living through the call; `out` is fresh.
     let (qs, ks, vs, os) = unsafe { (floats(q), floats(k), floats(v), floats_mut(&out)) };
-    let (h, kvh, d) = (h as usize, kvh as usize, d as usize);
     let (qld, kvld) = (h * d, kvh * d);
     let scale = 1.0 / (d as f32).sqrt();
     let widest = bounds.iter().copied().max().unwrap_or(0);
@@ -198,6 +164,57 @@ pub fn within_rows(
         (q_at, k_at) = (q_at + nq, k_at + nk);
     }
     Some(out)
+}
+
+/// (queries, heads, kv heads, head size) when the inputs fit this path: `[1, S, heads, d]`
+/// queries, keys and values alike `[1, T, kv heads, d]`, the rows covering exactly S
+/// queries and T keys, no empty row, f32 contiguous CPU tensors, sizes BLAS can index.
+fn shapes(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    rows: Rows<'_>,
+) -> Option<(i64, usize, usize, usize)> {
+    let [1, s, h, d] = q.size()[..] else {
+        return None;
+    };
+    let [1, t, kvh, dk] = k.size()[..] else {
+        return None;
+    };
+    let fits = dk == d
+        && v.size() == k.size()
+        && kvh > 0
+        && h % kvh == 0
+        && d > 0
+        && rows.keys.len() == rows.queries.len()
+        && !rows.keys.contains(&0)
+        && rows.keys.iter().sum::<usize>() == t as usize
+        && rows.queries.iter().sum::<usize>() == s as usize
+        && s.max(t).saturating_mul(h).saturating_mul(d) < c_int::MAX as i64;
+    (fits && applies(&[q, k, v])).then_some((s, h as usize, kvh as usize, d as usize))
+}
+
+/// The mask as (values, query width, key width), `Some(None)` where the rows alone define
+/// it (causal, each row's queries are its tokens); None where this path cannot use it.
+fn mask_view<'m>(
+    mask: Option<&'m Tensor>,
+    rows: Rows<'_>,
+) -> Option<Option<(&'m [f32], usize, usize)>> {
+    match mask {
+        None if rows.queries == rows.keys => Some(None),
+        Some(m) if applies(&[m]) => {
+            let most = |x: &[usize]| x.iter().copied().max().unwrap_or(0) as i64;
+            let [nr, 1, wq, w] = m.size()[..] else {
+                return None;
+            };
+            if nr != rows.keys.len() as i64 || wq < most(rows.queries) || w < most(rows.keys) {
+                return None;
+            }
+            // SAFETY: a contiguous f32 CPU tensor, living as long as the borrow.
+            Some(Some((unsafe { floats(m) }, wq as usize, w as usize)))
+        }
+        _ => None,
+    }
 }
 
 /// Per query, how many of its row's first keys it needs: up to its last shown key (its
