@@ -145,8 +145,9 @@ pub fn run(a: GridArgs) -> Result<()> {
     }
     if a.dry_run {
         let runs = select(spec.expand()?, &opts)?;
+        // Planning reads the store; it neither creates nor migrates it.
         let store = if opts.db.exists() {
-            Some(Store::open(&opts.db)?)
+            Some(Store::open_read(&opts.db)?)
         } else {
             None
         };
