@@ -10,8 +10,8 @@
 //! migrated: what it predates takes the target's defaults (identity version 1, no
 //! per-document scores).
 
-use super::store::{Result, Status, Store, StoreError, SCHEMA_VERSION};
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
+use super::store::{Result, Status, Store, StoreError};
+use rusqlite::{params, OptionalExtension, Transaction};
 use std::path::Path;
 
 /// What one merge did.
@@ -126,39 +126,15 @@ impl Store {
     }
 }
 
-/// The shard must be a run store no newer than this binary; it is opened read-only.
-/// Returns its schema version.
+/// The shard must be a run store no newer than this binary: the reading open's checks
+/// (it is neither created nor migrated). Returns its schema version.
 fn check_shard(shard: &Path) -> Result<i64> {
-    let invalid = |msg: String| StoreError::Invalid {
-        path: shard.to_path_buf(),
-        msg,
-    };
-    if !shard.is_file() {
-        return Err(invalid("no such run store".into()));
-    }
-    let c = Connection::open_with_flags(shard, OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .map_err(|e| invalid(format!("cannot open: {e}")))?;
-    let app: i32 = c
-        .pragma_query_value(None, "application_id", |r| r.get(0))
-        .map_err(|e| invalid(format!("not a readable SQLite database: {e}")))?;
-    let version: i64 = c
-        .pragma_query_value(None, "user_version", |r| r.get(0))
-        .map_err(|e| invalid(format!("not a readable SQLite database: {e}")))?;
-    if app != super::store::APPLICATION_ID {
-        return Err(StoreError::Foreign {
-            path: shard.to_path_buf(),
-            found: app,
-        });
-    }
-    if version > SCHEMA_VERSION {
-        return Err(StoreError::TooNew {
-            path: shard.to_path_buf(),
-            found: version,
-            supported: SCHEMA_VERSION,
-        });
-    }
+    let version = Store::open_read(shard)?.schema_version();
     if version < 1 {
-        return Err(invalid("not a run store (schema version 0)".into()));
+        return Err(StoreError::Invalid {
+            path: shard.to_path_buf(),
+            msg: "not a run store (schema version 0)".into(),
+        });
     }
     Ok(version)
 }
