@@ -2,7 +2,8 @@
 //! paper compares against. Each drives the shared [`Pruner`].
 
 use super::merge;
-use super::{best_pair, concat_pair, Method, PairScore, Pruner, Step};
+use super::spec::{Laco, Protect};
+use super::{best_pair, concat_pair, PairScore, Pruner, Step};
 use crate::error::{Error, Result};
 use crate::model::Layer;
 use std::time::Instant;
@@ -63,8 +64,12 @@ fn drop_all(p: &mut Pruner, mut victims: Vec<(usize, f64)>, what: &str) -> Resul
 
 /// CoMe-P: the pair by all-token angular distance, then the split r in {0, 1/G, .., 1}
 /// (0 and 1 drop one layer outright) with the lowest calibration NLL.
-pub fn come_p(p: &mut Pruner, target: usize) -> Result<()> {
-    let g = p.cfg.comep_grid.max(1);
+pub fn come_p(p: &mut Pruner, target: usize, grid: usize) -> Result<()> {
+    let g = grid.max(1);
+    let channels = *p
+        .spec
+        .channels()
+        .ok_or_else(|| Error::Invalid("CoMe-P without a channel choice".into()))?;
     while p.model.n_layers() > target {
         let t0 = Instant::now();
         let (l, s) = best_pair(p, PairScore::SbiAll)?;
@@ -77,7 +82,7 @@ pub fn come_p(p: &mut Pruner, target: usize) -> Result<()> {
             } else if k == g {
                 (p.model.layers[l].shallow_clone(), None)
             } else {
-                let (layer, rec) = concat_pair(p, l, &[r, 1.0 - r])?;
+                let (layer, rec) = concat_pair(p, l, &[r, 1.0 - r], &channels)?;
                 (layer, Some(rec))
             };
             let nll = p.state.nll_with(p.model, l, &[&cand], l + 2)?;
@@ -154,13 +159,9 @@ pub fn reverse(p: &mut Pruner, target: usize) -> Result<()> {
 }
 
 /// Layers allowed to go under the "+" variants (first/last protected).
-fn candidates(p: &Pruner, plus: bool) -> Vec<usize> {
+fn candidates(p: &Pruner, protect: Option<Protect>) -> Vec<usize> {
     let n = p.model.n_layers();
-    let (a, b) = if plus {
-        (p.cfg.protect_first, p.cfg.protect_last)
-    } else {
-        (0, 0)
-    };
+    let (a, b) = protect.map_or((0, 0), |p| (p.first, p.last));
     (a.min(n)..n.saturating_sub(b)).collect()
 }
 
@@ -168,10 +169,10 @@ fn drop_lowest(
     p: &mut Pruner,
     target: usize,
     importance: &[f64],
-    plus: bool,
-    what: &str,
+    protect: Option<Protect>,
 ) -> Result<()> {
-    let mut cand = candidates(p, plus);
+    let what = p.spec.method().name();
+    let mut cand = candidates(p, protect);
     let k = p.model.n_layers() - target;
     if cand.len() < k {
         return Err(Error::Invalid(format!(
@@ -189,7 +190,7 @@ fn drop_lowest(
 }
 
 /// Magnitude: a layer's importance is the mean |w| over its weights.
-pub fn magnitude(p: &mut Pruner, target: usize) -> Result<()> {
+pub fn magnitude(p: &mut Pruner, target: usize, protect: Option<Protect>) -> Result<()> {
     let imp: Vec<f64> = p
         .model
         .layers
@@ -203,12 +204,11 @@ pub fn magnitude(p: &mut Pruner, target: usize) -> Result<()> {
                 / n as f64
         })
         .collect();
-    let plus = p.cfg.method == Method::MagnitudePlus;
-    drop_lowest(p, target, &imp, plus, p.cfg.method.name())
+    drop_lowest(p, target, &imp, protect)
 }
 
 /// Taylor: a layer's importance is sum |w * dL/dw| of the calibration NLL.
-pub fn taylor(p: &mut Pruner, target: usize) -> Result<()> {
+pub fn taylor(p: &mut Pruner, target: usize, protect: Option<Protect>) -> Result<()> {
     let n_layers = p.model.n_layers();
     let mut imp = vec![0f64; n_layers];
     let leaves: Vec<Vec<Tensor>> = p
@@ -252,8 +252,7 @@ pub fn taylor(p: &mut Pruner, target: usize) -> Result<()> {
             let _ = w.set_requires_grad(false);
         }
     }
-    let plus = p.cfg.method == Method::TaylorPlus;
-    drop_lowest(p, target, &imp, plus, p.cfg.method.name())
+    drop_lowest(p, target, &imp, protect)
 }
 
 /// Mean cosine similarity, over all calibration tokens, between the final hidden states of
@@ -283,10 +282,10 @@ fn final_similarity(
 /// (`W_l + sum (W_{l+k} - W_l)`) when the final representations stay cosine-similar to the
 /// dense model's (> threshold); step down `interval` after a merge, 1 otherwise. When a
 /// sweep ends short of the target the threshold is relaxed by 10% (recorded).
-pub fn laco(p: &mut Pruner, target: usize) -> Result<()> {
+pub fn laco(p: &mut Pruner, target: usize, laco: Laco) -> Result<()> {
     let reference = p.state.boundary(p.model.n_layers())?.to_kind(Kind::Float);
-    let span = p.cfg.laco_span.max(2);
-    let mut threshold = p.cfg.laco_threshold;
+    let span = laco.span.max(2);
+    let mut threshold = laco.threshold;
     for _sweep in 0..50 {
         let mut l = p.model.n_layers().saturating_sub(span) as i64;
         while l >= 1 && p.model.n_layers() > target {
@@ -313,7 +312,7 @@ pub fn laco(p: &mut Pruner, target: usize) -> Result<()> {
                 st.nll = None;
                 p.apply(lu, c, Some(cand))?;
                 p.record(st, t0)?;
-                l -= p.cfg.laco_interval.max(1) as i64;
+                l -= laco.interval.max(1) as i64;
             } else {
                 l -= 1;
             }

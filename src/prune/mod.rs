@@ -5,6 +5,7 @@ pub mod baselines;
 pub mod merge;
 pub mod record;
 pub mod score;
+pub mod spec;
 pub mod state;
 pub mod stats;
 pub mod store;
@@ -253,16 +254,11 @@ impl PruneConfig {
     pub fn uses(&self, key: &str) -> bool {
         use Method::*;
         let m = self.method;
-        let concat = m == ComeP || (m == Come && self.merge == MergeOp::Concat);
-        match key.split('.').next().unwrap_or(key) {
+        let top = key.split('.').next().unwrap_or(key);
+        match top {
             "calib" | "chunk" => !matches!(m, Reverse | Magnitude | MagnitudePlus),
-            "merge" | "pair_score" | "share" => m == Come,
-            "sensitivity" | "norm" | "gqa_mapping" | "seed" => concat,
-            "no_repeat" => matches!(m, Come | ComeP),
             "incremental" => matches!(m, Come | ComeP | Sleb | Laco | Mka),
-            "comep_grid" => m == ComeP,
-            "laco_span" | "laco_interval" | "laco_threshold" => m == Laco,
-            "protect_first" | "protect_last" => matches!(m, MagnitudePlus | TaylorPlus),
+            _ if spec::METHOD_KEYS.contains(&top) => self.spec().reads(top),
             _ => true,
         }
     }
@@ -436,7 +432,10 @@ pub mod nan_as_null {
 /// Everything a plan needs while it runs.
 pub struct Pruner<'a> {
     pub model: &'a mut Model,
-    pub cfg: PruneConfig,
+    /// The method and the settings it reads.
+    pub spec: spec::MethodSpec,
+    /// Re-score from the merge position on (false: from layer 0 every round).
+    pub incremental: bool,
     pub state: CalibState,
     pub corr: Vec<Vec<usize>>,
     pub steps: Vec<Step>,
@@ -461,8 +460,7 @@ impl Pruner<'_> {
             }
         }
         if self.model.n_layers() > self.target {
-            self.state
-                .after_change(self.model, at, self.cfg.incremental)
+            self.state.after_change(self.model, at, self.incremental)
         } else {
             // Nothing re-scores the final model.
             self.state.release();
@@ -496,38 +494,43 @@ pub fn prune(
     let t0 = Instant::now();
     let target = target_layers(model, cfg)?;
     let params_before = model.num_params();
+    let spec = cfg.spec();
     // Channel statistics feed the concat merge only.
-    let concat =
-        cfg.method == Method::ComeP || (cfg.method == Method::Come && cfg.merge == MergeOp::Concat);
-    let kinds = if concat {
-        cfg.sensitivity.stat_kinds()
-    } else {
-        stats::StatKinds::default()
-    };
+    let kinds = spec
+        .channels()
+        .map_or_else(stats::StatKinds::default, |c| c.sensitivity.stat_kinds());
     let state = CalibState::new(model, &calib.sequences, cfg.chunk, cfg.method.need(), kinds)?;
     let state_on_disk = state.on_disk();
     let corr = (0..model.n_layers()).map(|i| vec![i]).collect();
     let mut p = Pruner {
         model,
-        cfg: cfg.clone(),
+        spec,
+        incremental: cfg.incremental,
         state,
         corr,
         steps: vec![],
         target: target.target_layers,
         events,
     };
-    match cfg.method {
-        Method::Come => progressive(&mut p, target.target_layers)?,
-        Method::ComeP => baselines::come_p(&mut p, target.target_layers)?,
-        Method::ShortGpt => baselines::shortgpt(&mut p, target.target_layers)?,
-        Method::Sleb => baselines::sleb(&mut p, target.target_layers)?,
-        Method::Reverse => baselines::reverse(&mut p, target.target_layers)?,
-        Method::Magnitude | Method::MagnitudePlus => {
-            baselines::magnitude(&mut p, target.target_layers)?
-        }
-        Method::Taylor | Method::TaylorPlus => baselines::taylor(&mut p, target.target_layers)?,
-        Method::Laco => baselines::laco(&mut p, target.target_layers)?,
-        Method::Mka => baselines::mka(&mut p, target.target_layers)?,
+    let t = target.target_layers;
+    use spec::MethodSpec as S;
+    match spec {
+        S::Come {
+            op,
+            pair_score,
+            share,
+            ..
+        } => progressive(&mut p, t, op, pair_score, share)?,
+        S::ComeP { grid, .. } => baselines::come_p(&mut p, t, grid)?,
+        S::ShortGpt => baselines::shortgpt(&mut p, t)?,
+        S::Sleb => baselines::sleb(&mut p, t)?,
+        S::Reverse => baselines::reverse(&mut p, t)?,
+        S::Magnitude => baselines::magnitude(&mut p, t, None)?,
+        S::MagnitudePlus(protect) => baselines::magnitude(&mut p, t, Some(protect))?,
+        S::Taylor => baselines::taylor(&mut p, t, None)?,
+        S::TaylorPlus(protect) => baselines::taylor(&mut p, t, Some(protect))?,
+        S::Laco(laco) => baselines::laco(&mut p, t, laco)?,
+        S::Mka => baselines::mka(&mut p, t)?,
     }
     let layer_passes = p.state.layer_passes;
     let (corr, steps) = (p.corr, p.steps);
@@ -549,7 +552,7 @@ pub fn prune(
 /// Adjacent pairs that may merge this round.
 pub fn eligible_pairs(p: &Pruner) -> Vec<usize> {
     (0..p.model.n_layers().saturating_sub(1))
-        .filter(|&l| !p.cfg.no_repeat || (p.corr[l].len() == 1 && p.corr[l + 1].len() == 1))
+        .filter(|&l| !p.spec.no_repeat() || (p.corr[l].len() == 1 && p.corr[l + 1].len() == 1))
         .collect()
 }
 
@@ -579,12 +582,19 @@ pub fn best_pair(p: &Pruner, how: PairScore) -> Result<(usize, f64)> {
 }
 
 /// The CoMe schedule: merge the most similar eligible pair, re-score, repeat.
-fn progressive(p: &mut Pruner, target: usize) -> Result<()> {
+fn progressive(
+    p: &mut Pruner,
+    target: usize,
+    op: spec::PairOp,
+    pair_score: PairScore,
+    share: ShareOptions,
+) -> Result<()> {
+    use spec::PairOp;
     while p.model.n_layers() > target {
         let t0 = Instant::now();
-        let (l, s) = best_pair(p, p.cfg.pair_score)?;
+        let (l, s) = best_pair(p, pair_score)?;
         let bi = vec![p.state.block_influence(l)?, p.state.block_influence(l + 1)?];
-        let r = merge::shares(&bi, p.cfg.share);
+        let r = merge::shares(&bi, share);
         let originals = [p.corr[l].clone(), p.corr[l + 1].clone()].concat();
         let mut step = Step {
             round: 0,
@@ -598,15 +608,15 @@ fn progressive(p: &mut Pruner, target: usize) -> Result<()> {
             nll: None,
             seconds: 0.0,
         };
-        match p.cfg.merge {
-            MergeOp::Concat => {
-                let (layer, rec) = concat_pair(p, l, &r)?;
+        match op {
+            PairOp::Concat(channels) => {
+                let (layer, rec) = concat_pair(p, l, &r, &channels)?;
                 step.action = format!("concat {l}+{}", l + 1);
                 step.concat = Some(rec);
                 p.apply(l, 2, Some(layer))?;
             }
-            MergeOp::Linear | MergeOp::LinearBi => {
-                let w = if p.cfg.merge == MergeOp::Linear {
+            PairOp::Linear | PairOp::LinearBi => {
+                let w = if op == PairOp::Linear {
                     vec![0.5, 0.5]
                 } else {
                     r.clone()
@@ -615,7 +625,7 @@ fn progressive(p: &mut Pruner, target: usize) -> Result<()> {
                 step.action = format!("linear {l}+{} w={:.3}/{:.3}", l + 1, w[0], w[1]);
                 p.apply(l, 2, Some(layer))?;
             }
-            MergeOp::Drop => {
+            PairOp::Drop => {
                 let victim = if bi[0] <= bi[1] { l } else { l + 1 };
                 step.action = format!("drop {victim} of {l}+{}", l + 1);
                 step.originals = p.corr[victim].clone();
@@ -627,23 +637,28 @@ fn progressive(p: &mut Pruner, target: usize) -> Result<()> {
     Ok(())
 }
 
-/// Concat-merge layers `l` and `l + 1` with shares `r` under the run's options.
-pub fn concat_pair(p: &Pruner, l: usize, r: &[f64]) -> Result<(Layer, merge::ConcatRecord)> {
+/// Concat-merge layers `l` and `l + 1` with shares `r`, channels chosen by `ch`.
+pub fn concat_pair(
+    p: &Pruner,
+    l: usize,
+    r: &[f64],
+    ch: &spec::Channels,
+) -> Result<(Layer, merge::ConcatRecord)> {
     let c = &p.model.config;
-    let seed = p.cfg.seed;
+    let seed = ch.seed;
     // Weight-only variants collect no statistics (`Sensitivity::stat_kinds`).
     let s0 = channel_scores(
         c,
         &p.model.layers[l],
         p.state.stats.get(l),
-        p.cfg.sensitivity,
+        ch.sensitivity,
         seed ^ l as u64,
     )?;
     let s1 = channel_scores(
         c,
         &p.model.layers[l + 1],
         p.state.stats.get(l + 1),
-        p.cfg.sensitivity,
+        ch.sensitivity,
         seed ^ (l as u64 + 1) << 1,
     )?;
     merge::concat(
@@ -651,7 +666,7 @@ pub fn concat_pair(p: &Pruner, l: usize, r: &[f64]) -> Result<(Layer, merge::Con
         &[&p.model.layers[l], &p.model.layers[l + 1]],
         &[&s0, &s1],
         r,
-        merge::ConcatOptions::same_shape(c, p.cfg.norm, p.cfg.gqa_mapping),
+        merge::ConcatOptions::same_shape(c, ch.norm, ch.gqa_mapping),
     )
 }
 
