@@ -104,6 +104,14 @@ pub fn sha256_file(path: &Path) -> std::io::Result<(String, u64)> {
     Ok((hex::encode(h.finalize()), n))
 }
 
+/// sha256 (hex) of a file, an error naming the file when it cannot be read: the
+/// fingerprint of a data file, a calibration id file or a model source.
+pub fn file_sha256(path: &Path) -> crate::error::Result<String> {
+    sha256_file(path)
+        .map(|(sha, _)| sha)
+        .map_err(|e| crate::error::Error::io(path, e))
+}
+
 /// Content identity of a directory: sha256 (hex) of its manifest, one line
 /// `<relative path> <sha256 of the file>` per file kept by `keep` (any depth, paths sorted),
 /// and the kept files' total length. Renaming, adding or changing a kept file changes it;

@@ -105,11 +105,6 @@ impl crate::hashing::Identity for CalibConfig {
     }
 }
 
-fn file_sha256(path: &Path) -> Result<String> {
-    let (sha, _) = crate::hashing::sha256_file(path).map_err(|e| Error::io(path, e))?;
-    Ok(sha)
-}
-
 impl CalibConfig {
     pub fn source_path(&self) -> PathBuf {
         self.source
@@ -142,7 +137,7 @@ impl CalibConfig {
     /// Record the content hash of an `ids` file (an error when it cannot be read).
     pub fn resolve(&mut self) -> Result<()> {
         if let Some(p) = &self.ids {
-            self.ids_sha256 = Some(file_sha256(p)?);
+            self.ids_sha256 = Some(crate::hashing::file_sha256(p)?);
         }
         Ok(())
     }
@@ -216,7 +211,7 @@ fn keep(cfg: &CalibConfig, n: usize) -> usize {
 }
 
 fn from_ids(path: &Path, vocab: usize, cfg: &CalibConfig) -> Result<CalibSet> {
-    let sha = file_sha256(path)?;
+    let sha = crate::hashing::file_sha256(path)?;
     if let Some(want) = &cfg.ids_sha256 {
         if *want != sha {
             return Err(Error::format(

@@ -65,30 +65,20 @@ impl Partial {
 
     /// Keep a finished unit: weights first, the record last (its presence means done).
     pub fn save(&self, name: &str, tensors: &[(String, &Tensor)], rec: &LayerRecord) -> Result<()> {
-        let w = self.dir.join(format!("{name}.safetensors"));
-        let tmp = with_suffix(&w, ".tmp");
-        safetensors_io::write(&tmp, tensors)?;
-        std::fs::rename(&tmp, &w).map_err(|e| Error::io(&w, e))?;
-        let r = self.dir.join(format!("{name}.json"));
-        let tmp = with_suffix(&r, ".tmp");
-        let s = serde_json::to_string_pretty(rec).map_err(|e| Error::Invalid(e.to_string()))?;
-        std::fs::write(&tmp, s).map_err(|e| Error::io(&tmp, e))?;
-        std::fs::rename(&tmp, &r).map_err(|e| Error::io(&r, e))
+        // Each write is atomic; the record is written last, so its presence means done.
+        safetensors_io::write(&self.dir.join(format!("{name}.safetensors")), tensors)?;
+        crate::publish::write_json(&self.dir.join(format!("{name}.json")), rec)
     }
 
     /// Write the recovered checkpoint (with the student's come.json and distill.json) to
     /// a temporary sibling, rename it onto the output, and drop the partial directory.
     pub fn commit(self, model: &Model, student_dir: &Path, rec: &DistillRecord) -> Result<()> {
-        let tmp = with_suffix(&self.out, &format!(".saving-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&tmp);
-        save_model(model, &tmp, Some(student_dir))?;
-        let come = student_dir.join("come.json");
-        std::fs::copy(&come, tmp.join("come.json")).map_err(|e| Error::io(&come, e))?;
-        rec.write(&tmp)?;
-        if self.out.exists() {
-            std::fs::remove_dir_all(&self.out).map_err(|e| Error::io(&self.out, e))?;
-        }
-        std::fs::rename(&tmp, &self.out).map_err(|e| Error::io(&self.out, e))?;
+        crate::publish::write_dir_atomically(&self.out, |tmp| {
+            save_model(model, tmp, Some(student_dir))?;
+            let come = student_dir.join("come.json");
+            std::fs::copy(&come, tmp.join("come.json")).map_err(|e| Error::io(&come, e))?;
+            rec.write(tmp)
+        })?;
         let _ = std::fs::remove_dir_all(&self.dir);
         Ok(())
     }

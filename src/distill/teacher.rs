@@ -106,14 +106,14 @@ impl TeacherStates {
         };
         let cached = dir.join("complete").is_file();
         if !cached {
-            write_states(
-                teacher,
-                &seqs,
-                boundaries,
-                &dir,
-                tmp.is_some(),
-                &mut progress,
-            )?;
+            let mut fill =
+                |work: &Path| write_states(teacher, &seqs, boundaries, work, &mut progress);
+            if tmp.is_some() {
+                fill(&dir)?;
+            } else {
+                // Another process may have finished the same states first: keep theirs.
+                crate::publish::write_dir_once(&dir, fill)?;
+            }
         }
         let maps = map_states(&dir, boundaries, n, seqlen, hidden)?;
         let st = TeacherStates {
@@ -299,24 +299,15 @@ fn forward_capture(teacher: &Model, ids: &[i64], want: &[usize]) -> Result<Vec<(
     Ok(tap.got)
 }
 
-/// Write one raw file per boundary into a sibling temp dir, then rename it to `dir`.
+/// Write one raw file per boundary into `work` (created), then the `complete` marker.
 fn write_states(
     teacher: &Model,
     seqs: &[&Vec<i64>],
     boundaries: &[usize],
-    dir: &Path,
-    is_tmp: bool,
+    work: &Path,
     progress: &mut impl FnMut(usize, usize),
 ) -> Result<()> {
-    let work = if is_tmp {
-        dir.to_path_buf()
-    } else {
-        dir.with_extension(format!("partial-{}", std::process::id()))
-    };
-    if !is_tmp {
-        let _ = std::fs::remove_dir_all(&work);
-    }
-    std::fs::create_dir_all(&work).map_err(|e| Error::io(&work, e))?;
+    std::fs::create_dir_all(work).map_err(|e| Error::io(work, e))?;
     let mut files = BTreeMap::new();
     for &b in boundaries {
         let p = work.join(format!("boundary-{b}.f32"));
@@ -337,10 +328,5 @@ fn write_states(
         w.flush().map_err(|e| Error::io(&p, e))?;
     }
     let done = work.join("complete");
-    std::fs::write(&done, b"").map_err(|e| Error::io(&done, e))?;
-    // Another process may have finished the same states first: keep theirs.
-    if !is_tmp && std::fs::rename(&work, dir).is_err() {
-        let _ = std::fs::remove_dir_all(&work);
-    }
-    Ok(())
+    std::fs::write(&done, b"").map_err(|e| Error::io(&done, e))
 }

@@ -232,15 +232,7 @@ pub fn write(path: &Path, tensors: &[(String, &Tensor)]) -> Result<()> {
     while hbytes.len() % 8 != 0 {
         hbytes.push(b' ');
     }
-    let tmp = path.with_extension("safetensors.partial");
-    let written = write_file(&tmp, &hbytes, tensors);
-    if written.is_err() {
-        // A full disk must not leave a partial file behind.
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
-    Ok(())
+    crate::publish::write_file_atomically(path, |tmp| write_file(tmp, &hbytes, tensors))
 }
 
 fn write_file(tmp: &Path, hbytes: &[u8], tensors: &[(String, &Tensor)]) -> Result<()> {

@@ -228,7 +228,6 @@ pub trait Stage {
 
 /// `data.sha256:<path>` for a data file a stage read.
 pub fn data_env_entry(path: &Path) -> Result<(String, String)> {
-    let (sha, _) =
-        crate::hashing::sha256_file(path).map_err(|e| crate::error::Error::io(path, e))?;
+    let sha = crate::hashing::file_sha256(path)?;
     Ok((format!("data.sha256:{}", path.display()), sha))
 }

@@ -11,9 +11,7 @@ use std::path::{Path, PathBuf};
 
 /// The first 12 hex digits of the sha256 of a file's bytes.
 pub fn short_hash(path: &Path) -> Result<String> {
-    let (sha, _) =
-        crate::hashing::sha256_file(path).map_err(|e| crate::error::Error::io(path, e))?;
-    Ok(sha[..12].to_string())
+    Ok(crate::hashing::file_sha256(path)?[..12].to_string())
 }
 
 /// An HF directory for `source`: used as is, or imported once into `cache` (keyed by the
@@ -45,17 +43,9 @@ pub fn prepare_model(source: &ModelSource, cache: &Path, name: &str) -> Result<(
     if dir.join("config.json").exists() {
         return Ok((dir, true));
     }
-    let tmp = dir.with_extension(format!("partial-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    if let Err(e) = build().and_then(|ck| write_checkpoint(&ck, &tmp)) {
-        let _ = std::fs::remove_dir_all(&tmp);
-        return Err(e);
-    }
-    if std::fs::rename(&tmp, &dir).is_err() {
-        // Another process finished the same import first: keep theirs.
-        let _ = std::fs::remove_dir_all(&tmp);
-    }
-    Ok((dir, false))
+    // A process that finished the same import first is kept (same source bytes).
+    let ours = crate::publish::write_dir_once(&dir, |tmp| write_checkpoint(&build()?, tmp))?;
+    Ok((dir, !ours))
 }
 
 /// The model stage of a run: its source as an HF directory. Its cache entry is named by

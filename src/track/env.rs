@@ -1,6 +1,6 @@
 //! The static environment of this process, recorded with every run: code version, library
 //! versions, machine. The runner adds what only it knows (device name, seeds, dataset
-//! sha256s via [`sha256_file`]) before calling `Store::record_env`.
+//! sha256s via [`crate::hashing::file_sha256`]) before calling `Store::record_env`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -105,12 +105,4 @@ pub fn hostname() -> String {
         .or_else(|| std::env::var("HOSTNAME").ok().filter(|s| !s.is_empty()))
         .or_else(|| std::env::var("COMPUTERNAME").ok().filter(|s| !s.is_empty()))
         .unwrap_or_else(|| "unknown".into())
-}
-
-/// sha256 (hex) of a file, for dataset fingerprints in the environment.
-pub fn sha256_file(path: impl AsRef<Path>) -> crate::error::Result<String> {
-    let path = path.as_ref();
-    super::store::hash_file(path)
-        .map(|(h, _)| h)
-        .map_err(crate::error::Error::from)
 }

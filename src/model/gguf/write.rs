@@ -125,9 +125,8 @@ pub fn write_gguf(
     mut data: impl FnMut(usize) -> Result<Vec<u8>>,
 ) -> Result<u64> {
     let head = header(kv, tensors)?;
-    let tmp = crate::publish::partial_path(path)?;
-    let result = (|| -> Result<u64> {
-        let file = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    crate::publish::write_file_atomically(path, |tmp| {
+        let file = std::fs::File::create(tmp).map_err(|e| Error::io(tmp, e))?;
         let mut w = std::io::BufWriter::new(file);
         let io = |e| Error::io(path, e);
         w.write_all(&head).map_err(io)?;
@@ -153,17 +152,7 @@ pub fn write_gguf(
             .map_err(|e| Error::io(path, e.into_error()))?;
         file.sync_all().map_err(io)?;
         Ok(total)
-    })();
-    match result {
-        Ok(n) => {
-            std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
-            Ok(n)
-        }
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            Err(e)
-        }
-    }
+    })
 }
 
 pub fn encode_f32(v: &[f32]) -> Vec<u8> {
@@ -275,6 +264,10 @@ mod tests {
         }
         let c = g.read_f32(g.tensor("c").unwrap()).unwrap();
         assert_eq!(&c[..4], &[0.5, -1.0, 2.0, 65504.0]);
-        assert!(!path.with_file_name("t.gguf.partial").exists());
+        let left: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, vec![std::ffi::OsString::from("t.gguf")]);
     }
 }
