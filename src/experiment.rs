@@ -90,8 +90,8 @@ fn is_true(b: &bool) -> bool {
 impl Default for EvalConfig {
     fn default() -> Self {
         EvalConfig {
-            // The seven zero-shot tasks (ALL_TASKS without MMLU, lm-eval order).
-            tasks: crate::names::ALL_TASKS[..7]
+            // The seven zero-shot tasks, lm-eval order.
+            tasks: crate::names::SEVEN_TASKS_LM_EVAL
                 .iter()
                 .map(|t| t.to_string())
                 .collect(),

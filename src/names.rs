@@ -161,6 +161,22 @@ pub const SEVEN_TASKS: [&str; 7] = {
     names
 };
 
+/// The same seven in the registry's (lm-eval's) order: the default `eval.tasks` and what
+/// `eval --tasks all7` expands to. Derived by column, not by position, so a task added
+/// anywhere in [`TASKS`] changes neither (nor any default run's hash).
+pub const SEVEN_TASKS_LM_EVAL: [&str; 7] = {
+    let mut names = [""; 7];
+    let (mut i, mut k) = (0, 0);
+    while i < TASKS.len() {
+        if TASKS[i].paper_column.is_some() {
+            names[k] = TASKS[i].name;
+            k += 1;
+        }
+        i += 1;
+    }
+    names
+};
+
 /// A task's entry in [`TASKS`].
 pub fn task_info(task: &str) -> Option<&'static TaskInfo> {
     TASKS.iter().find(|t| t.name == task)
@@ -212,6 +228,18 @@ mod task_tests {
             .collect();
         assert_eq!(mixed, ["hellaswag", "arc_challenge", "openbookqa"]);
         assert!(TASKS.iter().all(|t| !t.mixed_reads_norm || t.acc_norm));
+        assert_eq!(
+            SEVEN_TASKS_LM_EVAL,
+            [
+                "piqa",
+                "hellaswag",
+                "winogrande",
+                "arc_easy",
+                "arc_challenge",
+                "boolq",
+                "openbookqa"
+            ]
+        );
         assert_eq!(task_label("arc_challenge"), "ARC-c");
         assert_eq!(task_label("no_such_task"), "no_such_task");
     }

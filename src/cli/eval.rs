@@ -105,10 +105,7 @@ fn parse_kv(s: &str) -> Result<(String, PathBuf), String> {
 }
 
 /// The seven zero-shot tasks in lm-eval's order (what `all7` expands to).
-pub const SEVEN: [&str; 7] = {
-    let a = come_repro::names::ALL_TASKS;
-    [a[0], a[1], a[2], a[3], a[4], a[5], a[6]]
-};
+pub const SEVEN: [&str; 7] = come_repro::names::SEVEN_TASKS_LM_EVAL;
 
 pub fn expand_tasks(tasks: &[String]) -> Result<Vec<String>> {
     let mut out: Vec<String> = vec![];

@@ -426,13 +426,15 @@ pub(super) fn level_groups(runs: &[RunData]) -> Vec<LevelGroup<'_>> {
     out
 }
 
-/// The task columns of a table in paper order (the seven, then MMLU), those for which
-/// `measured` holds, and the ones its Avg averages (the seven among them).
+/// The task columns of a table in paper order (the seven, then every other registered
+/// task, MMLU first), those for which `measured` holds, and the ones its Avg averages (the
+/// seven among them).
 pub(super) fn task_columns(measured: impl Fn(&str) -> bool) -> (Vec<String>, Vec<String>) {
+    let others = (names::ALL_TASKS.iter().copied()).filter(|t| !names::SEVEN_TASKS.contains(t));
     let tasks: Vec<String> = names::SEVEN_TASKS
         .iter()
         .copied()
-        .chain(["mmlu"])
+        .chain(others)
         .filter(|t| measured(t))
         .map(str::to_string)
         .collect();

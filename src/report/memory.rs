@@ -5,10 +5,19 @@
 use super::table::{Col, Row, Table};
 use super::RunData;
 use crate::names;
+use crate::stages::StageName;
 use std::collections::BTreeMap;
 
-/// The stages in pipeline order.
-const STAGES: [&str; 4] = ["model", "prune", "distill", "eval"];
+/// The stages in pipeline order, by their stored names.
+const STAGES: [&str; StageName::ALL.len()] = {
+    let mut names = [""; StageName::ALL.len()];
+    let mut i = 0;
+    while i < names.len() {
+        names[i] = StageName::ALL[i].as_str();
+        i += 1;
+    }
+    names
+};
 
 /// Peak of `stage` (host, or device) in MiB, from the run's metrics.
 fn peak(run: &RunData, stage: &str, device: bool) -> Option<f64> {

@@ -27,8 +27,16 @@ pub enum StageName {
 }
 
 impl StageName {
+    /// Every stage, in pipeline order.
+    pub const ALL: [StageName; 4] = [
+        StageName::Model,
+        StageName::Prune,
+        StageName::Distill,
+        StageName::Eval,
+    ];
+
     /// The name the store and the progress display use.
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             StageName::Model => "model",
             StageName::Prune => "prune",
@@ -230,4 +238,24 @@ pub trait Stage {
 pub fn data_env_entry(path: &Path) -> Result<(String, String)> {
     let sha = crate::hashing::file_sha256(path)?;
     Ok((format!("data.sha256:{}", path.display()), sha))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StageName;
+
+    /// `ALL` holds every stage once, in pipeline order (a new stage fails to compile here
+    /// until it is placed).
+    #[test]
+    fn all_lists_every_stage_in_pipeline_order() {
+        for (i, s) in StageName::ALL.iter().enumerate() {
+            let position = match s {
+                StageName::Model => 0,
+                StageName::Prune => 1,
+                StageName::Distill => 2,
+                StageName::Eval => 3,
+            };
+            assert_eq!(position, i, "{s}");
+        }
+    }
 }
