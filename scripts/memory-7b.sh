@@ -52,7 +52,7 @@ for L in 4 8; do
   measure "$L" import "$bin" import synthetic --shape llama2-7b --layers "$L" \
     --tokenizer-from "$work/stories" --dtype bf16 --out "$s" --force
   measure "$L" prune "$bin" prune --model "$s" --out "$p" --target-layers $((L - 1)) \
-    --calib-seqs 2 --threads 2 --force
+    --calib-max-sequences 2 --threads 2 --force
   measure "$L" distill-hierarchical "$bin" distill --teacher "$s" --model "$p" \
     --out "$work/hier-$L" --method hierarchical --tokens 4096 --val-tokens 2048 \
     --teacher-cache "$work/teacher-cache-$L" --threads 2 --force

@@ -216,9 +216,14 @@ fn prune_and_generate_settings_out_of_range_are_refused() {
         &["calibration: `seqlen` must be at least 2"],
     );
     prune(&["--calib-seqlen", "0"], &["calibration: `seqlen`"]);
+    prune(&["--calib-nrows", "0"], &["calibration: `nrows`"]);
     prune(&["--calib-rows", "0"], &["calibration: `nrows`"]);
     prune(
         &["--calib-seqs", "0"],
+        &["`max_sequences` must be at least 1"],
+    );
+    prune(
+        &["--calib-max-sequences", "0"],
         &["`max_sequences` must be at least 1"],
     );
     prune(

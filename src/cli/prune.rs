@@ -51,16 +51,18 @@ pub struct PruneArgs {
     /// Calibration text (default: the shared WikiText-2 train prefix).
     #[arg(long)]
     pub calib_source: Option<PathBuf>,
-    #[arg(long, default_value_t = DEFAULT.calib.nrows)]
-    pub calib_rows: usize,
+    /// `calib.nrows` (`--calib-rows` is accepted too).
+    #[arg(long = "calib-nrows", alias = "calib-rows", default_value_t = DEFAULT.calib.nrows)]
+    pub calib_nrows: usize,
     #[arg(long, default_value_t = DEFAULT.calib.seqlen)]
     pub calib_seqlen: usize,
-    /// Keep at most this many windows (default: every whole window, as the paper's code).
-    #[arg(long)]
-    pub calib_seqs: Option<usize>,
+    /// `calib.max_sequences`: keep at most this many windows (default: every whole window,
+    /// as the paper's code; `--calib-seqs` is accepted too).
+    #[arg(long = "calib-max-sequences", alias = "calib-seqs")]
+    pub calib_max_sequences: Option<usize>,
     #[arg(long, default_value_t = DEFAULT.calib.seed)]
     pub calib_seed: u64,
-    /// Row order before the first `--calib-rows` are taken: numpy is the paper's draw.
+    /// Row order before the first `--calib-nrows` are taken: numpy is the paper's draw.
     #[arg(long, value_enum, default_value_t = DEFAULT.calib.shuffle)]
     pub calib_shuffle: Shuffle,
     /// Explicit calibration token ids (JSON list of token-id lists, or a 2-d .npy array)
@@ -98,10 +100,10 @@ impl PruneArgs {
             comep_grid: self.comep_grid,
             calib: CalibConfig {
                 source: self.calib_source.clone(),
-                nrows: self.calib_rows,
+                nrows: self.calib_nrows,
                 seqlen: self.calib_seqlen,
                 seed: self.calib_seed,
-                max_sequences: self.calib_seqs,
+                max_sequences: self.calib_max_sequences,
                 shuffle: self.calib_shuffle,
                 ids: self.calib_ids.clone(),
                 ids_sha256: None,
