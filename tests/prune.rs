@@ -345,6 +345,47 @@ fn every_method_reaches_the_target_with_a_consistent_correspondence() {
     }
 }
 
+/// Every method that merges adjacent pairs honours `no_repeat`: 8 layers down to 3 takes
+/// five merges, and only four disjoint pairs exist, so with `no_repeat` (the default) the
+/// plan runs out of eligible pairs; without it, it reaches the target. (MKA once ignored
+/// the setting through a typed view that gave it to CoMe and CoMe-P only.)
+#[test]
+fn pair_merging_methods_honour_no_repeat() {
+    let base = tiny_config(json!({"num_hidden_layers": 8})).unwrap();
+    for method in [Method::Come, Method::ComeP, Method::Mka] {
+        for no_repeat in [true, false] {
+            let mut m = random_model(base.clone(), 14);
+            let cfg = PruneConfig {
+                method,
+                target_layers: Some(3),
+                comep_grid: 2,
+                no_repeat,
+                ..Default::default()
+            };
+            assert!(cfg.uses("no_repeat"), "{}", method.name());
+            let r = prune(
+                &mut m,
+                calib(2, 16),
+                &cfg,
+                &mut come_repro::progress::ignore,
+            );
+            match (no_repeat, r) {
+                (true, Err(e)) => assert!(
+                    e.to_string().contains("no eligible pair"),
+                    "{}: {e}",
+                    method.name()
+                ),
+                (false, Ok(rep)) => assert_eq!(rep.correspondence.len(), 3),
+                (_, r) => panic!(
+                    "{} no_repeat={no_repeat}: {:?}",
+                    method.name(),
+                    r.map(|rep| rep.correspondence)
+                ),
+            }
+        }
+    }
+}
+
 #[test]
 fn incremental_rescoring_equals_full_recompute() {
     let base = tiny_config(json!({"num_hidden_layers": 8})).unwrap();

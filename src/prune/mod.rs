@@ -530,7 +530,7 @@ pub fn prune(
         S::Taylor => baselines::taylor(&mut p, t, None)?,
         S::TaylorPlus(protect) => baselines::taylor(&mut p, t, Some(protect))?,
         S::Laco(laco) => baselines::laco(&mut p, t, laco)?,
-        S::Mka => baselines::mka(&mut p, t)?,
+        S::Mka { .. } => baselines::mka(&mut p, t)?,
     }
     let layer_passes = p.state.layer_passes;
     let (corr, steps) = (p.corr, p.steps);

@@ -67,7 +67,10 @@ pub enum MethodSpec {
     Taylor,
     TaylorPlus(Protect),
     Laco(Laco),
-    Mka,
+    /// MKA merges pairs too, and skips those touching a merged layer like CoMe.
+    Mka {
+        no_repeat: bool,
+    },
 }
 
 impl MethodSpec {
@@ -83,7 +86,7 @@ impl MethodSpec {
             MethodSpec::Taylor => Method::Taylor,
             MethodSpec::TaylorPlus(_) => Method::TaylorPlus,
             MethodSpec::Laco(_) => Method::Laco,
-            MethodSpec::Mka => Method::Mka,
+            MethodSpec::Mka { .. } => Method::Mka,
         }
     }
 
@@ -103,7 +106,9 @@ impl MethodSpec {
     /// merges no pairs).
     pub fn no_repeat(&self) -> bool {
         match self {
-            MethodSpec::Come { no_repeat, .. } | MethodSpec::ComeP { no_repeat, .. } => *no_repeat,
+            MethodSpec::Come { no_repeat, .. }
+            | MethodSpec::ComeP { no_repeat, .. }
+            | MethodSpec::Mka { no_repeat } => *no_repeat,
             _ => false,
         }
     }
@@ -125,6 +130,7 @@ impl MethodSpec {
             MethodSpec::Laco(_) => {
                 matches!(key, "laco_span" | "laco_interval" | "laco_threshold")
             }
+            MethodSpec::Mka { .. } => key == "no_repeat",
             _ => false,
         }
     }
@@ -190,7 +196,9 @@ impl PruneConfig {
                 interval: self.laco_interval,
                 threshold: self.laco_threshold,
             }),
-            Method::Mka => MethodSpec::Mka,
+            Method::Mka => MethodSpec::Mka {
+                no_repeat: self.no_repeat,
+            },
         }
     }
 }
