@@ -2,7 +2,7 @@
 //! paper compares against. Each drives the shared [`Pruner`].
 
 use super::merge;
-use super::spec::{Laco, Protect};
+use super::spec::{Channels, Laco, Protect};
 use super::{best_pair, concat_pair, PairScore, Pruner, Step};
 use crate::error::{Error, Result};
 use crate::model::Layer;
@@ -64,12 +64,8 @@ fn drop_all(p: &mut Pruner, mut victims: Vec<(usize, f64)>, what: &str) -> Resul
 
 /// CoMe-P: the pair by all-token angular distance, then the split r in {0, 1/G, .., 1}
 /// (0 and 1 drop one layer outright) with the lowest calibration NLL.
-pub fn come_p(p: &mut Pruner, target: usize, grid: usize) -> Result<()> {
+pub fn come_p(p: &mut Pruner, target: usize, grid: usize, channels: Channels) -> Result<()> {
     let g = grid.max(1);
-    let channels = *p
-        .spec
-        .channels()
-        .ok_or_else(|| Error::Invalid("CoMe-P without a channel choice".into()))?;
     while p.model.n_layers() > target {
         let t0 = Instant::now();
         let (l, s) = best_pair(p, PairScore::SbiAll)?;

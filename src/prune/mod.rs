@@ -521,7 +521,7 @@ pub fn prune(
             share,
             ..
         } => progressive(&mut p, t, op, pair_score, share)?,
-        S::ComeP { grid, .. } => baselines::come_p(&mut p, t, grid)?,
+        S::ComeP { grid, channels, .. } => baselines::come_p(&mut p, t, grid, channels)?,
         S::ShortGpt => baselines::shortgpt(&mut p, t)?,
         S::Sleb => baselines::sleb(&mut p, t)?,
         S::Reverse => baselines::reverse(&mut p, t)?,

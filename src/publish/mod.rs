@@ -51,22 +51,28 @@ pub fn partial_path(out: &Path) -> Result<PathBuf> {
     Ok(out.with_file_name(tmp))
 }
 
-/// Build a directory with `fill` in a temporary sibling of `out`, then rename it to `out`
-/// (replacing what was there). On error the temporary directory is removed and `out` is
-/// left as it was.
-pub fn write_dir_atomically<T>(out: &Path, fill: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
+/// Build a directory with `fill` in a fresh temporary sibling of `out` ([`partial_path`],
+/// its parents created), removed again when `fill` fails.
+fn fill_partial_dir<T>(out: &Path, fill: impl FnOnce(&Path) -> Result<T>) -> Result<(PathBuf, T)> {
     let tmp = partial_path(out)?;
     if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
     }
     let _ = std::fs::remove_dir_all(&tmp);
-    let value = match fill(&tmp) {
-        Ok(v) => v,
+    match fill(&tmp) {
+        Ok(v) => Ok((tmp, v)),
         Err(e) => {
             let _ = std::fs::remove_dir_all(&tmp);
-            return Err(e);
+            Err(e)
         }
-    };
+    }
+}
+
+/// Build a directory with `fill` in a temporary sibling of `out`, then rename it to `out`
+/// (replacing what was there). On error the temporary directory is removed and `out` is
+/// left as it was.
+pub fn write_dir_atomically<T>(out: &Path, fill: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
+    let (tmp, value) = fill_partial_dir(out, fill)?;
     if out.exists() {
         std::fs::remove_dir_all(out).map_err(|e| Error::io(out, e))?;
     }
@@ -78,12 +84,7 @@ pub fn write_dir_atomically<T>(out: &Path, fill: impl FnOnce(&Path) -> Result<T>
 /// unless another process published `out` first: then theirs is kept (the content is the
 /// same, keyed by its inputs) and ours removed. Returns whether ours was published.
 pub fn write_dir_once(out: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<bool> {
-    let tmp = partial_path(out)?;
-    let _ = std::fs::remove_dir_all(&tmp);
-    if let Err(e) = fill(&tmp) {
-        let _ = std::fs::remove_dir_all(&tmp);
-        return Err(e);
-    }
+    let (tmp, ()) = fill_partial_dir(out, fill)?;
     if std::fs::rename(&tmp, out).is_ok() {
         return Ok(true);
     }
